@@ -1,0 +1,166 @@
+//! Where and how Hookline delivers events: the settings shared by a source's handlers and by
+//! subscriptions (both are delivery *targets*).
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+use super::secret_ref::SecretKeyRef;
+
+/// Delivery settings of one target. Every outbound request is signed per Standard Webhooks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryTarget {
+    /// Endpoint that receives the events, as an absolute http:// or https:// URL.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''")
+        .message("must be an absolute http:// or https:// URL, such as https://example.com/webhooks"))]
+    pub url: String,
+    /// Event types to deliver. `*` matches any run of characters, so `invoice.*` matches
+    /// `invoice.paid` and `invoice.payment_failed`, and `*` matches everything.
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(e, e.matches('^[A-Za-z0-9_.:/*-]+$'))")
+        .message("each event pattern may hold letters, digits, '.', '_', '-', ':', '/' and '*' (for example invoice.* or push)"))]
+    pub events: Vec<String>,
+    /// Secret key Hookline signs deliveries with (a `whsec_` Standard Webhooks secret). When
+    /// absent, the controller generates one into a Secret owned by this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// When to retry a failed delivery. Default: 8 attempts with exponential backoff from 5s to 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+    /// Time allowed for one attempt, from connecting to the end of the response.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Requests per second allowed to this target. Default: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Most requests in flight to this target at once.
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_in_flight: u32,
+    /// When to stop sending to a failing target for a while. Default: open after 5 consecutive
+    /// failures, probe again after 30s with 1 request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Stop delivering; events keep queueing and are delivered when unpaused.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_max_in_flight() -> u32 {
+    16
+}
+
+/// How failed deliveries are retried. Connection errors, timeouts, 408, 429 and 5xx are retried;
+/// other 4xx are not. Set `schedule` or `exponential`, not both; with neither, exponential
+/// backoff with its defaults applies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.schedule) && has(self.exponential))")
+    .message("set either schedule or exponential, not both"))]
+pub struct RetryPolicy {
+    /// Attempts in total, the first one included. After the last, the delivery is dead (kept
+    /// and replayable).
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    /// Explicit delays before the 2nd, 3rd, … attempt; the last delay repeats when there are more
+    /// attempts than delays. Example: [5s, 30s, 2m, 10m, 30m, 1h, 4h, 12h].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    pub schedule: Option<Vec<Duration>>,
+    /// Exponential backoff with full jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exponential: Option<ExponentialBackoff>,
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+
+/// Delay before attempt n+1 is random in [0, min(maxDelay, initialDelay × multiplier^(n-1))].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.initialDelay) <= duration(self.maxDelay)")
+    .message("initialDelay must not be longer than maxDelay"))]
+pub struct ExponentialBackoff {
+    /// Upper bound of the first retry's delay.
+    #[serde(default = "default_initial_delay")]
+    pub initial_delay: Duration,
+    /// Cap on any delay.
+    #[serde(default = "default_max_delay")]
+    pub max_delay: Duration,
+    /// Growth of the delay bound per attempt.
+    #[serde(default = "default_multiplier")]
+    #[schemars(range(min = 2, max = 10))]
+    pub multiplier: u32,
+}
+
+fn default_initial_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_delay() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_multiplier() -> u32 {
+    2
+}
+
+/// Token bucket: `perSecond` tokens are added each second, up to `burst`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    #[schemars(range(min = 1, max = 100000))]
+    pub per_second: u32,
+    /// Requests allowed at once after an idle period. Default: perSecond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: Option<u32>,
+}
+
+/// Per-target circuit breaker. While open, deliveries wait without spending attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Consecutive failed attempts that open the circuit.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before it lets probe requests through (half-open).
+    #[serde(default = "default_reset_timeout")]
+    pub reset_timeout: Duration,
+    /// Probe requests let through while half-open; all must succeed to close the circuit.
+    #[serde(default = "default_half_open_requests")]
+    #[schemars(range(min = 1, max = 100))]
+    pub half_open_requests: u32,
+}
+
+fn default_failure_threshold() -> u32 {
+    5
+}
+
+fn default_reset_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_half_open_requests() -> u32 {
+    1
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            failure_threshold: default_failure_threshold(),
+            reset_timeout: default_reset_timeout(),
+            half_open_requests: default_half_open_requests(),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Hookline: a Kubernetes-native webhook gateway.
+//!
+//! Module map: `api` (the custom resources), `store` (Postgres), `telemetry` (logs, metrics).
+
+pub mod api;
+pub mod store;
+pub mod telemetry;

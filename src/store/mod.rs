@@ -1,0 +1,34 @@
+//! Postgres: connection pool and schema migrations.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::PgPoolOptions;
+
+/// The schema, embedded from `migrations/` at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] MigrateError),
+}
+
+/// Opens a pool. Connections are made lazily, so a database that is down at start-up does not
+/// stop the process; callers report readiness from [`ping`].
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(url)
+        .map_err(StoreError::Connect)
+}
+
+/// Applies every migration not yet applied; running it again is a no-op.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Test support on the real platform from `hack/test-env`: a kube-apiserver (KUBECONFIG) and a
+//! Postgres (DATABASE_URL). Each test gets its own namespace and its own database.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::{Discovery, Scope};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+pub const FIELD_MANAGER: &str = "hookline-tests";
+
+fn require_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need the test stack. Run them with hack/test, \
+             or start it with: eval \"$(hack/test-env up)\""
+        )
+    })
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A client for the test API server; also makes sure the CRDs are installed.
+pub async fn kube_client() -> Client {
+    require_env("KUBECONFIG");
+    let config = Config::infer()
+        .await
+        .expect("KUBECONFIG must point at a valid kubeconfig");
+    let client = Client::try_from(config).expect("kube client");
+    install_crds(&client).await;
+    client
+}
+
+/// Parses every document of a multi-document YAML stream.
+pub fn yaml_documents<T: for<'de> Deserialize<'de>>(text: &str) -> Vec<T> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| T::deserialize(doc).expect("valid YAML document"))
+        .collect()
+}
+
+static CRDS_INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+/// Applies `crds/hookline.yaml` (what users install) and waits until both CRDs are Established.
+async fn install_crds(client: &Client) {
+    CRDS_INSTALLED
+        .get_or_init(|| async {
+            let text =
+                std::fs::read_to_string(repo_path("crds/hookline.yaml")).expect("read crds/hookline.yaml");
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            for crd in yaml_documents::<CustomResourceDefinition>(&text) {
+                let name = crd.metadata.name.clone().expect("CRD name");
+                api.patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&crd),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    await_condition(api.clone(), &name, conditions::is_crd_established()),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
+                .expect("watch CRD");
+            }
+        })
+        .await;
+}
+
+/// A namespace of its own for one test, so tests can run side by side.
+pub async fn temp_namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// Deletes a test namespace. Without kube-controller-manager it stays Terminating, which is
+/// harmless; this only marks it.
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// Server-side applies every document of `yaml` into `namespace`, resolving kinds by discovery.
+pub async fn apply_yaml(
+    client: &Client,
+    namespace: &str,
+    yaml: &str,
+) -> Result<Vec<DynamicObject>, kube::Error> {
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut applied = Vec::new();
+    for mut object in yaml_documents::<DynamicObject>(yaml) {
+        let types = object.types.clone().expect("apiVersion and kind");
+        let gvk = kube::core::GroupVersionKind::try_from(&types).expect("valid apiVersion");
+        let (resource, caps) = discovery
+            .resolve_gvk(&gvk)
+            .unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
+        let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+            object.metadata.namespace = Some(namespace.to_owned());
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let name = object.metadata.name.clone().expect("metadata.name");
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        applied.push(api.patch(&name, &params, &Patch::Apply(&object)).await?);
+    }
+    Ok(applied)
+}
+
+/// An empty database of its own for one test; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin_url = require_env("DATABASE_URL");
+    let name = format!("hl_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("connect to DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    url_with_database(&admin_url, &name)
+}
+
+fn url_with_database(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("DATABASE_URL has a database path");
+    format!("{base}/{database}")
+}
