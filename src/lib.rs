@@ -5,3 +5,4 @@
 pub mod api;
 pub mod store;
 pub mod telemetry;
+pub mod verify;
