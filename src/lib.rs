@@ -3,6 +3,8 @@
 //! Module map: `api` (the custom resources), `store` (Postgres), `telemetry` (logs, metrics).
 
 pub mod api;
+pub mod gateway;
+pub mod standalone;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

@@ -6,6 +6,7 @@ pub mod secret_ref;
 pub mod source;
 pub mod status;
 pub mod subscription;
+pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

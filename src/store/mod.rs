@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod events;
+
 use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgPoolOptions;

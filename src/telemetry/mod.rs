@@ -1,8 +1,12 @@
-//! Logging: structured `tracing` output, JSON when stdout is not a terminal.
+//! Logs and metrics.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+
+pub use metrics::Metrics;
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`).
 pub fn init_logging() {

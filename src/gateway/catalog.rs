@@ -1,0 +1,298 @@
+//! The gateway's view of its configuration: every source with its verifier, and every delivery
+//! target (handlers and subscriptions), resolved once per configuration change so the request
+//! path only reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use wildmatch::WildMatch;
+
+use crate::api::{DeliveryTarget, Provider, SecretKeyRef, WebhookSource, WebhookSubscription};
+use crate::verify::SourceVerifier;
+
+/// Secret values by namespace, Secret name and key.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets(HashMap<(String, String), BTreeMap<String, Vec<u8>>>);
+
+impl Secrets {
+    pub fn insert(&mut self, namespace: &str, name: &str, data: BTreeMap<String, Vec<u8>>) {
+        self.0.insert((namespace.to_owned(), name.to_owned()), data);
+    }
+
+    /// The value of a key, or why it cannot be used. Messages name the Secret and key, never
+    /// the value.
+    pub fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<String, String> {
+        let data = self
+            .0
+            .get(&(namespace.to_owned(), reference.name.clone()))
+            .ok_or_else(|| format!("Secret {namespace}/{} not found", reference.name))?;
+        let value = data.get(&reference.key).ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{} has no key {:?}",
+                reference.name, reference.key
+            )
+        })?;
+        String::from_utf8(value.clone())
+            .map(|text| text.trim().to_owned())
+            .map_err(|_| {
+                format!(
+                    "Secret {namespace}/{} key {:?} is not UTF-8 text",
+                    reference.name, reference.key
+                )
+            })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    Handler,
+    Subscription,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handler => "handler",
+            Self::Subscription => "subscription",
+        }
+    }
+}
+
+/// A place deliveries go, with its compiled event filter.
+#[derive(Debug)]
+pub struct Target {
+    pub kind: TargetKind,
+    /// `source/handler` for handlers, the subscription's name for subscriptions.
+    pub name: String,
+    pub spec: DeliveryTarget,
+    patterns: Vec<WildMatch>,
+    /// Subscriptions only: the sources it takes events from (empty: all, and published ones).
+    sources: Vec<String>,
+}
+
+impl Target {
+    fn new(kind: TargetKind, name: String, spec: DeliveryTarget, sources: Vec<String>) -> Self {
+        let patterns = spec.events.iter().map(|p| WildMatch::new(p)).collect();
+        Self {
+            kind,
+            name,
+            spec,
+            patterns,
+            sources,
+        }
+    }
+
+    pub fn accepts(&self, event_type: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(event_type))
+    }
+}
+
+/// One source, ready to verify requests.
+#[derive(Debug)]
+pub struct Source {
+    pub namespace: String,
+    pub name: String,
+    pub provider: Provider,
+    pub max_body_bytes: usize,
+    pub allowed_ranges: Vec<IpNet>,
+    /// The verifier, or why the source's secret cannot be used (answered with 503).
+    pub verifier: Result<SourceVerifier, String>,
+    pub handlers: Vec<Target>,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    sources: HashMap<(String, String), Arc<Source>>,
+    subscriptions: HashMap<String, Vec<Target>>,
+}
+
+fn namespace_of<K: kube::ResourceExt>(resource: &K) -> String {
+    resource.namespace().unwrap_or_else(|| "default".to_owned())
+}
+
+/// Parses an `allowedSourceRanges` entry: a CIDR range or a single address.
+pub fn parse_range(entry: &str) -> Option<IpNet> {
+    entry
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+impl Catalog {
+    pub fn build(
+        sources: &[WebhookSource],
+        subscriptions: &[WebhookSubscription],
+        secrets: &Secrets,
+    ) -> Self {
+        let mut catalog = Catalog::default();
+        for source in sources {
+            let namespace = namespace_of(source);
+            let name = source.metadata.name.clone().unwrap_or_default();
+            let spec = &source.spec;
+            let verifier = std::iter::once(&spec.secret_ref)
+                .chain(&spec.additional_secret_refs)
+                .map(|r| secrets.resolve(&namespace, r))
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|values| {
+                    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                    SourceVerifier::new(
+                        spec.provider,
+                        spec.generic_hmac.as_ref(),
+                        &values,
+                        spec.tolerance.get(),
+                    )
+                    .map_err(|e| format!("Secret {}: {e}", spec.secret_ref.name))
+                });
+            let handlers = spec
+                .handlers
+                .iter()
+                .map(|h| {
+                    Target::new(
+                        TargetKind::Handler,
+                        format!("{name}/{}", h.name),
+                        h.target.clone(),
+                        vec![],
+                    )
+                })
+                .collect();
+            let entry = Source {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                provider: spec.provider,
+                max_body_bytes: spec.max_body_bytes as usize,
+                allowed_ranges: spec
+                    .allowed_source_ranges
+                    .iter()
+                    .filter_map(|r| parse_range(r))
+                    .collect(),
+                verifier,
+                handlers,
+            };
+            catalog.sources.insert((namespace, name), Arc::new(entry));
+        }
+        for sub in subscriptions {
+            let target = Target::new(
+                TargetKind::Subscription,
+                sub.metadata.name.clone().unwrap_or_default(),
+                sub.spec.target.clone(),
+                sub.spec.sources.clone(),
+            );
+            catalog
+                .subscriptions
+                .entry(namespace_of(sub))
+                .or_default()
+                .push(target);
+        }
+        catalog
+    }
+
+    pub fn source(&self, namespace: &str, name: &str) -> Option<Arc<Source>> {
+        self.sources
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {
+        self.sources.values()
+    }
+
+    /// Every target an event goes to: the source's matching handlers, then the namespace's
+    /// matching subscriptions. `source` is `None` for published events.
+    pub fn targets_for<'a>(
+        &'a self,
+        namespace: &str,
+        source: Option<&'a Source>,
+        event_type: &'a str,
+    ) -> impl Iterator<Item = &'a Target> {
+        let handlers = source.into_iter().flat_map(|s| &s.handlers);
+        let subscriptions = self
+            .subscriptions
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(move |t| t.sources.is_empty() || source.is_some_and(|s| t.sources.contains(&s.name)));
+        handlers
+            .chain(subscriptions)
+            .filter(move |t| t.accepts(event_type))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(yaml: &str) -> WebhookSource {
+        serde_yaml::from_str(yaml).expect("source YAML")
+    }
+
+    fn subscription(name: &str, events: &str, sources: &str) -> WebhookSubscription {
+        serde_yaml::from_str(&format!(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: {name}, namespace: billing}}\nspec: {{url: 'https://x.example/', events: {events}, sources: {sources}}}"
+        ))
+        .expect("subscription YAML")
+    }
+
+    fn catalog() -> Catalog {
+        let stripe = source(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: stripe, namespace: billing}\nspec:\n  provider: stripe\n  secretRef: {name: s, key: k}\n  allowedSourceRanges: [10.0.0.0/8, 192.0.2.7]\n  handlers:\n  - {name: invoices, url: 'http://a/', events: ['invoice.*']}\n  - {name: all, url: 'http://b/', events: ['*']}\n",
+        );
+        let mut secrets = Secrets::default();
+        secrets.insert(
+            "billing",
+            "s",
+            BTreeMap::from([("k".to_owned(), b"whsec_abc\n".to_vec())]),
+        );
+        let subs = [
+            subscription("paid", "['invoice.paid']", "[]"),
+            subscription("only-github", "['*']", "[github]"),
+            subscription("orders", "['order.*']", "[]"),
+        ];
+        Catalog::build(&[stripe], &subs, &secrets)
+    }
+
+    fn names(catalog: &Catalog, source: Option<&Source>, event_type: &str) -> Vec<String> {
+        catalog
+            .targets_for("billing", source, event_type)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn targets_are_selected_by_glob_and_source() {
+        let catalog = catalog();
+        let stripe = catalog.source("billing", "stripe").expect("source");
+        assert_eq!(
+            names(&catalog, Some(&stripe), "invoice.paid"),
+            ["stripe/invoices", "stripe/all", "paid"]
+        );
+        assert_eq!(
+            names(&catalog, Some(&stripe), "invoice.payment_failed"),
+            ["stripe/invoices", "stripe/all"]
+        );
+        assert_eq!(names(&catalog, Some(&stripe), "customer.created"), ["stripe/all"]);
+        // Published events reach subscriptions without a sources filter only.
+        assert_eq!(names(&catalog, None, "order.created"), ["orders"]);
+        assert!(names(&catalog, None, "anything").is_empty());
+        assert!(
+            catalog
+                .targets_for("other", None, "order.created")
+                .next()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn secrets_resolve_trimmed_and_problems_name_the_secret() {
+        let catalog = catalog();
+        let stripe = catalog.source("billing", "stripe").unwrap();
+        assert!(stripe.verifier.is_ok());
+        assert_eq!(stripe.allowed_ranges.len(), 2);
+        let lonely = source(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: gh, namespace: ci}\nspec: {provider: github, secretRef: {name: gh-secret, key: token}}",
+        );
+        let catalog = Catalog::build(&[lonely], &[], &Secrets::default());
+        let problem = catalog.source("ci", "gh").unwrap().verifier.clone().unwrap_err();
+        assert_eq!(problem, "Secret ci/gh-secret not found");
+    }
+}

@@ -1,0 +1,241 @@
+//! `POST /ingest/{namespace}/{source}`: verify, store durably, then acknowledge.
+//!
+//! Order of checks: unknown source (404), client address (403, before any other work), secret
+//! available (503), body size (413), signature and timestamp (401), then one atomic write of the
+//! event with its deliveries; 200 only after it commits, 503 when the database fails.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::Gateway;
+use super::catalog::Source;
+use crate::store::events::{NewDelivery, NewEvent, Stored, store_event};
+use crate::telemetry::metrics::{IngestLabels, SourceLabels};
+
+pub const DUPLICATE_HEADER: &str = "hookline-duplicate";
+
+fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": reason, "message": message.into()}))).into_response()
+}
+
+/// The client's address: the socket peer, or — when the peer is a trusted proxy — the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+fn client_address(gateway: &Gateway, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = |ip: &IpAddr| gateway.trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .rev()
+        .find(|ip| !trusted(ip))
+        .unwrap_or(peer)
+}
+
+fn headers_json(headers: &HeaderMap) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        map.insert(name.as_str().to_owned(), json!(values.join(", ")));
+    }
+    serde_json::Value::Object(map)
+}
+
+pub(super) async fn receive(
+    State(gateway): State<Arc<Gateway>>,
+    Path((namespace, source_name)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request<Body>,
+) -> Response {
+    let started = Instant::now();
+    let catalog = gateway.catalog();
+    let Some(source) = catalog.source(&namespace, &source_name) else {
+        // Unknown names are not used as metric labels: a scanner must not create series.
+        count(&gateway, "", "", "", "unknown_source", started);
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            format!("no WebhookSource {namespace}/{source_name}"),
+        );
+    };
+    let (outcome, response) = handle(&gateway, &catalog, &source, peer.ip(), request).await;
+    count(
+        &gateway,
+        &namespace,
+        &source_name,
+        provider_label(&source),
+        outcome,
+        started,
+    );
+    response
+}
+
+fn provider_label(source: &Source) -> &'static str {
+    use crate::api::Provider::*;
+    match source.provider {
+        Stripe => "stripe",
+        Clerk => "clerk",
+        Resend => "resend",
+        Svix => "svix",
+        StandardWebhooks => "standard-webhooks",
+        Github => "github",
+        GenericHmac => "generic-hmac",
+    }
+}
+
+fn count(gateway: &Gateway, namespace: &str, source: &str, provider: &str, outcome: &str, started: Instant) {
+    let metrics = gateway.metrics();
+    metrics
+        .ingest_requests
+        .get_or_create(&IngestLabels {
+            namespace: namespace.to_owned(),
+            source: source.to_owned(),
+            provider: provider.to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+    metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
+}
+
+async fn handle(
+    gateway: &Gateway,
+    catalog: &super::Catalog,
+    source: &Source,
+    peer: IpAddr,
+    request: Request<Body>,
+) -> (&'static str, Response) {
+    let (parts, body) = request.into_parts();
+    let client = client_address(gateway, peer, &parts.headers);
+    let reject = |reason: &'static str, status: StatusCode, message: String| {
+        tracing::warn!(namespace = %source.namespace, source = %source.name, reason, remote = %client, "{message}");
+        (reason, refuse(status, reason, message))
+    };
+
+    if !source.allowed_ranges.is_empty() && !source.allowed_ranges.iter().any(|net| net.contains(&client)) {
+        return reject(
+            "source_address_not_allowed",
+            StatusCode::FORBIDDEN,
+            format!("{client} is not in the source's allowedSourceRanges"),
+        );
+    }
+    let verifier = match &source.verifier {
+        Ok(verifier) => verifier,
+        Err(problem) => {
+            tracing::error!(namespace = %source.namespace, source = %source.name, "signing secret unavailable: {problem}");
+            let message = "the source's signing secret is not available; the sender should retry".to_owned();
+            return (
+                "secret_unavailable",
+                refuse(StatusCode::SERVICE_UNAVAILABLE, "secret_unavailable", message),
+            );
+        }
+    };
+    let declared_length = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        reject(
+            "body_too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body exceeds the source's maxBodyBytes of {}",
+                source.max_body_bytes
+            ),
+        )
+    };
+    if declared_length.is_some_and(|len| len > source.max_body_bytes) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(body, source.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => return too_large(),
+    };
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let event = match verifier.verify(&parts.headers, &body, now) {
+        Ok(event) => event,
+        Err(rejection) => {
+            let status = if rejection.reason() == "invalid_payload" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            return reject(rejection.reason(), status, rejection.to_string());
+        }
+    };
+
+    let deliveries: Vec<NewDelivery> = catalog
+        .targets_for(&source.namespace, Some(source), &event.event_type)
+        .map(|target| NewDelivery {
+            id: Uuid::now_v7(),
+            target_kind: target.kind.as_str(),
+            target: target.name.clone(),
+        })
+        .collect();
+    let new_event = NewEvent {
+        id: Uuid::now_v7(),
+        namespace: &source.namespace,
+        source: &source.name,
+        provider: Some(provider_label(source)),
+        external_id: &event.id,
+        event_type: &event.event_type,
+        headers: headers_json(&parts.headers),
+        body: &body,
+    };
+    let labels = SourceLabels {
+        namespace: source.namespace.clone(),
+        source: source.name.clone(),
+    };
+    match store_event(&gateway.pool, &new_event, &deliveries).await {
+        Ok(Stored::New { deliveries }) => {
+            gateway.metrics().events_stored.get_or_create(&labels).inc();
+            tracing::info!(
+                namespace = %source.namespace, source = %source.name, event_id = %event.id,
+                event_type = %event.event_type, deliveries, "event stored"
+            );
+            let body = json!({"id": new_event.id, "eventId": event.id, "type": event.event_type, "deliveries": deliveries});
+            ("accepted", (StatusCode::OK, Json(body)).into_response())
+        }
+        Ok(Stored::Duplicate) => {
+            gateway.metrics().duplicates.get_or_create(&labels).inc();
+            let mut response = (
+                StatusCode::OK,
+                Json(json!({"eventId": event.id, "duplicate": true})),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(DUPLICATE_HEADER, HeaderValue::from_static("true"));
+            ("duplicate", response)
+        }
+        Err(err) => {
+            // Never acknowledge what is not committed: the provider retries a 503.
+            tracing::error!(namespace = %source.namespace, source = %source.name, "cannot store event: {err}");
+            let message = "the event could not be stored; the sender should retry".to_owned();
+            (
+                "storage_unavailable",
+                refuse(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message),
+            )
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The data plane: receives inbound webhooks (`ingest`), and serves health and metrics.
+
+pub mod catalog;
+mod ingest;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use ipnet::IpNet;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::telemetry::Metrics;
+pub use catalog::{Catalog, Secrets};
+
+/// A request that has not finished within this time is answered 408, so slow clients cannot
+/// hold connections and memory indefinitely.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request handler reads.
+pub struct Gateway {
+    catalog: RwLock<Arc<Catalog>>,
+    pool: PgPool,
+    metrics: Metrics,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress controllers).
+    trusted_proxies: Vec<IpNet>,
+    config_loaded: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(pool: PgPool, trusted_proxies: Vec<IpNet>) -> Arc<Self> {
+        Arc::new(Self {
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            pool,
+            metrics: Metrics::new(),
+            trusted_proxies,
+            config_loaded: AtomicBool::new(false),
+        })
+    }
+
+    /// Swaps in a new configuration; requests in flight finish with the one they started with.
+    pub fn set_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+        self.config_loaded.store(true, Ordering::Release);
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/ingest/{namespace}/{source}", post(ingest::receive))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ))
+            .with_state(self.clone())
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and drains requests in flight.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    }
+}
+
+/// Ready when the configuration is loaded and the database answers.
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    if !gateway.config_loaded.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded");
+    }
+    let ping = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&gateway.pool),
+    );
+    match ping.await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+    }
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gateway.metrics.encode(),
+    )
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: draining requests in flight");
+}
