@@ -609,3 +609,54 @@ async fn a_database_outage_is_never_acknowledged() {
     assert_eq!(ready.status(), 503, "not ready without a database");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Resend's "email event history": every event kept with its type and time, listed by type
+/// through the events_by_type index.
+#[tokio::test]
+async fn event_history_is_queryable_by_type_and_time() {
+    let gw = start_gateway(&support::fresh_database().await).await;
+    let t = now();
+    for (i, event_type) in [
+        "email.delivered",
+        "email.opened",
+        "email.clicked",
+        "email.bounced",
+        "email.opened",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let response = gw
+            .send(&svix_request(
+                "resend",
+                "svix",
+                &format!("msg_h{i}"),
+                event_type,
+                t,
+            ))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let opened: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT external_id, headers FROM events
+         WHERE namespace = 'shop' AND event_type = $1 AND received_at > now() - interval '1 hour'
+         ORDER BY received_at",
+    )
+    .bind("email.opened")
+    .fetch_all(&gw.pool)
+    .await
+    .unwrap();
+    let ids: Vec<&str> = opened.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["msg_h1", "msg_h4"]);
+    assert_eq!(opened[0].1["svix-id"], "msg_h1", "request headers are kept");
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM events WHERE namespace = 'shop' AND event_type = 'email.opened' ORDER BY received_at DESC LIMIT 50",
+    )
+    .fetch_all(&gw.pool)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter().any(|line| line.contains("events_by_type")),
+        "{plan:#?}"
+    );
+}
