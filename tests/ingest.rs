@@ -116,11 +116,16 @@ struct TestGateway {
 }
 
 async fn start_gateway(database_url: &str) -> TestGateway {
+    start_gateway_behind(database_url, vec![]).await
+}
+
+/// A gateway that believes `X-Forwarded-For` from `trusted_proxies`.
+async fn start_gateway_behind(database_url: &str, trusted_proxies: Vec<ipnet::IpNet>) -> TestGateway {
     let pool = hookline::store::connect_lazy(database_url, 8).expect("pool");
     hookline::store::migrate(&pool).await.expect("migrate");
     let mut config = Config::default();
     load_text(CONFIG, Path::new("test config"), &mut config).expect("config loads");
-    let gateway = Gateway::new(pool.clone(), vec![]);
+    let gateway = Gateway::new(pool.clone(), trusted_proxies);
     gateway.set_catalog(Catalog::build(
         &config.sources,
         &config.subscriptions,
@@ -658,5 +663,41 @@ async fn event_history_is_queryable_by_type_and_time() {
     assert!(
         plan.iter().any(|line| line.contains("events_by_type")),
         "{plan:#?}"
+    );
+}
+
+/// allowedSourceRanges sees the client behind a trusted proxy, and only behind a trusted one.
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let url = support::fresh_database().await;
+    let office = |xff: &str| {
+        let mut request = github_request("office-only", &format!("d-{xff}"), "push");
+        request.headers.push(("X-Forwarded-For".into(), xff.into()));
+        request
+    };
+    let direct = start_gateway(&url).await;
+    assert_eq!(
+        direct.send(&office("192.0.2.10")).await.status(),
+        403,
+        "an untrusted peer cannot claim an address"
+    );
+
+    let proxied = start_gateway_behind(&url, vec!["127.0.0.0/8".parse().unwrap()]).await;
+    assert_eq!(
+        proxied.send(&office("192.0.2.10")).await.status(),
+        200,
+        "client in range, via a trusted proxy"
+    );
+    // The right-most untrusted entry is the client; earlier entries are whatever it claimed.
+    assert_eq!(
+        proxied.send(&office("192.0.2.10, 203.0.113.9")).await.status(),
+        403
+    );
+    assert_eq!(
+        proxied
+            .send(&office("203.0.113.9, 192.0.2.10, 127.0.0.1"))
+            .await
+            .status(),
+        200
     );
 }
