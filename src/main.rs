@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use hookline::api::Duration;
+use hookline::dispatch::DispatchOptions;
 use ipnet::IpNet;
 
 /// Hookline: verified inbound webhooks and reliable, signed outbound delivery, configured with
@@ -18,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway without Kubernetes, configured from the YAML files in a directory.
-    Standalone(StandaloneArgs),
+    Standalone(Box<StandaloneArgs>),
     /// Print the CustomResourceDefinitions (YAML), generated from the Rust types.
     Crds,
 }
@@ -41,6 +43,59 @@ struct StandaloneArgs {
     /// Proxies (CIDRs) whose X-Forwarded-For header names the client address.
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<IpNet>,
+    #[command(flatten)]
+    publish: PublishArgs,
+    #[command(flatten)]
+    dispatch: DispatchArgs,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// Bearer token of the publish API (POST /v1/namespaces/{ns}/events).
+    #[arg(
+        long,
+        env = "HOOKLINE_PUBLISH_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "publish_token_file"
+    )]
+    publish_token: Option<String>,
+    /// File holding the publish token (for example a mounted Secret).
+    #[arg(long, value_name = "FILE")]
+    publish_token_file: Option<PathBuf>,
+}
+
+impl PublishArgs {
+    fn token(self) -> anyhow::Result<Option<String>> {
+        match self.publish_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!("cannot read --publish-token-file {}: {e}", path.display())
+                })?;
+                Ok(Some(token.trim().to_owned()))
+            }
+            None => Ok(self.publish_token),
+        }
+    }
+}
+
+#[derive(Args)]
+struct DispatchArgs {
+    /// Longest wait a receiver's Retry-After may ask for.
+    #[arg(long, default_value = "1h")]
+    max_retry_after: Duration,
+    /// Time beyond a target's timeout before a claimed delivery of a dead worker is taken over.
+    #[arg(long, default_value = "30s")]
+    lease_margin: Duration,
+}
+
+impl DispatchArgs {
+    fn options(self) -> DispatchOptions {
+        DispatchOptions {
+            max_retry_after: self.max_retry_after.get(),
+            lease_margin: self.lease_margin.get(),
+            ..DispatchOptions::default()
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -59,13 +114,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds => print_crds(),
-        Command::Standalone(args) => run_async(hookline::standalone::run(hookline::standalone::Options {
-            config_dir: args.config_dir,
-            listen: args.listen,
-            database_url: args.database_url.filter(|url| !url.is_empty()),
-            state_dir: args.state_dir.unwrap_or_else(default_state_dir),
-            trusted_proxies: args.trusted_proxies,
-        })),
+        Command::Standalone(args) => standalone(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,6 +123,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let options = hookline::standalone::Options {
+        config_dir: args.config_dir,
+        listen: args.listen,
+        database_url: args.database_url.filter(|url| !url.is_empty()),
+        state_dir: args.state_dir.unwrap_or_else(default_state_dir),
+        trusted_proxies: args.trusted_proxies,
+        publish_token: args.publish.token()?,
+        dispatch: args.dispatch.options(),
+    };
+    run_async(hookline::standalone::run(options))
 }
 
 fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

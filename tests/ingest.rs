@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hookline::gateway::{Catalog, Gateway};
+use hookline::gateway::{Catalog, Gateway, GatewayOptions};
 use hookline::standalone::loader::{Config, load_text};
 use hookline::verify::{self, SigningKey, standard_webhooks, stripe};
 use sqlx::PgPool;
@@ -125,7 +125,11 @@ async fn start_gateway_behind(database_url: &str, trusted_proxies: Vec<ipnet::Ip
     hookline::store::migrate(&pool).await.expect("migrate");
     let mut config = Config::default();
     load_text(CONFIG, Path::new("test config"), &mut config).expect("config loads");
-    let gateway = Gateway::new(pool.clone(), trusted_proxies);
+    let options = GatewayOptions {
+        trusted_proxies,
+        publish_token: None,
+    };
+    let gateway = Gateway::new(pool.clone(), options);
     gateway.set_catalog(Catalog::build(
         &config.sources,
         &config.subscriptions,

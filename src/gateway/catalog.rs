@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use wildmatch::WildMatch;
 
 use crate::api::{DeliveryTarget, Provider, SecretKeyRef, WebhookSource, WebhookSubscription};
-use crate::verify::SourceVerifier;
+use crate::verify::{SigningKey, SourceVerifier, standard_webhooks};
 
 /// Secret values by namespace, Secret name and key.
 #[derive(Clone, Debug, Default)]
@@ -66,18 +66,43 @@ pub struct Target {
     /// `source/handler` for handlers, the subscription's name for subscriptions.
     pub name: String,
     pub spec: DeliveryTarget,
+    /// Keys to sign deliveries with, from `secretRef`; `None` when the target has no secretRef
+    /// (a generated secret is used). Several keys while rotating.
+    pub signing: Option<Result<Vec<SigningKey>, String>>,
     patterns: Vec<WildMatch>,
     /// Subscriptions only: the sources it takes events from (empty: all, and published ones).
     sources: Vec<String>,
 }
 
 impl Target {
-    fn new(kind: TargetKind, name: String, spec: DeliveryTarget, sources: Vec<String>) -> Self {
+    fn new(
+        kind: TargetKind,
+        name: String,
+        spec: DeliveryTarget,
+        sources: Vec<String>,
+        namespace: &str,
+        secrets: &Secrets,
+    ) -> Self {
         let patterns = spec.events.iter().map(|p| WildMatch::new(p)).collect();
+        let signing = spec.secret_ref.as_ref().map(|reference| {
+            let value = secrets.resolve(namespace, reference)?;
+            // Several whitespace-separated secrets: sign with each (rotation).
+            value
+                .split_whitespace()
+                .map(standard_webhooks::decode_secret)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    format!(
+                        "Secret {namespace}/{} key {:?}: {e}",
+                        reference.name, reference.key
+                    )
+                })
+        });
         Self {
             kind,
             name,
             spec,
+            signing,
             patterns,
             sources,
         }
@@ -153,6 +178,8 @@ impl Catalog {
                         format!("{name}/{}", h.name),
                         h.target.clone(),
                         vec![],
+                        &namespace,
+                        secrets,
                     )
                 })
                 .collect();
@@ -172,17 +199,16 @@ impl Catalog {
             catalog.sources.insert((namespace, name), Arc::new(entry));
         }
         for sub in subscriptions {
+            let namespace = namespace_of(sub);
             let target = Target::new(
                 TargetKind::Subscription,
                 sub.metadata.name.clone().unwrap_or_default(),
                 sub.spec.target.clone(),
                 sub.spec.sources.clone(),
+                &namespace,
+                secrets,
             );
-            catalog
-                .subscriptions
-                .entry(namespace_of(sub))
-                .or_default()
-                .push(target);
+            catalog.subscriptions.entry(namespace).or_default().push(target);
         }
         catalog
     }
@@ -191,6 +217,30 @@ impl Catalog {
         self.sources
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// A target by namespace, kind and name (`source/handler` for handlers).
+    pub fn target(&self, namespace: &str, kind: &str, name: &str) -> Option<&Target> {
+        match kind {
+            "handler" => {
+                let (source, _) = name.split_once('/')?;
+                let source = self.sources.get(&(namespace.to_owned(), source.to_owned()))?;
+                source.handlers.iter().find(|t| t.name == name)
+            }
+            "subscription" => self.subscriptions.get(namespace)?.iter().find(|t| t.name == name),
+            _ => None,
+        }
+    }
+
+    /// The longest attempt timeout of any target.
+    pub fn max_timeout(&self) -> std::time::Duration {
+        let handlers = self.sources.values().flat_map(|s| &s.handlers);
+        let subscriptions = self.subscriptions.values().flatten();
+        handlers
+            .chain(subscriptions)
+            .map(|t| t.spec.timeout.get())
+            .max()
+            .unwrap_or_default()
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {

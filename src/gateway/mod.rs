@@ -2,6 +2,7 @@
 
 pub mod catalog;
 mod ingest;
+mod publish;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,18 +34,32 @@ pub struct Gateway {
     metrics: Metrics,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress controllers).
     trusted_proxies: Vec<IpNet>,
+    /// Bearer token of the publish API; publishing is refused without one.
+    publish_token: Option<String>,
     config_loaded: AtomicBool,
 }
 
+/// Settings of the HTTP side of the gateway.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOptions {
+    pub trusted_proxies: Vec<IpNet>,
+    pub publish_token: Option<String>,
+}
+
 impl Gateway {
-    pub fn new(pool: PgPool, trusted_proxies: Vec<IpNet>) -> Arc<Self> {
+    pub fn new(pool: PgPool, options: GatewayOptions) -> Arc<Self> {
         Arc::new(Self {
             catalog: RwLock::new(Arc::new(Catalog::default())),
             pool,
             metrics: Metrics::new(),
-            trusted_proxies,
+            trusted_proxies: options.trusted_proxies,
+            publish_token: options.publish_token.filter(|t| !t.is_empty()),
             config_loaded: AtomicBool::new(false),
         })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Swaps in a new configuration; requests in flight finish with the one they started with.
@@ -64,6 +79,7 @@ impl Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/ingest/{namespace}/{source}", post(ingest::receive))
+            .route("/v1/namespaces/{namespace}/events", post(publish::publish))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))

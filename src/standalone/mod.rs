@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ipnet::IpNet;
 
-use crate::gateway::{Catalog, Gateway, shutdown_signal};
+use crate::dispatch::{DispatchOptions, Dispatcher};
+use crate::gateway::{Catalog, Gateway, GatewayOptions, shutdown_signal};
 use postgres::PrivatePostgres;
 
 pub struct Options {
@@ -19,6 +20,8 @@ pub struct Options {
     pub database_url: Option<String>,
     pub state_dir: PathBuf,
     pub trusted_proxies: Vec<IpNet>,
+    pub publish_token: Option<String>,
+    pub dispatch: DispatchOptions,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -74,13 +77,23 @@ async fn serve(options: &Options, database_url: &str, catalog: Catalog) -> anyho
     crate::store::migrate(&pool)
         .await
         .context("preparing the database")?;
-    let gateway = Gateway::new(pool.clone(), options.trusted_proxies.clone());
+    let gateway = Gateway::new(
+        pool.clone(),
+        GatewayOptions {
+            trusted_proxies: options.trusted_proxies.clone(),
+            publish_token: options.publish_token.clone(),
+        },
+    );
     gateway.set_catalog(catalog);
+    let dispatcher =
+        tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), options.dispatch.clone()).run());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     tracing::info!(listen = %options.listen, "gateway listening");
     gateway.serve(listener, shutdown_signal()).await?;
+    // Deliveries in flight are abandoned here; their leases expire and they are sent again.
+    dispatcher.abort();
     pool.close().await;
     Ok(())
 }

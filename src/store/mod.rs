@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub mod deliveries;
 pub mod events;
 
 use sqlx::PgPool;

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -21,12 +22,33 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub namespace: String,
+    /// `subscription/<name>` or `handler/<source>/<handler>`.
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub namespace: String,
+    pub target: String,
+    /// succeeded or failed.
+    pub outcome: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub ingest_requests: Family<IngestLabels, Counter>,
     pub ingest_duration: Histogram,
     pub events_stored: Family<SourceLabels, Counter>,
     pub duplicates: Family<SourceLabels, Counter>,
+    pub delivery_attempts: Family<AttemptLabels, Counter>,
+    pub delivery_duration: Histogram,
+    pub deliveries_dead: Family<TargetLabels, Counter>,
+    pub deliveries_pending: Gauge,
+    pub circuit_state: Family<TargetLabels, Gauge>,
+    pub event_delivery_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -63,12 +85,54 @@ impl Metrics {
             "Events received again and not stored twice",
             duplicates.clone(),
         );
+        let delivery_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "HTTP attempts to deliver events, by target and outcome",
+            delivery_attempts.clone(),
+        );
+        let delivery_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "delivery_duration_seconds",
+            "Duration of one delivery attempt",
+            delivery_duration.clone(),
+        );
+        let deliveries_dead = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "deliveries_dead",
+            "Deliveries that exhausted their attempts",
+            deliveries_dead.clone(),
+        );
+        let deliveries_pending = Gauge::default();
+        registry.register(
+            "deliveries_pending",
+            "Deliveries waiting to be sent or retried",
+            deliveries_pending.clone(),
+        );
+        let circuit_state = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "circuit_state",
+            "Circuit breaker per target: 0 closed, 1 half-open, 2 open",
+            circuit_state.clone(),
+        );
+        let event_delivery_latency = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        registry.register(
+            "event_delivery_latency_seconds",
+            "Time from receiving an event to its successful delivery",
+            event_delivery_latency.clone(),
+        );
         Self {
             registry,
             ingest_requests,
             ingest_duration,
             events_stored,
             duplicates,
+            delivery_attempts,
+            delivery_duration,
+            deliveries_dead,
+            deliveries_pending,
+            circuit_state,
+            event_delivery_latency,
         }
     }
 

@@ -14,6 +14,8 @@ use kube::{Client, Config};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+pub mod sink;
+
 pub const FIELD_MANAGER: &str = "hookline-tests";
 
 fn require_env(name: &str) -> String {

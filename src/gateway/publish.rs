@@ -1,0 +1,193 @@
+//! `POST /v1/namespaces/{namespace}/events`: internal services publish events to the namespace's
+//! subscriptions. Bearer-token auth; `Idempotency-Key` replays the first answer for the same key
+//! and body for 24 hours; the event and its deliveries are written in one transaction and
+//! answered only after it commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Digest;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::Gateway;
+use crate::store::events::{
+    Idempotency, IdempotentAnswer, NewDelivery, NewEvent, Published, Stored, store_published,
+};
+
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+#[derive(Deserialize)]
+struct PublishRequest {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: serde_json::Value,
+    id: Option<String>,
+}
+
+fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": reason, "message": message.into()}))).into_response()
+}
+
+fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
+    let Some(expected) = gateway.publish_token.as_deref() else {
+        return false;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+fn answer_for(event_id: Uuid, external_id: &str, stored: &Stored) -> IdempotentAnswer {
+    match stored {
+        Stored::New { deliveries } => IdempotentAnswer {
+            status: StatusCode::ACCEPTED.as_u16(),
+            body: json!({"id": event_id, "eventId": external_id, "deliveries": deliveries}),
+        },
+        Stored::Duplicate => IdempotentAnswer {
+            status: StatusCode::OK.as_u16(),
+            body: json!({"eventId": external_id, "duplicate": true}),
+        },
+    }
+}
+
+fn respond(answer: IdempotentAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    (status, Json(answer.body)).into_response()
+}
+
+pub(super) async fn publish(
+    State(gateway): State<Arc<Gateway>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&gateway, &headers) {
+        let message = if gateway.publish_token.is_some() {
+            "a valid Authorization: Bearer token is required"
+        } else {
+            "publishing is disabled: no publish token is configured (HOOKLINE_PUBLISH_TOKEN)"
+        };
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    }
+    let request: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not a publish request: {err}"),
+            );
+        }
+    };
+    if request.event_type.is_empty() || request.event_type.len() > 256 {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_type",
+            "type must be 1 to 256 characters",
+        );
+    }
+    let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) if !key.is_empty() && key.len() <= 255 => Some(key.to_owned()),
+        Some(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible characters",
+            );
+        }
+    };
+
+    let event_id = Uuid::now_v7();
+    let external_id = request.id.clone().unwrap_or_else(|| event_id.to_string());
+    // The Standard Webhooks envelope is what subscribers receive.
+    let envelope = json!({
+        "type": request.event_type,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": request.data,
+    });
+    let envelope_bytes = envelope.to_string().into_bytes();
+    let catalog = gateway.catalog();
+    let deliveries: Vec<NewDelivery> = catalog
+        .targets_for(&namespace, None, &request.event_type)
+        .map(|t| NewDelivery {
+            id: Uuid::now_v7(),
+            target_kind: t.kind.as_str(),
+            target: t.name.clone(),
+        })
+        .collect();
+    let event = NewEvent {
+        id: event_id,
+        namespace: &namespace,
+        source: "",
+        provider: None,
+        external_id: &external_id,
+        event_type: &request.event_type,
+        headers: json!({"content-type": "application/json"}),
+        body: &envelope_bytes,
+    };
+    let request_hash = sha2::Sha256::digest(&body);
+    let answer = |stored: &Stored| answer_for(event_id, &external_id, stored);
+    let idempotency = idempotency_key.as_deref().map(|key| Idempotency {
+        key,
+        request_hash: request_hash.as_slice(),
+        answer_if_new: answer(&Stored::New {
+            deliveries: deliveries.len() as u64,
+        }),
+        answer_if_duplicate: answer(&Stored::Duplicate),
+    });
+    match store_published(
+        &gateway.pool,
+        &event,
+        &deliveries,
+        idempotency.as_ref(),
+        IDEMPOTENCY_TTL,
+    )
+    .await
+    {
+        Ok(Published::Stored(stored)) => {
+            if let Stored::New { deliveries } = stored {
+                tracing::info!(namespace = %namespace, event_type = %request.event_type, deliveries, "event published");
+            }
+            let mut response = respond(answer(&stored));
+            if stored == Stored::Duplicate {
+                response
+                    .headers_mut()
+                    .insert(super::ingest::DUPLICATE_HEADER, HeaderValue::from_static("true"));
+            }
+            response
+        }
+        Ok(Published::Replayed(first)) => {
+            let mut response = respond(first);
+            response
+                .headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+            response
+        }
+        Ok(Published::KeyReused) => refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different body in the last 24 hours",
+        ),
+        Err(err) => {
+            tracing::error!(namespace = %namespace, "cannot store published event: {err}");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the event could not be stored; retry",
+            )
+        }
+    }
+}

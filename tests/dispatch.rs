@@ -1,0 +1,420 @@
+//! The delivery engine against real parts: Postgres from hack/test-env, a real gateway and
+//! dispatcher on real sockets, and real HTTP sinks that fail on command.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hookline::api::Provider;
+use hookline::dispatch::{DispatchOptions, Dispatcher};
+use hookline::gateway::{Catalog, Gateway, GatewayOptions};
+use hookline::standalone::loader::{Config, load_text};
+use hookline::verify::SourceVerifier;
+use serde_json::json;
+use sqlx::PgPool;
+use support::sink::{Reply, Sink};
+
+const TOKEN: &str = "publish-token-for-tests";
+const SUB_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+struct Harness {
+    base: String,
+    pool: PgPool,
+    sink: Sink,
+    client: reqwest::Client,
+}
+
+/// Starts a gateway with a dispatcher on a fresh database; `{SINK}` in the YAML is the sink.
+async fn harness(yaml: &str) -> Harness {
+    let sink = Sink::start().await;
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 16).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let base = start_gateway(&pool, &yaml.replace("{SINK}", &sink.base)).await;
+    Harness {
+        base,
+        pool,
+        sink,
+        client: reqwest::Client::new(),
+    }
+}
+
+async fn start_gateway(pool: &PgPool, yaml: &str) -> String {
+    let mut config = Config::default();
+    load_text(yaml, Path::new("test"), &mut config).expect("config");
+    let gateway = Gateway::new(
+        pool.clone(),
+        GatewayOptions {
+            trusted_proxies: vec![],
+            publish_token: Some(TOKEN.into()),
+        },
+    );
+    gateway.set_catalog(Catalog::build(
+        &config.sources,
+        &config.subscriptions,
+        &config.secrets,
+    ));
+    let options = DispatchOptions {
+        safety_poll: Duration::from_millis(500),
+        ..DispatchOptions::default()
+    };
+    tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), options).run());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
+    base
+}
+
+fn subscription(name: &str, path: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{url: '{{SINK}}/{path}', events: ['*'], secretRef: {{name: signing, key: secret}}{extra}}}\n"
+    )
+}
+
+const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: signing, namespace: shop}\nstringData: {secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}\n";
+
+impl Harness {
+    async fn publish(&self, event_type: &str, data: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/namespaces/shop/events", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"type": event_type, "data": data}))
+            .send()
+            .await
+            .expect("publish")
+    }
+
+    async fn delivery(&self, target: &str) -> Vec<(String, i32)> {
+        sqlx::query_as("SELECT status, attempts FROM deliveries WHERE target = $1 ORDER BY created_at")
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn wait_status(&self, target: &str, status: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let rows = self.delivery(target).await;
+            if rows.iter().filter(|(s, _)| s == status).count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{target}: wanted {count} {status}, have {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[tokio::test]
+async fn delivered_requests_are_signed_per_standard_webhooks() {
+    let h = harness(&format!("{SECRET}{}", subscription("crm", "crm", ""))).await;
+    let response = h
+        .publish("invoice.paid", json!({"invoice": "in_1", "amount": 4200}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let got = h.sink.wait_for("crm", 1, Duration::from_secs(10)).await;
+    let request = &got[0];
+    assert_eq!(request.header("hookline-event-type"), "invoice.paid");
+    assert!(request.header("user-agent").starts_with("hookline/"));
+    assert_eq!(request.header("content-type"), "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["type"], "invoice.paid");
+    assert_eq!(body["data"]["amount"], 4200);
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    // A receiver verifies with the shared secret, as any Standard Webhooks library would.
+    let verifier = SourceVerifier::new(
+        Provider::StandardWebhooks,
+        None,
+        &[SUB_SECRET],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let event = verifier
+        .verify(&request.headers, &request.body, now())
+        .expect("signature verifies");
+    assert_eq!(event.event_type, "invoice.paid");
+    let other = SourceVerifier::new(
+        Provider::StandardWebhooks,
+        None,
+        &["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert!(other.verify(&request.headers, &request.body, now()).is_err());
+    h.wait_status("crm", "succeeded", 1, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn retries_follow_the_schedule_and_max_attempts_is_exact() {
+    let yaml = format!(
+        "{SECRET}{}{}",
+        subscription(
+            "down",
+            "down",
+            ", retryPolicy: {maxAttempts: 3, schedule: [300ms, 600ms]}"
+        ),
+        subscription(
+            "flaky",
+            "flaky",
+            ", retryPolicy: {maxAttempts: 5, schedule: [200ms]}"
+        ),
+    );
+    let h = harness(&yaml).await;
+    h.sink.always("down", Reply::Status(500));
+    h.sink
+        .script("flaky", vec![Reply::Status(503), Reply::Status(500)]);
+    assert_eq!(h.publish("order.created", json!({})).await.status(), 202);
+
+    h.wait_status("down", "dead", 1, Duration::from_secs(15)).await;
+    let down = h.sink.received("down");
+    assert_eq!(down.len(), 3, "maxAttempts counts every attempt");
+    let gaps: Vec<Duration> = down.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(300),
+        "first retry after the 1st delay: {gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(600),
+        "second retry after the 2nd delay: {gaps:?}"
+    );
+    // Every attempt is on record with its status code, and the same webhook-id each time.
+    let ids: Vec<&str> = down.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let codes: Vec<Option<i16>> = sqlx::query_scalar(
+        "SELECT a.status_code FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.target = 'down' ORDER BY a.attempt_number",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(codes, [Some(500), Some(500), Some(500)]);
+
+    h.wait_status("flaky", "succeeded", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(h.delivery("flaky").await, [("succeeded".to_owned(), 3)]);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let h = harness(&format!(
+        "{SECRET}{}",
+        subscription("busy", "busy", ", retryPolicy: {schedule: [100ms]}")
+    ))
+    .await;
+    h.sink
+        .script("busy", vec![Reply::WithHeader(429, "retry-after", "2".into())]);
+    h.publish("order.created", json!({})).await;
+    let got = h.sink.wait_for("busy", 2, Duration::from_secs(10)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "Retry-After: 2 asks for 2s, the policy for 100ms; waited {gap:?}"
+    );
+    h.wait_status("busy", "succeeded", 1, Duration::from_secs(5))
+        .await;
+}
+
+#[tokio::test]
+async fn the_circuit_opens_half_opens_and_closes_without_spending_attempts() {
+    let breaker = ", retryPolicy: {maxAttempts: 10, schedule: [100ms]}, maxInFlight: 1, \
+                   circuitBreaker: {failureThreshold: 2, resetTimeout: 1500ms, halfOpenRequests: 1}";
+    let h = harness(&format!("{SECRET}{}", subscription("shaky", "shaky", breaker))).await;
+    h.sink
+        .script("shaky", vec![Reply::Status(500), Reply::Status(500)]);
+    for i in 0..4 {
+        h.publish("order.created", json!({"n": i})).await;
+    }
+    h.wait_status("shaky", "succeeded", 4, Duration::from_secs(20))
+        .await;
+    let got = h.sink.received("shaky");
+    assert_eq!(
+        got.len(),
+        6,
+        "2 failures, then one request per delivery: none while open"
+    );
+    let pause = got[2].at - got[1].at;
+    assert!(
+        pause >= Duration::from_millis(1400),
+        "the circuit stays open for resetTimeout; paused {pause:?}"
+    );
+    let circuit: String = sqlx::query_scalar("SELECT circuit FROM target_states WHERE target = 'shaky'")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(circuit, "closed");
+    let total_attempts: i64 =
+        sqlx::query_scalar("SELECT sum(attempts) FROM deliveries WHERE target = 'shaky'")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        total_attempts, 6,
+        "deliveries waiting on the open circuit spent no attempts"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried_and_410_pauses_the_target() {
+    let yaml = format!(
+        "{SECRET}{}{}",
+        subscription("strict", "strict", ""),
+        subscription("gone", "gone", "")
+    );
+    let h = harness(&yaml).await;
+    h.sink.always("strict", Reply::Status(400));
+    h.sink.always("gone", Reply::Status(410));
+    h.publish("order.created", json!({})).await;
+    h.wait_status("strict", "dead", 1, Duration::from_secs(10)).await;
+    assert_eq!(h.delivery("strict").await, [("dead".to_owned(), 1)]);
+
+    h.sink.wait_for("gone", 1, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reason = loop {
+        let reason: Option<String> =
+            sqlx::query_scalar("SELECT paused_reason FROM target_states WHERE target = 'gone'")
+                .fetch_optional(&h.pool)
+                .await
+                .unwrap()
+                .flatten();
+        if let Some(reason) = reason {
+            break reason;
+        }
+        assert!(Instant::now() < deadline, "410 must pause the target");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("410 Gone"), "{reason}");
+    h.publish("order.created", json!({"after": "pause"})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.sink.received("gone").len(),
+        1,
+        "a paused target receives nothing more"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_target_does_not_delay_the_others() {
+    let yaml = format!(
+        "{SECRET}{}{}",
+        subscription("stuck", "stuck", ", timeout: 20s, maxInFlight: 4"),
+        subscription("healthy", "healthy", ""),
+    );
+    let h = harness(&yaml).await;
+    h.sink.always("stuck", Reply::Hang);
+    let started = Instant::now();
+    for i in 0..30 {
+        assert_eq!(h.publish("order.created", json!({"n": i})).await.status(), 202);
+    }
+    h.sink.wait_for("healthy", 30, Duration::from_secs(10)).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the healthy target got everything while the other hangs"
+    );
+    assert!(
+        h.sink.received("stuck").len() <= 4,
+        "the stuck target holds at most maxInFlight requests"
+    );
+}
+
+#[tokio::test]
+async fn publish_is_authenticated_validated_and_idempotent() {
+    let h = harness(&format!("{SECRET}{}", subscription("crm", "crm", ""))).await;
+    let url = format!("{}/v1/namespaces/shop/events", h.base);
+    let body = json!({"type": "order.created", "data": {"order": 1}, "id": "ord_1"});
+    let send = |key: &str, body: serde_json::Value| {
+        h.client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("key-1", body.clone()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first_body: serde_json::Value = first.json().await.unwrap();
+    for _ in 0..2 {
+        let again = send("key-1", body.clone()).await.unwrap();
+        assert_eq!(again.status(), 202);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.json::<serde_json::Value>().await.unwrap(), first_body);
+    }
+    let reused = send("key-1", json!({"type": "order.created", "data": {"order": 2}}))
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), 422);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "one event for one idempotency key");
+
+    // The event id dedupes too, across keys.
+    let duplicate = send("key-2", body.clone()).await.unwrap();
+    assert_eq!(duplicate.status(), 200);
+    assert_eq!(duplicate.headers()["hookline-duplicate"], "true");
+
+    let anonymous = h.client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = h
+        .client
+        .post(&url)
+        .bearer_auth("nope")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let malformed = h
+        .client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(
+        malformed.json::<serde_json::Value>().await.unwrap()["error"],
+        "invalid_json"
+    );
+    h.sink.wait_for("crm", 1, Duration::from_secs(10)).await;
+}
+
+/// Two gateway processes' dispatchers on one database: every delivery sent, none by both.
+#[tokio::test]
+async fn two_dispatchers_share_the_queue_without_double_sends() {
+    let yaml = format!("{SECRET}{}", subscription("crm", "crm", ", maxInFlight: 8"));
+    let h = harness(&yaml).await;
+    let second = start_gateway(&h.pool, &yaml.replace("{SINK}", &h.sink.base)).await;
+    let publishers = [h.base.clone(), second];
+    for i in 0..200 {
+        let base = &publishers[i % 2];
+        let response = h
+            .client
+            .post(format!("{base}/v1/namespaces/shop/events"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"type": "order.created", "data": {"n": i}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let got = h.sink.wait_for("crm", 200, Duration::from_secs(30)).await;
+    h.wait_status("crm", "succeeded", 200, Duration::from_secs(10))
+        .await;
+    let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+    assert_eq!(got.len(), 200, "no delivery was sent twice");
+}
