@@ -418,3 +418,48 @@ async fn two_dispatchers_share_the_queue_without_double_sends() {
     assert_eq!(ids.len(), 200);
     assert_eq!(got.len(), 200, "no delivery was sent twice");
 }
+
+/// Handlers get the provider's body byte for byte, re-signed by Hookline.
+#[tokio::test]
+async fn handlers_receive_the_original_body_unchanged() {
+    let yaml = "apiVersion: v1\nkind: Secret\nmetadata: {name: stripe, namespace: shop}\n\
+                stringData: {secret: whsec_stripe_test, handler: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}\n---\n\
+                apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: stripe, namespace: shop}\n\
+                spec:\n  provider: stripe\n  secretRef: {name: stripe, key: secret}\n  handlers:\n\
+                \x20 - {name: billing, url: '{SINK}/billing', events: ['invoice.*'], secretRef: {name: stripe, key: handler}}\n";
+    let h = harness(yaml).await;
+    let body = "{\n  \"id\": \"evt_9\",\n  \"type\": \"invoice.paid\",\n  \"data\": {\"object\": {\"amount\": 1}}\n}\n";
+    let key = hookline::verify::SigningKey::from_text("whsec_stripe_test").unwrap();
+    let response = h
+        .client
+        .post(format!("{}/ingest/shop/stripe", h.base))
+        .header(
+            "Stripe-Signature",
+            hookline::verify::stripe::sign(&key, now(), body.as_bytes()),
+        )
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let got = h.sink.wait_for("billing", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[0].body.as_ref(),
+        body.as_bytes(),
+        "byte for byte, whitespace and all"
+    );
+    assert_eq!(got[0].header("content-type"), "application/json; charset=utf-8");
+    assert_eq!(got[0].header("hookline-source"), "stripe");
+    assert_eq!(got[0].header("hookline-event-type"), "invoice.paid");
+    let verifier = SourceVerifier::new(
+        Provider::StandardWebhooks,
+        None,
+        &[SUB_SECRET],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    verifier
+        .verify(&got[0].headers, &got[0].body, now())
+        .expect("signed with the handler's secret");
+}

@@ -1,0 +1,178 @@
+//! Gateway processes as they run in production: real `hookline standalone` processes on one
+//! Postgres, killed with SIGKILL mid-delivery, sharing the queue.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::sink::{Reply, Sink};
+
+const TOKEN: &str = "process-test-token";
+
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the configuration a user would apply: a signing Secret and a subscription to `url`.
+fn config_dir(url: &str, extra: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hookline-config-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: shop}}\n\
+             stringData: {{secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n---\n\
+             apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: crm, namespace: shop}}\n\
+             spec: {{url: '{url}', events: ['*'], secretRef: {{name: signing, key: secret}}{extra}}}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+async fn start(config: &std::path::Path, database_url: &str) -> Gateway {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["standalone", "--lease-margin", "1s", "-f"])
+        .arg(config)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", database_url)
+        .env("HOOKLINE_PUBLISH_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gateway");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "gateway not ready within 30s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Gateway { child, base }
+}
+
+async fn publish(base: &str, n: usize) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/namespaces/shop/events"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"type": "order.created", "data": {"n": n}}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), 202);
+}
+
+async fn statuses(database_url: &str) -> Vec<(String, i64)> {
+    let pool = sqlx::PgPool::connect(database_url).await.unwrap();
+    let rows = sqlx::query_as("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_delivery_delivers_everything_after_restart() {
+    let sink = Sink::start().await;
+    let database_url = support::fresh_database().await;
+    let config = config_dir(&sink.url("crash"), ", timeout: 2s");
+    // The first request never gets an answer: it is in flight when the gateway dies.
+    sink.script("crash", vec![Reply::Hang]);
+    let mut first = start(&config, &database_url).await;
+    for n in 0..10 {
+        publish(&first.base, n).await;
+    }
+    sink.wait_for("crash", 10, Duration::from_secs(20)).await;
+    // Nine answered and recorded, one hanging: kill the gateway now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while statuses(&database_url).await != [("in_flight".to_owned(), 1), ("succeeded".to_owned(), 9)] {
+        assert!(
+            Instant::now() < deadline,
+            "nine delivered, one in flight: {:?}",
+            statuses(&database_url).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.kill().expect("SIGKILL the gateway");
+    first.child.wait().unwrap();
+
+    let _second = start(&config, &database_url).await;
+    let got = sink.wait_for("crash", 11, Duration::from_secs(30)).await;
+    let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    let total = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "every event delivered");
+    assert_eq!(
+        total - ids.len(),
+        1,
+        "only the delivery in flight at the kill is sent again"
+    );
+    assert_eq!(
+        got[10].header("webhook-id"),
+        got[0].header("webhook-id"),
+        "with the same webhook-id"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while statuses(&database_url).await != [("succeeded".to_owned(), 10)] {
+        assert!(
+            Instant::now() < deadline,
+            "all deliveries succeeded: {:?}",
+            statuses(&database_url).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_dir_all(&config);
+}
+
+#[tokio::test]
+async fn two_gateway_processes_share_the_queue_without_double_sends() {
+    let sink = Sink::start().await;
+    let database_url = support::fresh_database().await;
+    let config = config_dir(&sink.url("shared"), ", maxInFlight: 8");
+    let a = start(&config, &database_url).await;
+    let b = start(&config, &database_url).await;
+    for n in 0..300 {
+        publish(if n % 2 == 0 { &a.base } else { &b.base }, n).await;
+    }
+    let got = sink.wait_for("shared", 300, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_now = sink.received("shared");
+    let mut ids: Vec<&str> = got_now.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300);
+    assert_eq!(
+        got_now.len(),
+        300,
+        "no delivery sent by both processes (got {} before settling)",
+        got.len()
+    );
+    let _ = std::fs::remove_dir_all(&config);
+}
