@@ -3,6 +3,7 @@
 //! Module map: `api` (the custom resources), `store` (Postgres), `telemetry` (logs, metrics).
 
 pub mod api;
+pub mod controller;
 pub mod dispatch;
 pub mod gateway;
 pub mod standalone;

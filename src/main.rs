@@ -21,8 +21,95 @@ struct Cli {
 enum Command {
     /// Run the gateway without Kubernetes, configured from the YAML files in a directory.
     Standalone(Box<StandaloneArgs>),
+    /// Run the gateway in Kubernetes: configuration from WebhookSources, WebhookSubscriptions
+    /// and the Secrets the controller mirrors into its namespace.
+    Gateway(Box<GatewayArgs>),
+    /// Run the operator: reconcile sources and subscriptions, manage the gateway.
+    Controller(Box<ControllerArgs>),
     /// Print the CustomResourceDefinitions (YAML), generated from the Rust types.
     Crds,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The gateway's namespace (the downward API sets it in the managed Deployment).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "hookline-system")]
+    namespace: String,
+    /// Proxies (CIDRs) whose X-Forwarded-For header names the client address.
+    #[arg(long, value_delimiter = ',')]
+    trusted_proxies: Vec<IpNet>,
+    #[command(flatten)]
+    publish: PublishArgs,
+    #[command(flatten)]
+    dispatch: DispatchArgs,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The controller's namespace; the managed gateway and mirrored Secrets live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "hookline-system")]
+    namespace: String,
+    /// Public base URL of the gateway, shown in each source's status.url.
+    #[arg(
+        long,
+        env = "HOOKLINE_EXTERNAL_BASE_URL",
+        default_value = "http://hookline-gateway.hookline-system.svc"
+    )]
+    external_base_url: String,
+    /// Run without a leader lease (a single replica only).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// This replica's name in the leader lease [default: the host name].
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How often status is refreshed from the database.
+    #[arg(long, default_value = "10s")]
+    status_interval: Duration,
+    /// Do not create the gateway Deployment and Service (the gateway runs elsewhere).
+    #[arg(long)]
+    no_managed_gateway: bool,
+    /// Image of the managed gateway.
+    #[arg(
+        long,
+        env = "HOOKLINE_GATEWAY_IMAGE",
+        default_value = "ghcr.io/hookline/hookline:latest"
+    )]
+    gateway_image: String,
+    #[arg(long, default_value_t = 2)]
+    gateway_replicas: i32,
+    #[arg(long, default_value = "ClusterIP")]
+    gateway_service_type: String,
+    #[arg(long, default_value = "hookline-gateway")]
+    gateway_service_account: String,
+    /// Secret (NAME/KEY) holding the gateway's DATABASE_URL.
+    #[arg(long, default_value = "hookline-database/url")]
+    gateway_database_secret: String,
+    /// Secret (NAME/KEY) holding the publish token; publishing is off without it.
+    #[arg(long)]
+    gateway_publish_token_secret: Option<String>,
+    /// Container resources of the gateway, as JSON.
+    #[arg(
+        long,
+        default_value = r#"{"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"512Mi"}}"#
+    )]
+    gateway_resources: String,
+}
+
+fn secret_key(text: &str) -> anyhow::Result<(String, String)> {
+    let (name, key) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("{text:?} is not NAME/KEY"))?;
+    Ok((name.to_owned(), key.to_owned()))
 }
 
 #[derive(Args)]
@@ -115,6 +202,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => print_crds(),
         Command::Standalone(args) => standalone(*args),
+        Command::Gateway(args) => gateway(*args),
+        Command::Controller(args) => controller(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +225,58 @@ fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         dispatch: args.dispatch.options(),
     };
     run_async(hookline::standalone::run(options))
+}
+
+fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let options = hookline::gateway::ClusterOptions {
+        listen: args.listen,
+        database_url: args.database_url,
+        namespace: args.namespace,
+        http: hookline::gateway::GatewayOptions {
+            trusted_proxies: args.trusted_proxies,
+            publish_token: args.publish.token()?,
+        },
+        dispatch: args.dispatch.options(),
+    };
+    run_async(hookline::gateway::run_in_cluster(options))
+}
+
+fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let gateway = if args.no_managed_gateway {
+        None
+    } else {
+        Some(hookline::controller::GatewaySettings {
+            image: args.gateway_image,
+            replicas: args.gateway_replicas,
+            service_type: args.gateway_service_type,
+            service_account: args.gateway_service_account,
+            database_secret: secret_key(&args.gateway_database_secret)?,
+            publish_token_secret: args
+                .gateway_publish_token_secret
+                .as_deref()
+                .map(secret_key)
+                .transpose()?,
+            resources: serde_json::from_str(&args.gateway_resources)
+                .map_err(|e| anyhow::anyhow!("--gateway-resources is not JSON: {e}"))?,
+        })
+    };
+    let identity = args.identity.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "hookline-controller".into())
+    });
+    let options = hookline::controller::ControllerOptions {
+        namespace: args.namespace,
+        database_url: args.database_url,
+        external_base_url: args.external_base_url,
+        listen: args.listen,
+        leader_election: !args.no_leader_election,
+        identity,
+        status_interval: args.status_interval.get(),
+        stats_window: std::time::Duration::from_secs(3600),
+        gateway,
+    };
+    run_async(hookline::controller::run(options))
 }
 
 fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hookline::api::Provider;
 use hookline::dispatch::{DispatchOptions, Dispatcher};
+use hookline::gateway::catalog::GeneratedSecrets;
 use hookline::gateway::{Catalog, Gateway, GatewayOptions};
 use hookline::standalone::loader::{Config, load_text};
 use hookline::verify::SourceVerifier;
@@ -53,6 +54,7 @@ async fn start_gateway(pool: &PgPool, yaml: &str) -> String {
         &config.sources,
         &config.subscriptions,
         &config.secrets,
+        GeneratedSecrets::InDatabase,
     ));
     let options = DispatchOptions {
         safety_poll: Duration::from_millis(500),
@@ -68,7 +70,7 @@ async fn start_gateway(pool: &PgPool, yaml: &str) -> String {
 fn subscription(name: &str, path: &str, extra: &str) -> String {
     format!(
         "---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: {name}, namespace: shop}}\n\
-         spec: {{url: '{{SINK}}/{path}', events: ['*'], secretRef: {{name: signing, key: secret}}{extra}}}\n"
+         spec: {{url: '{{SINK}}/{path}', events: ['*'], allowPrivateNetworks: true, secretRef: {{name: signing, key: secret}}{extra}}}\n"
     )
 }
 
@@ -462,4 +464,36 @@ async fn handlers_receive_the_original_body_unchanged() {
     verifier
         .verify(&got[0].headers, &got[0].body, now())
         .expect("signed with the handler's secret");
+}
+
+/// The egress policy holds at send time: a subscription may not reach a private address
+/// (here loopback) without allowPrivateNetworks, whatever its status says.
+#[tokio::test]
+async fn private_addresses_need_an_opt_in() {
+    let yaml = format!(
+        "{SECRET}---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: internal, namespace: shop}}\n\
+         spec: {{url: '{{SINK}}/internal', events: ['*'], secretRef: {{name: signing, key: secret}}}}\n{}",
+        subscription("allowed", "allowed", "")
+    );
+    let h = harness(&yaml).await;
+    h.publish("order.created", json!({})).await;
+    h.sink.wait_for("allowed", 1, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reason = loop {
+        let error: Option<String> =
+            sqlx::query_scalar("SELECT last_error FROM deliveries WHERE target = 'internal'")
+                .fetch_one(&h.pool)
+                .await
+                .unwrap();
+        if let Some(error) = error {
+            break error;
+        }
+        assert!(Instant::now() < deadline, "the refused delivery must say why");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("allowPrivateNetworks is false"), "{reason}");
+    assert!(
+        h.sink.received("internal").is_empty(),
+        "nothing may be sent to a private address without the opt-in"
+    );
 }

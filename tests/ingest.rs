@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hookline::gateway::catalog::GeneratedSecrets;
 use hookline::gateway::{Catalog, Gateway, GatewayOptions};
 use hookline::standalone::loader::{Config, load_text};
 use hookline::verify::{self, SigningKey, standard_webhooks, stripe};
@@ -134,6 +135,7 @@ async fn start_gateway_behind(database_url: &str, trusted_proxies: Vec<ipnet::Ip
         &config.sources,
         &config.subscriptions,
         &config.secrets,
+        GeneratedSecrets::InDatabase,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -555,6 +557,36 @@ async fn refused_requests_store_nothing_and_say_why() {
         0,
         "no refused request may store anything"
     );
+
+    // Refusals are counted per source and reason in Postgres (flushed every few seconds) for
+    // the source's status; the gateway's own failures (503) are not the sender's and not counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT reason, sum(count)::bigint FROM ingest_rejections WHERE source = 'stripe'
+             GROUP BY reason ORDER BY reason",
+        )
+        .fetch_all(&gw.pool)
+        .await
+        .unwrap();
+        if !counted.is_empty() {
+            let expected = [
+                ("body_too_large", 1),
+                ("malformed_signature", 1),
+                ("missing_signature", 1),
+                ("signature_mismatch", 2),
+                ("timestamp_outside_tolerance", 2),
+            ];
+            let expected: Vec<(String, i64)> = expected.iter().map(|(r, c)| (r.to_string(), *c)).collect();
+            assert_eq!(counted, expected);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rejections were not recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     let metrics = gw
         .client

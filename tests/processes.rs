@@ -16,14 +16,6 @@ struct Gateway {
     base: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Writes the configuration a user would apply: a signing Secret and a subscription to `url`.
 fn config_dir(url: &str, extra: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("hookline-config-{}", uuid::Uuid::new_v4().simple()));
@@ -34,7 +26,7 @@ fn config_dir(url: &str, extra: &str) -> std::path::PathBuf {
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: shop}}\n\
              stringData: {{secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n---\n\
              apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: crm, namespace: shop}}\n\
-             spec: {{url: '{url}', events: ['*'], secretRef: {{name: signing, key: secret}}{extra}}}\n"
+             spec: {{url: '{url}', events: ['*'], allowPrivateNetworks: true, secretRef: {{name: signing, key: secret}}{extra}}}\n"
         ),
     )
     .unwrap();
@@ -42,7 +34,7 @@ fn config_dir(url: &str, extra: &str) -> std::path::PathBuf {
 }
 
 async fn start(config: &std::path::Path, database_url: &str) -> Gateway {
-    let port = free_port();
+    let port = support::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_hookline"))
         .args(["standalone", "--lease-margin", "1s", "-f"])
         .arg(config)

@@ -1,23 +1,17 @@
 //! `hookline standalone -f examples/` as a user runs it: a real process, no DATABASE_URL (so it
 //! starts its own Postgres), real HTTP, SIGTERM to stop.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hookline::verify::{SigningKey, stripe};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn standalone_serves_the_examples_with_its_own_database() {
     let state = std::env::temp_dir().join(format!("hookline-standalone-{}", uuid::Uuid::new_v4().simple()));
-    let port = free_port();
+    let port = support::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hookline"))
         .args([
             "standalone",

@@ -21,6 +21,9 @@ pub use status::{CircuitState, DeliveryStats, TargetHealth};
 pub use subscription::{WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus};
 
 pub const GROUP: &str = "hookline.dev";
+/// Key of the signing secret in a Secret the controller generates for a target without
+/// `secretRef` (named in the target's `status.generatedSecretName`).
+pub const GENERATED_SECRET_KEY: &str = "signing-secret";
 pub const VERSION: &str = "v1alpha1";
 
 /// Both CRDs, in the order `hookline crds` prints them.

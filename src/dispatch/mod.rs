@@ -4,6 +4,7 @@
 //! under its target's circuit breaker, rate limit and in-flight cap.
 
 mod breaker;
+pub mod egress;
 mod policy;
 mod sender;
 
@@ -94,6 +95,19 @@ fn target_label(key: &TargetKey) -> TargetLabels {
     TargetLabels {
         namespace: key.namespace.clone(),
         target: format!("{}/{}", key.kind, key.name),
+    }
+}
+
+/// Why the target's URL may not be sent to now, if it may not: link-local and metadata
+/// addresses never; private and cluster addresses only for handlers and for subscriptions that
+/// opted in.
+async fn egress_refusal(target: &Target) -> Option<String> {
+    match egress::classify(&target.spec.url).await {
+        egress::Egress::Forbidden(why) => Some(format!("URL not allowed: {why}")),
+        egress::Egress::Private(why) if !target.allow_private_networks => {
+            Some(format!("URL not allowed: {why} (allowPrivateNetworks is false)"))
+        }
+        _ => None,
     }
 }
 
@@ -216,14 +230,7 @@ impl Dispatcher {
         if available == 0 {
             return 0;
         }
-        let mut excluded = self.saturated_targets();
-        match deliveries::paused_targets(&self.pool).await {
-            Ok(paused) => excluded.extend(paused.iter().map(TargetKey::joined)),
-            Err(err) => {
-                tracing::warn!("dispatcher cannot read target states: {err}");
-                return 0;
-            }
-        }
+        let excluded = self.saturated_targets();
         let lease = self.lease();
         let batch = match deliveries::claim(&self.pool, available as i64, lease, &excluded).await {
             Ok(batch) => batch,
@@ -285,13 +292,18 @@ impl Dispatcher {
             Err(problem) => {
                 self.release(
                     delivery,
-                    Duration::from_secs(30),
+                    Duration::from_secs(5),
                     &format!("no signing secret: {problem}"),
                 )
                 .await;
                 return;
             }
         };
+        if let Some(refusal) = egress_refusal(target).await {
+            // Never send where the egress policy forbids; the resource's status says why.
+            self.release(delivery, Duration::from_secs(60), &refusal).await;
+            return;
+        }
         let Ok(_slot) = runtime.in_flight.acquire().await else {
             return;
         };

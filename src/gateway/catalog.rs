@@ -69,12 +69,16 @@ pub struct Target {
     /// Keys to sign deliveries with, from `secretRef`; `None` when the target has no secretRef
     /// (a generated secret is used). Several keys while rotating.
     pub signing: Option<Result<Vec<SigningKey>, String>>,
+    /// Private, loopback and cluster addresses may be delivered to: always for handlers, for
+    /// subscriptions with `allowPrivateNetworks`.
+    pub allow_private_networks: bool,
     patterns: Vec<WildMatch>,
     /// Subscriptions only: the sources it takes events from (empty: all, and published ones).
     sources: Vec<String>,
 }
 
 impl Target {
+    #[allow(clippy::too_many_arguments)] // one call site per kind, each naming every part
     fn new(
         kind: TargetKind,
         name: String,
@@ -82,27 +86,27 @@ impl Target {
         sources: Vec<String>,
         namespace: &str,
         secrets: &Secrets,
+        generated: GeneratedSecrets,
+        generated_name: Option<&str>,
     ) -> Self {
         let patterns = spec.events.iter().map(|p| WildMatch::new(p)).collect();
-        let signing = spec.secret_ref.as_ref().map(|reference| {
-            let value = secrets.resolve(namespace, reference)?;
-            // Several whitespace-separated secrets: sign with each (rotation).
-            value
-                .split_whitespace()
-                .map(standard_webhooks::decode_secret)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    format!(
-                        "Secret {namespace}/{} key {:?}: {e}",
-                        reference.name, reference.key
-                    )
-                })
+        let generated_ref = generated_name.map(|name| SecretKeyRef {
+            name: name.to_owned(),
+            key: crate::api::GENERATED_SECRET_KEY.to_owned(),
         });
+        let signing = match (spec.secret_ref.clone().or(generated_ref), generated) {
+            (None, GeneratedSecrets::InDatabase) => None,
+            (None, GeneratedSecrets::FromStatus) => Some(Err(
+                "waiting for the controller to generate the signing secret".to_owned(),
+            )),
+            (Some(reference), _) => Some(resolve_signing(secrets, namespace, &reference)),
+        };
         Self {
             kind,
             name,
             spec,
             signing,
+            allow_private_networks: kind == TargetKind::Handler,
             patterns,
             sources,
         }
@@ -111,6 +115,41 @@ impl Target {
     pub fn accepts(&self, event_type: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(event_type))
     }
+}
+
+/// Signing keys from a Secret value: several whitespace-separated `whsec_` secrets sign with
+/// each (rotation).
+fn resolve_signing(
+    secrets: &Secrets,
+    namespace: &str,
+    reference: &SecretKeyRef,
+) -> Result<Vec<SigningKey>, String> {
+    let value = secrets.resolve(namespace, reference)?;
+    value
+        .split_whitespace()
+        .map(standard_webhooks::decode_secret)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "Secret {namespace}/{} key {:?}: {e}",
+                reference.name, reference.key
+            )
+        })
+}
+
+/// Where the signing secret of a target without `secretRef` comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeneratedSecrets {
+    /// The dispatcher generates one and keeps it in Postgres (standalone: no controller).
+    InDatabase,
+    /// The controller generates one into a Secret named in the resource's status.
+    FromStatus,
+}
+
+fn handler_generated_secret<'a>(source: &'a WebhookSource, handler: &str) -> Option<&'a str> {
+    let status = source.status.as_ref()?;
+    let handler = status.handlers.iter().find(|h| h.name == handler)?;
+    handler.health.generated_secret_name.as_deref()
 }
 
 /// One source, ready to verify requests.
@@ -149,6 +188,7 @@ impl Catalog {
         sources: &[WebhookSource],
         subscriptions: &[WebhookSubscription],
         secrets: &Secrets,
+        generated: GeneratedSecrets,
     ) -> Self {
         let mut catalog = Catalog::default();
         for source in sources {
@@ -180,6 +220,8 @@ impl Catalog {
                         vec![],
                         &namespace,
                         secrets,
+                        generated,
+                        handler_generated_secret(source, &h.name),
                     )
                 })
                 .collect();
@@ -207,7 +249,15 @@ impl Catalog {
                 sub.spec.sources.clone(),
                 &namespace,
                 secrets,
+                generated,
+                sub.status
+                    .as_ref()
+                    .and_then(|s| s.health.generated_secret_name.as_deref()),
             );
+            let target = Target {
+                allow_private_networks: sub.spec.allow_private_networks,
+                ..target
+            };
             catalog.subscriptions.entry(namespace).or_default().push(target);
         }
         catalog
@@ -298,7 +348,7 @@ mod tests {
             subscription("only-github", "['*']", "[github]"),
             subscription("orders", "['order.*']", "[]"),
         ];
-        Catalog::build(&[stripe], &subs, &secrets)
+        Catalog::build(&[stripe], &subs, &secrets, GeneratedSecrets::InDatabase)
     }
 
     fn names(catalog: &Catalog, source: Option<&Source>, event_type: &str) -> Vec<String> {
@@ -341,7 +391,7 @@ mod tests {
         let lonely = source(
             "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: gh, namespace: ci}\nspec: {provider: github, secretRef: {name: gh-secret, key: token}}",
         );
-        let catalog = Catalog::build(&[lonely], &[], &Secrets::default());
+        let catalog = Catalog::build(&[lonely], &[], &Secrets::default(), GeneratedSecrets::InDatabase);
         let problem = catalog.source("ci", "gh").unwrap().verifier.clone().unwrap_err();
         assert_eq!(problem, "Secret ci/gh-secret not found");
     }

@@ -84,6 +84,10 @@ pub(super) async fn receive(
         outcome,
         started,
     );
+    // Refusals of the request itself, not our own failures (secret or storage unavailable).
+    if matches!(response.status().as_u16(), 400 | 401 | 403 | 413) {
+        gateway.count_rejection(&namespace, &source_name, outcome);
+    }
     response
 }
 

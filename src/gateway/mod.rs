@@ -3,11 +3,13 @@
 pub mod catalog;
 mod ingest;
 mod publish;
+pub mod reflect;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -37,6 +39,8 @@ pub struct Gateway {
     /// Bearer token of the publish API; publishing is refused without one.
     publish_token: Option<String>,
     config_loaded: AtomicBool,
+    /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
+    rejections: Mutex<HashMap<(String, String, String), i64>>,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -55,6 +59,7 @@ impl Gateway {
             trusted_proxies: options.trusted_proxies,
             publish_token: options.publish_token.filter(|t| !t.is_empty()),
             config_loaded: AtomicBool::new(false),
+            rejections: Mutex::new(HashMap::new()),
         })
     }
 
@@ -97,7 +102,37 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        let flusher = tokio::spawn(self.clone().flush_rejections());
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        flusher.abort();
+        self.flush_rejections_once().await;
+        served
+    }
+
+    /// Counts a refused request towards its source's `rejected` status.
+    fn count_rejection(&self, namespace: &str, source: &str, reason: &str) {
+        let mut counts = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
+        *counts
+            .entry((namespace.to_owned(), source.to_owned(), reason.to_owned()))
+            .or_default() += 1;
+    }
+
+    async fn flush_rejections(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            self.flush_rejections_once().await;
+        }
+    }
+
+    async fn flush_rejections_once(&self) {
+        let counts = std::mem::take(&mut *self.rejections.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Err(err) = crate::store::stats::add_rejections(&self.pool, &counts).await {
+            tracing::warn!("cannot record rejection counts (kept for the next try): {err}");
+            let mut pending = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, count) in counts {
+                *pending.entry(key).or_default() += count;
+            }
+        }
     }
 }
 
@@ -141,4 +176,36 @@ pub async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down: draining requests in flight");
+}
+
+/// Settings of `hookline gateway` (Kubernetes mode).
+pub struct ClusterOptions {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// The gateway's namespace, where the controller mirrors the Secrets in use.
+    pub namespace: String,
+    pub http: GatewayOptions,
+    pub dispatch: crate::dispatch::DispatchOptions,
+}
+
+/// `hookline gateway`: configuration from the cluster (hot), receiver and dispatcher.
+pub async fn run_in_cluster(options: ClusterOptions) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let pool = crate::store::connect_lazy(&options.database_url, 16)?;
+    crate::store::migrate(&pool).await?;
+    let gateway = Gateway::new(pool.clone(), options.http);
+    let listener = TcpListener::bind(options.listen).await?;
+    // Serve health right away (not ready until the configuration is loaded).
+    let serving = tokio::spawn({
+        let gateway = gateway.clone();
+        async move { gateway.serve(listener, shutdown_signal()).await }
+    });
+    reflect::follow_cluster(client, gateway.clone(), &options.namespace).await?;
+    let dispatcher =
+        tokio::spawn(crate::dispatch::Dispatcher::new(pool.clone(), gateway, options.dispatch).run());
+    tracing::info!(listen = %options.listen, "gateway listening");
+    let served = serving.await?;
+    dispatcher.abort();
+    pool.close().await;
+    Ok(served?)
 }

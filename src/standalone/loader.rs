@@ -159,6 +159,7 @@ fn secret_data(secret: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
 mod tests {
     use super::*;
     use crate::gateway::Catalog;
+    use crate::gateway::catalog::GeneratedSecrets;
 
     fn load(text: &str) -> Result<Config, LoadError> {
         let mut config = Config::default();
@@ -190,7 +191,12 @@ mod tests {
             key: "k".into(),
         };
         assert_eq!(config.secrets.resolve("shop", &plain).unwrap(), "plain");
-        let catalog = Catalog::build(&config.sources, &config.subscriptions, &config.secrets);
+        let catalog = Catalog::build(
+            &config.sources,
+            &config.subscriptions,
+            &config.secrets,
+            GeneratedSecrets::InDatabase,
+        );
         assert!(catalog.source("default", "s").unwrap().verifier.is_ok());
     }
 

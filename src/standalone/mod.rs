@@ -11,6 +11,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 
 use crate::dispatch::{DispatchOptions, Dispatcher};
+use crate::gateway::catalog::GeneratedSecrets;
 use crate::gateway::{Catalog, Gateway, GatewayOptions, shutdown_signal};
 use postgres::PrivatePostgres;
 
@@ -32,7 +33,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         dir = %options.config_dir.display(),
         "configuration loaded"
     );
-    let catalog = Catalog::build(&config.sources, &config.subscriptions, &config.secrets);
+    let catalog = Catalog::build(
+        &config.sources,
+        &config.subscriptions,
+        &config.secrets,
+        GeneratedSecrets::InDatabase,
+    );
     for source in catalog.sources() {
         match &source.verifier {
             Ok(_) => tracing::info!(

@@ -49,7 +49,8 @@ impl Claimed {
 }
 
 /// Claims up to `limit` due deliveries (and any whose claim expired because a worker died),
-/// skipping rows other workers hold and targets in `excluded` (`TargetKey::joined`).
+/// skipping rows other workers hold, targets paused at runtime, and targets in `excluded`
+/// (`TargetKey::joined`).
 pub async fn claim(
     pool: &PgPool,
     limit: i64,
@@ -59,10 +60,14 @@ pub async fn claim(
     sqlx::query_as(
         r#"
         WITH due AS (
-            SELECT id FROM deliveries
+            SELECT id FROM deliveries d
             WHERE ((status IN ('pending', 'failed') AND next_attempt_at <= now())
                    OR (status = 'in_flight' AND lease_until < now()))
               AND NOT (namespace || '/' || target_kind || '/' || target = ANY ($3))
+              AND NOT EXISTS (
+                  SELECT 1 FROM target_states t
+                  WHERE t.namespace = d.namespace AND t.target_kind = d.target_kind AND t.target = d.target
+                    AND t.paused_reason IS NOT NULL)
             ORDER BY next_attempt_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
@@ -214,23 +219,6 @@ pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sq
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// Targets paused at runtime.
-pub async fn paused_targets(pool: &PgPool) -> sqlx::Result<Vec<TargetKey>> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT namespace, target_kind, target FROM target_states WHERE paused_reason IS NOT NULL",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(namespace, kind, name)| TargetKey {
-            namespace,
-            kind,
-            name,
-        })
-        .collect())
 }
 
 /// Deliveries waiting to be sent (pending or awaiting a retry).

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub mod deliveries;
 pub mod events;
+pub mod stats;
 
 use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};

@@ -144,3 +144,52 @@ impl Metrics {
         out
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// The controller's own metrics.
+pub struct ControllerMetrics {
+    registry: Registry,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub reconcile_errors: Family<KindLabels, Counter>,
+    pub reconcile_duration: Family<KindLabels, Histogram>,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("hookline_controller");
+        let reconciles = Family::<KindLabels, Counter>::default();
+        registry.register("reconciles", "Reconciliations by kind", reconciles.clone());
+        let reconcile_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by kind",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciliations by kind",
+            reconcile_duration.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+        }
+    }
+}
+
+impl ControllerMetrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

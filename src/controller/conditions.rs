@@ -1,0 +1,115 @@
+//! Building status: conditions that keep their transition time while unchanged, and delivery
+//! statistics in the shape of the CRD's status.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::secrets::SecretProblem;
+use crate::api::status::condition::{READY, SECRET_RESOLVED};
+use crate::api::{CircuitState, DeliveryStats, TargetHealth};
+use crate::store::stats::TargetStats;
+
+/// A condition; `lastTransitionTime` is carried over from `previous` when the status is the same.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(jiff::Timestamp::now()));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Whether `type_` is currently False in `conditions`.
+pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == "False")
+}
+
+pub fn time(at: Option<DateTime<Utc>>) -> Option<Time> {
+    at.and_then(|t| jiff::Timestamp::from_second(t.timestamp()).ok())
+        .map(Time)
+}
+
+pub fn circuit(stats: &TargetStats) -> Option<CircuitState> {
+    stats.circuit.as_deref().map(|c| match c {
+        "open" => CircuitState::Open,
+        "half-open" => CircuitState::HalfOpen,
+        _ => CircuitState::Closed,
+    })
+}
+
+pub fn delivery_stats(stats: &TargetStats, window: &str) -> DeliveryStats {
+    let finished = stats.succeeded + stats.dead;
+    DeliveryStats {
+        window: Some(window.to_owned()),
+        succeeded: stats.succeeded as u64,
+        failed: stats.failed_attempts as u64,
+        dead: stats.dead as u64,
+        pending: stats.pending as u64,
+        success_rate: (finished > 0)
+            .then(|| format!("{:.1}%", stats.succeeded as f64 * 100.0 / finished as f64)),
+        p95_latency_ms: stats.p95_latency_ms.map(|ms| ms as u64),
+        last_success_time: time(stats.last_success_time),
+        last_failure_time: time(stats.last_failure_time),
+        last_failure_reason: stats.last_failure_reason.clone(),
+    }
+}
+
+/// A target's health in status form; `generated` names a generated signing Secret.
+pub fn target_health(stats: Option<&TargetStats>, generated: Option<String>, window: &str) -> TargetHealth {
+    TargetHealth {
+        circuit: stats.and_then(circuit),
+        deliveries: stats.map(|s| delivery_stats(s, window)),
+        generated_secret_name: generated,
+    }
+}
+
+/// `Ready` and `SecretResolved` from what a reconcile found: the first secret problem and the
+/// first URL problem (reason, message); `ok` gives the reason and message of each when fine.
+pub fn readiness(
+    previous: &[Condition],
+    generation: Option<i64>,
+    secret_problem: Option<&SecretProblem>,
+    url_problem: Option<(&str, String)>,
+    secret_ok: (&str, String),
+    ready_ok: (&str, String),
+) -> [Condition; 2] {
+    let secret = match secret_problem {
+        None => condition(
+            previous,
+            SECRET_RESOLVED,
+            true,
+            secret_ok.0,
+            secret_ok.1,
+            generation,
+        ),
+        Some(p) => condition(
+            previous,
+            SECRET_RESOLVED,
+            false,
+            p.reason,
+            p.message.clone(),
+            generation,
+        ),
+    };
+    let ready = match (secret_problem, url_problem) {
+        (None, None) => condition(previous, READY, true, ready_ok.0, ready_ok.1, generation),
+        (Some(p), _) => condition(previous, READY, false, p.reason, p.message.clone(), generation),
+        (None, Some((reason, why))) => condition(previous, READY, false, reason, why, generation),
+    };
+    [ready, secret]
+}

@@ -1,0 +1,155 @@
+//! The gateway the controller runs: a Deployment and a Service in the controller's namespace,
+//! applied server-side and re-applied when deleted or changed. Replicas are left to a
+//! HorizontalPodAutoscaler when one targets the Deployment.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use super::secrets::FIELD_MANAGER;
+
+pub const NAME: &str = "hookline-gateway";
+
+/// How the managed gateway runs (from the controller's flags; the Helm chart sets them).
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    pub image: String,
+    pub replicas: i32,
+    pub service_type: String,
+    pub service_account: String,
+    /// Secret and key holding DATABASE_URL.
+    pub database_secret: (String, String),
+    /// Secret and key holding the publish token, when publishing is enabled.
+    pub publish_token_secret: Option<(String, String)>,
+    /// Container resources as JSON (`{"requests": {...}, "limits": {...}}`).
+    pub resources: Value,
+}
+
+fn labels() -> BTreeMap<&'static str, &'static str> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name", NAME),
+        ("app.kubernetes.io/component", "gateway"),
+        ("app.kubernetes.io/managed-by", "hookline-controller"),
+    ])
+}
+
+pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bool) -> Value {
+    let selector = json!({"app.kubernetes.io/name": NAME});
+    let secret_env = |name: &str, (secret, key): &(String, String)| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
+    let mut env = vec![
+        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        secret_env("DATABASE_URL", &settings.database_secret),
+    ];
+    if let Some(token) = &settings.publish_token_secret {
+        env.push(secret_env("HOOKLINE_PUBLISH_TOKEN", token));
+    }
+    let mut spec = json!({
+        "selector": {"matchLabels": selector},
+        "template": {
+            "metadata": {"labels": labels()},
+            "spec": {
+                "serviceAccountName": settings.service_account,
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "gateway",
+                    "image": settings.image,
+                    "args": ["gateway", "--listen", "0.0.0.0:8080"],
+                    "env": env,
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+                    "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+                    "resources": settings.resources,
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "readOnlyRootFilesystem": true,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }],
+            },
+        },
+    });
+    if with_replicas {
+        spec["replicas"] = json!(settings.replicas);
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": namespace, "labels": labels()},
+        "spec": spec,
+    })
+}
+
+pub fn service(namespace: &str, settings: &GatewaySettings) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": NAME, "namespace": namespace, "labels": labels()},
+        "spec": {
+            "type": settings.service_type,
+            "selector": {"app.kubernetes.io/name": NAME},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    })
+}
+
+/// True when a HorizontalPodAutoscaler scales the gateway Deployment.
+async fn autoscaled(client: &Client, namespace: &str) -> bool {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list.items.iter().any(|hpa| {
+            hpa.spec
+                .as_ref()
+                .is_some_and(|s| s.scale_target_ref.kind == "Deployment" && s.scale_target_ref.name == NAME)
+        }),
+        Err(_) => false,
+    }
+}
+
+pub async fn apply(client: &Client, namespace: &str, settings: &GatewaySettings) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let with_replicas = !autoscaled(client, namespace).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    deployments
+        .patch(
+            NAME,
+            &params,
+            &Patch::Apply(deployment(namespace, settings, with_replicas)),
+        )
+        .await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    services
+        .patch(NAME, &params, &Patch::Apply(service(namespace, settings)))
+        .await?;
+    Ok(())
+}
+
+/// Keeps the gateway as specified: applies at start, whenever its Deployment or Service changes
+/// or disappears, and every minute.
+pub async fn keep(client: Client, namespace: String, settings: GatewaySettings) {
+    let config = watcher::Config::default().labels("app.kubernetes.io/name=hookline-gateway");
+    // Every event counts, deletions included: re-apply (a no-op when nothing drifted).
+    let deployments = watcher(
+        Api::<Deployment>::namespaced(client.clone(), &namespace),
+        config.clone(),
+    )
+    .map(|_| ());
+    let services = watcher(Api::<Service>::namespaced(client.clone(), &namespace), config).map(|_| ());
+    let mut changes = std::pin::pin!(futures::stream::select(deployments, services));
+    loop {
+        if let Err(err) = apply(&client, &namespace, &settings).await {
+            tracing::warn!("cannot apply the managed gateway: {err}");
+        }
+        tokio::select! {
+            _ = changes.next() => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}

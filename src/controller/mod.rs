@@ -1,0 +1,324 @@
+//! `hookline controller`: reconciles WebhookSources and WebhookSubscriptions (status, secrets,
+//! Events, finalizers) and keeps the managed gateway running. One replica leads at a time.
+
+mod conditions;
+mod leader;
+pub mod managed_gateway;
+mod secrets;
+mod source;
+mod subscription;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use sqlx::PgPool;
+
+use crate::api::{WebhookSource, WebhookSubscription};
+use crate::telemetry::metrics::{ControllerMetrics, KindLabels};
+pub use managed_gateway::GatewaySettings;
+
+const FINALIZER: &str = "hookline.dev/cleanup";
+
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// The controller's (and the managed gateway's) namespace.
+    pub namespace: String,
+    pub database_url: String,
+    /// Public base URL of the gateway, for sources' `status.url`.
+    pub external_base_url: String,
+    /// Address of /healthz, /readyz and /metrics.
+    pub listen: SocketAddr,
+    pub leader_election: bool,
+    pub identity: String,
+    /// How often status is refreshed from the database.
+    pub status_interval: Duration,
+    /// The window delivery statistics cover.
+    pub stats_window: Duration,
+    /// None: do not manage a gateway Deployment (it runs elsewhere).
+    pub gateway: Option<GatewaySettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("object has no name, namespace or uid")]
+    MissingObjectKey,
+}
+
+pub struct Context {
+    client: Client,
+    pool: PgPool,
+    options: ControllerOptions,
+    recorder: Recorder,
+    metrics: Arc<ControllerMetrics>,
+}
+
+impl Context {
+    fn window_label(&self) -> String {
+        crate::api::Duration::from(self.options.stats_window).to_string()
+    }
+}
+
+async fn reconcile_source(source: Arc<WebhookSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api: Api<WebhookSource> =
+        Api::namespaced(ctx.client.clone(), &source.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, source, |event| async {
+        match event {
+            Finalizer::Apply(source) => source::apply(source, &ctx).await,
+            Finalizer::Cleanup(source) => source::cleanup(source, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.observe("WebhookSource", started);
+    result
+}
+
+async fn reconcile_subscription(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api: Api<WebhookSubscription> =
+        Api::namespaced(ctx.client.clone(), &sub.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, sub, |event| async {
+        match event {
+            Finalizer::Apply(sub) => subscription::apply(sub, &ctx).await,
+            Finalizer::Cleanup(sub) => subscription::cleanup(sub, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.observe("WebhookSubscription", started);
+    result
+}
+
+impl Context {
+    fn observe(&self, kind: &str, started: Instant) {
+        let labels = KindLabels {
+            kind: kind.to_owned(),
+        };
+        self.metrics.reconciles.get_or_create(&labels).inc();
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let kind = std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object")
+        .to_owned();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&KindLabels { kind: kind.clone() })
+        .inc();
+    tracing::warn!(kind, namespace = ?object.namespace(), name = %object.name_any(), "reconcile failed: {error}");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// True when the source names the Secret `name` (its own namespace).
+fn source_uses(source: &WebhookSource, name: &str) -> bool {
+    let spec = &source.spec;
+    std::iter::once(&spec.secret_ref)
+        .chain(&spec.additional_secret_refs)
+        .any(|r| r.name == name)
+        || spec
+            .handlers
+            .iter()
+            .any(|h| h.target.secret_ref.as_ref().is_some_and(|r| r.name == name))
+}
+
+fn subscription_uses(sub: &WebhookSubscription, name: &str) -> bool {
+    sub.spec
+        .target
+        .secret_ref
+        .as_ref()
+        .is_some_and(|r| r.name == name)
+}
+
+async fn serve_health(listen: SocketAddr, metrics: Arc<ControllerMetrics>) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.encode() }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let pool = crate::store::connect_lazy(&options.database_url, 8)?;
+    crate::store::migrate(&pool).await?;
+    let metrics = Arc::new(ControllerMetrics::default());
+    tokio::spawn(serve_health(options.listen, metrics.clone()));
+
+    let election = leader::LeaderElection::new(
+        client.clone(),
+        &options.namespace,
+        "hookline-controller",
+        &options.identity,
+        Duration::from_secs(15),
+    );
+    if options.leader_election {
+        tracing::info!(identity = %options.identity, "waiting to lead");
+        election.acquire().await;
+        tracing::info!(identity = %options.identity, "leading");
+    }
+
+    let reporter = Reporter {
+        controller: "hookline-controller".into(),
+        instance: Some(options.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pool,
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+        options: options.clone(),
+    });
+    if let Some(settings) = options.gateway.clone() {
+        tokio::spawn(managed_gateway::keep(
+            client.clone(),
+            options.namespace.clone(),
+            settings,
+        ));
+    }
+    tokio::spawn(collect_mirrors(ctx.clone()));
+
+    let sources = control(client.clone(), ctx.clone(), source_uses, reconcile_source);
+    let subscriptions = control(
+        client.clone(),
+        ctx.clone(),
+        subscription_uses,
+        reconcile_subscription,
+    );
+    let controllers = async { futures::join!(sources, subscriptions) };
+    if options.leader_election {
+        tokio::select! {
+            _ = controllers => {}
+            _ = election.hold() => anyhow::bail!("lost the leader lease; exiting so another replica leads"),
+        }
+    } else {
+        controllers.await;
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Runs the controller of one kind, re-reconciling an object when a Secret it names changes.
+async fn control<K, F>(
+    client: Client,
+    ctx: Arc<Context>,
+    uses: fn(&K, &str) -> bool,
+    reconcile: fn(Arc<K>, Arc<Context>) -> F,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    F: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches(
+            Api::<Secret>::all(client),
+            watcher::Config::default(),
+            move |secret| {
+                let (namespace, name) = (secret.namespace(), secret.name_any());
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|object| object.namespace() == namespace && uses(object, &name))
+                    .map(|object| ObjectRef::from_obj(&*object))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown_signal())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
+
+async fn shutdown_signal() {
+    crate::gateway::shutdown_signal().await;
+}
+
+/// Deletes mirrored Secrets no source or subscription uses any more, every 30 seconds.
+async fn collect_mirrors(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let in_use = match in_use_secrets(&ctx.client).await {
+            Ok(in_use) => in_use,
+            Err(err) => {
+                tracing::warn!("cannot list resources for mirror collection: {err}");
+                continue;
+            }
+        };
+        match secrets::collect_mirrors(&ctx.client, &ctx.options.namespace, &in_use).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted mirrored Secrets no longer in use"),
+            Err(err) => tracing::warn!("cannot collect mirrored Secrets: {err}"),
+        }
+    }
+}
+
+async fn in_use_secrets(client: &Client) -> Result<std::collections::HashSet<(String, String)>, kube::Error> {
+    let mut in_use = std::collections::HashSet::new();
+    for source in Api::<WebhookSource>::all(client.clone())
+        .list(&Default::default())
+        .await?
+    {
+        let namespace = source.namespace().unwrap_or_default();
+        let spec = &source.spec;
+        for reference in std::iter::once(&spec.secret_ref).chain(&spec.additional_secret_refs) {
+            in_use.insert((namespace.clone(), reference.name.clone()));
+        }
+        for handler in &spec.handlers {
+            let name = match &handler.target.secret_ref {
+                Some(reference) => reference.name.clone(),
+                None => secrets::generated_name(&[&source.name_any(), &handler.name]),
+            };
+            in_use.insert((namespace.clone(), name));
+        }
+    }
+    for sub in Api::<WebhookSubscription>::all(client.clone())
+        .list(&Default::default())
+        .await?
+    {
+        let namespace = sub.namespace().unwrap_or_default();
+        let name = match &sub.spec.target.secret_ref {
+            Some(reference) => reference.name.clone(),
+            None => secrets::generated_name(&[&sub.name_any()]),
+        };
+        in_use.insert((namespace, name));
+    }
+    Ok(in_use)
+}

@@ -1,0 +1,189 @@
+//! Secrets the controller reads, generates and mirrors. Sources and subscriptions name Secrets
+//! in their own namespace; the controller copies the ones in use into the gateway's namespace,
+//! so the gateway's service account reads Secrets there only.
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use sha2::Digest;
+
+use crate::api::{GENERATED_SECRET_KEY, SecretKeyRef};
+use crate::gateway::reflect::{MIRROR_LABEL, MIRROR_NAME_ANNOTATION, MIRROR_NAMESPACE_ANNOTATION};
+use crate::verify::standard_webhooks;
+
+pub const FIELD_MANAGER: &str = "hookline-controller";
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hookline-controller");
+
+/// Why a referenced secret cannot be used, for a condition: a PascalCase reason and a message
+/// naming the Secret and key (never the value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Reads a referenced key; the Secret's data comes back too, for mirroring.
+pub async fn read(
+    client: &Client,
+    namespace: &str,
+    reference: &SecretKeyRef,
+) -> Result<(String, Secret), SecretProblem> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = match api.get_opt(&reference.name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(SecretProblem {
+                reason: "SecretNotFound",
+                message: format!("Secret {} not found in namespace {namespace}", reference.name),
+            });
+        }
+        Err(err) => {
+            return Err(SecretProblem {
+                reason: "SecretUnreadable",
+                message: format!("cannot read Secret {}: {err}", reference.name),
+            });
+        }
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .ok_or_else(|| SecretProblem {
+            reason: "SecretKeyNotFound",
+            message: format!("Secret {} has no key {:?}", reference.name, reference.key),
+        })?;
+    let text = String::from_utf8(value.0.clone()).map_err(|_| SecretProblem {
+        reason: "SecretInvalid",
+        message: format!(
+            "Secret {} key {:?} is not UTF-8 text",
+            reference.name, reference.key
+        ),
+    })?;
+    Ok((text.trim().to_owned(), secret))
+}
+
+/// Name of the Secret generated for a target: `<resource>-<handler>-signing` or
+/// `<subscription>-signing`, shortened with a hash when too long for a name.
+pub fn generated_name(parts: &[&str]) -> String {
+    let joined = format!("{}-signing", parts.join("-"));
+    if joined.len() <= 253 {
+        return joined;
+    }
+    let hash = hex::encode(&sha2::Sha256::digest(joined.as_bytes())[..8]);
+    format!("{}-{hash}-signing", &parts[0][..parts[0].len().min(200)])
+}
+
+/// Makes sure the generated signing Secret exists (created once, owned by `owner`, so deleting
+/// the resource deletes it) and returns its name.
+pub async fn ensure_generated(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner: OwnerReference,
+) -> Result<String, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if api.get_opt(name).await?.is_some() {
+        return Ok(name.to_owned());
+    }
+    let secret_value = standard_webhooks::encode_secret(&rand::random::<[u8; 32]>());
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_owned(),
+                MANAGED_BY.1.to_owned(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([(GENERATED_SECRET_KEY.to_owned(), secret_value)])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(name.to_owned()),
+        // Created meanwhile by an earlier reconcile: keep that one.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(name.to_owned()),
+        Err(err) => Err(err),
+    }
+}
+
+/// The mirror's name in the gateway namespace: stable, short, and unique per origin.
+pub fn mirror_name(namespace: &str, name: &str) -> String {
+    let hash = hex::encode(&sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes())[..10]);
+    format!("hookline-mirror-{hash}")
+}
+
+/// Copies a Secret's data into the gateway's namespace (server-side apply: unchanged copies
+/// are not rewritten).
+pub async fn mirror(client: &Client, gateway_namespace: &str, origin: &Secret) -> Result<(), kube::Error> {
+    let origin_namespace = origin.metadata.namespace.clone().unwrap_or_default();
+    let origin_name = origin.metadata.name.clone().unwrap_or_default();
+    let name = mirror_name(&origin_namespace, &origin_name);
+    let mirror = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(gateway_namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (MIRROR_LABEL.to_owned(), "true".to_owned()),
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (MIRROR_NAMESPACE_ANNOTATION.to_owned(), origin_namespace),
+                (MIRROR_NAME_ANNOTATION.to_owned(), origin_name),
+            ])),
+            ..ObjectMeta::default()
+        },
+        data: Some(origin.data.clone().unwrap_or_default()),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), gateway_namespace);
+    let mut value = serde_json::to_value(&mirror).map_err(kube::Error::SerdeError)?;
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "Secret".into();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes mirrors whose origin no resource references any more.
+pub async fn collect_mirrors(
+    client: &Client,
+    gateway_namespace: &str,
+    in_use: &HashSet<(String, String)>,
+) -> Result<usize, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), gateway_namespace);
+    let mirrors = api
+        .list(&ListParams::default().labels(&format!("{MIRROR_LABEL}=true")))
+        .await?;
+    let mut deleted = 0;
+    for mirror in mirrors {
+        let annotations = mirror.metadata.annotations.clone().unwrap_or_default();
+        let origin = (
+            annotations
+                .get(MIRROR_NAMESPACE_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
+            annotations
+                .get(MIRROR_NAME_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        if !in_use.contains(&origin)
+            && let Some(name) = mirror.metadata.name
+        {
+            api.delete(&name, &DeleteParams::default()).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,138 @@
+//! Egress policy for delivery URLs: link-local and cloud metadata addresses are never allowed;
+//! private, loopback and cluster-internal addresses are allowed for handlers, and for
+//! subscriptions only with `allowPrivateNetworks`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    Public,
+    /// Private, loopback or cluster-internal.
+    Private(String),
+    /// Never allowed.
+    Forbidden(String),
+}
+
+const METADATA_HOSTS: [&str; 4] = [
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+];
+
+fn classify_ip(ip: IpAddr) -> Egress {
+    let forbidden = |why: &str| Egress::Forbidden(format!("{ip} is {why}"));
+    let private = |why: &str| Egress::Private(format!("{ip} is {why}"));
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_link_local() {
+                forbidden("a link-local address (cloud metadata services live there)")
+            } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
+                forbidden("not a unicast address")
+            } else if v4.is_loopback() {
+                private("a loopback address")
+            } else if v4.is_private() || (o[0] == 100 && (64..128).contains(&o[1])) {
+                private("a private address")
+            } else {
+                Egress::Public
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return classify_ip(IpAddr::V4(v4));
+            }
+            let aws_metadata = std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+            if (first & 0xffc0) == 0xfe80 || v6 == aws_metadata {
+                forbidden("a link-local or metadata address")
+            } else if v6.is_unspecified() || v6.is_multicast() {
+                forbidden("not a unicast address")
+            } else if v6.is_loopback() {
+                private("a loopback address")
+            } else if (first & 0xfe00) == 0xfc00 {
+                private("a unique local (private) address")
+            } else {
+                Egress::Public
+            }
+        }
+    }
+}
+
+/// Classifies where a URL points: its literal address, well-known names, or what its host
+/// name resolves to now (a name that does not resolve here is judged by its form alone).
+pub async fn classify(url: &str) -> Egress {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Egress::Forbidden(format!("{url} is not a valid URL"));
+    };
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => classify_ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => classify_ip(IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if METADATA_HOSTS.contains(&name.as_str()) {
+                return Egress::Forbidden(format!("{name} is a cloud metadata service"));
+            }
+            if name == "localhost" || name.ends_with(".localhost") {
+                return Egress::Private(format!("{name} is the local host"));
+            }
+            if !name.contains('.')
+                || name.ends_with(".svc")
+                || name.contains(".svc.")
+                || name.ends_with(".local")
+            {
+                return Egress::Private(format!("{name} is a cluster-internal name"));
+            }
+            let lookup = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::lookup_host((name.as_str(), port)),
+            );
+            match lookup.await {
+                Ok(Ok(addresses)) => {
+                    let mut verdict = Egress::Public;
+                    for address in addresses {
+                        match classify_ip(address.ip()) {
+                            forbidden @ Egress::Forbidden(_) => return forbidden,
+                            private @ Egress::Private(_) => verdict = private,
+                            Egress::Public => {}
+                        }
+                    }
+                    verdict
+                }
+                _ => Egress::Public,
+            }
+        }
+        None => Egress::Forbidden(format!("{url} has no host")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn classifies_addresses_and_names() {
+        for url in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://metadata.google.internal/",
+            "http://[fe80::1]/",
+        ] {
+            assert!(matches!(classify(url).await, Egress::Forbidden(_)), "{url}");
+        }
+        for url in [
+            "http://10.1.2.3/",
+            "http://192.168.0.1:8080/",
+            "http://127.0.0.1:9000/hook",
+            "http://billing-api:8080/webhooks",
+            "http://billing-api.billing.svc.cluster.local/",
+            "http://localhost/",
+            "http://[::1]/",
+            "http://[fd12::1]/",
+        ] {
+            assert!(matches!(classify(url).await, Egress::Private(_)), "{url}");
+        }
+        assert_eq!(classify("https://203.0.113.10/hooks").await, Egress::Public);
+    }
+}

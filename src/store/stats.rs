@@ -1,0 +1,180 @@
+//! Roll-ups for resource status: what a source received and refused, how a target's deliveries
+//! fare over a recent window.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::deliveries::TargetKey;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SourceStats {
+    pub received: i64,
+    pub rejected: i64,
+    pub last_event_time: Option<DateTime<Utc>>,
+}
+
+pub async fn source_stats(pool: &PgPool, namespace: &str, source: &str) -> sqlx::Result<SourceStats> {
+    let (received, last_event_time, rejected): (i64, Option<DateTime<Utc>>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events WHERE namespace = $1 AND source = $2),
+                (SELECT max(received_at) FROM events WHERE namespace = $1 AND source = $2),
+                (SELECT sum(count)::bigint FROM ingest_rejections WHERE namespace = $1 AND source = $2)",
+    )
+    .bind(namespace)
+    .bind(source)
+    .fetch_one(pool)
+    .await?;
+    Ok(SourceStats {
+        received,
+        rejected: rejected.unwrap_or(0),
+        last_event_time,
+    })
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TargetStats {
+    pub succeeded: i64,
+    pub failed_attempts: i64,
+    pub dead: i64,
+    pub pending: i64,
+    pub p95_latency_ms: Option<i64>,
+    pub last_success_time: Option<DateTime<Utc>>,
+    pub last_failure_time: Option<DateTime<Utc>>,
+    pub last_failure_reason: Option<String>,
+    pub circuit: Option<String>,
+    pub paused_reason: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WindowRow {
+    succeeded: i64,
+    dead: i64,
+    pending: i64,
+    p95: Option<f64>,
+    last_success: Option<DateTime<Utc>>,
+    last_failure: Option<DateTime<Utc>>,
+}
+
+/// Delivery statistics of a target; counts of finished work cover `window`, `pending` is now.
+pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -> sqlx::Result<TargetStats> {
+    let since = Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
+    let row: WindowRow = sqlx::query_as(
+        "WITH target_deliveries AS (
+             SELECT id, status, updated_at FROM deliveries
+             WHERE namespace = $1 AND target_kind = $2 AND target = $3
+         ), recent AS (
+             SELECT a.* FROM attempts a JOIN target_deliveries d ON d.id = a.delivery_id
+             WHERE a.started_at >= $4
+         )
+         SELECT
+             (SELECT count(*) FROM target_deliveries WHERE status = 'succeeded' AND updated_at >= $4) AS succeeded,
+             (SELECT count(*) FROM target_deliveries WHERE status = 'dead' AND updated_at >= $4) AS dead,
+             (SELECT count(*) FROM target_deliveries WHERE status IN ('pending', 'failed', 'in_flight')) AS pending,
+             (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM recent) AS p95,
+             (SELECT max(started_at) FROM recent WHERE status_code BETWEEN 200 AND 299) AS last_success,
+             (SELECT max(started_at) FROM recent WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
+                 AS last_failure",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    let failed_attempts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.namespace = $1 AND d.target_kind = $2 AND d.target = $3 AND a.started_at >= $4
+           AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    let last_failure_reason: Option<String> = sqlx::query_scalar(
+        "SELECT coalesce('HTTP ' || a.status_code::text, a.error_class) FROM attempts a
+         JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.namespace = $1 AND d.target_kind = $2 AND d.target = $3
+           AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)
+         ORDER BY a.started_at DESC LIMIT 1",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    let state: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT circuit, paused_reason FROM target_states WHERE namespace = $1 AND target_kind = $2 AND target = $3",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(TargetStats {
+        succeeded: row.succeeded,
+        dead: row.dead,
+        pending: row.pending,
+        p95_latency_ms: row.p95.map(|ms| ms.round() as i64),
+        last_success_time: row.last_success,
+        last_failure_time: row.last_failure,
+        failed_attempts,
+        last_failure_reason,
+        circuit: state.as_ref().map(|s| s.0.clone()),
+        paused_reason: state.and_then(|s| s.1),
+    })
+}
+
+/// Adds refused-request counts (per namespace, source and reason) to the current minute.
+pub async fn add_rejections(
+    pool: &PgPool,
+    counts: &HashMap<(String, String, String), i64>,
+) -> sqlx::Result<()> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let (mut namespaces, mut sources, mut reasons, mut values) = (vec![], vec![], vec![], vec![]);
+    for ((namespace, source, reason), count) in counts {
+        namespaces.push(namespace.as_str());
+        sources.push(source.as_str());
+        reasons.push(reason.as_str());
+        values.push(*count);
+    }
+    sqlx::query(
+        "INSERT INTO ingest_rejections (namespace, source, reason, minute, count)
+         SELECT n, s, r, date_trunc('minute', now()), c FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t (n, s, r, c)
+         ON CONFLICT (namespace, source, reason, minute) DO UPDATE SET count = ingest_rejections.count + EXCLUDED.count",
+    )
+    .bind(&namespaces)
+    .bind(&sources)
+    .bind(&reasons)
+    .bind(&values)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Cancels the deliveries still waiting for these targets (their resource was deleted);
+/// history stays.
+pub async fn cancel_pending(
+    pool: &PgPool,
+    namespace: &str,
+    kind: &str,
+    targets: &[String],
+) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE deliveries SET status = 'cancelled', lease_until = NULL, updated_at = now()
+         WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
+           AND status IN ('pending', 'failed', 'in_flight')",
+    )
+    .bind(namespace)
+    .bind(kind)
+    .bind(targets)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}

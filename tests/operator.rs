@@ -1,0 +1,366 @@
+//! The operator end to end on the real API server and Postgres from hack/test-env: the
+//! controller and a gateway run as processes, configured as the managed Deployment configures
+//! the gateway; a platform engineer's view is checked with kubectl.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hookline::api::{Provider, WebhookSource, WebhookSubscription};
+use hookline::verify::{SigningKey, SourceVerifier, stripe};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::Api;
+use kube::api::DeleteParams;
+use support::sink::{Reply, Sink};
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
+    let log = std::env::temp_dir().join(format!(
+        "hookline-{}-{}.log",
+        args[0],
+        uuid::Uuid::new_v4().simple()
+    ));
+    eprintln!("{} log: {}", args[0], log.display());
+    let file = std::fs::File::create(&log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookline"));
+    command.args(args).stdout(Stdio::null()).stderr(file);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Process(command.spawn().expect("start hookline"))
+}
+
+async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<(String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let output = Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl on PATH (hack/test-env puts it there)");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const STRIPE_SECRET: &str = "whsec_e2e_stripe_signing_secret";
+
+#[tokio::test]
+async fn operator_end_to_end() {
+    let client = support::kube_client().await;
+    let system = support::temp_namespace(&client, "hl-system").await;
+    let app = support::temp_namespace(&client, "hl-app").await;
+    let database_url = support::fresh_database().await;
+    let sink = Sink::start().await;
+    sink.always("failing", Reply::Status(500));
+
+    let controller_port = support::free_port().to_string();
+    let _controller = spawn(
+        &[
+            "controller",
+            "--listen",
+            &format!("127.0.0.1:{controller_port}"),
+            "--status-interval",
+            "1s",
+            "--external-base-url",
+            "https://hooks.example.test",
+            "--gateway-image",
+            "hookline:e2e",
+        ],
+        &[
+            ("DATABASE_URL", &database_url),
+            ("POD_NAMESPACE", &system),
+            ("POD_NAME", "controller-0"),
+        ],
+    );
+    let gateway_port = support::free_port();
+    let _gateway = spawn(
+        &["gateway", "--listen", &format!("127.0.0.1:{gateway_port}")],
+        &[("DATABASE_URL", &database_url), ("POD_NAMESPACE", &system)],
+    );
+
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: stripe-webhook }}
+stringData: {{ signing-secret: {STRIPE_SECRET} }}
+---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSource
+metadata: {{ name: stripe }}
+spec:
+  provider: stripe
+  secretRef: {{ name: stripe-webhook, key: signing-secret }}
+  handlers:
+  - {{ name: billing, url: '{billing}', events: ['invoice.*'] }}
+---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata: {{ name: crm }}
+spec: {{ url: '{crm}', events: ['invoice.*'], allowPrivateNetworks: true }}
+---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata: {{ name: failing }}
+spec:
+  url: '{failing}'
+  events: ['invoice.*']
+  allowPrivateNetworks: true
+  retryPolicy: {{ maxAttempts: 50, schedule: [200ms] }}
+  circuitBreaker: {{ failureThreshold: 2, resetTimeout: 10m }}
+---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata: {{ name: private-without-opt-in }}
+spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
+"#,
+        billing = sink.url("billing"),
+        crm = sink.url("crm"),
+        failing = sink.url("failing"),
+    );
+    support::apply_yaml(&client, &app, &yaml)
+        .await
+        .expect("apply the resources");
+
+    let sources: Api<WebhookSource> = Api::namespaced(client.clone(), &app);
+    let subscriptions: Api<WebhookSubscription> = Api::namespaced(client.clone(), &app);
+    let source = eventually("the source to be Ready", Duration::from_secs(60), async || {
+        let s = sources.get("stripe").await.ok()?;
+        let status = s.status.clone()?;
+        (condition(&status.conditions, "Ready")?.0 == "True"
+            && status.handlers[0].health.generated_secret_name.is_some())
+        .then_some(s)
+    })
+    .await;
+    let status = source.status.clone().unwrap();
+    assert_eq!(
+        status.url.as_deref(),
+        Some(format!("https://hooks.example.test/ingest/{app}/stripe").as_str())
+    );
+    assert_eq!(condition(&status.conditions, "SecretResolved").unwrap().0, "True");
+    for name in ["crm", "failing"] {
+        eventually(
+            &format!("subscription {name} Ready"),
+            Duration::from_secs(30),
+            async || {
+                let s = subscriptions.get(name).await.ok()?;
+                let status = s.status?;
+                (condition(&status.conditions, "Ready")?.0 == "True"
+                    && status.health.generated_secret_name.is_some())
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    let refused = eventually(
+        "the private URL to be refused",
+        Duration::from_secs(30),
+        async || {
+            let status = subscriptions.get("private-without-opt-in").await.ok()?.status?;
+            condition(&status.conditions, "Ready").filter(|(s, _)| s == "False")
+        },
+    )
+    .await;
+    assert_eq!(refused.1, "PrivateNetworkNotAllowed");
+
+    // A Stripe-signed invoice.paid through the gateway (retried until the gateway has seen the
+    // mirrored secret).
+    let http = reqwest::Client::new();
+    let body = r#"{"id":"evt_e2e_1","object":"event","type":"invoice.paid","data":{"object":{"id":"in_1"}}}"#;
+    let key = SigningKey::from_text(STRIPE_SECRET).unwrap();
+    let ingest = format!("http://127.0.0.1:{gateway_port}/ingest/{app}/stripe");
+    eventually(
+        "the gateway to accept the event",
+        Duration::from_secs(30),
+        async || {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+            let response = http
+                .post(&ingest)
+                .header("Stripe-Signature", stripe::sign(&key, now, body.as_bytes()))
+                .body(body)
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        },
+    )
+    .await;
+
+    // The handler receives it, signed with the secret the controller generated for it.
+    let got = sink.wait_for("billing", 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].body.as_ref(), body.as_bytes());
+    let generated = status.handlers[0].health.generated_secret_name.clone().unwrap();
+    let secret = Api::<Secret>::namespaced(client.clone(), &app)
+        .get(&generated)
+        .await
+        .unwrap();
+    let value = String::from_utf8(
+        secret.data.unwrap()[hookline::api::GENERATED_SECRET_KEY]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    let verifier = SourceVerifier::new(
+        Provider::StandardWebhooks,
+        None,
+        &[value.as_str()],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    verifier
+        .verify(&got[0].headers, &got[0].body, now)
+        .expect("the handler can verify the delivery");
+    sink.wait_for("crm", 1, Duration::from_secs(30)).await;
+
+    // kubectl alone tells the story.
+    let listing = kubectl(&["get", "whsrc,whsub", "-n", &app]);
+    assert!(
+        listing.contains("stripe") && listing.contains("True"),
+        "{listing}"
+    );
+    let described = eventually(
+        "status.received to count the event",
+        Duration::from_secs(30),
+        async || {
+            let text = kubectl(&["describe", "webhooksource", "stripe", "-n", &app]);
+            text.contains("Received:").then_some(()).and_then(|_| {
+                text.lines()
+                    .any(|l| l.trim_start().starts_with("Received:") && l.trim_end().ends_with(" 1"))
+                    .then_some(text)
+            })
+        },
+    )
+    .await;
+    assert!(
+        described.contains(&format!("https://hooks.example.test/ingest/{app}/stripe")),
+        "{described}"
+    );
+
+    // The failing subscription's circuit opens: Healthy=False (CircuitOpen), with an Event.
+    eventually(
+        "failing to turn Healthy=False with CircuitOpen",
+        Duration::from_secs(60),
+        async || {
+            let status = subscriptions.get("failing").await.ok()?.status?;
+            (condition(&status.conditions, "Healthy")? == ("False".into(), "CircuitOpen".into()))
+                .then_some(())
+        },
+    )
+    .await;
+    let described = eventually("the CircuitOpened event", Duration::from_secs(30), async || {
+        let text = kubectl(&["describe", "whsub", "failing", "-n", &app]);
+        text.contains("CircuitOpened").then_some(text)
+    })
+    .await;
+    assert!(
+        described.contains("Circuit:") && described.contains("open"),
+        "{described}"
+    );
+
+    // The managed gateway exists as specified.
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &system)
+        .get("hookline-gateway")
+        .await
+        .expect("gateway Deployment");
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(container.image.as_deref(), Some("hookline:e2e"));
+    assert_eq!(container.args.as_ref().unwrap()[0], "gateway");
+    Api::<Service>::namespaced(client.clone(), &system)
+        .get("hookline-gateway")
+        .await
+        .expect("gateway Service");
+    // Deleted, it comes back.
+    Api::<Deployment>::namespaced(client.clone(), &system)
+        .delete("hookline-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the Deployment to be recreated",
+        Duration::from_secs(30),
+        async || {
+            Api::<Deployment>::namespaced(client.clone(), &system)
+                .get_opt("hookline-gateway")
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+
+    // Deleting the subscription cancels what still waits for it (the open circuit holds it).
+    subscriptions
+        .delete("failing", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    eventually(
+        "pending deliveries to be cancelled",
+        Duration::from_secs(30),
+        async || {
+            let statuses: Vec<String> =
+                sqlx::query_scalar("SELECT status FROM deliveries WHERE target = 'failing'")
+                    .fetch_all(&pool)
+                    .await
+                    .ok()?;
+            (!statuses.is_empty() && statuses.iter().all(|s| s == "cancelled")).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "the subscription to be gone",
+        Duration::from_secs(30),
+        async || {
+            subscriptions
+                .get_opt("failing")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
