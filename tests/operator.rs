@@ -364,3 +364,163 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
     )
     .await;
 }
+
+/// Leader election on a real Lease: one holder at a time; another takes over once it expires.
+#[tokio::test]
+async fn only_one_controller_leads() {
+    use hookline::controller::leader::LeaderElection;
+    let client = support::kube_client().await;
+    let ns = support::temp_namespace(&client, "hl-lease").await;
+    let lease = Duration::from_secs(2);
+    let a = LeaderElection::new(client.clone(), &ns, "hookline-controller", "replica-a", lease);
+    let b = LeaderElection::new(client.clone(), &ns, "hookline-controller", "replica-b", lease);
+    assert!(
+        a.try_acquire().await.unwrap(),
+        "the first replica takes the free lease"
+    );
+    assert!(
+        !b.try_acquire().await.unwrap(),
+        "the second waits while the lease is held"
+    );
+    assert!(a.try_acquire().await.unwrap(), "the holder renews");
+    tokio::time::sleep(lease + Duration::from_millis(1500)).await;
+    assert!(b.try_acquire().await.unwrap(), "an expired lease is taken over");
+    assert!(!a.try_acquire().await.unwrap(), "the old holder has lost it");
+}
+
+/// Secrets appearing late, deletions, and a user's autoscaler.
+#[tokio::test]
+async fn operator_follows_secrets_deletions_and_autoscalers() {
+    let client = support::kube_client().await;
+    let system = support::temp_namespace(&client, "hl-system").await;
+    let app = support::temp_namespace(&client, "hl-app").await;
+    let database_url = support::fresh_database().await;
+    let _controller = spawn(
+        &[
+            "controller",
+            "--listen",
+            &format!("127.0.0.1:{}", support::free_port()),
+            "--status-interval",
+            "1s",
+            "--no-leader-election",
+        ],
+        &[("DATABASE_URL", &database_url), ("POD_NAMESPACE", &system)],
+    );
+    let gateway_port = support::free_port();
+    let _gateway = spawn(
+        &["gateway", "--listen", &format!("127.0.0.1:{gateway_port}")],
+        &[("DATABASE_URL", &database_url), ("POD_NAMESPACE", &system)],
+    );
+
+    // A source whose Secret does not exist yet: not Ready, an Event says why, ingest answers 503.
+    let source_yaml = "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: { name: gh }\n\
+                       spec: { provider: github, secretRef: { name: gh-secret, key: token } }\n";
+    support::apply_yaml(&client, &app, source_yaml).await.unwrap();
+    let sources: Api<WebhookSource> = Api::namespaced(client.clone(), &app);
+    let (_, reason) = eventually("SecretResolved=False", Duration::from_secs(30), async || {
+        let status = sources.get("gh").await.ok()?.status?;
+        condition(&status.conditions, "SecretResolved").filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "SecretNotFound");
+    eventually("the SecretMissing event", Duration::from_secs(30), async || {
+        kubectl(&["describe", "whsrc", "gh", "-n", &app])
+            .contains("SecretMissing")
+            .then_some(())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let ingest = format!("http://127.0.0.1:{gateway_port}/ingest/{app}/gh");
+    let body = r#"{"zen":"Keep it logically awesome."}"#;
+    let key = SigningKey::from_text("gh-token-value").unwrap();
+    let send = || {
+        http.post(&ingest)
+            .header(
+                "X-Hub-Signature-256",
+                hookline::verify::sign_github(&key, body.as_bytes()),
+            )
+            .header("X-GitHub-Delivery", "d-1")
+            .header("X-GitHub-Event", "ping")
+            .body(body)
+            .send()
+    };
+    eventually(
+        "503 while the secret is missing",
+        Duration::from_secs(30),
+        async || (send().await.ok()?.status() == 503).then_some(()),
+    )
+    .await;
+
+    // The Secret arrives: Ready within moments, and the gateway accepts.
+    let secret_yaml = "apiVersion: v1\nkind: Secret\nmetadata: { name: gh-secret }\nstringData: { token: gh-token-value }\n";
+    support::apply_yaml(&client, &app, secret_yaml).await.unwrap();
+    eventually(
+        "Ready=True once the secret exists",
+        Duration::from_secs(30),
+        async || {
+            let status = sources.get("gh").await.ok()?.status?;
+            (condition(&status.conditions, "Ready")?.0 == "True").then_some(())
+        },
+    )
+    .await;
+    eventually("the gateway to accept", Duration::from_secs(30), async || {
+        (send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+
+    // Deleting the source stops its ingest; its history stays.
+    sources.delete("gh", &DeleteParams::default()).await.unwrap();
+    eventually("404 after deletion", Duration::from_secs(30), async || {
+        (send().await.ok()?.status() == 404).then_some(())
+    })
+    .await;
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE source = 'gh'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "the history of a deleted source is kept");
+
+    // Drift is corrected, but replicas belong to an autoscaler when there is one.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &system);
+    let replicas = async || {
+        deployments
+            .get_opt("hookline-gateway")
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .replicas
+    };
+    eventually("the managed Deployment", Duration::from_secs(30), async || {
+        replicas().await
+    })
+    .await;
+    let scale = |n: i32| serde_json::json!({"spec": {"replicas": n}});
+    let by_hand = kube::api::PatchParams::default();
+    deployments
+        .patch("hookline-gateway", &by_hand, &kube::api::Patch::Merge(scale(7)))
+        .await
+        .unwrap();
+    eventually("replicas set back to 2", Duration::from_secs(30), async || {
+        (replicas().await? == 2).then_some(())
+    })
+    .await;
+    let hpa = format!(
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{ name: gateway }}\n\
+         spec: {{ scaleTargetRef: {{ apiVersion: apps/v1, kind: Deployment, name: hookline-gateway }}, minReplicas: 2, maxReplicas: 10 }}\n"
+    );
+    support::apply_yaml(&client, &system, &hpa).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    deployments
+        .patch("hookline-gateway", &by_hand, &kube::api::Patch::Merge(scale(5)))
+        .await
+        .unwrap();
+    // The patch itself triggers a re-apply; give it time to (not) reset the replicas.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        replicas().await,
+        Some(5),
+        "the autoscaler's replicas are left alone"
+    );
+}

@@ -2,7 +2,7 @@
 //! Events, finalizers) and keeps the managed gateway running. One replica leads at a time.
 
 mod conditions;
-mod leader;
+pub mod leader;
 pub mod managed_gateway;
 mod secrets;
 mod source;
