@@ -506,11 +506,10 @@ async fn operator_follows_secrets_deletions_and_autoscalers() {
         (replicas().await? == 2).then_some(())
     })
     .await;
-    let hpa = format!(
-        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{ name: gateway }}\n\
-         spec: {{ scaleTargetRef: {{ apiVersion: apps/v1, kind: Deployment, name: hookline-gateway }}, minReplicas: 2, maxReplicas: 10 }}\n"
-    );
-    support::apply_yaml(&client, &system, &hpa).await.unwrap();
+    let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: { name: gateway }\n\
+               spec: { scaleTargetRef: { apiVersion: apps/v1, kind: Deployment, name: hookline-gateway }, \
+               minReplicas: 2, maxReplicas: 10 }\n";
+    support::apply_yaml(&client, &system, hpa).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     deployments
         .patch("hookline-gateway", &by_hand, &kube::api::Patch::Merge(scale(5)))
