@@ -14,7 +14,7 @@ fn checked_in_crds_match_the_rust_types() {
         std::fs::read_to_string(support::repo_path("crds/hookline.yaml")).expect("read crds/hookline.yaml");
     assert!(
         generated == checked_in,
-        "crds/hookline.yaml is out of date with src/api; regenerate it with: cargo run -- crds > crds/hookline.yaml"
+        "crds/hookline.yaml is out of date with src/api; regenerate it with hack/generate"
     );
 }
 

@@ -1,0 +1,19 @@
+# One image for `hookline controller` and `hookline gateway`.
+# Build: docker build -t hookline:dev .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked && rm -rf src
+COPY migrations migrations
+COPY src src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+# distroless: glibc, CA certificates, no shell, nonroot user (65532).
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/hookline /usr/local/bin/hookline
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["/usr/local/bin/hookline"]
+CMD ["gateway"]

@@ -1,0 +1,37 @@
+-- Argo CD health check for hookline.dev WebhookSource and WebhookSubscription.
+-- Healthy: the controller has seen the current generation, Ready is True and, for
+-- subscriptions, Healthy is True. Degraded: Ready or Healthy is False (the reason says why).
+-- Suspended: the target is paused. Progressing: the controller has not caught up yet.
+local hs = { status = "Progressing", message = "Waiting for the Hookline controller" }
+if obj.status == nil then
+  return hs
+end
+local generation = obj.metadata and obj.metadata.generation
+if generation ~= nil and obj.status.observedGeneration ~= generation then
+  hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
+  return hs
+end
+local ready, healthy
+for _, condition in ipairs(obj.status.conditions or {}) do
+  if condition.type == "Ready" then ready = condition end
+  if condition.type == "Healthy" then healthy = condition end
+end
+if ready == nil then
+  return hs
+end
+local function describe(condition)
+  return (condition.reason or "Unknown") .. ": " .. (condition.message or "")
+end
+if ready.status ~= "True" then
+  hs.status = "Degraded"
+  hs.message = describe(ready)
+  return hs
+end
+if healthy ~= nil and healthy.status ~= "True" then
+  hs.status = (healthy.reason == "Paused") and "Suspended" or "Degraded"
+  hs.message = describe(healthy)
+  return hs
+end
+hs.status = "Healthy"
+hs.message = ready.message or "Ready"
+return hs

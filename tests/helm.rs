@@ -1,0 +1,320 @@
+//! The Helm chart with the real `helm` CLI (built from its Go module by hack/build-tools)
+//! against the real API server, and the Argo CD health check in a real Lua interpreter.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use std::io::Write;
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} must be on PATH (hack/test-env puts it there): {e}"));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn chart() -> String {
+    support::repo_path("charts/hookline").display().to_string()
+}
+
+/// The test API server's version, for `helm template` (which otherwise assumes an old one).
+fn kube_version() -> String {
+    let versions = std::fs::read_to_string(support::repo_path("hack/versions.env")).unwrap();
+    let version = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("K8S_VERSION="))
+        .expect("K8S_VERSION in hack/versions.env");
+    format!("--kube-version={version}")
+}
+
+fn all_features() -> String {
+    support::repo_path("charts/hookline/ci/all-features-values.yaml")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_chart_ships_the_generated_crds() {
+    let generated = hookline::api::crds_yaml().unwrap();
+    let in_chart = std::fs::read_to_string(support::repo_path("charts/hookline/crds/hookline.yaml")).unwrap();
+    assert!(
+        generated == in_chart,
+        "charts/hookline/crds/hookline.yaml differs from the types; run hack/generate"
+    );
+}
+
+#[test]
+fn helm_lint_is_strictly_clean() {
+    for values in [None, Some(all_features())] {
+        let mut args = vec!["lint", "--strict", "--quiet"];
+        let chart = chart();
+        args.push(&chart);
+        if let Some(values) = &values {
+            args.extend(["-f", values]);
+        }
+        let (ok, output) = run("helm", &args, None);
+        assert!(ok, "helm {args:?}:\n{output}");
+    }
+}
+
+#[test]
+fn values_schema_refuses_nonsense() {
+    let template = |set: &str| {
+        run(
+            "helm",
+            &["template", "t", &chart(), &kube_version(), "--set", set],
+            None,
+        )
+    };
+    let (ok, output) = template("gateway.replicas=2");
+    assert!(ok, "a valid value renders: {output}");
+    let (ok, output) = template("gateway.replicas=0");
+    assert!(
+        !ok && output.contains("values don't meet the specifications of the schema"),
+        "{output}"
+    );
+    assert!(output.contains("replicas"), "the error names the field: {output}");
+    let (ok, output) = template("gatewy.replicas=2");
+    assert!(
+        !ok && output.contains("gatewy"),
+        "a misspelt key must be refused: {output}"
+    );
+}
+
+/// The monitoring CRDs the all-features rendering uses are not part of a bare API server;
+/// minimal stand-ins (no schema) let the server validate everything else.
+async fn install_monitoring_crds(client: &kube::Client) {
+    let crd = |kind: &str, plural: &str| {
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.monitoring.coreos.com}}\n\
+             spec:\n  group: monitoring.coreos.com\n  scope: Namespaced\n  names: {{kind: {kind}, plural: {plural}, singular: {s}}}\n\
+             \x20 versions: [{{name: v1, served: true, storage: true, schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}]\n",
+            s = plural.trim_end_matches('s')
+        )
+    };
+    let yaml = format!(
+        "{}---\n{}",
+        crd("ServiceMonitor", "servicemonitors"),
+        crd("PrometheusRule", "prometheusrules")
+    );
+    support::apply_yaml(client, "default", &yaml)
+        .await
+        .expect("stand-in monitoring CRDs");
+    for name in [
+        "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ] {
+        let (ok, output) = run(
+            "kubectl",
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                &format!("crd/{name}"),
+            ],
+            None,
+        );
+        assert!(ok, "{output}");
+    }
+}
+
+#[tokio::test]
+async fn rendered_manifests_pass_server_side_validation() {
+    let client = support::kube_client().await;
+    install_monitoring_crds(&client).await;
+    let ns = support::temp_namespace(&client, "hl-chart").await;
+    let chart = chart();
+    let all_features = all_features();
+    for (what, extra) in [
+        ("defaults", vec![]),
+        ("every feature", vec!["-f", all_features.as_str()]),
+    ] {
+        let kube_version = kube_version();
+        let mut args = vec![
+            "template",
+            "hookline",
+            chart.as_str(),
+            "-n",
+            ns.as_str(),
+            kube_version.as_str(),
+        ];
+        args.extend(extra);
+        let (ok, manifests) = run("helm", &args, None);
+        assert!(ok, "helm template ({what}):\n{manifests}");
+        for kind in ["kind: Deployment", "kind: ClusterRole", "kind: Role"] {
+            assert!(manifests.contains(kind), "{what}: no {kind}");
+        }
+        if what == "every feature" {
+            for kind in [
+                "kind: Ingress",
+                "kind: ServiceMonitor",
+                "kind: PrometheusRule",
+                "hookline-dashboard",
+            ] {
+                assert!(manifests.contains(kind), "{what}: no {kind}");
+            }
+        }
+        let (ok, output) = run(
+            "kubectl",
+            &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+            Some(&manifests),
+        );
+        assert!(ok, "server-side dry run ({what}):\n{output}");
+    }
+}
+
+fn can_i(as_user: &str, args: &[&str]) -> bool {
+    let mut full = vec!["auth", "can-i", "--as", as_user];
+    full.extend(args);
+    let (_, output) = run("kubectl", &full, None);
+    output.trim().starts_with("yes")
+}
+
+#[tokio::test]
+async fn helm_install_creates_a_least_privilege_installation() {
+    let client = support::kube_client().await;
+    let ns = support::temp_namespace(&client, "hl-install").await;
+    let other = support::temp_namespace(&client, "hl-other").await;
+    let release = format!("hookline-{}", &ns[ns.len() - 6..]);
+    let (ok, output) = run("helm", &["install", &release, &chart(), "-n", &ns], None);
+    assert!(ok, "helm install:\n{output}");
+    assert!(
+        output.contains("Providers post to"),
+        "NOTES.txt is shown: {output}"
+    );
+    for (kind, name) in [
+        ("deployment", "hookline-controller"),
+        ("serviceaccount", "hookline-controller"),
+        ("serviceaccount", "hookline-gateway"),
+        ("role", "hookline-gateway"),
+        ("service", "hookline-controller-metrics"),
+    ] {
+        let (ok, output) = run("kubectl", &["get", kind, name, "-n", &ns], None);
+        assert!(ok, "{kind}/{name}: {output}");
+    }
+    let (ok, output) = run(
+        "kubectl",
+        &[
+            "get",
+            "deployment",
+            "hookline-controller",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ],
+        None,
+    );
+    assert!(
+        ok && output.contains("--gateway-database-secret=hookline-database/url"),
+        "{output}"
+    );
+
+    let gateway = format!("system:serviceaccount:{ns}:hookline-gateway");
+    let controller = format!("system:serviceaccount:{ns}:hookline-controller");
+    assert!(
+        can_i(&gateway, &["get", "secrets", "-n", &ns]),
+        "the gateway reads Secrets in its namespace"
+    );
+    assert!(
+        !can_i(&gateway, &["get", "secrets", "-n", &other]),
+        "the gateway cannot read Secrets elsewhere"
+    );
+    assert!(
+        !can_i(&gateway, &["create", "secrets", "-n", &ns]),
+        "the gateway does not write Secrets"
+    );
+    assert!(can_i(
+        &gateway,
+        &["list", "webhooksources.hookline.dev", "--all-namespaces"]
+    ));
+    assert!(!can_i(
+        &gateway,
+        &["patch", "webhooksources.hookline.dev", "-n", &other]
+    ));
+    assert!(can_i(
+        &controller,
+        &[
+            "patch",
+            "webhooksubscriptions.hookline.dev",
+            "--subresource=status",
+            "-n",
+            &other
+        ]
+    ));
+    assert!(can_i(
+        &controller,
+        &["update", "leases.coordination.k8s.io", "-n", &ns]
+    ));
+    assert!(can_i(&controller, &["patch", "deployments.apps", "-n", &ns]));
+    assert!(
+        !can_i(&controller, &["patch", "deployments.apps", "-n", &other]),
+        "the controller manages workloads in its namespace only"
+    );
+    assert!(
+        !can_i(&controller, &["delete", "secrets", "-n", &other]),
+        "the controller deletes only its mirrors"
+    );
+    assert!(!can_i(&controller, &["get", "pods", "-n", &other]));
+
+    let (ok, output) = run("helm", &["uninstall", &release, "-n", &ns], None);
+    assert!(ok, "helm uninstall: {output}");
+    let (ok, _) = run("kubectl", &["get", "crd", "webhooksources.hookline.dev"], None);
+    assert!(
+        ok,
+        "the CRDs (and so every source and subscription) survive an uninstall"
+    );
+}
+
+#[test]
+fn argocd_health_check_follows_conditions_and_generation() {
+    let (ok, output) = run(
+        "lua5.4",
+        &[
+            &support::repo_path("tests/argocd/run.lua").display().to_string(),
+            &support::repo_path("charts/hookline/files/argocd-health.lua")
+                .display()
+                .to_string(),
+        ],
+        None,
+    );
+    assert!(ok, "lua5.4: {output}");
+    let statuses: Vec<(&str, &str)> = output
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(3, ' ');
+            (p.next().unwrap(), p.next().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("new", "Progressing"),
+            ("stale-generation", "Progressing"),
+            ("ready-source", "Healthy"),
+            ("secret-missing", "Degraded"),
+            ("healthy-subscription", "Healthy"),
+            ("circuit-open", "Degraded"),
+            ("paused", "Suspended"),
+        ]
+    );
+    assert!(
+        output.contains("secret-missing Degraded SecretNotFound: Secret s not found"),
+        "{output}"
+    );
+}
