@@ -44,7 +44,7 @@ struct GatewayArgs {
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<IpNet>,
     #[command(flatten)]
-    publish: PublishArgs,
+    tokens: TokenArgs,
     #[command(flatten)]
     dispatch: DispatchArgs,
 }
@@ -131,13 +131,13 @@ struct StandaloneArgs {
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<IpNet>,
     #[command(flatten)]
-    publish: PublishArgs,
+    tokens: TokenArgs,
     #[command(flatten)]
     dispatch: DispatchArgs,
 }
 
 #[derive(Args)]
-struct PublishArgs {
+struct TokenArgs {
     /// Bearer token of the publish API (POST /v1/namespaces/{ns}/events).
     #[arg(
         long,
@@ -149,19 +149,41 @@ struct PublishArgs {
     /// File holding the publish token (for example a mounted Secret).
     #[arg(long, value_name = "FILE")]
     publish_token_file: Option<PathBuf>,
+    /// Bearer token of the admin API (/admin/v1).
+    #[arg(
+        long,
+        env = "HOOKLINE_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
-impl PublishArgs {
-    fn token(self) -> anyhow::Result<Option<String>> {
-        match self.publish_token_file {
-            Some(path) => {
-                let token = std::fs::read_to_string(&path).map_err(|e| {
-                    anyhow::anyhow!("cannot read --publish-token-file {}: {e}", path.display())
-                })?;
-                Ok(Some(token.trim().to_owned()))
-            }
-            None => Ok(self.publish_token),
+fn read_token(value: Option<String>, file: Option<PathBuf>, flag: &str) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(path) => {
+            let token = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", path.display()))?;
+            Ok(Some(token.trim().to_owned()))
         }
+        None => Ok(value),
+    }
+}
+
+impl TokenArgs {
+    fn http_options(self, trusted_proxies: Vec<IpNet>) -> anyhow::Result<hookline::gateway::GatewayOptions> {
+        Ok(hookline::gateway::GatewayOptions {
+            trusted_proxies,
+            publish_token: read_token(
+                self.publish_token,
+                self.publish_token_file,
+                "--publish-token-file",
+            )?,
+            admin_token: read_token(self.admin_token, self.admin_token_file, "--admin-token-file")?,
+        })
     }
 }
 
@@ -220,8 +242,7 @@ fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         listen: args.listen,
         database_url: args.database_url.filter(|url| !url.is_empty()),
         state_dir: args.state_dir.unwrap_or_else(default_state_dir),
-        trusted_proxies: args.trusted_proxies,
-        publish_token: args.publish.token()?,
+        http: args.tokens.http_options(args.trusted_proxies)?,
         dispatch: args.dispatch.options(),
     };
     run_async(hookline::standalone::run(options))
@@ -232,10 +253,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         listen: args.listen,
         database_url: args.database_url,
         namespace: args.namespace,
-        http: hookline::gateway::GatewayOptions {
-            trusted_proxies: args.trusted_proxies,
-            publish_token: args.publish.token()?,
-        },
+        http: args.tokens.http_options(args.trusted_proxies)?,
         dispatch: args.dispatch.options(),
     };
     run_async(hookline::gateway::run_in_cluster(options))

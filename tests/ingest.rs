@@ -128,7 +128,7 @@ async fn start_gateway_behind(database_url: &str, trusted_proxies: Vec<ipnet::Ip
     load_text(CONFIG, Path::new("test config"), &mut config).expect("config loads");
     let options = GatewayOptions {
         trusted_proxies,
-        publish_token: None,
+        ..GatewayOptions::default()
     };
     let gateway = Gateway::new(pool.clone(), options);
     gateway.set_catalog(Catalog::build(

@@ -1,5 +1,6 @@
 //! The data plane: receives inbound webhooks (`ingest`), and serves health and metrics.
 
+mod admin;
 pub mod catalog;
 mod ingest;
 mod publish;
@@ -38,6 +39,8 @@ pub struct Gateway {
     trusted_proxies: Vec<IpNet>,
     /// Bearer token of the publish API; publishing is refused without one.
     publish_token: Option<String>,
+    /// Bearer token of the admin API; it is refused without one.
+    admin_token: Option<String>,
     config_loaded: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     rejections: Mutex<HashMap<(String, String, String), i64>>,
@@ -48,6 +51,7 @@ pub struct Gateway {
 pub struct GatewayOptions {
     pub trusted_proxies: Vec<IpNet>,
     pub publish_token: Option<String>,
+    pub admin_token: Option<String>,
 }
 
 impl Gateway {
@@ -58,6 +62,7 @@ impl Gateway {
             metrics: Metrics::new(),
             trusted_proxies: options.trusted_proxies,
             publish_token: options.publish_token.filter(|t| !t.is_empty()),
+            admin_token: options.admin_token.filter(|t| !t.is_empty()),
             config_loaded: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
         })
@@ -85,6 +90,10 @@ impl Gateway {
         Router::new()
             .route("/ingest/{namespace}/{source}", post(ingest::receive))
             .route("/v1/namespaces/{namespace}/events", post(publish::publish))
+            .route("/admin/v1/openapi.json", get(admin::openapi))
+            .route("/admin/v1/events", get(admin::list_events))
+            .route("/admin/v1/events/{id}", get(admin::get_event))
+            .route("/admin/v1/deliveries/{id}/redeliver", post(admin::redeliver))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
@@ -159,6 +168,17 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         )],
         gateway.metrics.encode(),
     )
+}
+
+/// Whether the request carries `Authorization: Bearer <expected>` (compared in constant time).
+fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// Completes on SIGTERM or Ctrl-C.

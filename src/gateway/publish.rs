@@ -9,12 +9,11 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Digest;
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::Gateway;
@@ -38,15 +37,10 @@ fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Respo
 }
 
 fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
-    let Some(expected) = gateway.publish_token.as_deref() else {
-        return false;
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+    gateway
+        .publish_token
+        .as_deref()
+        .is_some_and(|expected| super::bearer_matches(headers, expected))
 }
 
 fn answer_for(event_id: Uuid, external_id: &str, stored: &Stored) -> IdempotentAnswer {

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ipnet::IpNet;
 
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::gateway::catalog::GeneratedSecrets;
@@ -20,8 +19,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub database_url: Option<String>,
     pub state_dir: PathBuf,
-    pub trusted_proxies: Vec<IpNet>,
-    pub publish_token: Option<String>,
+    pub http: GatewayOptions,
     pub dispatch: DispatchOptions,
 }
 
@@ -83,13 +81,7 @@ async fn serve(options: &Options, database_url: &str, catalog: Catalog) -> anyho
     crate::store::migrate(&pool)
         .await
         .context("preparing the database")?;
-    let gateway = Gateway::new(
-        pool.clone(),
-        GatewayOptions {
-            trusted_proxies: options.trusted_proxies.clone(),
-            publish_token: options.publish_token.clone(),
-        },
-    );
+    let gateway = Gateway::new(pool.clone(), options.http.clone());
     gateway.set_catalog(catalog);
     let dispatcher =
         tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), options.dispatch.clone()).run());

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub mod deliveries;
 pub mod events;
+pub mod history;
 pub mod stats;
 
 use sqlx::PgPool;

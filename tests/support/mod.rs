@@ -14,6 +14,7 @@ use kube::{Client, Config};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+pub mod harness;
 pub mod sink;
 
 pub const FIELD_MANAGER: &str = "hookline-tests";

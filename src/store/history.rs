@@ -1,0 +1,181 @@
+//! Reading the history for the delivery console: events with filters and cursor pagination,
+//! one event with its deliveries and every attempt, and redelivery.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Filters of the event log; every field is optional.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFilter {
+    pub namespace: Option<String>,
+    /// A WebhookSource name, or `-` for published events.
+    pub source: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Events with at least one delivery in this status.
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<Uuid>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSummary {
+    pub id: Uuid,
+    pub namespace: String,
+    pub source: String,
+    pub provider: Option<String>,
+    pub external_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub received_at: DateTime<Utc>,
+    pub deliveries: i64,
+    pub succeeded: i64,
+    pub pending: i64,
+    pub dead: i64,
+}
+
+/// One page of events, newest first; ids are UUIDv7, so the id orders by arrival.
+pub async fn list_events(
+    pool: &PgPool,
+    filter: &EventFilter,
+) -> sqlx::Result<(Vec<EventSummary>, Option<Uuid>)> {
+    let limit = filter.limit.unwrap_or(50).clamp(1, 500);
+    let source = filter.source.as_deref().map(|s| if s == "-" { "" } else { s });
+    let rows: Vec<EventSummary> = sqlx::query_as(
+        "SELECT e.id, e.namespace, e.source, e.provider, e.external_id, e.event_type, e.received_at,
+                count(d.id) AS deliveries,
+                count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded,
+                count(d.id) FILTER (WHERE d.status IN ('pending', 'failed', 'in_flight')) AS pending,
+                count(d.id) FILTER (WHERE d.status = 'dead') AS dead
+         FROM events e LEFT JOIN deliveries d ON d.event_id = e.id
+         WHERE ($1::text IS NULL OR e.namespace = $1)
+           AND ($2::text IS NULL OR e.source = $2)
+           AND ($3::text IS NULL OR e.event_type = $3)
+           AND ($4::timestamptz IS NULL OR e.received_at >= $4)
+           AND ($5::timestamptz IS NULL OR e.received_at < $5)
+           AND ($6::uuid IS NULL OR e.id < $6)
+           AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = e.id AND x.status = $7))
+         GROUP BY e.id
+         ORDER BY e.id DESC
+         LIMIT $8",
+    )
+    .bind(filter.namespace.as_deref())
+    .bind(source)
+    .bind(filter.event_type.as_deref())
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(filter.cursor)
+    .bind(filter.status.as_deref())
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let mut rows = rows;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct EventDetail {
+    pub id: Uuid,
+    pub namespace: String,
+    pub source: String,
+    pub provider: Option<String>,
+    pub external_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub received_at: DateTime<Utc>,
+    pub headers: serde_json::Value,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryDetail {
+    pub id: Uuid,
+    pub target_kind: String,
+    pub target: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptDetail {
+    pub delivery_id: Uuid,
+    pub attempt_number: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub status_code: Option<i16>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub response_headers: Option<serde_json::Value>,
+    pub response_body: Option<String>,
+}
+
+pub async fn event(
+    pool: &PgPool,
+    id: Uuid,
+) -> sqlx::Result<Option<(EventDetail, Vec<DeliveryDetail>, Vec<AttemptDetail>)>> {
+    let Some(event) = sqlx::query_as::<_, EventDetail>(
+        "SELECT id, namespace, source, provider, external_id, event_type, received_at, headers, body
+         FROM events WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let deliveries = sqlx::query_as(
+        "SELECT id, target_kind, target, status, attempts, next_attempt_at, last_error
+         FROM deliveries WHERE event_id = $1 ORDER BY target_kind, target",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let attempts = sqlx::query_as(
+        "SELECT a.delivery_id, a.attempt_number, a.started_at, a.duration_ms, a.status_code, a.error_class,
+                a.error, a.response_headers, a.response_body
+         FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.event_id = $1 ORDER BY a.delivery_id, a.attempt_number",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some((event, deliveries, attempts)))
+}
+
+/// Sends a delivery again now, whatever became of it; returns false when there is no such
+/// delivery. The dispatcher records the new attempt.
+pub async fn redeliver(pool: &PgPool, delivery_id: Uuid) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), lease_until = NULL, updated_at = now()
+         WHERE id = $1 AND status <> 'in_flight'",
+    )
+    .bind(delivery_id)
+    .execute(pool)
+    .await?;
+    if result.rows_affected() > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::events::DELIVERIES_CHANNEL)
+            .execute(pool)
+            .await?;
+    }
+    Ok(result.rows_affected() > 0)
+}

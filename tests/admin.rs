@@ -1,0 +1,220 @@
+//! The admin API against the real Postgres: filters, cursor pagination, redaction, redelivery.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use support::harness::{ADMIN_TOKEN, SECRET, harness, subscription};
+use support::sink::Reply;
+
+const STRIPE: &str = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: stripe, namespace: shop}\nstringData: {secret: whsec_admin_test}\n---\n\
+                      apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: stripe, namespace: shop}\n\
+                      spec: {provider: stripe, secretRef: {name: stripe, key: secret}}\n";
+
+#[tokio::test]
+async fn the_admin_api_finds_shows_and_redelivers() {
+    let yaml = format!(
+        "{SECRET}{}{STRIPE}",
+        subscription(
+            "crm",
+            "crm",
+            // A high breaker threshold: this test wants dead deliveries, not an open circuit.
+            ", retryPolicy: {maxAttempts: 2, schedule: [100ms]}, circuitBreaker: {failureThreshold: 100}",
+        )
+    );
+    let h = harness(&yaml).await;
+    h.sink.always("crm", Reply::Status(500));
+    for (i, event_type) in [
+        "order.created",
+        "invoice.paid",
+        "order.created",
+        "invoice.paid",
+        "order.created",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(h.publish(event_type, json!({"n": i})).await.status(), 202);
+    }
+    h.wait_status("crm", "dead", 5, Duration::from_secs(20)).await;
+    let get = async |path: &str| -> Value {
+        let response = h
+            .client
+            .get(format!("{}{path}", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    };
+
+    let anonymous = h
+        .client
+        .get(format!("{}/admin/v1/events", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = h
+        .client
+        .get(format!("{}/admin/v1/events", h.base))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    assert_eq!(
+        get("/admin/v1/events?type=invoice.paid").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        get("/admin/v1/events?status=dead&namespace=shop").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        get("/admin/v1/events?status=succeeded").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        get("/admin/v1/events?namespace=elsewhere").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Cursor pagination walks every event once, newest first.
+    let mut seen = Vec::new();
+    let mut path = "/admin/v1/events?limit=2".to_owned();
+    loop {
+        let page = get(&path).await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        match page["nextCursor"].as_str() {
+            Some(cursor) => path = format!("/admin/v1/events?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 5);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "newest first");
+
+    // One event: payload, deliveries, every attempt.
+    let detail = get(&format!("/admin/v1/events/{}", seen[0])).await;
+    assert_eq!(detail["payload"]["type"], "order.created");
+    assert_eq!(detail["payload"]["data"]["n"], 4);
+    let delivery = &detail["deliveries"][0];
+    assert_eq!(delivery["status"], "dead");
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["statusCode"], 500);
+
+    // Redelivery after the endpoint is fixed: a new attempt, and it succeeds.
+    h.sink.always("crm", Reply::Status(200));
+    let delivery_id = delivery["id"].as_str().unwrap();
+    let response = h
+        .client
+        .post(format!("{}/admin/v1/deliveries/{delivery_id}/redeliver", h.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    h.wait_status("crm", "succeeded", 1, Duration::from_secs(10))
+        .await;
+    let detail = get(&format!("/admin/v1/events/{}", seen[0])).await;
+    let attempts = detail["deliveries"][0]["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 3, "the redelivery is a new attempt on record");
+    assert_eq!(attempts[2]["statusCode"], 200);
+    let missing = h
+        .client
+        .post(format!(
+            "{}/admin/v1/deliveries/{}/redeliver",
+            h.base,
+            uuid::Uuid::now_v7()
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn signature_headers_are_redacted() {
+    let h = harness(&format!("{SECRET}{STRIPE}")).await;
+    let body = r#"{"id":"evt_redact","type":"invoice.paid","data":{}}"#;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let key = hookline::verify::SigningKey::from_text("whsec_admin_test").unwrap();
+    let signature = hookline::verify::stripe::sign(&key, now, body.as_bytes());
+    let response = h
+        .client
+        .post(format!("{}/ingest/shop/stripe", h.base))
+        .header("Stripe-Signature", &signature)
+        .header("Authorization", "Bearer sender-credential")
+        .header("X-Request-Id", "req-7")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let list: Value = h
+        .client
+        .get(format!("{}/admin/v1/events?source=stripe", h.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = list["items"][0]["id"].as_str().unwrap().to_owned();
+    let text = h
+        .client
+        .get(format!("{}/admin/v1/events/{id}", h.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let detail: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(detail["headers"]["stripe-signature"], "[redacted]");
+    assert_eq!(detail["headers"]["authorization"], "[redacted]");
+    assert_eq!(detail["headers"]["x-request-id"], "req-7");
+    assert_eq!(detail["payload"]["id"], "evt_redact");
+    let signature_value = signature.split("v1=").nth(1).unwrap();
+    assert!(
+        !text.contains(signature_value),
+        "no signature value in the answer"
+    );
+    assert!(!text.contains("sender-credential"));
+    assert!(!text.contains("whsec_admin_test"));
+    let openapi: Value = h
+        .client
+        .get(format!("{}/admin/v1/openapi.json", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(openapi["paths"]["/admin/v1/events"].is_object());
+}

@@ -1,0 +1,110 @@
+//! A gateway with its dispatcher on a fresh database, on real sockets, delivering to a real sink.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hookline::dispatch::{DispatchOptions, Dispatcher};
+use hookline::gateway::catalog::GeneratedSecrets;
+use hookline::gateway::{Catalog, Gateway, GatewayOptions};
+use hookline::standalone::loader::{Config, load_text};
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::sink::Sink;
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+pub const TOKEN: &str = "publish-token-for-tests";
+pub const SUB_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub struct Harness {
+    pub base: String,
+    pub pool: PgPool,
+    pub sink: Sink,
+    pub client: reqwest::Client,
+}
+
+/// Starts a gateway with a dispatcher on a fresh database; `{SINK}` in the YAML is the sink.
+pub async fn harness(yaml: &str) -> Harness {
+    let sink = Sink::start().await;
+    let pool = hookline::store::connect_lazy(&super::fresh_database().await, 16).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let base = start_gateway(&pool, &yaml.replace("{SINK}", &sink.base)).await;
+    Harness {
+        base,
+        pool,
+        sink,
+        client: reqwest::Client::new(),
+    }
+}
+
+pub async fn start_gateway(pool: &PgPool, yaml: &str) -> String {
+    let mut config = Config::default();
+    load_text(yaml, Path::new("test"), &mut config).expect("config");
+    let gateway = Gateway::new(
+        pool.clone(),
+        GatewayOptions {
+            trusted_proxies: vec![],
+            publish_token: Some(TOKEN.into()),
+            admin_token: Some(ADMIN_TOKEN.into()),
+        },
+    );
+    gateway.set_catalog(Catalog::build(
+        &config.sources,
+        &config.subscriptions,
+        &config.secrets,
+        GeneratedSecrets::InDatabase,
+    ));
+    let options = DispatchOptions {
+        safety_poll: Duration::from_millis(500),
+        ..DispatchOptions::default()
+    };
+    tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), options).run());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
+    base
+}
+
+pub fn subscription(name: &str, path: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{url: '{{SINK}}/{path}', events: ['*'], allowPrivateNetworks: true, secretRef: {{name: signing, key: secret}}{extra}}}\n"
+    )
+}
+
+pub const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: signing, namespace: shop}\nstringData: {secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}\n";
+
+impl Harness {
+    pub async fn publish(&self, event_type: &str, data: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/namespaces/shop/events", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"type": event_type, "data": data}))
+            .send()
+            .await
+            .expect("publish")
+    }
+
+    pub async fn delivery(&self, target: &str) -> Vec<(String, i32)> {
+        sqlx::query_as("SELECT status, attempts FROM deliveries WHERE target = $1 ORDER BY created_at")
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_status(&self, target: &str, status: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let rows = self.delivery(target).await;
+            if rows.iter().filter(|(s, _)| s == status).count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{target}: wanted {count} {status}, have {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
