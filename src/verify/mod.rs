@@ -237,6 +237,54 @@ fn body_event_type(body: &[u8]) -> String {
     json_string_field(body, "type").unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The headers a sender using `provider`'s scheme attaches to `body` (for testing a receiver, and
+/// for `hookline sign`). `id` is the event id where the scheme carries one in a header.
+pub fn sign_headers(
+    provider: Provider,
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<Vec<(&'static str, String)>, SecretError> {
+    Ok(match provider {
+        Provider::Stripe => vec![(
+            "Stripe-Signature",
+            stripe::sign(&SigningKey::from_text(secret)?, timestamp, body),
+        )],
+        Provider::Clerk | Provider::Resend | Provider::Svix => {
+            let key = standard_webhooks::decode_secret(secret)?;
+            vec![
+                ("svix-id", id.to_owned()),
+                ("svix-timestamp", timestamp.to_string()),
+                (
+                    "svix-signature",
+                    standard_webhooks::sign(&key, id, timestamp, body),
+                ),
+            ]
+        }
+        Provider::StandardWebhooks => {
+            let key = standard_webhooks::decode_secret(secret)?;
+            vec![
+                ("webhook-id", id.to_owned()),
+                ("webhook-timestamp", timestamp.to_string()),
+                (
+                    "webhook-signature",
+                    standard_webhooks::sign(&key, id, timestamp, body),
+                ),
+            ]
+        }
+        Provider::Github => vec![
+            (
+                "X-Hub-Signature-256",
+                github::sign(&SigningKey::from_text(secret)?, body),
+            ),
+            ("X-GitHub-Delivery", id.to_owned()),
+        ],
+        // Generic HMAC needs the source's settings; sign with `sign_generic_hmac`.
+        Provider::GenericHmac => return Err(SecretError::NoSecret),
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use http::{HeaderMap, HeaderName, HeaderValue};
