@@ -5,6 +5,7 @@ pub mod catalog;
 mod ingest;
 mod publish;
 pub mod reflect;
+mod ui;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +45,8 @@ pub struct Gateway {
     config_loaded: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     rejections: Mutex<HashMap<(String, String, String), i64>>,
+    /// Console sessions: session id → CSRF token. In memory: a restart signs everyone out.
+    ui_sessions: Mutex<HashMap<String, String>>,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -65,6 +68,7 @@ impl Gateway {
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
             config_loaded: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
+            ui_sessions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -94,6 +98,12 @@ impl Gateway {
             .route("/admin/v1/events", get(admin::list_events))
             .route("/admin/v1/events/{id}", get(admin::get_event))
             .route("/admin/v1/deliveries/{id}/redeliver", post(admin::redeliver))
+            .route("/ui", get(ui::root))
+            .route("/ui/login", get(ui::login_form).post(ui::login))
+            .route("/ui/events", get(ui::events))
+            .route("/ui/events/{id}", get(ui::event))
+            .route("/ui/deliveries/{id}/redeliver", post(ui::redeliver))
+            .route("/ui/verify", get(ui::verify_examples))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))

@@ -1,0 +1,369 @@
+//! The delivery console at `/ui`: server-rendered HTML (no JavaScript needed to read, no CDN;
+//! everything ships in the binary). Sign in with the admin token through a form that sets an
+//! HttpOnly, SameSite=Strict session cookie (or send it as a bearer header); every
+//! state-changing form carries a CSRF token tied to the session.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::Gateway;
+use super::admin::{payload, redact_headers};
+use crate::store::history::{self, EventFilter};
+
+const COOKIE: &str = "hookline_session";
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24}header{background:#1b1f24;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}header a{color:#fff}main{padding:1rem;max-width:1200px}table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}pre{background:#f6f8fa;padding:.75rem;overflow:auto}.succeeded{color:#1a7f37}.dead,.failed{color:#cf222e}.pending,.in_flight{color:#9a6700}form.inline{display:inline}label{margin-right:.5rem}";
+
+/// Who is asking: a session (with its CSRF token) or a bearer-token client.
+enum Viewer {
+    Session { csrf: String },
+    Bearer,
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn viewer(gateway: &Gateway, headers: &HeaderMap) -> Option<Viewer> {
+    if let Some(expected) = gateway.admin_token.as_deref()
+        && super::bearer_matches(headers, expected)
+    {
+        return Some(Viewer::Bearer);
+    }
+    let id = session_id(headers)?;
+    let sessions = gateway.ui_sessions.lock().unwrap_or_else(|e| e.into_inner());
+    sessions
+        .get(&id)
+        .map(|csrf| Viewer::Session { csrf: csrf.clone() })
+}
+
+fn page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Hookline" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    strong { "Hookline" }
+                    nav { a href="/ui/events" { "Webhook log" } " · " a href="/ui/verify" { "Verifying signatures" } }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+fn sign_in_redirect() -> Response {
+    Redirect::to("/ui/login").into_response()
+}
+
+pub(super) async fn login_form() -> Markup {
+    page(
+        "Sign in",
+        html! {
+            form method="post" action="/ui/login" {
+                label for="token" { "Admin token" }
+                input id="token" name="token" type="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    token: String,
+}
+
+pub(super) async fn login(State(gateway): State<Arc<Gateway>>, Form(form): Form<LoginForm>) -> Response {
+    use subtle::ConstantTimeEq;
+    let valid = gateway
+        .admin_token
+        .as_deref()
+        .is_some_and(|expected| bool::from(form.token.trim().as_bytes().ct_eq(expected.as_bytes())));
+    if !valid {
+        let body = page(
+            "Sign in",
+            html! { p role="alert" { "That token is not the admin token." } a href="/ui/login" { "Try again" } },
+        );
+        return (StatusCode::UNAUTHORIZED, body).into_response();
+    }
+    let id = hex::encode(rand::random::<[u8; 32]>());
+    let csrf = hex::encode(rand::random::<[u8; 16]>());
+    gateway
+        .ui_sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), csrf);
+    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui");
+    let mut response = Redirect::to("/ui/events").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+fn status_counts(summary: &history::EventSummary) -> Markup {
+    html! {
+        span.succeeded { (summary.succeeded) " ok" } " · "
+        span.pending { (summary.pending) " pending" } " · "
+        span.dead { (summary.dead) " dead" }
+    }
+}
+
+pub(super) async fn events(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(filter): Query<EventFilter>,
+    Query(view): Query<LiveView>,
+) -> Response {
+    if viewer(&gateway, &headers).is_none() {
+        return sign_in_redirect();
+    }
+    let (items, next) = match history::list_events(&gateway.pool, &filter).await {
+        Ok(page) => page,
+        Err(err) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database could not be read: {err}"),
+            )
+                .into_response();
+        }
+    };
+    let value = |v: &Option<String>| v.clone().unwrap_or_default();
+    let next_link = next.map(|cursor| {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (key, v) in [
+            ("namespace", &filter.namespace),
+            ("source", &filter.source),
+            ("type", &filter.event_type),
+            ("status", &filter.status),
+        ] {
+            if let Some(v) = v {
+                query.append_pair(key, v);
+            }
+        }
+        query.append_pair("cursor", &cursor.to_string());
+        format!("/ui/events?{}", query.finish())
+    });
+    let body = html! {
+        @if view.live.is_some() { meta http-equiv="refresh" content="5"; }
+        form method="get" action="/ui/events" {
+            label { "Namespace " input name="namespace" value=(value(&filter.namespace)); }
+            label { "Source " input name="source" value=(value(&filter.source)); }
+            label { "Type " input name="type" value=(value(&filter.event_type)); }
+            label { "Delivery status "
+                select name="status" {
+                    option value="" { "any" }
+                    @for s in ["pending", "failed", "succeeded", "dead", "cancelled"] {
+                        option value=(s) selected[filter.status.as_deref() == Some(s)] { (s) }
+                    }
+                }
+            }
+            label { input type="checkbox" name="live" value="1" checked[view.live.is_some()]; " Live refresh" }
+            button type="submit" { "Filter" }
+        }
+        table.events {
+            caption { "Events, newest first" }
+            thead { tr { th scope="col" { "Received" } th scope="col" { "Namespace" } th scope="col" { "Source" } th scope="col" { "Type" } th scope="col" { "Event id" } th scope="col" { "Deliveries" } } }
+            tbody {
+                @for event in &items {
+                    tr {
+                        td { (event.received_at.format("%Y-%m-%d %H:%M:%S UTC")) }
+                        td { (event.namespace) }
+                        td { @if event.source.is_empty() { em { "published" } } @else { (event.source) } }
+                        td { (event.event_type) }
+                        td { a href={ "/ui/events/" (event.id) } { (event.external_id) } }
+                        td { (status_counts(event)) }
+                    }
+                }
+            }
+        }
+        @if items.is_empty() { p { "No events match." } }
+        @if let Some(link) = next_link { a href=(link) rel="next" { "Older events →" } }
+    };
+    page("Webhook log", body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct LiveView {
+    live: Option<String>,
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+pub(super) async fn event(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let Some(viewer) = viewer(&gateway, &headers) else {
+        return sign_in_redirect();
+    };
+    let (event, deliveries, attempts) = match history::event(&gateway.pool, id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                page("Not found", html! { p { "No such event." } }),
+            )
+                .into_response();
+        }
+        Err(err) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database could not be read: {err}"),
+            )
+                .into_response();
+        }
+    };
+    let csrf = match &viewer {
+        Viewer::Session { csrf } => csrf.clone(),
+        Viewer::Bearer => String::new(),
+    };
+    let headers_shown = redact_headers(&event.headers);
+    let body = html! {
+        dl {
+            dt { "Type" } dd { (event.event_type) }
+            dt { "Event id" } dd { (event.external_id) }
+            dt { "Source" } dd { @if event.source.is_empty() { "published" } @else { (event.namespace) "/" (event.source) } }
+            dt { "Received" } dd { (event.received_at.to_rfc3339()) }
+        }
+        h2 { "Payload" }
+        pre.payload { (pretty(&payload(&event.body))) }
+        h2 { "Headers" }
+        table.headers {
+            thead { tr { th scope="col" { "Name" } th scope="col" { "Value" } } }
+            tbody {
+                @if let Some(map) = headers_shown.as_object() {
+                    @for (name, value) in map { tr { td { (name) } td { (value.as_str().unwrap_or_default()) } } }
+                }
+            }
+        }
+        h2 { "Deliveries" }
+        @for delivery in &deliveries {
+            section.delivery aria-label={ "Delivery to " (delivery.target) } {
+                h3 { (delivery.target_kind) " " (delivery.target) " — " span class=(delivery.status) { (delivery.status) } }
+                @if let Some(error) = &delivery.last_error { p { "Last error: " (error) } }
+                form.inline method="post" action={ "/ui/deliveries/" (delivery.id) "/redeliver" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="event" value=(event.id);
+                    button.retry type="submit" { "Retry" }
+                }
+                table.attempts {
+                    caption { "Attempts" }
+                    thead { tr { th scope="col" { "#" } th scope="col" { "Started" } th scope="col" { "Duration" } th scope="col" { "Status" } th scope="col" { "Error" } th scope="col" { "Response" } } }
+                    tbody {
+                        @for attempt in attempts.iter().filter(|a| a.delivery_id == delivery.id) {
+                            tr {
+                                td { (attempt.attempt_number) }
+                                td { (attempt.started_at.format("%H:%M:%S%.3f")) }
+                                td { (attempt.duration_ms) " ms" }
+                                td { @if let Some(code) = attempt.status_code { (code) } @else { "—" } }
+                                td { (attempt.error_class.clone().unwrap_or_default()) " " (attempt.error.clone().unwrap_or_default()) }
+                                td { code { (attempt.response_body.clone().unwrap_or_default()) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(&format!("Event {}", event.event_type), body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct RedeliverForm {
+    csrf: String,
+    event: Uuid,
+}
+
+pub(super) async fn redeliver(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Form(form): Form<RedeliverForm>,
+) -> Response {
+    match viewer(&gateway, &headers) {
+        None => return sign_in_redirect(),
+        Some(Viewer::Session { csrf }) if csrf != form.csrf => {
+            return (
+                StatusCode::FORBIDDEN,
+                "the form is stale or forged (CSRF check failed); reload the page",
+            )
+                .into_response();
+        }
+        Some(_) => {}
+    }
+    if let Err(err) = history::redeliver(&gateway.pool, id).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("could not queue the redelivery: {err}"),
+        )
+            .into_response();
+    }
+    Redirect::to(&format!("/ui/events/{}", form.event)).into_response()
+}
+
+/// Signature verification for the receiving side, with Hookline's header names filled in.
+pub(super) async fn verify_examples() -> Markup {
+    let examples = [
+        (
+            "Node.js (npm install standardwebhooks)",
+            "import { Webhook } from \"standardwebhooks\";\n\n// raw body (string or Buffer), exactly as received\nconst wh = new Webhook(process.env.HOOKLINE_SIGNING_SECRET); // whsec_...\nconst event = wh.verify(rawBody, {\n  \"webhook-id\": req.headers[\"webhook-id\"],\n  \"webhook-timestamp\": req.headers[\"webhook-timestamp\"],\n  \"webhook-signature\": req.headers[\"webhook-signature\"],\n}); // throws if the signature or timestamp is wrong\n// use req.headers[\"webhook-id\"] to drop duplicates (delivery is at-least-once)",
+        ),
+        (
+            "Python (pip install standardwebhooks)",
+            "from standardwebhooks.webhooks import Webhook\n\nwh = Webhook(os.environ[\"HOOKLINE_SIGNING_SECRET\"])  # whsec_...\n# request.get_data() is the raw body; headers must include webhook-id,\n# webhook-timestamp and webhook-signature\nevent = wh.verify(request.get_data(), dict(request.headers))  # raises on failure",
+        ),
+        (
+            "Go (go get github.com/standard-webhooks/standard-webhooks/libraries)",
+            "wh, err := standardwebhooks.NewWebhook(os.Getenv(\"HOOKLINE_SIGNING_SECRET\"))\nif err != nil { return err }\nbody, _ := io.ReadAll(r.Body)\n// checks webhook-id, webhook-timestamp and webhook-signature\nif err := wh.Verify(body, r.Header); err != nil {\n    http.Error(w, \"bad signature\", http.StatusUnauthorized)\n    return\n}",
+        ),
+        (
+            "Rust (cargo add standardwebhooks)",
+            "let wh = standardwebhooks::Webhook::new(&std::env::var(\"HOOKLINE_SIGNING_SECRET\")?)?;\n// body: the raw bytes; headers: http::HeaderMap with webhook-id,\n// webhook-timestamp and webhook-signature\nwh.verify(&body, &headers)?;",
+        ),
+    ];
+    page(
+        "Verifying what Hookline sends",
+        html! {
+            p { "Every delivery carries " code { "webhook-id" } " (the same on every retry: use it to drop duplicates), "
+                code { "webhook-timestamp" } " and " code { "webhook-signature" } " ("
+                code { "v1,<base64 HMAC-SHA256 of id.timestamp.body>" } "; during a secret rotation, one " code { "v1" }
+                " entry per secret), plus " code { "hookline-source" } " and " code { "hookline-event-type" } ". "
+                "The signing secret is the target's " code { "secretRef" } ", or the Secret named in its "
+                code { "status.generatedSecretName" } " (key " code { "signing-secret" } ")." }
+            @for (language, code) in examples {
+                section { h2 { (language) } pre { code { (code) } } }
+            }
+            p { "Or check a request from the command line: " code { "hookline verify --scheme standard-webhooks -H 'webhook-id: …' …" } }
+        },
+    )
+}
+
+pub(super) async fn root() -> Redirect {
+    Redirect::to("/ui/events")
+}
