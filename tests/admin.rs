@@ -218,3 +218,76 @@ async fn signature_headers_are_redacted() {
         .unwrap();
     assert!(openapi["paths"]["/admin/v1/events"].is_object());
 }
+
+#[tokio::test]
+async fn targets_can_be_tested_paused_resumed_and_their_dead_redelivered() {
+    let yaml = format!(
+        "{SECRET}{}",
+        subscription(
+            "crm",
+            "crm",
+            ", retryPolicy: {maxAttempts: 1}, circuitBreaker: {failureThreshold: 100}"
+        )
+    );
+    let h = harness(&yaml).await;
+    let act = async |action: &str, body: Value| -> (u16, Value) {
+        let response = h
+            .client
+            .post(format!("{}/admin/v1/targets/{action}", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    };
+    let crm = json!({"namespace": "shop", "kind": "subscription", "target": "crm"});
+
+    // A test event reaches the endpoint.
+    let (status, _) = act("test", crm.clone()).await;
+    assert_eq!(status, 202);
+    let got = h.sink.wait_for("crm", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("hookline-event-type"), "hookline.test");
+
+    // Paused, nothing is sent; resumed, the waiting event goes out.
+    assert_eq!(act("pause", crm.clone()).await.0, 202);
+    h.publish("order.created", json!({"while": "paused"})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.sink.received("crm").len(), 1, "nothing while paused");
+    assert_eq!(act("resume", crm.clone()).await.0, 202);
+    h.sink.wait_for("crm", 2, Duration::from_secs(10)).await;
+
+    // Dead deliveries, all redelivered at once after the endpoint is fixed.
+    h.sink.always("crm", Reply::Status(500));
+    for n in 0..3 {
+        h.publish("order.created", json!({"n": n})).await;
+    }
+    h.wait_status("crm", "dead", 3, Duration::from_secs(10)).await;
+    let listed: Value = h
+        .client
+        .get(format!("{}/admin/v1/targets?namespace=shop", h.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["target"], "crm");
+    assert_eq!(listed["items"][0]["dead"], 3);
+    h.sink.always("crm", Reply::Status(200));
+    let (status, answer) = act("redeliver-dead", crm.clone()).await;
+    assert_eq!((status, answer["redelivered"].as_u64()), (202, Some(3)));
+    h.wait_status("crm", "succeeded", 5, Duration::from_secs(10))
+        .await;
+
+    let (status, _) = act(
+        "test",
+        json!({"namespace": "shop", "kind": "subscription", "target": "nope"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+}

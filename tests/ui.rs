@@ -68,6 +68,15 @@ async fn the_console_finds_shows_and_retries_a_delivery() {
     );
     assert_eq!(result["cookie"]["httpOnly"], true);
     assert_eq!(result["cookie"]["sameSite"], "Strict");
+    assert_eq!(result["targets"], 1, "the targets page lists the subscription");
+    // Three failed requests, the retry, and the test event.
+    let received = h.sink.wait_for("crm", 5, Duration::from_secs(10)).await;
+    assert!(
+        received
+            .iter()
+            .any(|r| r.header("hookline-event-type") == "hookline.test"),
+        "Send test event delivered a hookline.test event"
+    );
     let html = result["html"].as_str().unwrap();
     for secret in [ADMIN_TOKEN, SUB_SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
         assert!(!html.contains(secret), "the page must not contain {secret}");

@@ -156,3 +156,209 @@ pub(super) async fn openapi() -> impl IntoResponse {
         include_str!("admin-openapi.json"),
     )
 }
+
+/// Names one delivery target: `kind` is `subscription` or `handler` (then `target` is
+/// `source/handler`).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct TargetAction {
+    pub(super) namespace: String,
+    pub(super) kind: String,
+    pub(super) target: String,
+    /// redeliver-dead: only deliveries that died at or after this time.
+    pub(super) since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TargetAction {
+    fn key(&self) -> crate::store::deliveries::TargetKey {
+        crate::store::deliveries::TargetKey {
+            namespace: self.namespace.clone(),
+            kind: self.kind.clone(),
+            name: self.target.clone(),
+        }
+    }
+}
+
+/// What the console and the API can do to a target.
+pub(super) enum Act {
+    RedeliverDead,
+    Pause,
+    Resume,
+    SendTest,
+}
+
+impl Act {
+    /// From the URL's action name.
+    pub(super) fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "redeliver-dead" => Self::RedeliverDead,
+            "pause" => Self::Pause,
+            "resume" => Self::Resume,
+            "test" => Self::SendTest,
+            _ => return None,
+        })
+    }
+}
+
+/// Carries out `act` on a configured target; the JSON answer says what happened.
+pub(super) async fn act_on_target(
+    gateway: &Gateway,
+    action: &TargetAction,
+    act: Act,
+) -> Result<Value, (StatusCode, String)> {
+    let catalog = gateway.catalog();
+    let Some(target) = catalog.target(&action.namespace, &action.kind, &action.target) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!(
+                "no {} {} in namespace {}",
+                action.kind, action.target, action.namespace
+            ),
+        ));
+    };
+    let key = action.key();
+    let unavailable = |err: sqlx::Error| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the database could not be written: {err}"),
+        )
+    };
+    Ok(match act {
+        Act::RedeliverDead => {
+            let count = history::redeliver_dead(&gateway.pool, &key, action.since)
+                .await
+                .map_err(unavailable)?;
+            json!({"redelivered": count})
+        }
+        Act::Pause => {
+            crate::store::deliveries::pause_target(&gateway.pool, &key, "paused from the console")
+                .await
+                .map_err(unavailable)?;
+            json!({"paused": true})
+        }
+        Act::Resume => {
+            history::resume_target(&gateway.pool, &key)
+                .await
+                .map_err(unavailable)?;
+            json!({"paused": false})
+        }
+        Act::SendTest => {
+            use crate::store::events::{NewDelivery, NewEvent, store_event};
+            let id = Uuid::now_v7();
+            let body = json!({
+                "type": "hookline.test",
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "data": {"message": "A test event from the Hookline console", "target": action.target},
+            });
+            let bytes = body.to_string().into_bytes();
+            let event = NewEvent {
+                id,
+                namespace: &action.namespace,
+                source: "",
+                provider: Some("test"),
+                external_id: &id.to_string(),
+                event_type: "hookline.test",
+                headers: json!({"content-type": "application/json"}),
+                body: &bytes,
+            };
+            let delivery = NewDelivery {
+                id: Uuid::now_v7(),
+                target_kind: target.kind.as_str(),
+                target: target.name.clone(),
+            };
+            store_event(&gateway.pool, &event, &[delivery])
+                .await
+                .map_err(unavailable)?;
+            json!({"event": id})
+        }
+    })
+}
+
+/// `POST /admin/v1/targets/{action}` with the target as JSON; action is `redeliver-dead`,
+/// `pause`, `resume` or `test`.
+pub(super) async fn target_action(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(action): Path<String>,
+    Json(target): Json<TargetAction>,
+) -> Response {
+    if let Some(denied) = unauthorized(&gateway, &headers) {
+        return denied;
+    }
+    let Some(act) = Act::named(&action) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "actions: redeliver-dead, pause, resume, test",
+        );
+    };
+    match act_on_target(&gateway, &target, act).await {
+        Ok(answer) => (StatusCode::ACCEPTED, Json(answer)).into_response(),
+        Err((status, message)) => refuse(status, "target_action_failed", &message),
+    }
+}
+
+/// Targets with their delivery health over the last hour, sorted by namespace, kind and name.
+pub(super) async fn target_health(
+    gateway: &Gateway,
+    namespace: Option<&str>,
+) -> Result<
+    Vec<(
+        crate::store::deliveries::TargetKey,
+        crate::store::stats::TargetStats,
+    )>,
+    sqlx::Error,
+> {
+    let catalog = gateway.catalog();
+    let mut keys: Vec<_> = catalog
+        .targets()
+        .filter(|(ns, _)| namespace.is_none_or(|wanted| wanted == *ns))
+        .map(|(ns, t)| crate::store::deliveries::TargetKey {
+            namespace: ns.to_owned(),
+            kind: t.kind.as_str().to_owned(),
+            name: t.name.clone(),
+        })
+        .collect();
+    keys.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let stats =
+            crate::store::stats::target_stats(&gateway.pool, &key, std::time::Duration::from_secs(3600))
+                .await?;
+        out.push((key, stats));
+    }
+    Ok(out)
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+pub(super) async fn list_targets(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(query): Query<NamespaceQuery>,
+) -> Response {
+    if let Some(denied) = unauthorized(&gateway, &headers) {
+        return denied;
+    }
+    match target_health(&gateway, query.namespace.as_deref()).await {
+        Ok(targets) => {
+            let items: Vec<Value> = targets
+                .iter()
+                .map(|(key, stats)| {
+                    json!({
+                        "namespace": key.namespace, "kind": key.kind, "target": key.name,
+                        "circuit": stats.circuit.clone().unwrap_or_else(|| "closed".into()),
+                        "paused": stats.paused_reason, "succeeded": stats.succeeded, "failedAttempts": stats.failed_attempts,
+                        "dead": stats.dead, "pending": stats.pending, "p95LatencyMs": stats.p95_latency_ms,
+                        "lastFailureReason": stats.last_failure_reason, "lastFailureTime": stats.last_failure_time,
+                    })
+                })
+                .collect();
+            Json(json!({"items": items})).into_response()
+        }
+        Err(err) => storage_error(err),
+    }
+}

@@ -282,6 +282,19 @@ impl Catalog {
         }
     }
 
+    /// Every target with its namespace: handlers, then subscriptions.
+    pub fn targets(&self) -> impl Iterator<Item = (&str, &Target)> {
+        let handlers = self
+            .sources
+            .values()
+            .flat_map(|s| s.handlers.iter().map(|t| (s.namespace.as_str(), t)));
+        let subscriptions = self
+            .subscriptions
+            .iter()
+            .flat_map(|(ns, targets)| targets.iter().map(move |t| (ns.as_str(), t)));
+        handlers.chain(subscriptions)
+    }
+
     /// The longest attempt timeout of any target.
     pub fn max_timeout(&self) -> std::time::Duration {
         let handlers = self.sources.values().flat_map(|s| &s.handlers);

@@ -15,7 +15,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Gateway;
-use super::admin::{payload, redact_headers};
+use super::admin::{Act, TargetAction, act_on_target, payload, redact_headers, target_health};
 use crate::store::history::{self, EventFilter};
 
 const COOKIE: &str = "hookline_session";
@@ -65,7 +65,7 @@ fn page(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     strong { "Hookline" }
-                    nav { a href="/ui/events" { "Webhook log" } " · " a href="/ui/verify" { "Verifying signatures" } }
+                    nav { a href="/ui/events" { "Webhook log" } " · " a href="/ui/targets" { "Targets" } " · " a href="/ui/verify" { "Verifying signatures" } }
                 }
                 main { h1 { (title) } (body) }
             }
@@ -366,4 +366,110 @@ pub(super) async fn verify_examples() -> Markup {
 
 pub(super) async fn root() -> Redirect {
     Redirect::to("/ui/events")
+}
+
+fn csrf_of(viewer: &Viewer) -> String {
+    match viewer {
+        Viewer::Session { csrf } => csrf.clone(),
+        Viewer::Bearer => String::new(),
+    }
+}
+
+/// Per-target delivery status, with the actions a person fixing an endpoint needs.
+pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let Some(viewer) = viewer(&gateway, &headers) else {
+        return sign_in_redirect();
+    };
+    let csrf = csrf_of(&viewer);
+    let targets = match target_health(&gateway, None).await {
+        Ok(targets) => targets,
+        Err(err) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database could not be read: {err}"),
+            )
+                .into_response();
+        }
+    };
+    let action = |name: &str, label: &str, key: &crate::store::deliveries::TargetKey| {
+        html! {
+            form.inline method="post" action={ "/ui/targets/" (name) } {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="namespace" value=(key.namespace);
+                input type="hidden" name="kind" value=(key.kind);
+                input type="hidden" name="target" value=(key.name);
+                button type="submit" class=(name) { (label) }
+            }
+        }
+    };
+    let body = html! {
+        table.targets {
+            caption { "Delivery targets, last hour" }
+            thead { tr {
+                th scope="col" { "Namespace" } th scope="col" { "Target" } th scope="col" { "Success rate" }
+                th scope="col" { "Circuit" } th scope="col" { "Pending" } th scope="col" { "Dead" }
+                th scope="col" { "Last failure" } th scope="col" { "Actions" }
+            } }
+            tbody {
+                @for (key, stats) in &targets {
+                    @let finished = stats.succeeded + stats.dead;
+                    tr {
+                        td { (key.namespace) }
+                        td { (key.kind) " " (key.name) @if let Some(reason) = &stats.paused_reason { br; em { "paused: " (reason) } } }
+                        td { @if finished > 0 { (format!("{:.1}%", stats.succeeded as f64 * 100.0 / finished as f64)) } @else { "—" } }
+                        td { (stats.circuit.clone().unwrap_or_else(|| "closed".into())) }
+                        td { (stats.pending) }
+                        td { (stats.dead) }
+                        td { (stats.last_failure_reason.clone().unwrap_or_default()) }
+                        td {
+                            (action("redeliver-dead", "Redeliver all dead", key))
+                            (action("test", "Send test event", key))
+                            @if stats.paused_reason.is_some() { (action("resume", "Resume", key)) } @else { (action("pause", "Pause", key)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Targets", body).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct TargetForm {
+    csrf: String,
+    namespace: String,
+    kind: String,
+    target: String,
+}
+
+pub(super) async fn target_action(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(action): Path<String>,
+    Form(form): Form<TargetForm>,
+) -> Response {
+    match viewer(&gateway, &headers) {
+        None => return sign_in_redirect(),
+        Some(Viewer::Session { csrf }) if csrf != form.csrf => {
+            return (
+                StatusCode::FORBIDDEN,
+                "the form is stale or forged (CSRF check failed); reload the page",
+            )
+                .into_response();
+        }
+        Some(_) => {}
+    }
+    let Some(act) = Act::named(&action) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let target = TargetAction {
+        namespace: form.namespace,
+        kind: form.kind,
+        target: form.target,
+        since: None,
+    };
+    match act_on_target(&gateway, &target, act).await {
+        Ok(_) => Redirect::to("/ui/targets").into_response(),
+        Err((status, message)) => (status, message).into_response(),
+    }
 }

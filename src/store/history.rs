@@ -179,3 +179,47 @@ pub async fn redeliver(pool: &PgPool, delivery_id: Uuid) -> sqlx::Result<bool> {
     }
     Ok(result.rows_affected() > 0)
 }
+
+/// Sends every dead delivery of a target (since a time) again; returns how many.
+pub async fn redeliver_dead(
+    pool: &PgPool,
+    target: &super::deliveries::TargetKey,
+    since: Option<DateTime<Utc>>,
+) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now()
+         WHERE namespace = $1 AND target_kind = $2 AND target = $3 AND status = 'dead'
+           AND ($4::timestamptz IS NULL OR updated_at >= $4)",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .bind(since)
+    .execute(pool)
+    .await?;
+    if result.rows_affected() > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::events::DELIVERIES_CHANNEL)
+            .execute(pool)
+            .await?;
+    }
+    Ok(result.rows_affected())
+}
+
+/// Lifts a runtime pause (set from the console or by a 410); waiting deliveries flow again.
+pub async fn resume_target(pool: &PgPool, target: &super::deliveries::TargetKey) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE target_states SET paused_reason = NULL, paused_at = NULL
+         WHERE namespace = $1 AND target_kind = $2 AND target = $3",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .execute(pool)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(super::events::DELIVERIES_CHANNEL)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

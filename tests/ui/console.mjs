@@ -30,9 +30,13 @@ try {
     after = await attempts();
   }
   const html = await page.content();
+  await page.goto(`${base}/ui/targets`);
+  const targets = await page.locator('table.targets tbody tr').count();
+  await page.click('button.test');
+  await page.waitForSelector('table.targets');
   const cookies = await page.context().cookies();
   const session = cookies.find((c) => c.name === 'hookline_session');
-  console.log(JSON.stringify({ redirectedToLogin, rows, payload, before, after, html,
+  console.log(JSON.stringify({ redirectedToLogin, rows, payload, before, after, html, targets,
     cookie: session && { httpOnly: session.httpOnly, sameSite: session.sameSite } }));
 } finally {
   await browser.close();
