@@ -133,7 +133,12 @@ impl Dispatcher {
             if claimed == self.options.batch_size {
                 continue; // more is probably due
             }
-            let wait = self.until_next_due().await;
+            let mut wait = self.until_next_due().await;
+            if claimed == 0 && wait <= Duration::from_millis(5) {
+                // Work is due but none could be claimed: its targets are saturated (a finished
+                // delivery wakes us) or another replica holds it. Do not spin.
+                wait = self.options.safety_poll;
+            }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -172,12 +177,7 @@ impl Dispatcher {
     /// How long to sleep when no notification comes: until the next scheduled attempt, at most
     /// the safety poll.
     async fn until_next_due(&self) -> Duration {
-        let next: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'failed')",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap_or(None);
+        let next = deliveries::next_due(&self.pool).await.unwrap_or(None);
         let poll = self.options.safety_poll;
         next.map_or(poll, |at| {
             (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(poll)

@@ -87,6 +87,20 @@ pub async fn claim(
     .await
 }
 
+/// When the next delivery falls due (targets paused at runtime excluded).
+pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(next_attempt_at) FROM deliveries d
+         WHERE status IN ('pending', 'failed')
+           AND NOT EXISTS (
+               SELECT 1 FROM target_states t
+               WHERE t.namespace = d.namespace AND t.target_kind = d.target_kind AND t.target = d.target
+                 AND t.paused_reason IS NOT NULL)",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// One HTTP attempt, as recorded.
 #[derive(Debug, Default)]
 pub struct Attempt {
