@@ -229,6 +229,9 @@ struct TokenArgs {
     /// File holding the admin token.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Time a client has to send a whole request; slower ones get 408.
+    #[arg(long, default_value = "30s")]
+    request_timeout: Duration,
 }
 
 fn read_token(value: Option<String>, file: Option<PathBuf>, flag: &str) -> anyhow::Result<Option<String>> {
@@ -252,6 +255,7 @@ impl TokenArgs {
                 "--publish-token-file",
             )?,
             admin_token: read_token(self.admin_token, self.admin_token_file, "--admin-token-file")?,
+            request_timeout: self.request_timeout.get(),
         })
     }
 }

@@ -27,10 +27,6 @@ use tower_http::timeout::TimeoutLayer;
 use crate::telemetry::Metrics;
 pub use catalog::{Catalog, Secrets};
 
-/// A request that has not finished within this time is answered 408, so slow clients cannot
-/// hold connections and memory indefinitely.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Everything a request handler reads.
 pub struct Gateway {
     catalog: RwLock<Arc<Catalog>>,
@@ -42,6 +38,9 @@ pub struct Gateway {
     publish_token: Option<String>,
     /// Bearer token of the admin API; it is refused without one.
     admin_token: Option<String>,
+    /// A request not finished within this time is answered 408, so slow clients cannot hold
+    /// connections and memory indefinitely.
+    request_timeout: Duration,
     config_loaded: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     rejections: Mutex<HashMap<(String, String, String), i64>>,
@@ -50,11 +49,23 @@ pub struct Gateway {
 }
 
 /// Settings of the HTTP side of the gateway.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GatewayOptions {
     pub trusted_proxies: Vec<IpNet>,
     pub publish_token: Option<String>,
     pub admin_token: Option<String>,
+    pub request_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            publish_token: None,
+            admin_token: None,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Gateway {
@@ -66,6 +77,7 @@ impl Gateway {
             trusted_proxies: options.trusted_proxies,
             publish_token: options.publish_token.filter(|t| !t.is_empty()),
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
+            request_timeout: options.request_timeout,
             config_loaded: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
             ui_sessions: Mutex::new(HashMap::new()),
@@ -113,7 +125,7 @@ impl Gateway {
             .route("/metrics", get(metrics))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
-                REQUEST_TIMEOUT,
+                self.request_timeout,
             ))
             .with_state(self.clone())
     }

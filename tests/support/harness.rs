@@ -25,10 +25,14 @@ pub struct Harness {
 
 /// Starts a gateway with a dispatcher on a fresh database; `{SINK}` in the YAML is the sink.
 pub async fn harness(yaml: &str) -> Harness {
+    harness_with(yaml, test_options()).await
+}
+
+pub async fn harness_with(yaml: &str, options: GatewayOptions) -> Harness {
     let sink = Sink::start().await;
     let pool = hookline::store::connect_lazy(&super::fresh_database().await, 16).expect("pool");
     hookline::store::migrate(&pool).await.expect("migrate");
-    let base = start_gateway(&pool, &yaml.replace("{SINK}", &sink.base)).await;
+    let base = start_gateway_with(&pool, &yaml.replace("{SINK}", &sink.base), options).await;
     Harness {
         base,
         pool,
@@ -37,17 +41,23 @@ pub async fn harness(yaml: &str) -> Harness {
     }
 }
 
+/// The options the harness gateways run with: both tokens set.
+pub fn test_options() -> GatewayOptions {
+    GatewayOptions {
+        publish_token: Some(TOKEN.into()),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..GatewayOptions::default()
+    }
+}
+
 pub async fn start_gateway(pool: &PgPool, yaml: &str) -> String {
+    start_gateway_with(pool, yaml, test_options()).await
+}
+
+pub async fn start_gateway_with(pool: &PgPool, yaml: &str, options: GatewayOptions) -> String {
     let mut config = Config::default();
     load_text(yaml, Path::new("test"), &mut config).expect("config");
-    let gateway = Gateway::new(
-        pool.clone(),
-        GatewayOptions {
-            trusted_proxies: vec![],
-            publish_token: Some(TOKEN.into()),
-            admin_token: Some(ADMIN_TOKEN.into()),
-        },
-    );
+    let gateway = Gateway::new(pool.clone(), options);
     gateway.set_catalog(Catalog::build(
         &config.sources,
         &config.subscriptions,
