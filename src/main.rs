@@ -166,6 +166,9 @@ struct ControllerArgs {
     /// Secret (NAME/KEY) holding the publish token; publishing is off without it.
     #[arg(long)]
     gateway_publish_token_secret: Option<String>,
+    /// Secret (NAME/KEY) holding the admin token; the admin API and console are off without it.
+    #[arg(long)]
+    gateway_admin_token_secret: Option<String>,
     /// Container resources of the gateway, as JSON.
     #[arg(
         long,
@@ -229,6 +232,9 @@ struct TokenArgs {
     /// File holding the admin token.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// File of admin tokens limited to namespaces, one per line: `<token> <ns>[,<ns>…]`.
+    #[arg(long, value_name = "FILE")]
+    admin_tokens_file: Option<PathBuf>,
     /// Time a client has to send a whole request; slower ones get 408.
     #[arg(long, default_value = "30s")]
     request_timeout: Duration,
@@ -256,6 +262,16 @@ impl TokenArgs {
             )?,
             admin_token: read_token(self.admin_token, self.admin_token_file, "--admin-token-file")?,
             request_timeout: self.request_timeout.get(),
+            scoped_admin_tokens: match &self.admin_tokens_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        anyhow::anyhow!("cannot read --admin-tokens-file {}: {e}", path.display())
+                    })?;
+                    hookline::gateway::parse_scoped_tokens(&text)
+                        .map_err(|e| anyhow::anyhow!("--admin-tokens-file {}: {e}", path.display()))?
+                }
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -346,6 +362,11 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             database_secret: secret_key(&args.gateway_database_secret)?,
             publish_token_secret: args
                 .gateway_publish_token_secret
+                .as_deref()
+                .map(secret_key)
+                .transpose()?,
+            admin_token_secret: args
+                .gateway_admin_token_secret
                 .as_deref()
                 .map(secret_key)
                 .transpose()?,

@@ -291,3 +291,99 @@ async fn targets_can_be_tested_paused_resumed_and_their_dead_redelivered() {
     .await;
     assert_eq!(status, 404);
 }
+
+/// A namespace-scoped admin token sees and acts on its namespaces only.
+#[tokio::test]
+async fn scoped_admin_tokens_stay_in_their_namespaces() {
+    use hookline::gateway::ScopedToken;
+    let scoped = |token: &str, ns: &str| ScopedToken {
+        token: token.into(),
+        namespaces: vec![ns.into()],
+    };
+    let options = hookline::gateway::GatewayOptions {
+        scoped_admin_tokens: vec![
+            scoped("shop-team-token-0001", "shop"),
+            scoped("other-team-token-0001", "other"),
+        ],
+        ..support::harness::test_options()
+    };
+    let yaml = format!(
+        "{SECRET}{}",
+        subscription("crm", "crm", ", retryPolicy: {maxAttempts: 1}")
+    );
+    let h = support::harness::harness_with(&yaml, options).await;
+    h.sink.always("crm", Reply::Status(500));
+    h.publish("order.created", json!({})).await;
+    h.wait_status("crm", "dead", 1, Duration::from_secs(10)).await;
+    let get = async |token: &str, path: &str| {
+        h.client
+            .get(format!("{}{path}", h.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    };
+    let items = |v: &Value| v["items"].as_array().unwrap().len();
+
+    let shop: Value = get("shop-team-token-0001", "/admin/v1/events")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items(&shop), 1);
+    let id = shop["items"][0]["id"].as_str().unwrap().to_owned();
+    let other: Value = get("other-team-token-0001", "/admin/v1/events")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items(&other), 0, "another namespace's history is invisible");
+    let asked: Value = get("other-team-token-0001", "/admin/v1/events?namespace=shop")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items(&asked), 0, "asking for it by name does not help");
+    assert_eq!(
+        get("other-team-token-0001", &format!("/admin/v1/events/{id}"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        get("shop-team-token-0001", &format!("/admin/v1/events/{id}"))
+            .await
+            .status(),
+        200
+    );
+    let targets: Value = get("other-team-token-0001", "/admin/v1/targets")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items(&targets), 0);
+
+    let detail: Value = get("shop-team-token-0001", &format!("/admin/v1/events/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let delivery = detail["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let redeliver = |token: &'static str| {
+        h.client
+            .post(format!("{}/admin/v1/deliveries/{delivery}/redeliver", h.base))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(redeliver("other-team-token-0001").await.unwrap().status(), 404);
+    let act = h
+        .client
+        .post(format!("{}/admin/v1/targets/pause", h.base))
+        .bearer_auth("other-team-token-0001")
+        .json(&json!({"namespace": "shop", "kind": "subscription", "target": "crm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(act.status(), 404);
+    assert_eq!(redeliver("shop-team-token-0001").await.unwrap().status(), 202);
+}

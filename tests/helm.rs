@@ -165,6 +165,8 @@ async fn rendered_manifests_pass_server_side_validation() {
                 "kind: ServiceMonitor",
                 "kind: PrometheusRule",
                 "hookline-dashboard",
+                "--gateway-admin-token-secret=hookline-admin/token",
+                "--gateway-publish-token-secret=hookline-publish/token",
             ] {
                 assert!(manifests.contains(kind), "{what}: no {kind}");
             }

@@ -29,6 +29,8 @@ pub struct GatewaySettings {
     pub database_secret: (String, String),
     /// Secret and key holding the publish token, when publishing is enabled.
     pub publish_token_secret: Option<(String, String)>,
+    /// Secret and key holding the admin token (admin API and console), when enabled.
+    pub admin_token_secret: Option<(String, String)>,
     /// Container resources as JSON (`{"requests": {...}, "limits": {...}}`).
     pub resources: Value,
 }
@@ -50,6 +52,9 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
     ];
     if let Some(token) = &settings.publish_token_secret {
         env.push(secret_env("HOOKLINE_PUBLISH_TOKEN", token));
+    }
+    if let Some(token) = &settings.admin_token_secret {
+        env.push(secret_env("HOOKLINE_ADMIN_TOKEN", token));
     }
     let mut spec = json!({
         "selector": {"matchLabels": selector},

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Gateway;
+use super::{Access, Gateway};
 use crate::store::history::{self, EventFilter};
 
 const REDACTED: &str = "[redacted]";
@@ -20,15 +20,23 @@ fn refuse(status: StatusCode, reason: &str, message: &str) -> Response {
     (status, Json(json!({"error": reason, "message": message}))).into_response()
 }
 
-/// The refusal for a request without the admin token, if it lacks it.
-fn unauthorized(gateway: &Gateway, headers: &HeaderMap) -> Option<Response> {
-    let Some(expected) = gateway.admin_token.as_deref() else {
+/// What the caller's admin token grants, or the 401 to answer.
+fn access(gateway: &Gateway, headers: &HeaderMap) -> Result<Access, Box<Response>> {
+    if !gateway.admin_configured() {
         let message = "the admin API is disabled: no admin token is configured (HOOKLINE_ADMIN_TOKEN)";
-        return Some(refuse(StatusCode::UNAUTHORIZED, "unauthorized", message));
-    };
-    let valid = super::bearer_matches(headers, expected);
-    let message = "a valid Authorization: Bearer token is required";
-    (!valid).then(|| refuse(StatusCode::UNAUTHORIZED, "unauthorized", message))
+        return Err(Box::new(refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+        )));
+    }
+    gateway.admin_access(super::bearer(headers)).ok_or_else(|| {
+        Box::new(refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid Authorization: Bearer token is required",
+        ))
+    })
 }
 
 /// Headers that carry signatures or credentials are shown by name only.
@@ -84,10 +92,11 @@ pub(super) async fn list_events(
     headers: HeaderMap,
     Query(filter): Query<EventFilter>,
 ) -> Response {
-    if let Some(denied) = unauthorized(&gateway, &headers) {
-        return denied;
-    }
-    match history::list_events(&gateway.pool, &filter).await {
+    let access = match access(&gateway, &headers) {
+        Ok(access) => access,
+        Err(denied) => return *denied,
+    };
+    match history::list_events(&gateway.pool, &filter, access.namespaces()).await {
         Ok((items, next)) => Json(json!({"items": items, "nextCursor": next})).into_response(),
         Err(err) => storage_error(err),
     }
@@ -98,11 +107,12 @@ pub(super) async fn get_event(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Response {
-    if let Some(denied) = unauthorized(&gateway, &headers) {
-        return denied;
-    }
+    let access = match access(&gateway, &headers) {
+        Ok(access) => access,
+        Err(denied) => return *denied,
+    };
     match history::event(&gateway.pool, id).await {
-        Ok(Some((event, deliveries, attempts))) => {
+        Ok(Some((event, deliveries, attempts))) if access.allows(&event.namespace) => {
             let deliveries: Vec<Value> = deliveries
                 .iter()
                 .map(|d| {
@@ -122,7 +132,7 @@ pub(super) async fn get_event(
             body["deliveries"] = Value::from(deliveries);
             Json(body).into_response()
         }
-        Ok(None) => refuse(StatusCode::NOT_FOUND, "not_found", "no such event"),
+        Ok(_) => refuse(StatusCode::NOT_FOUND, "not_found", "no such event"),
         Err(err) => storage_error(err),
     }
 }
@@ -132,10 +142,11 @@ pub(super) async fn redeliver(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Response {
-    if let Some(denied) = unauthorized(&gateway, &headers) {
-        return denied;
-    }
-    match history::redeliver(&gateway.pool, id).await {
+    let access = match access(&gateway, &headers) {
+        Ok(access) => access,
+        Err(denied) => return *denied,
+    };
+    match history::redeliver(&gateway.pool, id, access.namespaces()).await {
         Ok(true) => (
             StatusCode::ACCEPTED,
             Json(json!({"delivery": id, "status": "pending"})),
@@ -282,9 +293,10 @@ pub(super) async fn target_action(
     Path(action): Path<String>,
     Json(target): Json<TargetAction>,
 ) -> Response {
-    if let Some(denied) = unauthorized(&gateway, &headers) {
-        return denied;
-    }
+    let access = match access(&gateway, &headers) {
+        Ok(access) => access,
+        Err(denied) => return *denied,
+    };
     let Some(act) = Act::named(&action) else {
         return refuse(
             StatusCode::NOT_FOUND,
@@ -292,6 +304,9 @@ pub(super) async fn target_action(
             "actions: redeliver-dead, pause, resume, test",
         );
     };
+    if !access.allows(&target.namespace) {
+        return refuse(StatusCode::NOT_FOUND, "target_action_failed", "no such target");
+    }
     match act_on_target(&gateway, &target, act).await {
         Ok(answer) => (StatusCode::ACCEPTED, Json(answer)).into_response(),
         Err((status, message)) => refuse(status, "target_action_failed", &message),
@@ -302,6 +317,7 @@ pub(super) async fn target_action(
 pub(super) async fn target_health(
     gateway: &Gateway,
     namespace: Option<&str>,
+    access: &Access,
 ) -> Result<
     Vec<(
         crate::store::deliveries::TargetKey,
@@ -312,7 +328,7 @@ pub(super) async fn target_health(
     let catalog = gateway.catalog();
     let mut keys: Vec<_> = catalog
         .targets()
-        .filter(|(ns, _)| namespace.is_none_or(|wanted| wanted == *ns))
+        .filter(|(ns, _)| namespace.is_none_or(|wanted| wanted == *ns) && access.allows(ns))
         .map(|(ns, t)| crate::store::deliveries::TargetKey {
             namespace: ns.to_owned(),
             kind: t.kind.as_str().to_owned(),
@@ -340,10 +356,11 @@ pub(super) async fn list_targets(
     headers: HeaderMap,
     Query(query): Query<NamespaceQuery>,
 ) -> Response {
-    if let Some(denied) = unauthorized(&gateway, &headers) {
-        return denied;
-    }
-    match target_health(&gateway, query.namespace.as_deref()).await {
+    let access = match access(&gateway, &headers) {
+        Ok(access) => access,
+        Err(denied) => return *denied,
+    };
+    match target_health(&gateway, query.namespace.as_deref(), &access).await {
         Ok(targets) => {
             let items: Vec<Value> = targets
                 .iter()

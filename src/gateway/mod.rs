@@ -36,16 +36,19 @@ pub struct Gateway {
     trusted_proxies: Vec<IpNet>,
     /// Bearer token of the publish API; publishing is refused without one.
     publish_token: Option<String>,
-    /// Bearer token of the admin API; it is refused without one.
+    /// Bearer token of the admin API and console (every namespace).
     admin_token: Option<String>,
+    /// Admin tokens limited to some namespaces.
+    scoped_admin_tokens: Vec<ScopedToken>,
     /// A request not finished within this time is answered 408, so slow clients cannot hold
     /// connections and memory indefinitely.
     request_timeout: Duration,
     config_loaded: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     rejections: Mutex<HashMap<(String, String, String), i64>>,
-    /// Console sessions: session id → CSRF token. In memory: a restart signs everyone out.
-    ui_sessions: Mutex<HashMap<String, String>>,
+    /// Console sessions: session id → (CSRF token, what it may see). In memory: a restart
+    /// signs everyone out.
+    ui_sessions: Mutex<HashMap<String, (String, Access)>>,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -54,7 +57,69 @@ pub struct GatewayOptions {
     pub trusted_proxies: Vec<IpNet>,
     pub publish_token: Option<String>,
     pub admin_token: Option<String>,
+    pub scoped_admin_tokens: Vec<ScopedToken>,
     pub request_timeout: Duration,
+}
+
+/// An admin token that sees only the resources and history of some namespaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopedToken {
+    pub token: String,
+    pub namespaces: Vec<String>,
+}
+
+/// Reads namespace-scoped admin tokens: one per line, `<token> <namespace>[,<namespace>…]`;
+/// blank lines and `#` comments are skipped.
+pub fn parse_scoped_tokens(text: &str) -> Result<Vec<ScopedToken>, String> {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(number, line)| {
+            let (token, namespaces) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| format!("line {number}: expected '<token> <namespace>[,<namespace>…]'"))?;
+            let namespaces: Vec<String> = namespaces
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if token.len() < 16 || namespaces.is_empty() {
+                return Err(format!(
+                    "line {number}: a token of at least 16 characters and one or more namespaces"
+                ));
+            }
+            Ok(ScopedToken {
+                token: token.to_owned(),
+                namespaces,
+            })
+        })
+        .collect()
+}
+
+/// What an admin caller may see and act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    All,
+    Namespaces(Vec<String>),
+}
+
+impl Access {
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Namespaces(allowed) => allowed.iter().any(|n| n == namespace),
+        }
+    }
+
+    /// The namespaces a query must stay within; `None` for all.
+    pub fn namespaces(&self) -> Option<&[String]> {
+        match self {
+            Self::All => None,
+            Self::Namespaces(allowed) => Some(allowed),
+        }
+    }
 }
 
 impl Default for GatewayOptions {
@@ -63,6 +128,7 @@ impl Default for GatewayOptions {
             trusted_proxies: Vec::new(),
             publish_token: None,
             admin_token: None,
+            scoped_admin_tokens: Vec::new(),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -77,6 +143,7 @@ impl Gateway {
             trusted_proxies: options.trusted_proxies,
             publish_token: options.publish_token.filter(|t| !t.is_empty()),
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
+            scoped_admin_tokens: options.scoped_admin_tokens,
             request_timeout: options.request_timeout,
             config_loaded: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
@@ -196,15 +263,48 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     )
 }
 
-/// Whether the request carries `Authorization: Bearer <expected>` (compared in constant time).
-fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    let presented = headers
+/// The bearer token of a request, or "".
+fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Token comparison in constant time.
+fn same_token(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
     bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// Whether the request carries `Authorization: Bearer <expected>`.
+fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    same_token(bearer(headers), expected)
+}
+
+impl Gateway {
+    /// What an admin token grants, if it is one: every namespace, or the scoped token's.
+    fn admin_access(&self, presented: &str) -> Option<Access> {
+        if presented.is_empty() {
+            return None;
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|expected| same_token(presented, expected))
+        {
+            return Some(Access::All);
+        }
+        self.scoped_admin_tokens
+            .iter()
+            .find(|scoped| same_token(presented, &scoped.token))
+            .map(|scoped| Access::Namespaces(scoped.namespaces.clone()))
+    }
+
+    fn admin_configured(&self) -> bool {
+        self.admin_token.is_some() || !self.scoped_admin_tokens.is_empty()
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -254,4 +354,25 @@ pub async fn run_in_cluster(options: ClusterOptions) -> anyhow::Result<()> {
     dispatcher.abort();
     pool.close().await;
     Ok(served?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scoped_tokens_parse_and_refuse_nonsense() {
+        let text = "# team tokens\n0123456789abcdef0123 billing, shop\n\nfedcba9876543210fedc ops\n";
+        let tokens = parse_scoped_tokens(text).unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].namespaces, ["billing", "shop"]);
+        assert!(Access::Namespaces(tokens[1].namespaces.clone()).allows("ops"));
+        assert!(!Access::Namespaces(tokens[1].namespaces.clone()).allows("shop"));
+        assert!(
+            parse_scoped_tokens("short billing")
+                .unwrap_err()
+                .contains("line 1")
+        );
+        assert!(parse_scoped_tokens("0123456789abcdef0123").is_err());
+    }
 }

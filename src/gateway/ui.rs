@@ -14,18 +14,33 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::Gateway;
 use super::admin::{Act, TargetAction, act_on_target, payload, redact_headers, target_health};
+use super::{Access, Gateway};
 use crate::store::history::{self, EventFilter};
 
 const COOKIE: &str = "hookline_session";
 
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24}header{background:#1b1f24;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}header a{color:#fff}main{padding:1rem;max-width:1200px}table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}pre{background:#f6f8fa;padding:.75rem;overflow:auto}.succeeded{color:#1a7f37}.dead,.failed{color:#cf222e}.pending,.in_flight{color:#9a6700}form.inline{display:inline}label{margin-right:.5rem}";
 
-/// Who is asking: a session (with its CSRF token) or a bearer-token client.
-enum Viewer {
-    Session { csrf: String },
-    Bearer,
+/// Who is asking (a session, or a bearer-token client) and what they may see.
+struct Viewer {
+    /// The session's CSRF token; none for bearer-token clients, whose header a browser never
+    /// sends on its own, so their requests cannot be forged cross-site.
+    csrf: Option<String>,
+    access: Access,
+}
+
+impl Viewer {
+    /// Whether a submitted form's CSRF token is the session's.
+    fn form_is_genuine(&self, submitted: &str) -> bool {
+        self.csrf
+            .as_deref()
+            .is_none_or(|csrf| super::same_token(submitted, csrf))
+    }
+
+    fn csrf(&self) -> String {
+        self.csrf.clone().unwrap_or_default()
+    }
 }
 
 fn session_id(headers: &HeaderMap) -> Option<String> {
@@ -40,16 +55,15 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
 }
 
 fn viewer(gateway: &Gateway, headers: &HeaderMap) -> Option<Viewer> {
-    if let Some(expected) = gateway.admin_token.as_deref()
-        && super::bearer_matches(headers, expected)
-    {
-        return Some(Viewer::Bearer);
+    if let Some(access) = gateway.admin_access(super::bearer(headers)) {
+        return Some(Viewer { csrf: None, access });
     }
     let id = session_id(headers)?;
     let sessions = gateway.ui_sessions.lock().unwrap_or_else(|e| e.into_inner());
-    sessions
-        .get(&id)
-        .map(|csrf| Viewer::Session { csrf: csrf.clone() })
+    sessions.get(&id).map(|(csrf, access)| Viewer {
+        csrf: Some(csrf.clone()),
+        access: access.clone(),
+    })
 }
 
 fn page(title: &str, body: Markup) -> Markup {
@@ -96,25 +110,20 @@ pub(super) struct LoginForm {
 }
 
 pub(super) async fn login(State(gateway): State<Arc<Gateway>>, Form(form): Form<LoginForm>) -> Response {
-    use subtle::ConstantTimeEq;
-    let valid = gateway
-        .admin_token
-        .as_deref()
-        .is_some_and(|expected| bool::from(form.token.trim().as_bytes().ct_eq(expected.as_bytes())));
-    if !valid {
+    let Some(access) = gateway.admin_access(form.token.trim()) else {
         let body = page(
             "Sign in",
-            html! { p role="alert" { "That token is not the admin token." } a href="/ui/login" { "Try again" } },
+            html! { p role="alert" { "That token is not an admin token." } a href="/ui/login" { "Try again" } },
         );
         return (StatusCode::UNAUTHORIZED, body).into_response();
-    }
+    };
     let id = hex::encode(rand::random::<[u8; 32]>());
     let csrf = hex::encode(rand::random::<[u8; 16]>());
     gateway
         .ui_sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), csrf);
+        .insert(id.clone(), (csrf, access));
     let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui");
     let mut response = Redirect::to("/ui/events").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -137,10 +146,10 @@ pub(super) async fn events(
     Query(filter): Query<EventFilter>,
     Query(view): Query<LiveView>,
 ) -> Response {
-    if viewer(&gateway, &headers).is_none() {
+    let Some(viewer) = viewer(&gateway, &headers) else {
         return sign_in_redirect();
-    }
-    let (items, next) = match history::list_events(&gateway.pool, &filter).await {
+    };
+    let (items, next) = match history::list_events(&gateway.pool, &filter, viewer.access.namespaces()).await {
         Ok(page) => page,
         Err(err) => {
             return (
@@ -239,10 +248,14 @@ pub(super) async fn event(
                 .into_response();
         }
     };
-    let csrf = match &viewer {
-        Viewer::Session { csrf } => csrf.clone(),
-        Viewer::Bearer => String::new(),
-    };
+    if !viewer.access.allows(&event.namespace) {
+        return (
+            StatusCode::NOT_FOUND,
+            page("Not found", html! { p { "No such event." } }),
+        )
+            .into_response();
+    }
+    let csrf = viewer.csrf();
     let headers_shown = redact_headers(&event.headers);
     let body = html! {
         dl {
@@ -306,18 +319,14 @@ pub(super) async fn redeliver(
     Path(id): Path<Uuid>,
     Form(form): Form<RedeliverForm>,
 ) -> Response {
-    match viewer(&gateway, &headers) {
-        None => return sign_in_redirect(),
-        Some(Viewer::Session { csrf }) if csrf != form.csrf => {
-            return (
-                StatusCode::FORBIDDEN,
-                "the form is stale or forged (CSRF check failed); reload the page",
-            )
-                .into_response();
-        }
-        Some(_) => {}
+    let Some(viewer) = viewer(&gateway, &headers) else {
+        return sign_in_redirect();
+    };
+    if !viewer.form_is_genuine(&form.csrf) {
+        let message = "the form is stale or forged (CSRF check failed); reload the page";
+        return (StatusCode::FORBIDDEN, message).into_response();
     }
-    if let Err(err) = history::redeliver(&gateway.pool, id).await {
+    if let Err(err) = history::redeliver(&gateway.pool, id, viewer.access.namespaces()).await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("could not queue the redelivery: {err}"),
@@ -368,20 +377,13 @@ pub(super) async fn root() -> Redirect {
     Redirect::to("/ui/events")
 }
 
-fn csrf_of(viewer: &Viewer) -> String {
-    match viewer {
-        Viewer::Session { csrf } => csrf.clone(),
-        Viewer::Bearer => String::new(),
-    }
-}
-
 /// Per-target delivery status, with the actions a person fixing an endpoint needs.
 pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let Some(viewer) = viewer(&gateway, &headers) else {
         return sign_in_redirect();
     };
-    let csrf = csrf_of(&viewer);
-    let targets = match target_health(&gateway, None).await {
+    let csrf = viewer.csrf();
+    let targets = match target_health(&gateway, None, &viewer.access).await {
         Ok(targets) => targets,
         Err(err) => {
             return (
@@ -448,16 +450,12 @@ pub(super) async fn target_action(
     Path(action): Path<String>,
     Form(form): Form<TargetForm>,
 ) -> Response {
-    match viewer(&gateway, &headers) {
-        None => return sign_in_redirect(),
-        Some(Viewer::Session { csrf }) if csrf != form.csrf => {
-            return (
-                StatusCode::FORBIDDEN,
-                "the form is stale or forged (CSRF check failed); reload the page",
-            )
-                .into_response();
-        }
-        Some(_) => {}
+    let Some(viewer) = viewer(&gateway, &headers) else {
+        return sign_in_redirect();
+    };
+    if !viewer.form_is_genuine(&form.csrf) {
+        let message = "the form is stale or forged (CSRF check failed); reload the page";
+        return (StatusCode::FORBIDDEN, message).into_response();
     }
     let Some(act) = Act::named(&action) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -468,6 +466,9 @@ pub(super) async fn target_action(
         target: form.target,
         since: None,
     };
+    if !viewer.access.allows(&target.namespace) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     match act_on_target(&gateway, &target, act).await {
         Ok(_) => Redirect::to("/ui/targets").into_response(),
         Err((status, message)) => (status, message).into_response(),

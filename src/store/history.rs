@@ -41,10 +41,12 @@ pub struct EventSummary {
     pub dead: i64,
 }
 
-/// One page of events, newest first; ids are UUIDv7, so the id orders by arrival.
+/// One page of events, newest first; ids are UUIDv7, so the id orders by arrival. `allowed`
+/// limits the namespaces (a scoped admin token); `None` for all.
 pub async fn list_events(
     pool: &PgPool,
     filter: &EventFilter,
+    allowed: Option<&[String]>,
 ) -> sqlx::Result<(Vec<EventSummary>, Option<Uuid>)> {
     let limit = filter.limit.unwrap_or(50).clamp(1, 500);
     let source = filter.source.as_deref().map(|s| if s == "-" { "" } else { s });
@@ -62,6 +64,7 @@ pub async fn list_events(
            AND ($5::timestamptz IS NULL OR e.received_at < $5)
            AND ($6::uuid IS NULL OR e.id < $6)
            AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = e.id AND x.status = $7))
+           AND ($9::text[] IS NULL OR e.namespace = ANY ($9))
          GROUP BY e.id
          ORDER BY e.id DESC
          LIMIT $8",
@@ -74,6 +77,7 @@ pub async fn list_events(
     .bind(filter.cursor)
     .bind(filter.status.as_deref())
     .bind(limit + 1)
+    .bind(allowed)
     .fetch_all(pool)
     .await?;
     let mut rows = rows;
@@ -163,12 +167,13 @@ pub async fn event(
 
 /// Sends a delivery again now, whatever became of it; returns false when there is no such
 /// delivery. The dispatcher records the new attempt.
-pub async fn redeliver(pool: &PgPool, delivery_id: Uuid) -> sqlx::Result<bool> {
+pub async fn redeliver(pool: &PgPool, delivery_id: Uuid, allowed: Option<&[String]>) -> sqlx::Result<bool> {
     let result = sqlx::query(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), lease_until = NULL, updated_at = now()
-         WHERE id = $1 AND status <> 'in_flight'",
+         WHERE id = $1 AND status <> 'in_flight' AND ($2::text[] IS NULL OR namespace = ANY ($2))",
     )
     .bind(delivery_id)
+    .bind(allowed)
     .execute(pool)
     .await?;
     if result.rows_affected() > 0 {
