@@ -37,8 +37,16 @@ enum Command {
 #[derive(Args)]
 struct SchemeArgs {
     /// Signature scheme.
-    #[arg(long, value_parser = ["stripe", "svix", "clerk", "resend", "standard-webhooks", "github"])]
-    scheme: String,
+    #[arg(
+        long,
+        value_parser = ["stripe", "svix", "clerk", "resend", "standard-webhooks", "github"],
+        required_unless_present = "source"
+    )]
+    scheme: Option<String>,
+    /// A YAML file with a WebhookSource: its provider and genericHmac settings are used (the
+    /// way to sign and verify generic HMAC schemes).
+    #[arg(long, value_name = "FILE", conflicts_with = "scheme")]
+    source: Option<PathBuf>,
     /// The signing secret (prefer HOOKLINE_SECRET or --secret-file: command lines are visible).
     #[arg(
         long,
@@ -55,9 +63,24 @@ struct SchemeArgs {
 }
 
 impl SchemeArgs {
-    fn provider(&self) -> Provider {
-        serde_json::from_value(serde_json::Value::from(self.scheme.as_str()))
-            .expect("value_parser admits providers only")
+    /// The provider, and generic HMAC settings when the source has them.
+    fn scheme(&self) -> anyhow::Result<(Provider, Option<hookline::api::GenericHmac>)> {
+        if let Some(path) = &self.source {
+            let mut config = hookline::standalone::loader::Config::default();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            hookline::standalone::loader::load_text(&text, path, &mut config)?;
+            let source = config
+                .sources
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("{} holds no WebhookSource", path.display()))?;
+            return Ok((source.spec.provider, source.spec.generic_hmac));
+        }
+        let scheme = self.scheme.as_deref().unwrap_or_default();
+        let provider = serde_json::from_value(serde_json::Value::from(scheme))
+            .expect("value_parser admits providers only");
+        Ok((provider, None))
     }
 
     fn secret(&self) -> anyhow::Result<String> {
@@ -410,8 +433,10 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         .id
         .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
     let timestamp = args.timestamp.unwrap_or_else(unix_now);
+    let (provider, generic_hmac) = args.scheme.scheme()?;
     let headers = hookline::verify::sign_headers(
-        args.scheme.provider(),
+        provider,
+        generic_hmac.as_ref(),
         &args.scheme.secret()?,
         &id,
         timestamp,
@@ -427,9 +452,10 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let body = args.scheme.body()?;
     let secret = args.scheme.secret()?;
+    let (provider, generic_hmac) = args.scheme.scheme()?;
     let verifier = hookline::verify::SourceVerifier::new(
-        args.scheme.provider(),
-        None,
+        provider,
+        generic_hmac.as_ref(),
         &[secret.as_str()],
         args.tolerance.get(),
     )

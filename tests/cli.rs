@@ -85,3 +85,62 @@ fn what_sign_produces_verify_accepts_and_nothing_else() {
         );
     }
 }
+
+#[test]
+fn generic_hmac_signs_and_verifies_from_the_source_definition() {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/generic-hmac.yaml");
+    let body = br#"{"type":"stock.changed","sku":"A-1"}"#;
+    let secret = "replace-with-the-shared-secret";
+    let signed = hookline(
+        &[
+            "sign",
+            "--source",
+            source,
+            "--id",
+            "req-1",
+            "--timestamp",
+            "1700000000",
+        ],
+        secret,
+        body,
+    );
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let text = String::from_utf8(signed.stdout).unwrap();
+    assert!(text.contains("X-Signature: sha256="), "{text}");
+    assert!(
+        text.contains("X-Timestamp: 1700000000") && text.contains("X-Request-Id: req-1"),
+        "{text}"
+    );
+    // Re-sign at the current time and verify with the same definition.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let signed = hookline(
+        &["sign", "--source", source, "--id", "req-2", "--timestamp", &now],
+        secret,
+        body,
+    );
+    let headers: Vec<String> = String::from_utf8(signed.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut args = vec!["verify", "--source", source];
+    for header in &headers {
+        args.extend(["-H", header.as_str()]);
+    }
+    let verified = hookline(&args, secret, body);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("event id req-2, type stock.changed"));
+    assert!(!hookline(&args, "another secret", body).status.success());
+}

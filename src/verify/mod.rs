@@ -238,50 +238,60 @@ fn body_event_type(body: &[u8]) -> String {
 }
 
 /// The headers a sender using `provider`'s scheme attaches to `body` (for testing a receiver, and
-/// for `hookline sign`). `id` is the event id where the scheme carries one in a header.
+/// for `hookline sign`). `id` is the event id where the scheme carries one in a header;
+/// generic HMAC needs the source's `genericHmac` settings.
 pub fn sign_headers(
     provider: Provider,
+    generic_hmac: Option<&GenericHmac>,
     secret: &str,
     id: &str,
     timestamp: i64,
     body: &[u8],
-) -> Result<Vec<(&'static str, String)>, SecretError> {
+) -> Result<Vec<(String, String)>, SecretError> {
+    let pairs = |items: &[(&str, String)]| items.iter().map(|(n, v)| ((*n).to_owned(), v.clone())).collect();
     Ok(match provider {
-        Provider::Stripe => vec![(
+        Provider::Stripe => pairs(&[(
             "Stripe-Signature",
             stripe::sign(&SigningKey::from_text(secret)?, timestamp, body),
-        )],
-        Provider::Clerk | Provider::Resend | Provider::Svix => {
+        )]),
+        Provider::Clerk | Provider::Resend | Provider::Svix | Provider::StandardWebhooks => {
             let key = standard_webhooks::decode_secret(secret)?;
+            let prefix = if provider == Provider::StandardWebhooks {
+                "webhook"
+            } else {
+                "svix"
+            };
             vec![
-                ("svix-id", id.to_owned()),
-                ("svix-timestamp", timestamp.to_string()),
+                (format!("{prefix}-id"), id.to_owned()),
+                (format!("{prefix}-timestamp"), timestamp.to_string()),
                 (
-                    "svix-signature",
+                    format!("{prefix}-signature"),
                     standard_webhooks::sign(&key, id, timestamp, body),
                 ),
             ]
         }
-        Provider::StandardWebhooks => {
-            let key = standard_webhooks::decode_secret(secret)?;
-            vec![
-                ("webhook-id", id.to_owned()),
-                ("webhook-timestamp", timestamp.to_string()),
-                (
-                    "webhook-signature",
-                    standard_webhooks::sign(&key, id, timestamp, body),
-                ),
-            ]
-        }
-        Provider::Github => vec![
+        Provider::Github => pairs(&[
             (
                 "X-Hub-Signature-256",
                 github::sign(&SigningKey::from_text(secret)?, body),
             ),
             ("X-GitHub-Delivery", id.to_owned()),
-        ],
-        // Generic HMAC needs the source's settings; sign with `sign_generic_hmac`.
-        Provider::GenericHmac => return Err(SecretError::NoSecret),
+        ]),
+        Provider::GenericHmac => {
+            let settings = generic_hmac.ok_or(SecretError::NoSecret)?;
+            let key = SigningKey::from_text(secret)?;
+            let mut headers = vec![(
+                settings.header.clone(),
+                generic_hmac::sign(settings, &key, Some(timestamp), body),
+            )];
+            if let Some(name) = &settings.timestamp_header {
+                headers.push((name.clone(), timestamp.to_string()));
+            }
+            if let Some(name) = &settings.id_header {
+                headers.push((name.clone(), id.to_owned()));
+            }
+            headers
+        }
     })
 }
 
