@@ -648,6 +648,38 @@ async fn a_database_outage_is_never_acknowledged() {
     }
     let ready = gw.client.get(format!("{}/readyz", gw.base)).send().await.unwrap();
     assert_eq!(ready.status(), 503, "not ready without a database");
+
+    // The database comes back: the gateway recovers by itself, without a restart.
+    let postgres = hookline::standalone::postgres::PrivatePostgres::start(&state).expect("restart Postgres");
+    let back = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let status = gw
+            .send(&stripe_request(&format!("after-{n}"), "invoice.paid", t))
+            .await
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 until the database answers");
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(15),
+            "no recovery 15 s after Postgres returned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!("recovered {:?} after Postgres returned", back.elapsed());
+    let stored: Vec<String> = sqlx::query_scalar("SELECT external_id FROM events ORDER BY received_at")
+        .fetch_all(&gw.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.first().map(String::as_str), Some("before"));
+    assert!(
+        stored.iter().all(|id| !id.starts_with("during")),
+        "nothing refused was stored"
+    );
+    postgres.stop();
     let _ = std::fs::remove_dir_all(&state);
 }
 
