@@ -135,6 +135,10 @@ struct GatewayArgs {
     /// Proxies (CIDRs) whose X-Forwarded-For header names the client address.
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<IpNet>,
+    /// History older than this is deleted, in small batches (events still being delivered are
+    /// kept). 720h is 30 days.
+    #[arg(long, default_value = "720h")]
+    retention: Duration,
     #[command(flatten)]
     tokens: TokenArgs,
     #[command(flatten)]
@@ -225,6 +229,10 @@ struct StandaloneArgs {
     /// Proxies (CIDRs) whose X-Forwarded-For header names the client address.
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<IpNet>,
+    /// History older than this is deleted, in small batches (events still being delivered are
+    /// kept). 720h is 30 days.
+    #[arg(long, default_value = "720h")]
+    retention: Duration,
     #[command(flatten)]
     tokens: TokenArgs,
     #[command(flatten)]
@@ -358,6 +366,7 @@ fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir.unwrap_or_else(default_state_dir),
         http: args.tokens.http_options(args.trusted_proxies)?,
         dispatch: args.dispatch.options(),
+        retention: args.retention.get(),
     };
     run_async(hookline::standalone::run(options))
 }
@@ -369,6 +378,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         http: args.tokens.http_options(args.trusted_proxies)?,
         dispatch: args.dispatch.options(),
+        retention: args.retention.get(),
     };
     run_async(hookline::gateway::run_in_cluster(options))
 }

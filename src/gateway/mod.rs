@@ -332,6 +332,8 @@ pub struct ClusterOptions {
     pub namespace: String,
     pub http: GatewayOptions,
     pub dispatch: crate::dispatch::DispatchOptions,
+    /// History older than this is deleted (events still being delivered are kept).
+    pub retention: Duration,
 }
 
 /// `hookline gateway`: configuration from the cluster (hot), receiver and dispatcher.
@@ -347,11 +349,17 @@ pub async fn run_in_cluster(options: ClusterOptions) -> anyhow::Result<()> {
         async move { gateway.serve(listener, shutdown_signal()).await }
     });
     reflect::follow_cluster(client, gateway.clone(), &options.namespace).await?;
+    let retention = tokio::spawn(crate::store::retention::run(
+        pool.clone(),
+        options.retention,
+        Duration::from_secs(600),
+    ));
     let dispatcher =
         tokio::spawn(crate::dispatch::Dispatcher::new(pool.clone(), gateway, options.dispatch).run());
     tracing::info!(listen = %options.listen, "gateway listening");
     let served = serving.await?;
     dispatcher.abort();
+    retention.abort();
     pool.close().await;
     Ok(served?)
 }

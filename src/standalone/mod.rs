@@ -21,6 +21,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     pub http: GatewayOptions,
     pub dispatch: DispatchOptions,
+    /// History older than this is deleted (events still being delivered are kept).
+    pub retention: std::time::Duration,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -83,6 +85,11 @@ async fn serve(options: &Options, database_url: &str, catalog: Catalog) -> anyho
         .context("preparing the database")?;
     let gateway = Gateway::new(pool.clone(), options.http.clone());
     gateway.set_catalog(catalog);
+    let retention = tokio::spawn(crate::store::retention::run(
+        pool.clone(),
+        options.retention,
+        std::time::Duration::from_secs(600),
+    ));
     let dispatcher =
         tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), options.dispatch.clone()).run());
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -92,6 +99,7 @@ async fn serve(options: &Options, database_url: &str, catalog: Catalog) -> anyho
     gateway.serve(listener, shutdown_signal()).await?;
     // Deliveries in flight are abandoned here; their leases expire and they are sent again.
     dispatcher.abort();
+    retention.abort();
     pool.close().await;
     Ok(())
 }

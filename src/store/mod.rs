@@ -5,6 +5,7 @@ use std::time::Duration;
 pub mod deliveries;
 pub mod events;
 pub mod history;
+pub mod retention;
 pub mod stats;
 
 use sqlx::PgPool;
