@@ -397,3 +397,25 @@ async fn private_addresses_need_an_opt_in() {
         "nothing may be sent to a private address without the opt-in"
     );
 }
+
+/// Endpoint URLs may carry credentials (Slack-style hook URLs): attempt errors leave them out.
+#[tokio::test]
+async fn attempt_errors_do_not_repeat_the_url() {
+    let yaml = format!(
+        "{SECRET}---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: hook, namespace: shop}}\n\
+         spec: {{url: 'http://127.0.0.1:9/services/T000/s3cr3t-path', events: ['*'], allowPrivateNetworks: true, \
+         secretRef: {{name: signing, key: secret}}, retryPolicy: {{maxAttempts: 1}}}}\n"
+    );
+    let h = harness(&yaml).await;
+    h.publish("order.created", json!({})).await;
+    h.wait_status("hook", "dead", 1, Duration::from_secs(10)).await;
+    let (class, error): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT error_class, error FROM attempts")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(class.as_deref(), Some("connect"));
+    let error = error.unwrap_or_default();
+    assert!(!error.is_empty());
+    assert!(!error.contains("s3cr3t-path"), "{error}");
+}

@@ -71,6 +71,18 @@ pub fn signed_headers(delivery: &Claimed, keys: &[SigningKey], timestamp: i64) -
     headers
 }
 
+/// The error and its causes, one line.
+fn error_text(err: reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 pub async fn send(
     client: &reqwest::Client,
     url: &str,
@@ -124,7 +136,9 @@ pub async fn send(
         }
         Err(err) => {
             attempt.error_class = Some(error_class(&err));
-            attempt.error = Some(err.to_string());
+            // Without the URL: some endpoints carry credentials in it (Slack-style hook URLs),
+            // and the attempt log is shown in the console.
+            attempt.error = Some(error_text(err.without_url()));
         }
     }
     attempt.duration_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
