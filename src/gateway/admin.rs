@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -20,23 +21,24 @@ fn refuse(status: StatusCode, reason: &str, message: &str) -> Response {
     (status, Json(json!({"error": reason, "message": message}))).into_response()
 }
 
-/// What the caller's admin token grants, or the 401 to answer.
-fn access(gateway: &Gateway, headers: &HeaderMap) -> Result<Access, Box<Response>> {
-    if !gateway.admin_configured() {
-        let message = "the admin API is disabled: no admin token is configured (HOOKLINE_ADMIN_TOKEN)";
-        return Err(Box::new(refuse(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            message,
-        )));
+/// An authenticated admin caller and what their token grants; a request without a valid admin
+/// token is answered 401 before the handler runs.
+pub(super) struct Admin(Access);
+
+impl FromRequestParts<Arc<Gateway>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, gateway: &Arc<Gateway>) -> Result<Self, Response> {
+        if !gateway.admin_configured() {
+            let message = "the admin API is disabled: no admin token is configured (HOOKLINE_ADMIN_TOKEN)";
+            return Err(refuse(StatusCode::UNAUTHORIZED, "unauthorized", message));
+        }
+        let message = "a valid Authorization: Bearer token is required";
+        gateway
+            .admin_access(super::bearer(&parts.headers))
+            .map(Admin)
+            .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "unauthorized", message))
     }
-    gateway.admin_access(super::bearer(headers)).ok_or_else(|| {
-        Box::new(refuse(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid Authorization: Bearer token is required",
-        ))
-    })
 }
 
 /// Headers that carry signatures or credentials are shown by name only.
@@ -89,13 +91,9 @@ fn storage_error(err: sqlx::Error) -> Response {
 
 pub(super) async fn list_events(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Admin(access): Admin,
     Query(filter): Query<EventFilter>,
 ) -> Response {
-    let access = match access(&gateway, &headers) {
-        Ok(access) => access,
-        Err(denied) => return *denied,
-    };
     match history::list_events(&gateway.pool, &filter, access.namespaces()).await {
         Ok((items, next)) => Json(json!({"items": items, "nextCursor": next})).into_response(),
         Err(err) => storage_error(err),
@@ -104,13 +102,9 @@ pub(super) async fn list_events(
 
 pub(super) async fn get_event(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Admin(access): Admin,
     Path(id): Path<Uuid>,
 ) -> Response {
-    let access = match access(&gateway, &headers) {
-        Ok(access) => access,
-        Err(denied) => return *denied,
-    };
     match history::event(&gateway.pool, id).await {
         Ok(Some((event, deliveries, attempts))) if access.allows(&event.namespace) => {
             let deliveries: Vec<Value> = deliveries
@@ -139,13 +133,9 @@ pub(super) async fn get_event(
 
 pub(super) async fn redeliver(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Admin(access): Admin,
     Path(id): Path<Uuid>,
 ) -> Response {
-    let access = match access(&gateway, &headers) {
-        Ok(access) => access,
-        Err(denied) => return *denied,
-    };
     match history::redeliver(&gateway.pool, id, access.namespaces()).await {
         Ok(true) => (
             StatusCode::ACCEPTED,
@@ -289,14 +279,10 @@ pub(super) async fn act_on_target(
 /// `pause`, `resume` or `test`.
 pub(super) async fn target_action(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Admin(access): Admin,
     Path(action): Path<String>,
     Json(target): Json<TargetAction>,
 ) -> Response {
-    let access = match access(&gateway, &headers) {
-        Ok(access) => access,
-        Err(denied) => return *denied,
-    };
     let Some(act) = Act::named(&action) else {
         return refuse(
             StatusCode::NOT_FOUND,
@@ -353,13 +339,9 @@ pub(super) struct NamespaceQuery {
 
 pub(super) async fn list_targets(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Admin(access): Admin,
     Query(query): Query<NamespaceQuery>,
 ) -> Response {
-    let access = match access(&gateway, &headers) {
-        Ok(access) => access,
-        Err(denied) => return *denied,
-    };
     match target_health(&gateway, query.namespace.as_deref(), &access).await {
         Ok(targets) => {
             let items: Vec<Value> = targets

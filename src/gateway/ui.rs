@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -23,7 +24,7 @@ const COOKIE: &str = "hookline_session";
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24}header{background:#1b1f24;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}header a{color:#fff}main{padding:1rem;max-width:1200px}table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}pre{background:#f6f8fa;padding:.75rem;overflow:auto}.succeeded{color:#1a7f37}.dead,.failed{color:#cf222e}.pending,.in_flight{color:#9a6700}form.inline{display:inline}label{margin-right:.5rem}";
 
 /// Who is asking (a session, or a bearer-token client) and what they may see.
-struct Viewer {
+pub(super) struct Viewer {
     /// The session's CSRF token; none for bearer-token clients, whose header a browser never
     /// sends on its own, so their requests cannot be forged cross-site.
     csrf: Option<String>,
@@ -31,11 +32,14 @@ struct Viewer {
 }
 
 impl Viewer {
-    /// Whether a submitted form's CSRF token is the session's.
-    fn form_is_genuine(&self, submitted: &str) -> bool {
-        self.csrf
+    /// The 403 for a form whose CSRF token is not the session's.
+    fn refuse_forged(&self, submitted: &str) -> Option<Response> {
+        let genuine = self
+            .csrf
             .as_deref()
-            .is_none_or(|csrf| super::same_token(submitted, csrf))
+            .is_none_or(|csrf| super::same_token(submitted, csrf));
+        let message = "the form is stale or forged (CSRF check failed); reload the page";
+        (!genuine).then(|| (StatusCode::FORBIDDEN, message).into_response())
     }
 
     fn csrf(&self) -> String {
@@ -52,6 +56,15 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.to_owned())
+}
+
+/// Pages need a signed-in viewer; anyone else is sent to the sign-in form.
+impl FromRequestParts<Arc<Gateway>> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, gateway: &Arc<Gateway>) -> Result<Self, Response> {
+        viewer(gateway, &parts.headers).ok_or_else(sign_in_redirect)
+    }
 }
 
 fn viewer(gateway: &Gateway, headers: &HeaderMap) -> Option<Viewer> {
@@ -142,13 +155,10 @@ fn status_counts(summary: &history::EventSummary) -> Markup {
 
 pub(super) async fn events(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Query(filter): Query<EventFilter>,
     Query(view): Query<LiveView>,
 ) -> Response {
-    let Some(viewer) = viewer(&gateway, &headers) else {
-        return sign_in_redirect();
-    };
     let (items, next) = match history::list_events(&gateway.pool, &filter, viewer.access.namespaces()).await {
         Ok(page) => page,
         Err(err) => {
@@ -225,12 +235,9 @@ fn pretty(value: &Value) -> String {
 
 pub(super) async fn event(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(id): Path<Uuid>,
 ) -> Response {
-    let Some(viewer) = viewer(&gateway, &headers) else {
-        return sign_in_redirect();
-    };
     let (event, deliveries, attempts) = match history::event(&gateway.pool, id).await {
         Ok(Some(found)) => found,
         Ok(None) => {
@@ -315,16 +322,12 @@ pub(super) struct RedeliverForm {
 
 pub(super) async fn redeliver(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(id): Path<Uuid>,
     Form(form): Form<RedeliverForm>,
 ) -> Response {
-    let Some(viewer) = viewer(&gateway, &headers) else {
-        return sign_in_redirect();
-    };
-    if !viewer.form_is_genuine(&form.csrf) {
-        let message = "the form is stale or forged (CSRF check failed); reload the page";
-        return (StatusCode::FORBIDDEN, message).into_response();
+    if let Some(refusal) = viewer.refuse_forged(&form.csrf) {
+        return refusal;
     }
     if let Err(err) = history::redeliver(&gateway.pool, id, viewer.access.namespaces()).await {
         return (
@@ -378,10 +381,7 @@ pub(super) async fn root() -> Redirect {
 }
 
 /// Per-target delivery status, with the actions a person fixing an endpoint needs.
-pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let Some(viewer) = viewer(&gateway, &headers) else {
-        return sign_in_redirect();
-    };
+pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, viewer: Viewer) -> Response {
     let csrf = viewer.csrf();
     let targets = match target_health(&gateway, None, &viewer.access).await {
         Ok(targets) => targets,
@@ -446,16 +446,12 @@ pub(super) struct TargetForm {
 
 pub(super) async fn target_action(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(action): Path<String>,
     Form(form): Form<TargetForm>,
 ) -> Response {
-    let Some(viewer) = viewer(&gateway, &headers) else {
-        return sign_in_redirect();
-    };
-    if !viewer.form_is_genuine(&form.csrf) {
-        let message = "the form is stale or forged (CSRF check failed); reload the page";
-        return (StatusCode::FORBIDDEN, message).into_response();
+    if let Some(refusal) = viewer.refuse_forged(&form.csrf) {
+        return refusal;
     }
     let Some(act) = Act::named(&action) else {
         return StatusCode::NOT_FOUND.into_response();
