@@ -61,10 +61,30 @@ struct TargetRuntime {
     in_flight: Semaphore,
     claimed: AtomicUsize,
     flow: Mutex<Flow>,
+    /// The last egress verdict (when, refusal if any): classifying a host name costs a DNS
+    /// lookup, too much to repeat for every delivery.
+    egress: Mutex<Option<(Instant, Option<String>)>>,
+}
+
+/// How long an egress verdict is reused.
+const EGRESS_RECHECK: Duration = Duration::from_secs(30);
+
+impl TargetRuntime {
+    async fn egress_refusal(&self, target: &Target) -> Option<String> {
+        if let Some((checked, verdict)) = &*self.egress.lock().unwrap_or_else(|e| e.into_inner())
+            && checked.elapsed() < EGRESS_RECHECK
+        {
+            return verdict.clone();
+        }
+        let verdict = egress_refusal(target).await;
+        *self.egress.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), verdict.clone()));
+        verdict
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 struct FlowSettings {
+    url: String,
     max_in_flight: usize,
     rate_limit: Option<RateLimit>,
     breaker: CircuitBreaker,
@@ -188,6 +208,7 @@ impl Dispatcher {
     /// This process's state for a target; started afresh when its flow settings change.
     fn runtime(&self, key: &TargetKey, target: &Target) -> Arc<TargetRuntime> {
         let settings = FlowSettings {
+            url: target.spec.url.clone(),
             max_in_flight: target.spec.max_in_flight.max(1) as usize,
             rate_limit: target.spec.rate_limit.clone(),
             breaker: target.spec.circuit_breaker.clone().unwrap_or_default(),
@@ -208,6 +229,7 @@ impl Dispatcher {
                     .as_ref()
                     .map(|l| TokenBucket::new(l, Instant::now())),
             }),
+            egress: Mutex::new(None),
             settings,
         });
         targets.insert(key.clone(), runtime.clone());
@@ -299,7 +321,7 @@ impl Dispatcher {
                 return;
             }
         };
-        if let Some(refusal) = egress_refusal(target).await {
+        if let Some(refusal) = runtime.egress_refusal(target).await {
             // Never send where the egress policy forbids; the resource's status says why.
             self.release(delivery, Duration::from_secs(60), &refusal).await;
             return;
