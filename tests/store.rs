@@ -143,3 +143,130 @@ async fn retention_deletes_old_finished_history_only() {
             .unwrap();
     assert_eq!(orphans, 8, "deliveries and attempts went with their events");
 }
+
+fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::store::events::NewEvent {
+    use hookline::store::events::{NewDelivery, NewEvent};
+    NewEvent {
+        id: uuid::Uuid::now_v7(),
+        namespace: "billing".into(),
+        source: "stripe".into(),
+        provider: Some("stripe"),
+        external_id: external_id.into(),
+        event_type: event_type.into(),
+        headers: serde_json::json!({"content-type": "application/json"}),
+        body: bytes::Bytes::from_static(b"{}"),
+        deliveries: vec![NewDelivery {
+            id: uuid::Uuid::now_v7(),
+            target_kind: "handler",
+            target: target.into(),
+        }],
+    }
+}
+
+/// Concurrent writes share commits, yet each caller gets its own answer: the same event id
+/// sent many times at once is stored once, and a value Postgres cannot store (a NUL in text)
+/// fails only its own request, not the others in its batch.
+#[tokio::test]
+async fn group_commit_answers_each_request_for_itself() {
+    use hookline::store::events::{Stored, event_writer};
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 8).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let writer = std::sync::Arc::new(event_writer(pool.clone()));
+
+    let mut requests = Vec::new();
+    for i in 0..400 {
+        let writer = writer.clone();
+        // Every fourth request repeats evt_dup; one carries a NUL in its event type.
+        let external_id = if i % 4 == 0 {
+            "evt_dup".to_owned()
+        } else {
+            format!("evt_{i}")
+        };
+        let event_type = if i == 7 {
+            "invoice.\u{0}paid"
+        } else {
+            "invoice.paid"
+        };
+        let event = new_event(&external_id, event_type, "stripe/billing");
+        requests.push(tokio::spawn(async move { (i, writer.submit(event).await) }));
+    }
+    let (mut new, mut duplicates, mut failed) = (0, 0, Vec::new());
+    for request in requests {
+        match request.await.expect("task") {
+            (_, Ok(Stored::New { deliveries })) => {
+                assert_eq!(deliveries, 1);
+                new += 1;
+            }
+            (_, Ok(Stored::Duplicate)) => duplicates += 1,
+            (i, Err(_)) => failed.push(i),
+        }
+    }
+    assert_eq!(failed, vec![7], "only the request with the NUL fails");
+    assert_eq!(duplicates, 99, "evt_dup is stored once of 100 times");
+    assert_eq!(new, 300);
+    let (events, deliveries): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM deliveries)")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(
+        (events, deliveries),
+        (300, 300),
+        "every acknowledged event, with its delivery"
+    );
+}
+
+/// A paused target's waiting deliveries (old and new) are parked out of the due range, so they
+/// cost the claim query nothing; resuming makes them due again.
+#[tokio::test]
+async fn pausing_parks_a_targets_backlog_and_resuming_releases_it() {
+    use hookline::store::deliveries::{TargetKey, next_due, pause_target, resume_target};
+    use hookline::store::events::event_writer;
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let writer = event_writer(pool.clone());
+    let key = TargetKey {
+        namespace: "billing".into(),
+        kind: "handler".into(),
+        name: "stripe/slow".into(),
+    };
+    writer
+        .submit(new_event("evt_before", "invoice.paid", "stripe/slow"))
+        .await
+        .expect("store");
+    writer
+        .submit(new_event("evt_other", "invoice.paid", "stripe/fast"))
+        .await
+        .expect("store");
+    pause_target(&pool, &key, "paused by the test")
+        .await
+        .expect("pause");
+    writer
+        .submit(new_event("evt_during", "invoice.paid", "stripe/slow"))
+        .await
+        .expect("store");
+
+    let parked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries WHERE target = 'stripe/slow' AND next_attempt_at = 'infinity'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(
+        parked, 2,
+        "the backlog and the delivery created while paused are parked"
+    );
+    let due = next_due(&pool)
+        .await
+        .expect("next due")
+        .expect("stripe/fast is due");
+    assert!(due <= chrono::Utc::now());
+
+    resume_target(&pool, &key).await.expect("resume");
+    let parked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE next_attempt_at = 'infinity'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(parked, 0, "resuming makes every parked delivery due");
+}

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::api::{CircuitBreaker, CircuitState, RateLimit};
 use crate::gateway::Gateway;
 use crate::gateway::catalog::Target;
-use crate::store::deliveries::{self, After, Claimed, TargetKey};
+use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, TargetKey};
 use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::metrics::TargetLabels;
 use crate::verify::{SigningKey, standard_webhooks};
@@ -70,6 +70,11 @@ struct TargetRuntime {
 const EGRESS_RECHECK: Duration = Duration::from_secs(30);
 
 impl TargetRuntime {
+    /// Claimed deliveries at which the target gets no more claims.
+    fn saturation(&self) -> usize {
+        self.settings.max_in_flight * 2
+    }
+
     async fn egress_refusal(&self, target: &Target) -> Option<String> {
         if let Some((checked, verdict)) = &*self.egress.lock().unwrap_or_else(|e| e.into_inner())
             && checked.elapsed() < EGRESS_RECHECK
@@ -109,6 +114,7 @@ pub struct Dispatcher {
     targets: Mutex<HashMap<TargetKey, Arc<TargetRuntime>>>,
     claimed: Arc<Semaphore>,
     wake: Notify,
+    recorder: AttemptRecorder,
 }
 
 fn target_label(key: &TargetKey) -> TargetLabels {
@@ -134,6 +140,7 @@ async fn egress_refusal(target: &Target) -> Option<String> {
 impl Dispatcher {
     pub fn new(pool: PgPool, gateway: Arc<Gateway>, options: DispatchOptions) -> Arc<Self> {
         Arc::new(Self {
+            recorder: deliveries::attempt_recorder(pool.clone()),
             pool,
             gateway,
             http: sender::http_client(),
@@ -236,14 +243,20 @@ impl Dispatcher {
         runtime
     }
 
-    /// Targets this process will not take more work for now: already holding twice their
-    /// in-flight cap, so one slow target cannot take every slot.
-    fn saturated_targets(&self) -> Vec<String> {
+    /// Targets this process will not take more work for now: paused in their spec, or already
+    /// holding twice their in-flight cap, so one slow target cannot take every slot.
+    fn unavailable_targets(&self) -> Vec<String> {
+        let catalog = self.gateway.catalog();
+        let paused = catalog
+            .targets()
+            .filter(|(_, target)| target.spec.paused)
+            .map(|(namespace, target)| format!("{namespace}/{}/{}", target.kind.as_str(), target.name));
         let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         targets
             .iter()
-            .filter(|(_, rt)| rt.claimed.load(Ordering::Relaxed) >= rt.settings.max_in_flight * 2)
+            .filter(|(_, rt)| rt.claimed.load(Ordering::Relaxed) >= rt.saturation())
             .map(|(key, _)| key.joined())
+            .chain(paused)
             .collect()
     }
 
@@ -252,7 +265,7 @@ impl Dispatcher {
         if available == 0 {
             return 0;
         }
-        let excluded = self.saturated_targets();
+        let excluded = self.unavailable_targets();
         let lease = self.lease();
         let batch = match deliveries::claim(&self.pool, available as i64, lease, &excluded).await {
             Ok(batch) => batch,
@@ -271,7 +284,10 @@ impl Dispatcher {
             tokio::spawn(async move {
                 this.deliver(delivery).await;
                 drop(permit);
-                this.wake.notify_one();
+                // Claiming again pays off once a batch's worth of room is free.
+                if this.claimed.available_permits() == this.options.batch_size {
+                    this.wake.notify_one();
+                }
             });
         }
         count
@@ -299,7 +315,10 @@ impl Dispatcher {
         let runtime = self.runtime(&key, target);
         runtime.claimed.fetch_add(1, Ordering::Relaxed);
         self.deliver_to(&delivery, &key, target, &runtime).await;
-        runtime.claimed.fetch_sub(1, Ordering::Relaxed);
+        if runtime.claimed.fetch_sub(1, Ordering::Relaxed) == runtime.saturation() {
+            // The target was excluded from claims until now.
+            self.wake.notify_one();
+        }
     }
 
     async fn deliver_to(
@@ -326,7 +345,7 @@ impl Dispatcher {
             self.release(delivery, Duration::from_secs(60), &refusal).await;
             return;
         }
-        let Ok(_slot) = runtime.in_flight.acquire().await else {
+        let Ok(slot) = runtime.in_flight.acquire().await else {
             return;
         };
         // Rate limit first, then the breaker (admitting a half-open probe commits to sending it).
@@ -368,6 +387,8 @@ impl Dispatcher {
             &keys,
         )
         .await;
+        // The cap is on requests to the target; recording happens outside it.
+        drop(slot);
         let status = sent.attempt.status_code.map(|s| s as u16);
         let verdict = policy::classify(status);
         let metrics = self.gateway.metrics();
@@ -421,10 +442,14 @@ impl Dispatcher {
                 After::RetryAt(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
             }
         };
-        let last_error = (verdict != Verdict::Success).then_some(failure.as_str());
-        if let Err(err) =
-            deliveries::record_attempt(&self.pool, delivery, &sent.attempt, after, last_error).await
-        {
+        let record = AttemptRecord {
+            delivery: delivery.id,
+            number: delivery.attempts + 1,
+            attempt: sent.attempt,
+            after,
+            last_error: (verdict != Verdict::Success).then(|| failure.clone()),
+        };
+        if let Err(err) = self.recorder.submit(record).await {
             // The lease expires and the delivery is sent again: at-least-once.
             tracing::warn!(delivery = %delivery.id, "cannot record attempt: {err}");
             return;

@@ -218,12 +218,12 @@ pub(super) async fn act_on_target(
         ));
     };
     let key = action.key();
-    let unavailable = |err: sqlx::Error| {
+    fn unavailable(err: impl std::fmt::Display) -> (StatusCode, String) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the database could not be written: {err}"),
         )
-    };
+    }
     Ok(match act {
         Act::RedeliverDead => {
             let count = history::redeliver_dead(&gateway.pool, &key, action.since)
@@ -238,38 +238,35 @@ pub(super) async fn act_on_target(
             json!({"paused": true})
         }
         Act::Resume => {
-            history::resume_target(&gateway.pool, &key)
+            crate::store::deliveries::resume_target(&gateway.pool, &key)
                 .await
                 .map_err(unavailable)?;
             json!({"paused": false})
         }
         Act::SendTest => {
-            use crate::store::events::{NewDelivery, NewEvent, store_event};
+            use crate::store::events::{NewDelivery, NewEvent};
             let id = Uuid::now_v7();
             let body = json!({
                 "type": "hookline.test",
                 "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 "data": {"message": "A test event from the Hookline console", "target": action.target},
             });
-            let bytes = body.to_string().into_bytes();
             let event = NewEvent {
                 id,
-                namespace: &action.namespace,
-                source: "",
+                namespace: action.namespace.clone(),
+                source: String::new(),
                 provider: Some("test"),
-                external_id: &id.to_string(),
-                event_type: "hookline.test",
+                external_id: id.to_string(),
+                event_type: "hookline.test".to_owned(),
                 headers: json!({"content-type": "application/json"}),
-                body: &bytes,
+                body: body.to_string().into(),
+                deliveries: vec![NewDelivery {
+                    id: Uuid::now_v7(),
+                    target_kind: target.kind.as_str(),
+                    target: target.name.clone(),
+                }],
             };
-            let delivery = NewDelivery {
-                id: Uuid::now_v7(),
-                target_kind: target.kind.as_str(),
-                target: target.name.clone(),
-            };
-            store_event(&gateway.pool, &event, &[delivery])
-                .await
-                .map_err(unavailable)?;
+            gateway.events.submit(event).await.map_err(unavailable)?;
             json!({"event": id})
         }
     })

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::Gateway;
 use super::catalog::Source;
-use crate::store::events::{NewDelivery, NewEvent, Stored, store_event};
+use crate::store::events::{NewDelivery, NewEvent, Stored};
 use crate::telemetry::metrics::{IngestLabels, SourceLabels};
 
 pub const DUPLICATE_HEADER: &str = "hookline-duplicate";
@@ -196,28 +196,30 @@ async fn handle(
             target: target.name.clone(),
         })
         .collect();
+    let event_id = Uuid::now_v7();
     let new_event = NewEvent {
-        id: Uuid::now_v7(),
-        namespace: &source.namespace,
-        source: &source.name,
+        id: event_id,
+        namespace: source.namespace.clone(),
+        source: source.name.clone(),
         provider: Some(provider_label(source)),
-        external_id: &event.id,
-        event_type: &event.event_type,
+        external_id: event.id.clone(),
+        event_type: event.event_type.clone(),
         headers: headers_json(&parts.headers),
-        body: &body,
+        body,
+        deliveries,
     };
     let labels = SourceLabels {
         namespace: source.namespace.clone(),
         source: source.name.clone(),
     };
-    match store_event(&gateway.pool, &new_event, &deliveries).await {
+    match gateway.events.submit(new_event).await {
         Ok(Stored::New { deliveries }) => {
             gateway.metrics().events_stored.get_or_create(&labels).inc();
             tracing::info!(
                 namespace = %source.namespace, source = %source.name, event_id = %event.id,
                 event_type = %event.event_type, deliveries, "event stored"
             );
-            let body = json!({"id": new_event.id, "eventId": event.id, "type": event.event_type, "deliveries": deliveries});
+            let body = json!({"id": event_id, "eventId": event.id, "type": event.event_type, "deliveries": deliveries});
             ("accepted", (StatusCode::OK, Json(body)).into_response())
         }
         Ok(Stored::Duplicate) => {

@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::store::events::{EventWriter, event_writer};
 use crate::telemetry::Metrics;
 pub use catalog::{Catalog, Secrets};
 
@@ -31,6 +32,8 @@ pub use catalog::{Catalog, Secrets};
 pub struct Gateway {
     catalog: RwLock<Arc<Catalog>>,
     pool: PgPool,
+    /// Inbound, published and test events go through here, sharing commits.
+    events: EventWriter,
     metrics: Metrics,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress controllers).
     trusted_proxies: Vec<IpNet>,
@@ -138,6 +141,7 @@ impl Gateway {
     pub fn new(pool: PgPool, options: GatewayOptions) -> Arc<Self> {
         Arc::new(Self {
             catalog: RwLock::new(Arc::new(Catalog::default())),
+            events: event_writer(pool.clone()),
             pool,
             metrics: Metrics::new(),
             trusted_proxies: options.trusted_proxies,

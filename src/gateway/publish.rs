@@ -112,7 +112,6 @@ pub(super) async fn publish(
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "data": request.data,
     });
-    let envelope_bytes = envelope.to_string().into_bytes();
     let catalog = gateway.catalog();
     let deliveries: Vec<NewDelivery> = catalog
         .targets_for(&namespace, None, &request.event_type)
@@ -122,15 +121,17 @@ pub(super) async fn publish(
             target: t.name.clone(),
         })
         .collect();
+    let delivery_count = deliveries.len() as u64;
     let event = NewEvent {
         id: event_id,
-        namespace: &namespace,
-        source: "",
+        namespace: namespace.clone(),
+        source: String::new(),
         provider: None,
-        external_id: &external_id,
-        event_type: &request.event_type,
+        external_id: external_id.clone(),
+        event_type: request.event_type.clone(),
         headers: json!({"content-type": "application/json"}),
-        body: &envelope_bytes,
+        body: envelope.to_string().into(),
+        deliveries,
     };
     let request_hash = sha2::Sha256::digest(&body);
     let answer = |stored: &Stored| answer_for(event_id, &external_id, stored);
@@ -138,19 +139,19 @@ pub(super) async fn publish(
         key,
         request_hash: request_hash.as_slice(),
         answer_if_new: answer(&Stored::New {
-            deliveries: deliveries.len() as u64,
+            deliveries: delivery_count,
         }),
         answer_if_duplicate: answer(&Stored::Duplicate),
     });
-    match store_published(
-        &gateway.pool,
-        &event,
-        &deliveries,
-        idempotency.as_ref(),
-        IDEMPOTENCY_TTL,
-    )
-    .await
-    {
+    // Without a key the event shares commits with others; with one, the key and the event
+    // are written in one transaction of their own.
+    let stored = match &idempotency {
+        None => gateway.events.submit(event).await.map(Published::Stored),
+        Some(idempotency) => store_published(&gateway.pool, &event, idempotency, IDEMPOTENCY_TTL)
+            .await
+            .map_err(Arc::new),
+    };
+    match stored {
         Ok(Published::Stored(stored)) => {
             if let Stored::New { deliveries } = stored {
                 tracing::info!(namespace = %namespace, event_type = %request.event_type, deliveries, "event published");

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::group_commit::{BatchWrite, GroupCommit};
+
 /// Identifies a target across the database: namespace, kind and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TargetKey {
@@ -91,7 +93,7 @@ pub async fn claim(
 pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
         "SELECT min(next_attempt_at) FROM deliveries d
-         WHERE status IN ('pending', 'failed')
+         WHERE status IN ('pending', 'failed') AND next_attempt_at < 'infinity'
            AND NOT EXISTS (
                SELECT 1 FROM target_states t
                WHERE t.namespace = d.namespace AND t.target_kind = d.target_kind AND t.target = d.target
@@ -122,45 +124,89 @@ pub enum After {
     Dead,
 }
 
-/// Records the attempt and moves the delivery on, in one statement. A delivery that is no longer
-/// in flight (cancelled meanwhile) keeps its status; the attempt is still kept as history.
-pub async fn record_attempt(
-    pool: &PgPool,
-    delivery: &Claimed,
-    attempt: &Attempt,
-    after: After,
-    last_error: Option<&str>,
-) -> sqlx::Result<()> {
-    let (status, next) = match after {
-        After::Succeeded => ("succeeded", None),
-        After::RetryAt(at) => ("failed", Some(at)),
-        After::Dead => ("dead", None),
+/// An attempt made, and what happens to its delivery next.
+pub struct AttemptRecord {
+    pub delivery: Uuid,
+    /// 1 for the first attempt.
+    pub number: i32,
+    pub attempt: Attempt,
+    pub after: After,
+    pub last_error: Option<String>,
+}
+
+/// Attempts finishing together share a commit.
+pub type AttemptRecorder = GroupCommit<RecordAttempts>;
+
+pub fn attempt_recorder(pool: PgPool) -> AttemptRecorder {
+    GroupCommit::start(pool, RecordAttempts, 2, 256)
+}
+
+/// The batch write of [`AttemptRecorder`].
+pub struct RecordAttempts;
+
+impl BatchWrite for RecordAttempts {
+    type Item = AttemptRecord;
+    type Output = ();
+
+    async fn write(&self, pool: &PgPool, items: &[AttemptRecord]) -> sqlx::Result<Vec<()>> {
+        record_attempts(pool, items).await?;
+        Ok(vec![(); items.len()])
+    }
+}
+
+/// Records attempts and moves their deliveries on, in one statement. A delivery that is no
+/// longer in flight (cancelled meanwhile) keeps its status; the attempt is still kept as history.
+pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::Result<()> {
+    // In id order, so concurrent batches lock rows in the same order.
+    let mut records: Vec<&AttemptRecord> = records.iter().collect();
+    records.sort_by_key(|r| r.delivery);
+    let column = |f: fn(&AttemptRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let next_status = |r: &AttemptRecord| match r.after {
+        After::Succeeded => "succeeded",
+        After::RetryAt(_) => "failed",
+        After::Dead => "dead",
     };
     sqlx::query(
         r#"
-        WITH attempt AS (
+        WITH record AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int2[], $6::text[],
+                                 $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[])
+                AS r (delivery_id, number, started_at, duration_ms, status_code, error_class, error,
+                      response_headers, response_body, status, next_attempt_at, last_error)
+        ), attempt AS (
             INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
                                   error_class, error, response_headers, response_body)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            SELECT delivery_id, number, started_at, duration_ms, status_code, error_class, error,
+                   response_headers, response_body
+            FROM record
         )
-        UPDATE deliveries
-        SET status = $10, attempts = $2, next_attempt_at = COALESCE($11, next_attempt_at),
-            lease_until = NULL, last_error = $12, updated_at = now()
-        WHERE id = $1 AND status = 'in_flight'
+        UPDATE deliveries d
+        SET status = r.status, attempts = r.number, next_attempt_at = COALESCE(r.next_attempt_at, d.next_attempt_at),
+            lease_until = NULL, last_error = r.last_error, updated_at = now()
+        FROM record r
+        WHERE d.id = r.delivery_id AND d.status = 'in_flight'
         "#,
     )
-    .bind(delivery.id)
-    .bind(delivery.attempts + 1)
-    .bind(attempt.started_at)
-    .bind(attempt.duration_ms)
-    .bind(attempt.status_code)
-    .bind(attempt.error_class)
-    .bind(attempt.error.as_deref())
-    .bind(attempt.response_headers.as_ref())
-    .bind(attempt.response_body.as_deref())
-    .bind(status)
-    .bind(next)
-    .bind(last_error)
+    .bind(records.iter().map(|r| r.delivery).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.number).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt.started_at).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt.duration_ms).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt.status_code).collect::<Vec<_>>())
+    .bind(column(|r| r.attempt.error_class))
+    .bind(column(|r| r.attempt.error.as_deref()))
+    .bind(records.iter().map(|r| r.attempt.response_headers.as_ref()).collect::<Vec<_>>())
+    .bind(column(|r| r.attempt.response_body.as_deref()))
+    .bind(records.iter().map(|r| next_status(r)).collect::<Vec<_>>())
+    .bind(
+        records
+            .iter()
+            .map(|r| match r.after {
+                After::RetryAt(at) => Some(at),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|r| r.last_error.as_deref()))
     .execute(pool)
     .await?;
     Ok(())
@@ -218,8 +264,11 @@ pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sq
     Ok(())
 }
 
-/// Pauses a target for every replica (the endpoint answered 410 Gone).
+/// Pauses a target for every replica (the endpoint answered 410 Gone, or an operator asked).
+/// Its waiting deliveries are parked at `infinity`, out of the due range, so however large its
+/// backlog grows, finding other targets' due work never scans it.
 pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO target_states (namespace, target_kind, target, paused_reason, paused_at)
          VALUES ($1, $2, $3, $4, now())
@@ -230,9 +279,47 @@ pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sq
     .bind(&target.kind)
     .bind(&target.name)
     .bind(reason)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = 'infinity', updated_at = now()
+         WHERE namespace = $1 AND target_kind = $2 AND target = $3 AND status IN ('pending', 'failed')",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Resumes a paused target: its parked deliveries are due now.
+pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE target_states SET paused_reason = NULL, paused_at = NULL
+         WHERE namespace = $1 AND target_kind = $2 AND target = $3",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = now(), updated_at = now()
+         WHERE namespace = $1 AND target_kind = $2 AND target = $3
+           AND status IN ('pending', 'failed') AND next_attempt_at = 'infinity'",
+    )
+    .bind(&target.namespace)
+    .bind(&target.kind)
+    .bind(&target.name)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(super::events::DELIVERIES_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// Deliveries waiting to be sent (pending or awaiting a retry).

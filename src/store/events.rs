@@ -1,20 +1,25 @@
 //! Writing events and their deliveries: one statement, so an event is stored together with all
-//! of its deliveries or not at all, and a duplicate creates nothing.
+//! of its deliveries or not at all, and a duplicate creates nothing. Events arriving together
+//! share the statement and its commit (see [`super::group_commit`]).
 
+use bytes::Bytes;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::group_commit::{BatchWrite, GroupCommit};
+
 /// An accepted event, as it goes into the database.
-pub struct NewEvent<'a> {
+pub struct NewEvent {
     pub id: Uuid,
-    pub namespace: &'a str,
+    pub namespace: String,
     /// The WebhookSource name, or `""` for a published event.
-    pub source: &'a str,
-    pub provider: Option<&'a str>,
-    pub external_id: &'a str,
-    pub event_type: &'a str,
+    pub source: String,
+    pub provider: Option<&'static str>,
+    pub external_id: String,
+    pub event_type: String,
     pub headers: serde_json::Value,
-    pub body: &'a [u8],
+    pub body: Bytes,
+    pub deliveries: Vec<NewDelivery>,
 }
 
 /// One delivery of the event to a target.
@@ -24,7 +29,7 @@ pub struct NewDelivery {
     pub target: String,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
     /// The event is new; this many deliveries were created with it.
     New { deliveries: u64 },
@@ -36,65 +41,108 @@ pub enum Stored {
 /// notification is delivered exactly when the rows are committed.
 pub const DELIVERIES_CHANNEL: &str = "hookline_deliveries";
 
-/// Stores the event and its deliveries atomically. Returns only after the commit, so a `New` or
-/// `Duplicate` answer means the event is durable.
-pub async fn store_event(
-    pool: &PgPool,
-    event: &NewEvent<'_>,
-    deliveries: &[NewDelivery],
-) -> sqlx::Result<Stored> {
-    insert_event(pool, event, deliveries).await
+/// Events written concurrently share commits.
+pub type EventWriter = GroupCommit<InsertEvents>;
+
+/// Writer tasks, and so connections, the event writer uses at most.
+const EVENT_WRITERS: usize = 4;
+/// Events per statement at most.
+const EVENT_BATCH: usize = 256;
+
+pub fn event_writer(pool: PgPool) -> EventWriter {
+    GroupCommit::start(pool, InsertEvents, EVENT_WRITERS, EVENT_BATCH)
 }
 
-/// The insert itself, on a pool (its own transaction) or inside a caller's transaction.
-async fn insert_event<'e>(
+/// The batch write of [`EventWriter`].
+pub struct InsertEvents;
+
+impl BatchWrite for InsertEvents {
+    type Item = NewEvent;
+    type Output = Stored;
+
+    async fn write(&self, pool: &PgPool, items: &[NewEvent]) -> sqlx::Result<Vec<Stored>> {
+        insert_events(pool, items).await
+    }
+}
+
+/// Inserts events with their deliveries, skipping duplicates, in one statement (on a pool: its
+/// own transaction; or inside a caller's). Answers each event in order.
+async fn insert_events<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    event: &NewEvent<'_>,
-    deliveries: &[NewDelivery],
-) -> sqlx::Result<Stored> {
-    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
-    let kinds: Vec<&str> = deliveries.iter().map(|d| d.target_kind).collect();
-    let targets: Vec<&str> = deliveries.iter().map(|d| d.target.as_str()).collect();
-    let (inserted, delivery_count, _): (bool, i64, bool) = sqlx::query_as(
+    events: &[NewEvent],
+) -> sqlx::Result<Vec<Stored>> {
+    // Rows are inserted in key order, so two batches holding the same keys (a sender's retries)
+    // take their locks in the same order and cannot deadlock.
+    let mut order: Vec<&NewEvent> = events.iter().collect();
+    order.sort_by(|a, b| {
+        (&a.namespace, &a.source, &a.external_id).cmp(&(&b.namespace, &b.source, &b.external_id))
+    });
+    let column = |f: fn(&NewEvent) -> &str| order.iter().map(|e| f(e)).collect::<Vec<&str>>();
+    let deliveries = order
+        .iter()
+        .flat_map(|e| e.deliveries.iter().map(move |d| (e.id, d)));
+    let (delivery_events, delivery_ids, kinds, targets) = deliveries.fold(
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(mut events, mut ids, mut kinds, mut targets), (event, d)| {
+            events.push(event);
+            ids.push(d.id);
+            kinds.push(d.target_kind);
+            targets.push(d.target.as_str());
+            (events, ids, kinds, targets)
+        },
+    );
+    let (inserted, _): (Vec<Uuid>, bool) = sqlx::query_as(
         r#"
         WITH event AS (
             INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::jsonb[], $8::bytea[])
             ON CONFLICT ON CONSTRAINT events_dedupe DO NOTHING
-            RETURNING id
+            RETURNING id, namespace
         ), delivery AS (
-            INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
-            SELECT d.id, event.id, $2, d.kind, d.target
-            FROM event CROSS JOIN UNNEST($9::uuid[], $10::text[], $11::text[]) AS d (id, kind, target)
+            INSERT INTO deliveries (id, event_id, namespace, target_kind, target, next_attempt_at)
+            SELECT d.id, event.id, event.namespace, d.kind, d.target,
+                   -- A paused target's deliveries are parked (see deliveries::pause_target).
+                   CASE WHEN EXISTS (SELECT 1 FROM target_states t
+                                     WHERE t.namespace = event.namespace AND t.target_kind = d.kind
+                                       AND t.target = d.target AND t.paused_reason IS NOT NULL)
+                        THEN 'infinity'::timestamptz ELSE now() END
+            FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[]) AS d (event_id, id, kind, target)
+            JOIN event ON event.id = d.event_id
             RETURNING 1
         )
         SELECT
-            EXISTS (SELECT 1 FROM event),
-            (SELECT count(*) FROM delivery),
-            (CASE WHEN EXISTS (SELECT 1 FROM delivery) THEN pg_notify($12, '') END) IS NULL
+            ARRAY(SELECT id FROM event),
+            (CASE WHEN EXISTS (SELECT 1 FROM delivery) THEN pg_notify($13, '') END) IS NULL
         "#,
     )
-    .bind(event.id)
-    .bind(event.namespace)
-    .bind(event.source)
-    .bind(event.provider)
-    .bind(event.external_id)
-    .bind(event.event_type)
-    .bind(&event.headers)
-    .bind(event.body)
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&targets)
+    .bind(order.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(column(|e| &e.namespace))
+    .bind(column(|e| &e.source))
+    .bind(order.iter().map(|e| e.provider).collect::<Vec<_>>())
+    .bind(column(|e| &e.external_id))
+    .bind(column(|e| &e.event_type))
+    .bind(order.iter().map(|e| &e.headers).collect::<Vec<_>>())
+    .bind(order.iter().map(|e| e.body.as_ref()).collect::<Vec<&[u8]>>())
+    .bind(delivery_events)
+    .bind(delivery_ids)
+    .bind(kinds)
+    .bind(targets)
     .bind(DELIVERIES_CHANNEL)
     .fetch_one(executor)
     .await?;
-    Ok(if inserted {
-        Stored::New {
-            deliveries: delivery_count as u64,
-        }
-    } else {
-        Stored::Duplicate
-    })
+    Ok(events
+        .iter()
+        .map(|event| {
+            if inserted.contains(&event.id) {
+                Stored::New {
+                    deliveries: event.deliveries.len() as u64,
+                }
+            } else {
+                Stored::Duplicate
+            }
+        })
+        .collect())
 }
 
 /// The answer first given to an `Idempotency-Key`, replayed for the same key and body.
@@ -122,20 +170,19 @@ pub enum Published {
     KeyReused,
 }
 
-/// Stores a published event with its deliveries and, when given, records `answer` under the
-/// idempotency key, all in one transaction. A key already in use (and not expired) is not
+/// Stores a published event with its deliveries and records the answer under the idempotency
+/// key, all in one transaction. A key already in use (and not expired) is not
 /// stored again: its first answer is returned, or `KeyReused` when the body differs.
 pub async fn store_published(
     pool: &PgPool,
-    event: &NewEvent<'_>,
-    deliveries: &[NewDelivery],
-    idempotency: Option<&Idempotency<'_>>,
+    event: &NewEvent,
+    idempotency: &Idempotency<'_>,
     key_ttl: std::time::Duration,
 ) -> sqlx::Result<Published> {
     let mut tx = pool.begin().await?;
-    if let Some(&Idempotency {
+    let &Idempotency {
         key, request_hash, ..
-    }) = idempotency
+    } = idempotency;
     {
         // Waits for a concurrent request with the same key to finish, then sees its row.
         let claimed: Option<(bool,)> = sqlx::query_as(
@@ -147,7 +194,7 @@ pub async fn store_published(
                  WHERE idempotency_keys.expires_at < now()
              RETURNING true",
         )
-        .bind(event.namespace)
+        .bind(&event.namespace)
         .bind(key)
         .bind(request_hash)
         .bind(key_ttl.as_millis() as i64)
@@ -158,7 +205,7 @@ pub async fn store_published(
                 "SELECT request_hash, response_status, response_body FROM idempotency_keys
                  WHERE namespace = $1 AND key = $2",
             )
-            .bind(event.namespace)
+            .bind(&event.namespace)
             .bind(key)
             .fetch_one(&mut *tx)
             .await?;
@@ -173,22 +220,23 @@ pub async fn store_published(
             });
         }
     }
-    let stored = insert_event(&mut *tx, event, deliveries).await?;
-    if let Some(idempotency) = idempotency {
-        let answer = match stored {
-            Stored::New { .. } => &idempotency.answer_if_new,
-            Stored::Duplicate => &idempotency.answer_if_duplicate,
-        };
-        sqlx::query(
-            "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE namespace = $1 AND key = $2",
-        )
-        .bind(event.namespace)
-        .bind(idempotency.key)
-        .bind(answer.status as i16)
-        .bind(&answer.body)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let stored = insert_events(&mut *tx, std::slice::from_ref(event))
+        .await?
+        .pop()
+        .ok_or(sqlx::Error::RowNotFound)?;
+    let answer = match stored {
+        Stored::New { .. } => &idempotency.answer_if_new,
+        Stored::Duplicate => &idempotency.answer_if_duplicate,
+    };
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE namespace = $1 AND key = $2",
+    )
+    .bind(&event.namespace)
+    .bind(key)
+    .bind(answer.status as i16)
+    .bind(&answer.body)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Published::Stored(stored))
 }

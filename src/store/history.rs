@@ -210,21 +210,3 @@ pub async fn redeliver_dead(
     }
     Ok(result.rows_affected())
 }
-
-/// Lifts a runtime pause (set from the console or by a 410); waiting deliveries flow again.
-pub async fn resume_target(pool: &PgPool, target: &super::deliveries::TargetKey) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE target_states SET paused_reason = NULL, paused_at = NULL
-         WHERE namespace = $1 AND target_kind = $2 AND target = $3",
-    )
-    .bind(&target.namespace)
-    .bind(&target.kind)
-    .bind(&target.name)
-    .execute(pool)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(super::events::DELIVERIES_CHANNEL)
-        .execute(pool)
-        .await?;
-    Ok(())
-}

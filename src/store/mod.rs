@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub mod deliveries;
 pub mod events;
+pub mod group_commit;
 pub mod history;
 pub mod retention;
 pub mod stats;

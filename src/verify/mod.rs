@@ -157,7 +157,7 @@ impl SourceVerifier {
 
     /// Checks one request; `now` is unix seconds.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<VerifiedEvent, Rejection> {
-        match &self.scheme {
+        let event = match &self.scheme {
             Scheme::Stripe => stripe::verify(&self.keys, headers, body, now, self.tolerance),
             Scheme::Svix => svix::verify(&self.keys, headers, body, now, self.tolerance),
             Scheme::StandardWebhooks => {
@@ -167,7 +167,14 @@ impl SourceVerifier {
             Scheme::GenericHmac(settings) => {
                 generic_hmac::verify(settings, &self.keys, headers, body, now, self.tolerance)
             }
+        }?;
+        // Postgres text cannot hold NUL; such an event could never be stored.
+        if event.id.contains('\0') || event.event_type.contains('\0') {
+            return Err(Rejection::InvalidPayload(
+                "the event id or type contains a NUL character",
+            ));
         }
+        Ok(event)
     }
 }
 
@@ -225,16 +232,41 @@ fn check_timestamp(
     Ok(timestamp)
 }
 
-/// The top-level string field `field` of a JSON body.
-fn json_string_field(body: &[u8], field: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get(field)?.as_str().map(str::to_owned)
+/// The top-level `id` and `type` of a JSON body, when they are strings. Read in one pass that
+/// skips everything else without building it.
+#[derive(Default, serde::Deserialize)]
+struct BodyFields<'a> {
+    #[serde(borrow, default, deserialize_with = "string_or_none")]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type", deserialize_with = "string_or_none")]
+    event_type: Option<Cow<'a, str>>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Field<'a> {
+        Text(#[serde(borrow)] Cow<'a, str>),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match serde::Deserialize::deserialize(deserializer)? {
+        Field::Text(text) => Some(text),
+        Field::Other(_) => None,
+    })
+}
+
+fn body_fields(body: &[u8]) -> BodyFields<'_> {
+    serde_json::from_slice(body).unwrap_or_default()
 }
 
 /// Event type for schemes that carry it in the body; events without one are kept as `unknown`
 /// (only `*` handlers receive them) rather than dropped after a valid signature.
 fn body_event_type(body: &[u8]) -> String {
-    json_string_field(body, "type").unwrap_or_else(|| "unknown".to_owned())
+    body_fields(body)
+        .event_type
+        .map_or_else(|| "unknown".to_owned(), Cow::into_owned)
 }
 
 /// The headers a sender using `provider`'s scheme attaches to `body` (for testing a receiver, and
@@ -308,5 +340,43 @@ pub(crate) mod test_support {
             );
         }
         map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_fields_reads_string_id_and_type_and_skips_the_rest() {
+        let fields =
+            body_fields(br#"{"data":{"id":"inner","type":[1,2]},"id":"evt_1","type":"invoice.paid"}"#);
+        assert_eq!(fields.id.as_deref(), Some("evt_1"));
+        assert_eq!(fields.event_type.as_deref(), Some("invoice.paid"));
+        let fields = body_fields(br#"{"id":42,"type":null}"#);
+        assert_eq!((fields.id, fields.event_type), (None, None));
+        for not_an_object in [&b"[]"[..], b"", b"\xff", b"{\"id\":"] {
+            assert!(body_fields(not_an_object).id.is_none());
+        }
+        assert_eq!(
+            body_event_type(br#"{"type":"a\"b"}"#),
+            "a\"b",
+            "escapes are decoded"
+        );
+    }
+
+    /// Postgres text cannot hold NUL: such an event is refused (400), not retried forever (503).
+    #[test]
+    fn an_event_type_with_nul_is_an_invalid_payload() {
+        let verifier = SourceVerifier::new(Provider::Stripe, None, &["whsec_test"], Duration::from_secs(300))
+            .expect("verifier");
+        let body = br#"{"id":"evt_1","type":"invoice.\u0000paid"}"#;
+        let key = SigningKey::from_text("whsec_test").expect("key");
+        let signature = stripe::sign(&key, 1_700_000_000, body);
+        let headers = test_support::headers(&[("stripe-signature", &signature)]);
+        let rejection = verifier
+            .verify(&headers, body, 1_700_000_000)
+            .expect_err("refused");
+        assert_eq!(rejection.reason(), "invalid_payload");
     }
 }

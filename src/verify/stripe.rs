@@ -7,8 +7,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use super::{
-    Rejection, SigningKey, VerifiedEvent, any_matches, check_timestamp, header, hmac_sha256,
-    json_string_field,
+    Rejection, SigningKey, VerifiedEvent, any_matches, body_fields, check_timestamp, header, hmac_sha256,
 };
 
 pub const SIGNATURE_HEADER: &str = "stripe-signature";
@@ -52,9 +51,15 @@ pub(super) fn verify(
         return Err(Rejection::SignatureMismatch);
     }
     check_timestamp(timestamp, "Stripe-Signature", now, tolerance)?;
-    let id = json_string_field(body, "id").ok_or(Rejection::InvalidPayload("no string field \"id\""))?;
-    let event_type =
-        json_string_field(body, "type").ok_or(Rejection::InvalidPayload("no string field \"type\""))?;
+    let fields = body_fields(body);
+    let id = fields
+        .id
+        .ok_or(Rejection::InvalidPayload("no string field \"id\""))?
+        .into_owned();
+    let event_type = fields
+        .event_type
+        .ok_or(Rejection::InvalidPayload("no string field \"type\""))?
+        .into_owned();
     Ok(VerifiedEvent { id, event_type })
 }
 
