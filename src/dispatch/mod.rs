@@ -66,6 +66,9 @@ struct TargetRuntime {
     egress: Mutex<Option<(Instant, Option<String>)>>,
 }
 
+/// How soon a busy dispatcher looks for due work again without being woken.
+const BUSY_RECHECK: Duration = Duration::from_millis(50);
+
 /// How long an egress verdict is reused.
 const EGRESS_RECHECK: Duration = Duration::from_secs(30);
 
@@ -160,12 +163,18 @@ impl Dispatcher {
             if claimed == self.options.batch_size {
                 continue; // more is probably due
             }
-            let mut wait = self.until_next_due().await;
-            if claimed == 0 && wait <= Duration::from_millis(5) {
-                // Work is due but none could be claimed: its targets are saturated (a finished
-                // delivery wakes us) or another replica holds it. Do not spin.
-                wait = self.options.safety_poll;
-            }
+            let wait = if claimed > 0 {
+                // Work is flowing: finished deliveries and notifications wake us; asking the
+                // database when the next retry is due would cost a query per claim.
+                BUSY_RECHECK
+            } else {
+                match self.until_next_due().await {
+                    // Work is due but none could be claimed: its targets are saturated (a
+                    // finished delivery wakes us) or another replica holds it. Do not spin.
+                    wait if wait <= Duration::from_millis(5) => self.options.safety_poll,
+                    wait => wait,
+                }
+            };
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}

@@ -61,10 +61,22 @@ pub async fn claim(
 ) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
         r#"
-        WITH due AS (
+        -- Expired leases and due work are found apart, each by its partial index in order, so a
+        -- claim reads about as many rows as it takes however long the queue is.
+        WITH expired AS (
             SELECT id FROM deliveries d
-            WHERE ((status IN ('pending', 'failed') AND next_attempt_at <= now())
-                   OR (status = 'in_flight' AND lease_until < now()))
+            WHERE status = 'in_flight' AND lease_until < now()
+              AND NOT (namespace || '/' || target_kind || '/' || target = ANY ($3))
+              AND NOT EXISTS (
+                  SELECT 1 FROM target_states t
+                  WHERE t.namespace = d.namespace AND t.target_kind = d.target_kind AND t.target = d.target
+                    AND t.paused_reason IS NOT NULL)
+            ORDER BY lease_until
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ), waiting AS (
+            SELECT id FROM deliveries d
+            WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
               AND NOT (namespace || '/' || target_kind || '/' || target = ANY ($3))
               AND NOT EXISTS (
                   SELECT 1 FROM target_states t
@@ -73,6 +85,9 @@ pub async fn claim(
             ORDER BY next_attempt_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
+        ), due AS (
+            -- Expired leases first; waiting rows past the limit stay as they are.
+            SELECT id FROM expired UNION ALL SELECT id FROM waiting LIMIT $1
         )
         UPDATE deliveries d
         SET status = 'in_flight', lease_until = now() + $2 * interval '1 millisecond', updated_at = now()
@@ -264,11 +279,15 @@ pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sq
     Ok(())
 }
 
+/// Deliveries parked or unparked per statement, so pausing a target with a large backlog never
+/// holds many row locks at once.
+const PARK_BATCH: i64 = 5_000;
+
 /// Pauses a target for every replica (the endpoint answered 410 Gone, or an operator asked).
 /// Its waiting deliveries are parked at `infinity`, out of the due range, so however large its
-/// backlog grows, finding other targets' due work never scans it.
+/// backlog grows, finding other targets' due work never scans it. Rows locked at that moment are
+/// left as they are; the claim query skips paused targets' rows anyway.
 pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO target_states (namespace, target_kind, target, paused_reason, paused_at)
          VALUES ($1, $2, $3, $4, now())
@@ -279,23 +298,23 @@ pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sq
     .bind(&target.kind)
     .bind(&target.name)
     .bind(reason)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    sqlx::query(
+    // New deliveries for the target are parked as they are created (see events::insert_events).
+    repark(
+        pool,
+        target,
         "UPDATE deliveries SET next_attempt_at = 'infinity', updated_at = now()
-         WHERE namespace = $1 AND target_kind = $2 AND target = $3 AND status IN ('pending', 'failed')",
+         WHERE id IN (SELECT id FROM deliveries
+                      WHERE namespace = $1 AND target_kind = $2 AND target = $3
+                        AND status IN ('pending', 'failed') AND next_attempt_at < 'infinity'
+                      LIMIT $4 FOR UPDATE SKIP LOCKED)",
     )
-    .bind(&target.namespace)
-    .bind(&target.kind)
-    .bind(&target.name)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    .await
 }
 
 /// Resumes a paused target: its parked deliveries are due now.
 pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "UPDATE target_states SET paused_reason = NULL, paused_at = NULL
          WHERE namespace = $1 AND target_kind = $2 AND target = $3",
@@ -303,23 +322,41 @@ pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()
     .bind(&target.namespace)
     .bind(&target.kind)
     .bind(&target.name)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    sqlx::query(
+    // Every parked row must come back, so locked ones are waited for, not skipped.
+    repark(
+        pool,
+        target,
         "UPDATE deliveries SET next_attempt_at = now(), updated_at = now()
-         WHERE namespace = $1 AND target_kind = $2 AND target = $3
-           AND status IN ('pending', 'failed') AND next_attempt_at = 'infinity'",
+         WHERE id IN (SELECT id FROM deliveries
+                      WHERE namespace = $1 AND target_kind = $2 AND target = $3
+                        AND status IN ('pending', 'failed') AND next_attempt_at = 'infinity'
+                      LIMIT $4)",
     )
-    .bind(&target.namespace)
-    .bind(&target.kind)
-    .bind(&target.name)
-    .execute(&mut *tx)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(super::events::DELIVERIES_CHANNEL)
-        .execute(&mut *tx)
+        .execute(pool)
         .await?;
-    tx.commit().await
+    Ok(())
+}
+
+/// Runs a parking statement batch after batch until it changes nothing.
+async fn repark(pool: &PgPool, target: &TargetKey, statement: &'static str) -> sqlx::Result<()> {
+    loop {
+        let changed = sqlx::query(statement)
+            .bind(&target.namespace)
+            .bind(&target.kind)
+            .bind(&target.name)
+            .bind(PARK_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        if changed < PARK_BATCH as u64 {
+            return Ok(());
+        }
+    }
 }
 
 /// Deliveries waiting to be sent (pending or awaiting a retry).

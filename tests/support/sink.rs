@@ -18,6 +18,10 @@ pub enum Reply {
     WithHeader(u16, &'static str, String),
     /// Never answer.
     Hang,
+    /// Drop the connection without an answer.
+    Reset,
+    /// Answer 200 after this long.
+    Slow(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +86,13 @@ async fn receive(
             (StatusCode::from_u16(code).unwrap(), [(name, value)], "").into_response()
         }
         Reply::Hang => std::future::pending().await,
+        // Unwinding ends the connection's task, which closes the socket mid-request; without
+        // the panic hook, so nothing is printed.
+        Reply::Reset => std::panic::resume_unwind(Box::new("reset by the sink")),
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            StatusCode::OK.into_response()
+        }
     }
 }
 
