@@ -119,6 +119,13 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
             "spec.genericHmac must be set when provider is generic-hmac, and only then",
         ),
         (
+            "generic HMAC prefix no header value can carry (a fuzzing finding)",
+            source(&format!(
+                "  provider: generic-hmac\n{secret}  genericHmac: {{ header: X-Signature, prefix: 'sig\u{e9}=' }}\n"
+            )),
+            "must be printable ASCII without leading or trailing spaces",
+        ),
+        (
             "handler with an ftp URL",
             source(&format!(
                 "  provider: stripe\n{secret}  handlers:\n  - name: h\n    url: ftp://files.example.com/in\n    events: ['*']\n"
