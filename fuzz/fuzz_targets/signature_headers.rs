@@ -17,20 +17,34 @@ const SCHEMES: &[(Provider, &str, &[&str])] = &[
     (
         Provider::Svix,
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        &["svix-signature", "svix-timestamp", "svix-id", "webhook-signature", "webhook-timestamp", "webhook-id"],
+        &[
+            "svix-signature",
+            "svix-timestamp",
+            "svix-id",
+            "webhook-signature",
+            "webhook-timestamp",
+            "webhook-id",
+        ],
     ),
     (
         Provider::StandardWebhooks,
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         &["webhook-signature", "webhook-timestamp", "webhook-id"],
     ),
-    (Provider::Github, "fuzz-secret", &["x-hub-signature-256", "x-github-delivery", "x-github-event"]),
+    (
+        Provider::Github,
+        "fuzz-secret",
+        &["x-hub-signature-256", "x-github-delivery", "x-github-event"],
+    ),
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let (provider, secret, names) = SCHEMES[selector as usize % SCHEMES.len()];
-    let verifier = SourceVerifier::new(provider, None, &[secret], Duration::from_secs(300)).expect("valid secret");
+    let verifier =
+        SourceVerifier::new(provider, None, &[secret], Duration::from_secs(300)).expect("valid secret");
     // Fields separated by 0xFF (never valid in a header value): one per header, then the body.
     let mut fields = rest.split(|&b| b == 0xFF);
     let mut headers = HeaderMap::new();

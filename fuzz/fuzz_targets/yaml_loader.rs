@@ -7,7 +7,9 @@ use hookline::standalone::loader::{Config, load_text};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let mut config = Config::default();
     let _ = load_text(text, Path::new("fuzz.yaml"), &mut config);
 });
