@@ -222,8 +222,16 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
         bench.preload_old_history(scale.old_history).await?;
         let (during, swept_per_s) = bench.end_to_end_during_retention(200.0, scale.window).await?;
         report("retention_deleted_per_s", swept_per_s, "events/s");
-        report("e2e_200rps_p50_ms_during_retention", during.percentile_ms(50.0), "ms");
-        report("e2e_200rps_p99_ms_during_retention", during.percentile_ms(99.0), "ms");
+        report(
+            "e2e_200rps_p50_ms_during_retention",
+            during.percentile_ms(50.0),
+            "ms",
+        );
+        report(
+            "e2e_200rps_p99_ms_during_retention",
+            during.percentile_ms(99.0),
+            "ms",
+        );
     }
 
     if enabled("memory") {
