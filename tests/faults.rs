@@ -4,12 +4,12 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::harness::{TOKEN, harness};
+use support::process::start_standalone;
 use support::sink::{Reply, Sink};
 
 /// A target that answers 500, hangs past its timeout, drops connections and answers slowly, in
@@ -184,46 +184,6 @@ fn raise_open_file_limit() -> usize {
     limit.rlim_cur as usize
 }
 
-struct GatewayProcess {
-    child: Child,
-    base: String,
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_gateway(config: &std::path::Path, database_url: &str) -> GatewayProcess {
-    let port = support::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["standalone", "--lease-margin", "1s", "-f"])
-        .arg(config)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start gateway");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "gateway not ready within 30s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    GatewayProcess { child, base }
-}
-
 /// SIGKILL while 5,000 signed webhooks are being sent: every one that was acknowledged is in the
 /// database and is delivered after the restart; the duplicates (deliveries in flight at the
 /// kill, sent again with the same webhook-id) are counted and reported.
@@ -260,7 +220,7 @@ spec:
         ),
     )
     .expect("config");
-    let mut gateway = start_gateway(&config, &database_url).await;
+    let mut gateway = start_standalone(&config, &database_url, &[("RUST_LOG", "warn")]).await;
 
     // Senders share the work; each notes the ids acknowledged with a 2xx.
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -319,7 +279,7 @@ spec:
     assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
 
     // After the restart, every stored event reaches the handler.
-    let _restarted = start_gateway(&config, &database_url).await;
+    let _restarted = start_standalone(&config, &database_url, &[("RUST_LOG", "warn")]).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let delivered = loop {
         let got = sink.received("billing");

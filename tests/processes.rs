@@ -3,17 +3,16 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::process::{GatewayProcess, start_standalone};
 use support::sink::{Reply, Sink};
 
 const TOKEN: &str = "process-test-token";
 
-struct Gateway {
-    child: Child,
-    base: String,
+async fn start(config: &std::path::Path, database_url: &str) -> GatewayProcess {
+    start_standalone(config, database_url, &[("HOOKLINE_PUBLISH_TOKEN", TOKEN)]).await
 }
 
 /// Writes the configuration a user would apply: a signing Secret and a subscription to `url`.
@@ -31,34 +30,6 @@ fn config_dir(url: &str, extra: &str) -> std::path::PathBuf {
     )
     .unwrap();
     dir
-}
-
-async fn start(config: &std::path::Path, database_url: &str) -> Gateway {
-    let port = support::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["standalone", "--lease-margin", "1s", "-f"])
-        .arg(config)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", database_url)
-        .env("HOOKLINE_PUBLISH_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start gateway");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "gateway not ready within 30s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Gateway { child, base }
 }
 
 async fn publish(base: &str, n: usize) {
@@ -80,13 +51,6 @@ async fn statuses(database_url: &str) -> Vec<(String, i64)> {
         .unwrap();
     pool.close().await;
     rows
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

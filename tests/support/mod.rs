@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 pub mod harness;
+pub mod process;
 pub mod sink;
 
 pub const FIELD_MANAGER: &str = "hookline-tests";
