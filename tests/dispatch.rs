@@ -265,6 +265,22 @@ async fn publish_is_authenticated_validated_and_idempotent() {
     assert_eq!(duplicate.status(), 200);
     assert_eq!(duplicate.headers()["hookline-duplicate"], "true");
 
+    // What Postgres could never store is refused, not retried with 503 forever.
+    for (bad, reason) in [
+        (json!({"type": "order.\u{0}created", "data": {}}), "invalid_type"),
+        (
+            json!({"type": "order.created", "id": "ord_\u{0}", "data": {}}),
+            "invalid_id",
+        ),
+    ] {
+        let refused = send("key-bad", bad).await.unwrap();
+        assert_eq!(refused.status(), 400);
+        assert_eq!(
+            refused.json::<serde_json::Value>().await.unwrap()["error"],
+            reason
+        );
+    }
+
     let anonymous = h.client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     let wrong = h

@@ -85,11 +85,23 @@ pub(super) async fn publish(
             );
         }
     };
-    if request.event_type.is_empty() || request.event_type.len() > 256 {
+    // Postgres text cannot hold NUL: refused here, or the event could never be stored.
+    if request.event_type.is_empty() || request.event_type.len() > 256 || request.event_type.contains('\0') {
         return refuse(
             StatusCode::BAD_REQUEST,
             "invalid_type",
-            "type must be 1 to 256 characters",
+            "type must be 1 to 256 characters, without NUL",
+        );
+    }
+    if request
+        .id
+        .as_deref()
+        .is_some_and(|id| id.is_empty() || id.contains('\0'))
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            "id must not be empty or hold NUL",
         );
     }
     let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
