@@ -99,6 +99,12 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
     .await??;
     let result = measure(scale, &dir, &postgres.url()).await;
     tokio::task::spawn_blocking(move || postgres.stop()).await?;
+    if explain_threshold().is_some() {
+        // The plans are in the server's log, which goes with the directory.
+        let kept = std::env::temp_dir().join("hookline-bench-postgres.log");
+        std::fs::copy(dir.join("postgres").join("postgres.log"), &kept)?;
+        progress(&format!("slow statements and their plans: {}", kept.display()));
+    }
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -109,9 +115,31 @@ fn enabled(part: &str) -> bool {
     std::env::var("HOOKLINE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
 
+/// HOOKLINE_BENCH_EXPLAIN_MS: log the plan (with actual times) of every statement slower than
+/// this many milliseconds, for profiling.
+fn explain_threshold() -> Option<u32> {
+    std::env::var("HOOKLINE_BENCH_EXPLAIN_MS").ok()?.parse().ok()
+}
+
 async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result<()> {
     let pool = hookline::store::connect_lazy(database_url, 8)?;
     hookline::store::migrate(&pool).await?;
+    if let Some(threshold) = explain_threshold() {
+        // Sessions opened from now on (the gateway's) load auto_explain.
+        let mut session = pool.acquire().await?;
+        for setting in [
+            "LOAD 'auto_explain'".to_owned(),
+            "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'".to_owned(),
+            format!("ALTER SYSTEM SET auto_explain.log_min_duration = '{threshold}ms'"),
+            "ALTER SYSTEM SET auto_explain.log_analyze = on".to_owned(),
+            "ALTER SYSTEM SET auto_explain.log_nested_statements = on".to_owned(),
+        ] {
+            sqlx::query(&setting).execute(&mut *session).await?;
+        }
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut *session)
+            .await?;
+    }
     let client = load_client();
 
     // The machine's limits.
@@ -689,7 +717,7 @@ impl Bench {
     }
 
     /// Inserts `events` events of 1 KiB with one delivery each to every target, the fastest way
-    /// (SQL, not HTTP): a backlog for the dispatcher, parked as a paused target's is.
+    /// (SQL, not HTTP): a backlog for the dispatcher, held back by pausing the targets.
     async fn preload(&self, events: u64, targets: &[&str], fanout: bool) -> anyhow::Result<()> {
         self.pause(targets).await?;
         let first = self.next_event.fetch_add(events, Ordering::Relaxed);
@@ -708,7 +736,7 @@ impl Bench {
                      RETURNING id)
                  INSERT INTO deliveries (id, event_id, namespace, target_kind, target, next_attempt_at)
                  SELECT gen_random_uuid(), e.id, $1,
-                        CASE WHEN t LIKE '%/%' THEN 'handler' ELSE 'subscription' END, t, 'infinity'
+                        CASE WHEN t LIKE '%/%' THEN 'handler' ELSE 'subscription' END, t, now()
                  FROM e CROSS JOIN UNNEST($7::text[]) AS t",
             )
             .bind(NAMESPACE)

@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hookline::api::Provider;
+use hookline::dispatch::DispatchOptions;
 use hookline::verify::SourceVerifier;
 use serde_json::json;
 use support::harness::{SECRET, SUB_SECRET, TOKEN, harness, start_gateway, subscription};
@@ -225,6 +226,51 @@ async fn a_hanging_target_does_not_delay_the_others() {
     assert!(
         h.sink.received("stuck").len() <= 4,
         "the stuck target holds at most maxInFlight requests"
+    );
+}
+
+/// A target may hold four rounds of deliveries, but one waiting for a free slot so long that
+/// its claim could expire mid-request goes back to the queue unsent, spending no attempt: it is
+/// never sent by this worker after another could have taken it over.
+#[tokio::test]
+async fn a_delivery_waiting_past_its_lease_goes_back_unsent() {
+    let yaml = format!(
+        "{SECRET}{}",
+        subscription("stuck", "stuck", ", timeout: 1s, maxInFlight: 1")
+    );
+    // Lease: 1 s timeout + 1 s margin. A slot must come within 2 - 1 - 0.5 = 0.5 s of the claim.
+    let dispatch = DispatchOptions {
+        lease_margin: Duration::from_secs(1),
+        ..support::harness::test_dispatch_options()
+    };
+    let h = support::harness::harness_with_dispatch(&yaml, support::harness::test_options(), dispatch).await;
+    h.sink.always("stuck", Reply::Hang);
+    for i in 0..4 {
+        assert_eq!(h.publish("order.created", json!({"n": i})).await.status(), 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let released: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries
+             WHERE attempts = 0 AND last_error = 'waited too long for a free slot'",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+        if released > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery went back to the queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests = h.sink.received("stuck").len();
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert!(
+        requests as i64 <= attempts + 1,
+        "every request but the one in flight is a recorded attempt: {requests} requests, {attempts} attempts"
     );
 }
 

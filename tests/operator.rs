@@ -40,6 +40,10 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
     Process(command.spawn().expect("start hookline"))
 }
 
+/// A controller reconciles every namespace, and each test's controller has a database of its
+/// own: two at once would each write the other's resources' status from the wrong database.
+static ONE_CONTROLLER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
@@ -81,6 +85,7 @@ const STRIPE_SECRET: &str = "whsec_e2e_stripe_signing_secret";
 
 #[tokio::test]
 async fn operator_end_to_end() {
+    let _alone = ONE_CONTROLLER.lock().await;
     let client = support::kube_client().await;
     let system = support::temp_namespace(&client, "hl-system").await;
     let app = support::temp_namespace(&client, "hl-app").await;
@@ -391,6 +396,7 @@ async fn only_one_controller_leads() {
 /// Secrets appearing late, deletions, and a user's autoscaler.
 #[tokio::test]
 async fn operator_follows_secrets_deletions_and_autoscalers() {
+    let _alone = ONE_CONTROLLER.lock().await;
     let client = support::kube_client().await;
     let system = support::temp_namespace(&client, "hl-system").await;
     let app = support::temp_namespace(&client, "hl-app").await;

@@ -1,7 +1,8 @@
-//! The delivery engine, running in every gateway process: claims due deliveries from Postgres in
-//! batches (`FOR UPDATE SKIP LOCKED`, so replicas never send the same delivery at once), woken by
-//! `LISTEN/NOTIFY` when work arrives and by a timer for the next scheduled retry, and sends each
-//! under its target's circuit breaker, rate limit and in-flight cap.
+//! The delivery engine, running in every gateway process: finds the targets with waiting
+//! deliveries, claims each one's due work up to the room it has (`FOR UPDATE SKIP LOCKED`, so
+//! replicas never send the same delivery at once), woken by `LISTEN/NOTIFY` when work arrives, by
+//! a target that has room again and by a timer for the next scheduled retry, and sends each
+//! delivery under its target's circuit breaker, rate limit and in-flight cap.
 
 mod breaker;
 pub mod egress;
@@ -21,7 +22,9 @@ use tokio::sync::{Notify, Semaphore};
 use crate::api::{CircuitBreaker, CircuitState, RateLimit};
 use crate::gateway::Gateway;
 use crate::gateway::catalog::Target;
-use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, TargetKey};
+use crate::store::deliveries::{
+    self, After, AttemptRecord, AttemptRecorder, Claimed, TargetKey, WaitingTarget,
+};
 use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::metrics::TargetLabels;
 use crate::verify::{SigningKey, standard_webhooks};
@@ -30,23 +33,23 @@ use policy::Verdict;
 
 #[derive(Clone, Debug)]
 pub struct DispatchOptions {
-    /// Deliveries claimed per query.
+    /// Deliveries claimed per query at most, all targets together.
     pub batch_size: usize,
     /// Deliveries this process holds at once, all targets together.
     pub max_claimed: usize,
-    /// Added to a target's timeout to form the claim lease; a delivery whose worker died is
-    /// taken over once its lease expires.
+    /// Added to the longest target timeout to form the claim lease; a delivery whose worker
+    /// died is taken over once its lease expires.
     pub lease_margin: Duration,
     /// Upper bound on a receiver's Retry-After.
     pub max_retry_after: Duration,
-    /// How often to look for due work when no notification arrives.
+    /// How often to look for due work when no notification arrives, and for expired claims.
     pub safety_poll: Duration,
 }
 
 impl Default for DispatchOptions {
     fn default() -> Self {
         Self {
-            batch_size: 100,
+            batch_size: 400,
             max_claimed: 1024,
             lease_margin: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(3600),
@@ -59,6 +62,7 @@ impl Default for DispatchOptions {
 struct TargetRuntime {
     settings: FlowSettings,
     in_flight: Semaphore,
+    /// Deliveries claimed for the target and not yet sent (waiting for a slot, or in flight).
     claimed: AtomicUsize,
     flow: Mutex<Flow>,
     /// The last egress verdict (when, refusal if any): classifying a host name costs a DNS
@@ -66,16 +70,31 @@ struct TargetRuntime {
     egress: Mutex<Option<(Instant, Option<String>)>>,
 }
 
-/// How soon a busy dispatcher looks for due work again without being woken.
+/// How soon to look again when due work was found but other replicas held all of it.
 const BUSY_RECHECK: Duration = Duration::from_millis(50);
+
+/// Targets with waiting work considered per claim round: far more than one process can serve
+/// at once; past it, targets later in key order wait for a round with fewer.
+const TARGETS_PER_ROUND: i64 = 10_000;
+
+/// Expired claims requeued per statement.
+const REQUEUE_BATCH: i64 = 1_000;
 
 /// How long an egress verdict is reused.
 const EGRESS_RECHECK: Duration = Duration::from_secs(30);
 
 impl TargetRuntime {
-    /// Claimed deliveries at which the target gets no more claims.
-    fn saturation(&self) -> usize {
-        self.settings.max_in_flight * 2
+    /// Claimed deliveries at which the target gets no more claims: a round of sends and three
+    /// waiting, so a fast target never idles while its next claim is made. One that is slow
+    /// does not hold them past their lease (see `deliver_to`).
+    fn ceiling(&self) -> usize {
+        self.settings.max_in_flight * 4
+    }
+
+    /// How many more deliveries the target may be given now.
+    fn room(&self) -> usize {
+        self.ceiling()
+            .saturating_sub(self.claimed.load(Ordering::Relaxed))
     }
 
     async fn egress_refusal(&self, target: &Target) -> Option<String> {
@@ -116,7 +135,7 @@ pub struct Dispatcher {
     options: DispatchOptions,
     targets: Mutex<HashMap<TargetKey, Arc<TargetRuntime>>>,
     claimed: Arc<Semaphore>,
-    wake: Notify,
+    wake: Arc<Notify>,
     recorder: AttemptRecorder,
 }
 
@@ -150,7 +169,7 @@ impl Dispatcher {
             claimed: Arc::new(Semaphore::new(options.max_claimed)),
             options,
             targets: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
         })
     }
 
@@ -158,22 +177,17 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>) {
         tokio::spawn(self.clone().listen());
         tokio::spawn(self.clone().report_backlog());
+        tokio::spawn(self.clone().requeue_expired());
         loop {
-            let claimed = self.claim_and_start().await;
-            if claimed == self.options.batch_size {
-                continue; // more is probably due
-            }
-            let wait = if claimed > 0 {
-                // Work is flowing: finished deliveries and notifications wake us; asking the
-                // database when the next retry is due would cost a query per claim.
-                BUSY_RECHECK
-            } else {
-                match self.until_next_due().await {
-                    // Work is due but none could be claimed: its targets are saturated (a
-                    // finished delivery wakes us) or another replica holds it. Do not spin.
-                    wait if wait <= Duration::from_millis(5) => self.options.safety_poll,
-                    wait => wait,
-                }
+            let wait = match self.claim_and_start().await {
+                Claim::Started => continue, // more may be due for targets that still have room
+                Claim::Contended => BUSY_RECHECK,
+                Claim::Idle { next_due } => next_due.map_or(self.options.safety_poll, |at| {
+                    (at - Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        .clamp(Duration::from_millis(1), self.options.safety_poll)
+                }),
             };
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -210,15 +224,22 @@ impl Dispatcher {
         }
     }
 
-    /// How long to sleep when no notification comes: until the next scheduled attempt, at most
-    /// the safety poll.
-    async fn until_next_due(&self) -> Duration {
-        let next = deliveries::next_due(&self.pool).await.unwrap_or(None);
-        let poll = self.options.safety_poll;
-        next.map_or(poll, |at| {
-            (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(poll)
-        })
-        .max(Duration::from_millis(5))
+    /// Puts deliveries whose claim expired back in the queue (their worker died): every
+    /// replica does this, so one that is left takes over the work of one that is gone.
+    async fn requeue_expired(self: Arc<Self>) {
+        loop {
+            match deliveries::requeue_expired(&self.pool, REQUEUE_BATCH).await {
+                Ok(0) => tokio::time::sleep(self.options.safety_poll).await,
+                Ok(requeued) => {
+                    tracing::info!(requeued, "requeued deliveries whose claim expired");
+                    self.wake.notify_one();
+                }
+                Err(err) => {
+                    tracing::warn!("cannot requeue expired claims: {err}");
+                    tokio::time::sleep(self.options.safety_poll).await;
+                }
+            }
+        }
     }
 
     /// This process's state for a target; started afresh when its flow settings change.
@@ -252,46 +273,89 @@ impl Dispatcher {
         runtime
     }
 
-    /// Targets this process will not take more work for now: paused in their spec, or already
-    /// holding twice their in-flight cap, so one slow target cannot take every slot.
-    fn unavailable_targets(&self) -> Vec<String> {
+    /// How many deliveries to claim for which target now: each target that is due, not paused
+    /// and configured here gets a fair share of this process's free slots, up to its room. Also
+    /// when the earliest target with room falls due, if none is due now.
+    fn plan_claims(&self, waiting: &[WaitingTarget]) -> (Vec<Share>, Option<chrono::DateTime<Utc>>) {
         let catalog = self.gateway.catalog();
-        let paused = catalog
-            .targets()
-            .filter(|(_, target)| target.spec.paused)
-            .map(|(namespace, target)| format!("{namespace}/{}/{}", target.kind.as_str(), target.name));
-        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        targets
-            .iter()
-            .filter(|(_, rt)| rt.claimed.load(Ordering::Relaxed) >= rt.saturation())
-            .map(|(key, _)| key.joined())
-            .chain(paused)
-            .collect()
+        let now = Utc::now();
+        let mut next_due = None;
+        let mut due = Vec::new();
+        for target in waiting.iter().filter(|t| !t.paused) {
+            let Some(configured) = catalog.target(&target.namespace, &target.target_kind, &target.target)
+            else {
+                continue; // not configured here (yet, or any more): the controller cancels it
+            };
+            if configured.spec.paused {
+                continue;
+            }
+            let key = target.key();
+            let runtime = self.runtime(&key, configured);
+            let room = runtime.room();
+            if room == 0 {
+                continue; // a send finishing wakes the claimer
+            }
+            if target.next_attempt_at > now {
+                next_due = Some(
+                    next_due.map_or(target.next_attempt_at, |at: chrono::DateTime<Utc>| {
+                        at.min(target.next_attempt_at)
+                    }),
+                );
+                continue;
+            }
+            due.push(Share {
+                key,
+                runtime,
+                room,
+                take: 0,
+            });
+        }
+        let budget = self.claimed.available_permits().min(self.options.batch_size);
+        (share(due, budget), next_due)
     }
 
-    async fn claim_and_start(self: &Arc<Self>) -> usize {
-        let available = self.claimed.available_permits().min(self.options.batch_size);
-        if available == 0 {
-            return 0;
+    async fn claim_and_start(self: &Arc<Self>) -> Claim {
+        let waiting = match deliveries::waiting_targets(&self.pool, TARGETS_PER_ROUND).await {
+            Ok(waiting) => waiting,
+            Err(err) => {
+                tracing::warn!("dispatcher cannot look for due deliveries: {err}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Claim::Contended;
+            }
+        };
+        let (wanted, next_due) = self.plan_claims(&waiting);
+        if wanted.is_empty() {
+            return Claim::Idle { next_due };
         }
-        let excluded = self.unavailable_targets();
+        let takes: Vec<(TargetKey, usize)> = wanted.iter().map(|s| (s.key.clone(), s.take)).collect();
         let lease = self.lease();
-        let batch = match deliveries::claim(&self.pool, available as i64, lease, &excluded).await {
+        // Taken before the database starts the lease, so it never ends later than this.
+        let lease_ends = Instant::now() + lease;
+        let batch = match deliveries::claim(&self.pool, &takes, lease).await {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!("dispatcher cannot claim deliveries: {err}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                return 0;
+                return Claim::Contended;
             }
         };
-        let count = batch.len();
+        if batch.is_empty() {
+            return Claim::Contended; // another replica took it first
+        }
+        let runtimes: HashMap<TargetKey, Arc<TargetRuntime>> =
+            wanted.into_iter().map(|s| (s.key, s.runtime)).collect();
         for delivery in batch {
             let Ok(permit) = self.claimed.clone().try_acquire_owned() else {
-                break;
+                break; // cannot happen: claims are planned within the free permits
             };
+            let Some(runtime) = runtimes.get(&delivery.target_key()) else {
+                continue; // cannot happen: only planned targets are claimed
+            };
+            // Counted now, so the next round's plan sees the room this one took.
+            let held = Held::new(runtime.clone(), self.wake.clone(), lease_ends);
             let this = self.clone();
             tokio::spawn(async move {
-                this.deliver(delivery).await;
+                this.deliver(delivery, held).await;
                 drop(permit);
                 // Claiming again pays off once a batch's worth of room is free.
                 if this.claimed.available_permits() == this.options.batch_size {
@@ -299,7 +363,7 @@ impl Dispatcher {
                 }
             });
         }
-        count
+        Claim::Started
     }
 
     /// The claim lease: longer than any target's timeout, plus the margin.
@@ -307,7 +371,7 @@ impl Dispatcher {
         self.gateway.catalog().max_timeout() + self.options.lease_margin
     }
 
-    async fn deliver(&self, delivery: Claimed) {
+    async fn deliver(&self, delivery: Claimed, held: Held) {
         let key = delivery.target_key();
         let catalog = self.gateway.catalog();
         let Some(target) = catalog.target(&key.namespace, &key.kind, &key.name) else {
@@ -321,13 +385,8 @@ impl Dispatcher {
                 .await;
             return;
         }
-        let runtime = self.runtime(&key, target);
-        runtime.claimed.fetch_add(1, Ordering::Relaxed);
-        self.deliver_to(&delivery, &key, target, &runtime).await;
-        if runtime.claimed.fetch_sub(1, Ordering::Relaxed) == runtime.saturation() {
-            // The target was excluded from claims until now.
-            self.wake.notify_one();
-        }
+        let runtime = held.runtime.clone();
+        self.deliver_to(&delivery, &key, target, &runtime, held).await;
     }
 
     async fn deliver_to(
@@ -336,6 +395,7 @@ impl Dispatcher {
         key: &TargetKey,
         target: &Target,
         runtime: &TargetRuntime,
+        held: Held,
     ) {
         let keys = match self.signing_keys(key, target).await {
             Ok(keys) => keys,
@@ -354,8 +414,20 @@ impl Dispatcher {
             self.release(delivery, Duration::from_secs(60), &refusal).await;
             return;
         }
-        let Ok(slot) = runtime.in_flight.acquire().await else {
-            return;
+        // A slot must come while the lease still covers the rate limit wait and the request;
+        // otherwise the delivery goes back to the queue, rather than be sent by two workers.
+        let slot_by = held
+            .lease_ends
+            .checked_sub(target.spec.timeout.get() + self.options.lease_margin / 2)
+            .unwrap_or_else(Instant::now);
+        let slot = match tokio::time::timeout_at(slot_by.into(), runtime.in_flight.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_closed)) => return,
+            Err(_late) => {
+                self.release(delivery, Duration::ZERO, "waited too long for a free slot")
+                    .await;
+                return;
+            }
         };
         // Rate limit first, then the breaker (admitting a half-open probe commits to sending it).
         let deadline = Instant::now() + self.options.lease_margin / 2;
@@ -396,8 +468,9 @@ impl Dispatcher {
             &keys,
         )
         .await;
-        // The cap is on requests to the target; recording happens outside it.
+        // The cap and the room are about requests to the target; recording happens outside.
         drop(slot);
+        drop(held);
         let status = sent.attempt.status_code.map(|s| s as u16);
         let verdict = policy::classify(status);
         let metrics = self.gateway.metrics();
@@ -531,4 +604,75 @@ impl Dispatcher {
             tracing::warn!(delivery = %delivery.id, "cannot release delivery: {err}");
         }
     }
+}
+
+/// What a claim round did.
+enum Claim {
+    /// Deliveries were claimed and are being sent.
+    Started,
+    /// Due work was found but not claimed (other replicas held it, or the database failed).
+    Contended,
+    /// Nothing is due for a target with room; the earliest such target falls due then.
+    Idle { next_due: Option<chrono::DateTime<Utc>> },
+}
+
+/// A delivery counted in its target's `claimed` until it is sent; the claimer is woken when the
+/// target is down to two rounds of sends, so its next ones are claimed in time.
+struct Held {
+    runtime: Arc<TargetRuntime>,
+    wake: Arc<Notify>,
+    /// When this process's claim on the delivery ends.
+    lease_ends: Instant,
+}
+
+impl Held {
+    fn new(runtime: Arc<TargetRuntime>, wake: Arc<Notify>, lease_ends: Instant) -> Self {
+        runtime.claimed.fetch_add(1, Ordering::Relaxed);
+        Self {
+            runtime,
+            wake,
+            lease_ends,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let before = self.runtime.claimed.fetch_sub(1, Ordering::Relaxed);
+        if before == self.runtime.settings.max_in_flight * 2 + 1 {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A due target's part in a claim round.
+struct Share {
+    key: TargetKey,
+    runtime: Arc<TargetRuntime>,
+    /// Deliveries it may still be given.
+    room: usize,
+    /// Deliveries it is given in this round.
+    take: usize,
+}
+
+/// Splits `budget` claims between due targets: a fair share each first (so one busy target
+/// cannot starve the rest), then what is left in order, each up to its room. Targets given
+/// nothing are dropped.
+fn share(mut due: Vec<Share>, budget: usize) -> Vec<Share> {
+    if due.is_empty() {
+        return due;
+    }
+    let fair = budget.div_ceil(due.len());
+    let mut left = budget;
+    for target in &mut due {
+        target.take = target.room.min(fair).min(left);
+        left -= target.take;
+    }
+    for target in &mut due {
+        let more = (target.room - target.take).min(left);
+        target.take += more;
+        left -= more;
+    }
+    due.retain(|target| target.take > 0);
+    due
 }

@@ -50,72 +50,129 @@ impl Claimed {
     }
 }
 
-/// Claims up to `limit` due deliveries (and any whose claim expired because a worker died),
-/// skipping rows other workers hold, targets paused at runtime, and targets in `excluded`
-/// (`TargetKey::joined`).
-pub async fn claim(
-    pool: &PgPool,
+/// A target with deliveries waiting (new or awaiting a retry), and when its earliest falls due.
+#[derive(Debug, sqlx::FromRow)]
+pub struct WaitingTarget {
+    pub namespace: String,
+    pub target_kind: String,
+    pub target: String,
+    pub next_attempt_at: DateTime<Utc>,
+    /// Paused at runtime for every replica (410 Gone, or from the console).
+    pub paused: bool,
+}
+
+impl WaitingTarget {
+    pub fn key(&self) -> TargetKey {
+        TargetKey {
+            namespace: self.namespace.clone(),
+            kind: self.target_kind.clone(),
+            name: self.target.clone(),
+        }
+    }
+}
+
+/// Targets with waiting deliveries, at most `limit` (in key order), with the earliest due time
+/// of each. One index probe per target (a skip scan over `deliveries_waiting`), however many
+/// deliveries each holds.
+pub async fn waiting_targets<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     limit: i64,
-    lease: Duration,
-    excluded: &[String],
-) -> sqlx::Result<Vec<Claimed>> {
+) -> sqlx::Result<Vec<WaitingTarget>> {
+    // The limit is also what makes Postgres plan this statement for the table as it is: a
+    // statement without parameters keeps the plan it got first, maybe on an empty table.
     sqlx::query_as(
         r#"
-        -- Expired leases and due work are found apart, each by its partial index in order, so a
-        -- claim reads about as many rows as it takes however long the queue is.
-        WITH expired AS (
-            SELECT id FROM deliveries d
-            WHERE status = 'in_flight' AND lease_until < now()
-              AND NOT (namespace || '/' || target_kind || '/' || target = ANY ($3))
-              AND NOT EXISTS (
-                  SELECT 1 FROM target_states t
-                  WHERE t.namespace = d.namespace AND t.target_kind = d.target_kind AND t.target = d.target
-                    AND t.paused_reason IS NOT NULL)
-            ORDER BY lease_until
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
-        ), waiting AS (
-            SELECT id FROM deliveries d
-            WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
-              AND NOT (namespace || '/' || target_kind || '/' || target = ANY ($3))
-              AND NOT EXISTS (
-                  SELECT 1 FROM target_states t
-                  WHERE t.namespace = d.namespace AND t.target_kind = d.target_kind AND t.target = d.target
-                    AND t.paused_reason IS NOT NULL)
-            ORDER BY next_attempt_at
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
+        WITH RECURSIVE waiting AS (
+            (SELECT namespace, target_kind, target, next_attempt_at FROM deliveries
+             WHERE status IN ('pending', 'failed')
+             ORDER BY namespace, target_kind, target, next_attempt_at
+             LIMIT 1)
+            UNION ALL
+            SELECT next.* FROM waiting w CROSS JOIN LATERAL (
+                SELECT namespace, target_kind, target, next_attempt_at FROM deliveries d
+                WHERE d.status IN ('pending', 'failed')
+                  AND (d.namespace, d.target_kind, d.target) > (w.namespace, w.target_kind, w.target)
+                ORDER BY namespace, target_kind, target, next_attempt_at
+                LIMIT 1
+            ) next
+        )
+        SELECT w.namespace, w.target_kind, w.target, w.next_attempt_at,
+               t.paused_reason IS NOT NULL AS paused
+        FROM (SELECT * FROM waiting LIMIT $1) w
+        LEFT JOIN target_states t USING (namespace, target_kind, target)
+        "#,
+    )
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Claims due deliveries, up to a number per target, oldest first within each target, skipping
+/// rows other workers hold and targets paused at runtime. Each target's rows are read through
+/// its own range of `deliveries_waiting`, so a claim reads about as many rows as it takes.
+pub async fn claim<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    wanted: &[(TargetKey, usize)],
+    lease: Duration,
+) -> sqlx::Result<Vec<Claimed>> {
+    let column = |f: fn(&TargetKey) -> &str| wanted.iter().map(|(key, _)| f(key)).collect::<Vec<_>>();
+    sqlx::query_as(
+        r#"
+        WITH wanted AS (
+            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                AS w (namespace, target_kind, target, take)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM target_states t
+                WHERE t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target
+                  AND t.paused_reason IS NOT NULL)
         ), due AS (
-            -- Expired leases first; waiting rows past the limit stay as they are.
-            SELECT id FROM expired UNION ALL SELECT id FROM waiting LIMIT $1
+            SELECT d.id FROM wanted w CROSS JOIN LATERAL (
+                SELECT id FROM deliveries d
+                WHERE d.namespace = w.namespace AND d.target_kind = w.target_kind AND d.target = w.target
+                  AND d.status IN ('pending', 'failed') AND d.next_attempt_at <= now()
+                ORDER BY d.next_attempt_at
+                LIMIT w.take
+                FOR UPDATE SKIP LOCKED
+            ) d
+            -- Never more than all takes together; a known bound lets the planner look the
+            -- claimed rows up by key instead of hashing the whole table.
+            LIMIT $6
         )
         UPDATE deliveries d
-        SET status = 'in_flight', lease_until = now() + $2 * interval '1 millisecond', updated_at = now()
+        SET status = 'in_flight', lease_until = now() + $5 * interval '1 millisecond', updated_at = now()
         FROM due, events e
         WHERE d.id = due.id AND e.id = d.event_id
         RETURNING d.id, d.namespace, d.target_kind, d.target, d.attempts, e.source, e.event_type, e.body,
                   e.headers ->> 'content-type' AS content_type, e.received_at
         "#,
     )
-    .bind(limit)
+    .bind(column(|k| &k.namespace))
+    .bind(column(|k| &k.kind))
+    .bind(column(|k| &k.name))
+    .bind(wanted.iter().map(|(_, take)| *take as i64).collect::<Vec<_>>())
     .bind(lease.as_millis() as i64)
-    .bind(excluded)
-    .fetch_all(pool)
+    .bind(wanted.iter().map(|(_, take)| *take as i64).sum::<i64>())
+    .fetch_all(executor)
     .await
 }
 
-/// When the next delivery falls due (targets paused at runtime excluded).
-pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(
-        "SELECT min(next_attempt_at) FROM deliveries d
-         WHERE status IN ('pending', 'failed') AND next_attempt_at < 'infinity'
-           AND NOT EXISTS (
-               SELECT 1 FROM target_states t
-               WHERE t.namespace = d.namespace AND t.target_kind = d.target_kind AND t.target = d.target
-                 AND t.paused_reason IS NOT NULL)",
+/// Puts deliveries whose claim expired (their worker died, or lost the database) back in the
+/// queue, due now; at most `limit` per call. Returns how many.
+pub async fn requeue_expired(pool: &PgPool, limit: i64) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE deliveries
+         SET status = CASE WHEN attempts = 0 THEN 'pending' ELSE 'failed' END,
+             next_attempt_at = now(), lease_until = NULL, updated_at = now()
+         WHERE id IN (SELECT id FROM deliveries
+                      WHERE status = 'in_flight' AND lease_until < now()
+                      ORDER BY lease_until
+                      LIMIT $1
+                      FOR UPDATE SKIP LOCKED)",
     )
-    .fetch_one(pool)
-    .await
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
 }
 
 /// One HTTP attempt, as recorded.
@@ -279,14 +336,8 @@ pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sq
     Ok(())
 }
 
-/// Deliveries parked or unparked per statement, so pausing a target with a large backlog never
-/// holds many row locks at once.
-const PARK_BATCH: i64 = 5_000;
-
 /// Pauses a target for every replica (the endpoint answered 410 Gone, or an operator asked).
-/// Its waiting deliveries are parked at `infinity`, out of the due range, so however large its
-/// backlog grows, finding other targets' due work never scans it. Rows locked at that moment are
-/// left as they are; the claim query skips paused targets' rows anyway.
+/// Its deliveries keep their place and schedule; claims skip the target until it is resumed.
 pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO target_states (namespace, target_kind, target, paused_reason, paused_at)
@@ -300,63 +351,26 @@ pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sq
     .bind(reason)
     .execute(pool)
     .await?;
-    // New deliveries for the target are parked as they are created (see events::insert_events).
-    repark(
-        pool,
-        target,
-        "UPDATE deliveries SET next_attempt_at = 'infinity', updated_at = now()
-         WHERE id IN (SELECT id FROM deliveries
-                      WHERE namespace = $1 AND target_kind = $2 AND target = $3
-                        AND status IN ('pending', 'failed') AND next_attempt_at < 'infinity'
-                      LIMIT $4 FOR UPDATE SKIP LOCKED)",
-    )
-    .await
+    Ok(())
 }
 
-/// Resumes a paused target: its parked deliveries are due now.
+/// Resumes a paused target and wakes the dispatchers: what fell due meanwhile is sent now,
+/// later retries keep their schedule.
 pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE target_states SET paused_reason = NULL, paused_at = NULL
-         WHERE namespace = $1 AND target_kind = $2 AND target = $3",
+        "WITH resumed AS (
+             UPDATE target_states SET paused_reason = NULL, paused_at = NULL
+             WHERE namespace = $1 AND target_kind = $2 AND target = $3
+         )
+         SELECT pg_notify($4, '')",
     )
     .bind(&target.namespace)
     .bind(&target.kind)
     .bind(&target.name)
+    .bind(super::events::DELIVERIES_CHANNEL)
     .execute(pool)
     .await?;
-    // Every parked row must come back, so locked ones are waited for, not skipped.
-    repark(
-        pool,
-        target,
-        "UPDATE deliveries SET next_attempt_at = now(), updated_at = now()
-         WHERE id IN (SELECT id FROM deliveries
-                      WHERE namespace = $1 AND target_kind = $2 AND target = $3
-                        AND status IN ('pending', 'failed') AND next_attempt_at = 'infinity'
-                      LIMIT $4)",
-    )
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(super::events::DELIVERIES_CHANNEL)
-        .execute(pool)
-        .await?;
     Ok(())
-}
-
-/// Runs a parking statement batch after batch until it changes nothing.
-async fn repark(pool: &PgPool, target: &TargetKey, statement: &'static str) -> sqlx::Result<()> {
-    loop {
-        let changed = sqlx::query(statement)
-            .bind(&target.namespace)
-            .bind(&target.kind)
-            .bind(&target.name)
-            .bind(PARK_BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        if changed < PARK_BATCH as u64 {
-            return Ok(());
-        }
-    }
 }
 
 /// Deliveries waiting to be sent (pending or awaiting a retry).

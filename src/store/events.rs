@@ -101,12 +101,7 @@ async fn insert_events<'e>(
             RETURNING id, namespace
         ), delivery AS (
             INSERT INTO deliveries (id, event_id, namespace, target_kind, target, next_attempt_at)
-            SELECT d.id, event.id, event.namespace, d.kind, d.target,
-                   -- A paused target's deliveries are parked (see deliveries::pause_target).
-                   CASE WHEN EXISTS (SELECT 1 FROM target_states t
-                                     WHERE t.namespace = event.namespace AND t.target_kind = d.kind
-                                       AND t.target = d.target AND t.paused_reason IS NOT NULL)
-                        THEN 'infinity'::timestamptz ELSE now() END
+            SELECT d.id, event.id, event.namespace, d.kind, d.target, now()
             FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[]) AS d (event_id, id, kind, target)
             JOIN event ON event.id = d.event_id
             RETURNING 1

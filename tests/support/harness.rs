@@ -29,10 +29,18 @@ pub async fn harness(yaml: &str) -> Harness {
 }
 
 pub async fn harness_with(yaml: &str, options: GatewayOptions) -> Harness {
+    harness_with_dispatch(yaml, options, test_dispatch_options()).await
+}
+
+pub async fn harness_with_dispatch(
+    yaml: &str,
+    options: GatewayOptions,
+    dispatch: DispatchOptions,
+) -> Harness {
     let sink = Sink::start().await;
     let pool = hookline::store::connect_lazy(&super::fresh_database().await, 16).expect("pool");
     hookline::store::migrate(&pool).await.expect("migrate");
-    let base = start_gateway_with(&pool, &yaml.replace("{SINK}", &sink.base), options).await;
+    let base = start_gateway_dispatching(&pool, &yaml.replace("{SINK}", &sink.base), options, dispatch).await;
     Harness {
         base,
         pool,
@@ -54,7 +62,24 @@ pub async fn start_gateway(pool: &PgPool, yaml: &str) -> String {
     start_gateway_with(pool, yaml, test_options()).await
 }
 
+/// The dispatcher options of the harness gateways: a short safety poll.
+pub fn test_dispatch_options() -> DispatchOptions {
+    DispatchOptions {
+        safety_poll: Duration::from_millis(500),
+        ..DispatchOptions::default()
+    }
+}
+
 pub async fn start_gateway_with(pool: &PgPool, yaml: &str, options: GatewayOptions) -> String {
+    start_gateway_dispatching(pool, yaml, options, test_dispatch_options()).await
+}
+
+pub async fn start_gateway_dispatching(
+    pool: &PgPool,
+    yaml: &str,
+    options: GatewayOptions,
+    dispatch: DispatchOptions,
+) -> String {
     let mut config = Config::default();
     load_text(yaml, Path::new("test"), &mut config).expect("config");
     let gateway = Gateway::new(pool.clone(), options);
@@ -64,11 +89,7 @@ pub async fn start_gateway_with(pool: &PgPool, yaml: &str, options: GatewayOptio
         &config.secrets,
         GeneratedSecrets::InDatabase,
     ));
-    let options = DispatchOptions {
-        safety_poll: Duration::from_millis(500),
-        ..DispatchOptions::default()
-    };
-    tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), options).run());
+    tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), dispatch).run());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
