@@ -166,7 +166,8 @@ pub(super) async fn publish(
     match stored {
         Ok(Published::Stored(stored)) => {
             if let Stored::New { deliveries } = stored {
-                tracing::info!(namespace = %namespace, event_type = %request.event_type, deliveries, "event published");
+                // Debug, as for inbound events: the delivery log and the metrics have each one.
+                tracing::debug!(namespace = %namespace, event_type = %request.event_type, deliveries, "event published");
             }
             let mut response = respond(answer(&stored));
             if stored == Stored::Duplicate {
