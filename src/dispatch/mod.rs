@@ -4,6 +4,7 @@
 //! a target that has room again and by a timer for the next scheduled retry, and sends each
 //! delivery under its target's circuit breaker, rate limit and in-flight cap.
 
+mod agenda;
 mod breaker;
 pub mod egress;
 mod policy;
@@ -22,12 +23,11 @@ use tokio::sync::{Notify, Semaphore};
 use crate::api::{CircuitBreaker, CircuitState, RateLimit};
 use crate::gateway::Gateway;
 use crate::gateway::catalog::Target;
-use crate::store::deliveries::{
-    self, After, AttemptRecord, AttemptRecorder, Claimed, TargetKey, WaitingTarget,
-};
+use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, TargetKey};
 use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::metrics::TargetLabels;
 use crate::verify::{SigningKey, standard_webhooks};
+use agenda::Agenda;
 use breaker::{Admission, Breaker, TokenBucket};
 use policy::Verdict;
 
@@ -42,7 +42,7 @@ pub struct DispatchOptions {
     pub lease_margin: Duration,
     /// Upper bound on a receiver's Retry-After.
     pub max_retry_after: Duration,
-    /// How often to look for due work when no notification arrives, and for expired claims.
+    /// How often to look for expired claims.
     pub safety_poll: Duration,
 }
 
@@ -136,6 +136,7 @@ pub struct Dispatcher {
     targets: Mutex<HashMap<TargetKey, Arc<TargetRuntime>>>,
     claimed: Arc<Semaphore>,
     wake: Arc<Notify>,
+    agenda: Mutex<Agenda>,
     recorder: AttemptRecorder,
 }
 
@@ -170,6 +171,7 @@ impl Dispatcher {
             options,
             targets: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
+            agenda: Mutex::new(Agenda::default()),
         })
     }
 
@@ -182,11 +184,11 @@ impl Dispatcher {
             let wait = match self.claim_and_start().await {
                 Claim::Started => continue, // more may be due for targets that still have room
                 Claim::Contended => BUSY_RECHECK,
-                Claim::Idle { next_due } => next_due.map_or(self.options.safety_poll, |at| {
+                Claim::Idle { next_due } => next_due.map_or(agenda::RESCAN_EVERY, |at| {
                     (at - Utc::now())
                         .to_std()
                         .unwrap_or(Duration::ZERO)
-                        .clamp(Duration::from_millis(1), self.options.safety_poll)
+                        .clamp(Duration::from_millis(1), agenda::RESCAN_EVERY)
                 }),
             };
             tokio::select! {
@@ -203,8 +205,12 @@ impl Dispatcher {
             match PgListener::connect_with(&self.pool).await {
                 Ok(mut listener) => {
                     if listener.listen(DELIVERIES_CHANNEL).await.is_ok() {
+                        // Notifications may have been missed meanwhile.
+                        self.agenda().invalidate();
                         self.wake.notify_one();
-                        while listener.recv().await.is_ok() {
+                        while let Ok(notification) = listener.recv().await {
+                            self.agenda()
+                                .note_notification(notification.payload(), Utc::now());
                             self.wake.notify_one();
                         }
                     }
@@ -232,6 +238,7 @@ impl Dispatcher {
                 Ok(0) => tokio::time::sleep(self.options.safety_poll).await,
                 Ok(requeued) => {
                     tracing::info!(requeued, "requeued deliveries whose claim expired");
+                    self.agenda().invalidate();
                     self.wake.notify_one();
                 }
                 Err(err) => {
@@ -273,38 +280,36 @@ impl Dispatcher {
         runtime
     }
 
+    fn agenda(&self) -> std::sync::MutexGuard<'_, Agenda> {
+        self.agenda.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// How many deliveries to claim for which target now: each target that is due, not paused
     /// and configured here gets a fair share of this process's free slots, up to its room. Also
     /// when the earliest target with room falls due, if none is due now.
-    fn plan_claims(&self, waiting: &[WaitingTarget]) -> (Vec<Share>, Option<chrono::DateTime<Utc>>) {
+    fn plan_claims(&self) -> (Vec<Share>, Option<chrono::DateTime<Utc>>) {
         let catalog = self.gateway.catalog();
         let now = Utc::now();
         let mut next_due = None;
         let mut due = Vec::new();
-        for target in waiting.iter().filter(|t| !t.paused) {
-            let Some(configured) = catalog.target(&target.namespace, &target.target_kind, &target.target)
-            else {
+        for (key, entry) in self.agenda().targets().filter(|(_, e)| !e.paused) {
+            let Some(configured) = catalog.target(&key.namespace, &key.kind, &key.name) else {
                 continue; // not configured here (yet, or any more): the controller cancels it
             };
             if configured.spec.paused {
                 continue;
             }
-            let key = target.key();
-            let runtime = self.runtime(&key, configured);
+            let runtime = self.runtime(key, configured);
             let room = runtime.room();
             if room == 0 {
                 continue; // a send finishing wakes the claimer
             }
-            if target.next_attempt_at > now {
-                next_due = Some(
-                    next_due.map_or(target.next_attempt_at, |at: chrono::DateTime<Utc>| {
-                        at.min(target.next_attempt_at)
-                    }),
-                );
+            if entry.due > now {
+                next_due = Some(next_due.map_or(entry.due, |at: chrono::DateTime<Utc>| at.min(entry.due)));
                 continue;
             }
             due.push(Share {
-                key,
+                key: key.clone(),
                 runtime,
                 room,
                 take: 0,
@@ -315,22 +320,35 @@ impl Dispatcher {
     }
 
     async fn claim_and_start(self: &Arc<Self>) -> Claim {
-        let waiting = match deliveries::waiting_targets(&self.pool, TARGETS_PER_ROUND).await {
-            Ok(waiting) => waiting,
-            Err(err) => {
-                tracing::warn!("dispatcher cannot look for due deliveries: {err}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return Claim::Contended;
+        let scan = {
+            let mut agenda = self.agenda();
+            let now = Instant::now();
+            let needed = agenda.needs_scan(now);
+            if needed {
+                agenda.scan_started(now);
             }
+            needed
         };
-        let (wanted, next_due) = self.plan_claims(&waiting);
+        if scan {
+            match deliveries::waiting_targets(&self.pool, TARGETS_PER_ROUND).await {
+                Ok(waiting) => self.agenda().replace(waiting),
+                Err(err) => {
+                    tracing::warn!("dispatcher cannot look for due deliveries: {err}");
+                    self.agenda().invalidate();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return Claim::Contended;
+                }
+            }
+        }
+        let (wanted, next_due) = self.plan_claims();
         if wanted.is_empty() {
             return Claim::Idle { next_due };
         }
         let takes: Vec<(TargetKey, usize)> = wanted.iter().map(|s| (s.key.clone(), s.take)).collect();
         let lease = self.lease();
         // Taken before the database starts the lease, so it never ends later than this.
-        let lease_ends = Instant::now() + lease;
+        let claimed_at = Instant::now();
+        let lease_ends = claimed_at + lease;
         let batch = match deliveries::claim(&self.pool, &takes, lease).await {
             Ok(batch) => batch,
             Err(err) => {
@@ -340,16 +358,22 @@ impl Dispatcher {
             }
         };
         if batch.is_empty() {
-            return Claim::Contended; // another replica took it first
+            // Nothing was due after all (another replica took it, or a pause came first).
+            let mut agenda = self.agenda();
+            for share in &wanted {
+                agenda.exhausted(&share.key, claimed_at);
+            }
+            return Claim::Contended;
         }
-        let runtimes: HashMap<TargetKey, Arc<TargetRuntime>> =
-            wanted.into_iter().map(|s| (s.key, s.runtime)).collect();
+        let mut shares: HashMap<TargetKey, (Arc<TargetRuntime>, usize)> =
+            wanted.into_iter().map(|s| (s.key, (s.runtime, s.take))).collect();
         for delivery in batch {
+            let Some((runtime, left)) = shares.get_mut(&delivery.target_key()) else {
+                continue; // cannot happen: only planned targets are claimed
+            };
+            *left = left.saturating_sub(1);
             let Ok(permit) = self.claimed.clone().try_acquire_owned() else {
                 break; // cannot happen: claims are planned within the free permits
-            };
-            let Some(runtime) = runtimes.get(&delivery.target_key()) else {
-                continue; // cannot happen: only planned targets are claimed
             };
             // Counted now, so the next round's plan sees the room this one took.
             let held = Held::new(runtime.clone(), self.wake.clone(), lease_ends);
@@ -362,6 +386,11 @@ impl Dispatcher {
                     this.wake.notify_one();
                 }
             });
+        }
+        // A target that gave less than asked has nothing more due now.
+        let mut agenda = self.agenda();
+        for (key, _) in shares.iter().filter(|(_, (_, left))| *left > 0) {
+            agenda.exhausted(key, claimed_at);
         }
         Claim::Started
     }
@@ -536,6 +565,9 @@ impl Dispatcher {
             tracing::warn!(delivery = %delivery.id, "cannot record attempt: {err}");
             return;
         }
+        if let After::RetryAt(at) = after {
+            self.agenda().note(key.clone(), at);
+        }
         match after {
             After::Succeeded => {
                 let latency = (Utc::now() - delivery.received_at).to_std().unwrap_or_default();
@@ -600,8 +632,9 @@ impl Dispatcher {
 
     async fn release(&self, delivery: &Claimed, after: Duration, reason: &str) {
         let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-        if let Err(err) = deliveries::release(&self.pool, delivery.id, at, reason).await {
-            tracing::warn!(delivery = %delivery.id, "cannot release delivery: {err}");
+        match deliveries::release(&self.pool, delivery.id, at, reason).await {
+            Ok(()) => self.agenda().note(delivery.target_key(), at),
+            Err(err) => tracing::warn!(delivery = %delivery.id, "cannot release delivery: {err}"),
         }
     }
 }

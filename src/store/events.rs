@@ -38,7 +38,9 @@ pub enum Stored {
 }
 
 /// Channel dispatchers LISTEN on; notified in the same statement as the insert, so the
-/// notification is delivered exactly when the rows are committed.
+/// notification is delivered exactly when the rows are committed. The payload names the targets
+/// with new deliveries (`namespace/kind/name`, one a line); an empty one means "look at the
+/// whole queue".
 pub const DELIVERIES_CHANNEL: &str = "hookline_deliveries";
 
 /// Events written concurrently share commits.
@@ -104,11 +106,17 @@ async fn insert_events<'e>(
             SELECT d.id, event.id, event.namespace, d.kind, d.target, now()
             FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[]) AS d (event_id, id, kind, target)
             JOIN event ON event.id = d.event_id
-            RETURNING 1
+            RETURNING namespace, target_kind, target
+        ), targets AS (
+            SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
+            FROM delivery
         )
         SELECT
             ARRAY(SELECT id FROM event),
-            (CASE WHEN EXISTS (SELECT 1 FROM delivery) THEN pg_notify($13, '') END) IS NULL
+            -- The notification names the targets, one a line; too many for a payload (under
+            -- 8000 bytes), it names none, which asks the dispatchers for a scan of the queue.
+            (SELECT pg_notify($13, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END)
+             FROM targets WHERE names IS NOT NULL) IS NULL
         "#,
     )
     .bind(order.iter().map(|e| e.id).collect::<Vec<_>>())
