@@ -73,8 +73,9 @@ struct TargetRuntime {
 /// How soon to look again when due work was found but other replicas held all of it.
 const BUSY_RECHECK: Duration = Duration::from_millis(50);
 
-/// Targets with waiting work considered per claim round: far more than one process can serve
-/// at once; past it, targets later in key order wait for a round with fewer.
+/// Targets with waiting work read per scan of the queue: far more than one process can serve
+/// at once; past it, targets later in key order are known only from notifications and notes
+/// until a scan finds fewer.
 const TARGETS_PER_ROUND: i64 = 10_000;
 
 /// Expired claims requeued per statement.

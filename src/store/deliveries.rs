@@ -17,13 +17,6 @@ pub struct TargetKey {
     pub name: String,
 }
 
-impl TargetKey {
-    /// The form the claim query compares against: `namespace/kind/name`.
-    pub fn joined(&self) -> String {
-        format!("{}/{}/{}", self.namespace, self.kind, self.name)
-    }
-}
-
 /// A delivery taken for sending, with what is needed to send it.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Claimed {
