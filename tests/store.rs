@@ -422,3 +422,42 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
         "no statement read the whole deliveries table"
     );
 }
+
+/// A version before migration 0004 parked a paused target's rows at 'infinity'; one may still
+/// do so during a rolling upgrade. Such rows are left out of the queue scan (no time can hold
+/// them) and resuming the target makes them due.
+#[tokio::test]
+async fn rows_parked_by_an_older_version_come_back_on_resume() {
+    use hookline::store::deliveries::{claim, pause_target, resume_target, waiting_targets};
+    use hookline::store::events::event_writer;
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let writer = event_writer(pool.clone());
+    writer
+        .submit(new_event("evt_parked", "invoice.paid", "stripe/old"))
+        .await
+        .expect("store");
+    pause_target(&pool, &handler("stripe/old"), "paused by an older replica")
+        .await
+        .expect("pause");
+    sqlx::query("UPDATE deliveries SET next_attempt_at = 'infinity'")
+        .execute(&pool)
+        .await
+        .expect("park as before 0004");
+
+    let waiting = waiting_targets(&pool, 100)
+        .await
+        .expect("the scan reads past parked rows");
+    assert!(waiting.is_empty(), "{waiting:?}");
+    resume_target(&pool, &handler("stripe/old"))
+        .await
+        .expect("resume");
+    let taken = claim(
+        &pool,
+        &[(handler("stripe/old"), 10)],
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("claim");
+    assert_eq!(taken.len(), 1, "the parked delivery is due again");
+}

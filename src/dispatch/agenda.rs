@@ -56,8 +56,9 @@ impl Agenda {
     }
 
     /// Takes a scan's result. What was learnt since the scan started is kept: the scan's
-    /// snapshot may be older than it.
-    pub fn replace(&mut self, waiting: Vec<WaitingTarget>) {
+    /// snapshot may be older than it. A scan cut short by its limit (`complete` false) has not
+    /// seen every target, so it forgets none.
+    pub fn replace(&mut self, waiting: Vec<WaitingTarget>, complete: bool) {
         let started = self.scanned.unwrap_or_else(Instant::now);
         let mut targets: HashMap<TargetKey, Entry> = waiting
             .into_iter()
@@ -70,7 +71,11 @@ impl Agenda {
                 (t.key(), entry)
             })
             .collect();
-        for (key, learnt) in self.targets.drain().filter(|(_, e)| e.noted > started) {
+        for (key, learnt) in self
+            .targets
+            .drain()
+            .filter(|(_, e)| !complete || e.noted > started)
+        {
             let entry = targets.entry(key).or_insert(learnt);
             entry.due = entry.due.min(learnt.due);
         }
@@ -170,7 +175,7 @@ mod tests {
         let mut agenda = Agenda::default();
         let now = Utc::now();
         agenda.scan_started(Instant::now());
-        agenda.replace(Vec::new());
+        agenda.replace(Vec::new(), true);
         assert!(!agenda.needs_scan(Instant::now()));
         agenda.note_notification("shop/handler/stripe/billing\nshop/subscription/crm", now);
         assert_eq!(due_of(&agenda, "stripe/billing"), Some(now));
@@ -192,12 +197,19 @@ mod tests {
         // Learnt while the scan ran: due now, though the scan saw only a later retry.
         std::thread::sleep(Duration::from_millis(2));
         agenda.note(key("a"), now);
-        agenda.replace(vec![waiting("a", later), waiting("b", later)]);
+        agenda.replace(vec![waiting("a", later), waiting("b", later)], true);
         assert_eq!(due_of(&agenda, "a"), Some(now));
         assert_eq!(due_of(&agenda, "b"), Some(later));
         // Learnt before the scan started: the scan is newer and wins.
         agenda.scan_started(Instant::now());
-        agenda.replace(vec![waiting("b", later)]);
+        agenda.replace(vec![waiting("b", later)], false);
+        assert_eq!(
+            due_of(&agenda, "a"),
+            Some(now),
+            "a scan cut short forgets nothing"
+        );
+        agenda.scan_started(Instant::now());
+        agenda.replace(vec![waiting("b", later)], true);
         assert_eq!(due_of(&agenda, "a"), None);
     }
 

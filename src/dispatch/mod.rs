@@ -74,8 +74,8 @@ struct TargetRuntime {
 const BUSY_RECHECK: Duration = Duration::from_millis(50);
 
 /// Targets with waiting work read per scan of the queue: far more than one process can serve
-/// at once; past it, targets later in key order are known only from notifications and notes
-/// until a scan finds fewer.
+/// at once. Past it, targets later in key order are known from notifications and notes only
+/// (a scan that stops there does not forget them) until a scan finds fewer.
 const TARGETS_PER_ROUND: i64 = 10_000;
 
 /// Expired claims requeued per statement.
@@ -209,9 +209,16 @@ impl Dispatcher {
                         // Notifications may have been missed meanwhile.
                         self.agenda().invalidate();
                         self.wake.notify_one();
-                        while let Ok(notification) = listener.recv().await {
-                            self.agenda()
-                                .note_notification(notification.payload(), Utc::now());
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(notification)) => self
+                                    .agenda()
+                                    .note_notification(notification.payload(), Utc::now()),
+                                // The connection was lost and is made again: notifications
+                                // sent meanwhile are gone, so the queue is scanned.
+                                Ok(None) => self.agenda().invalidate(),
+                                Err(_) => break,
+                            }
                             self.wake.notify_one();
                         }
                     }
@@ -332,7 +339,10 @@ impl Dispatcher {
         };
         if scan {
             match deliveries::waiting_targets(&self.pool, TARGETS_PER_ROUND).await {
-                Ok(waiting) => self.agenda().replace(waiting),
+                Ok(waiting) => {
+                    let complete = waiting.len() < TARGETS_PER_ROUND as usize;
+                    self.agenda().replace(waiting, complete)
+                }
                 Err(err) => {
                     tracing::warn!("dispatcher cannot look for due deliveries: {err}");
                     self.agenda().invalidate();
@@ -451,16 +461,22 @@ impl Dispatcher {
             .checked_sub(target.spec.timeout.get() + self.options.lease_margin / 2)
             .unwrap_or_else(Instant::now);
         let slot = match tokio::time::timeout_at(slot_by.into(), runtime.in_flight.acquire()).await {
-            Ok(Ok(slot)) => slot,
+            // A free slot is taken even past the deadline (the timer is checked second).
+            Ok(Ok(slot)) if Instant::now() < slot_by => slot,
             Ok(Err(_closed)) => return,
-            Err(_late) => {
+            Ok(Ok(_)) | Err(_) => {
                 self.release(delivery, Duration::ZERO, "waited too long for a free slot")
                     .await;
                 return;
             }
         };
         // Rate limit first, then the breaker (admitting a half-open probe commits to sending it).
-        let deadline = Instant::now() + self.options.lease_margin / 2;
+        // Waiting for the rate limit, too, must leave the lease room for the request.
+        let deadline = (Instant::now() + self.options.lease_margin / 2).min(
+            held.lease_ends
+                .checked_sub(target.spec.timeout.get())
+                .unwrap_or_else(Instant::now),
+        );
         loop {
             let now = Instant::now();
             let gate = {

@@ -76,14 +76,16 @@ pub async fn waiting_targets<'e>(
     sqlx::query_as(
         r#"
         WITH RECURSIVE waiting AS (
+            -- Rows parked at 'infinity' by versions before 0004 (still running during an
+            -- upgrade) are left out: no time can hold them; resuming the target unparks them.
             (SELECT namespace, target_kind, target, next_attempt_at FROM deliveries
-             WHERE status IN ('pending', 'failed')
+             WHERE status IN ('pending', 'failed') AND next_attempt_at < 'infinity'
              ORDER BY namespace, target_kind, target, next_attempt_at
              LIMIT 1)
             UNION ALL
             SELECT next.* FROM waiting w CROSS JOIN LATERAL (
                 SELECT namespace, target_kind, target, next_attempt_at FROM deliveries d
-                WHERE d.status IN ('pending', 'failed')
+                WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at < 'infinity'
                   AND (d.namespace, d.target_kind, d.target) > (w.namespace, w.target_kind, w.target)
                 ORDER BY namespace, target_kind, target, next_attempt_at
                 LIMIT 1
@@ -354,6 +356,11 @@ pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()
         "WITH resumed AS (
              UPDATE target_states SET paused_reason = NULL, paused_at = NULL
              WHERE namespace = $1 AND target_kind = $2 AND target = $3
+         ), unparked AS (
+             -- Parked by a version before 0004 during an upgrade.
+             UPDATE deliveries SET next_attempt_at = now()
+             WHERE namespace = $1 AND target_kind = $2 AND target = $3
+               AND status IN ('pending', 'failed') AND next_attempt_at = 'infinity'
          )
          SELECT pg_notify($4, '')",
     )
