@@ -379,7 +379,8 @@ impl Dispatcher {
         let mut shares: HashMap<TargetKey, (Arc<TargetRuntime>, usize)> =
             wanted.into_iter().map(|s| (s.key, (s.runtime, s.take))).collect();
         for delivery in batch {
-            let Some((runtime, left)) = shares.get_mut(&delivery.target_key()) else {
+            let key = delivery.target_key();
+            let Some((runtime, left)) = shares.get_mut(&key) else {
                 continue; // cannot happen: only planned targets are claimed
             };
             *left = left.saturating_sub(1);
@@ -390,7 +391,7 @@ impl Dispatcher {
             let held = Held::new(runtime.clone(), self.wake.clone(), lease_ends);
             let this = self.clone();
             tokio::spawn(async move {
-                this.deliver(delivery, held).await;
+                this.deliver(delivery, key, held).await;
                 drop(permit);
                 // Claiming again pays off once a batch's worth of room is free.
                 if this.claimed.available_permits() == this.options.batch_size {
@@ -411,8 +412,7 @@ impl Dispatcher {
         self.gateway.catalog().max_timeout() + self.options.lease_margin
     }
 
-    async fn deliver(&self, delivery: Claimed, held: Held) {
-        let key = delivery.target_key();
+    async fn deliver(&self, delivery: Claimed, key: TargetKey, held: Held) {
         let catalog = self.gateway.catalog();
         let Some(target) = catalog.target(&key.namespace, &key.kind, &key.name) else {
             // Not configured here (yet, or any more): leave it for the controller to cancel.
@@ -456,10 +456,7 @@ impl Dispatcher {
         }
         // A slot must come while the lease still covers the rate limit wait and the request;
         // otherwise the delivery goes back to the queue, rather than be sent by two workers.
-        let slot_by = held
-            .lease_ends
-            .checked_sub(target.spec.timeout.get() + self.options.lease_margin / 2)
-            .unwrap_or_else(Instant::now);
+        let slot_by = held.leaving(target.spec.timeout.get() + self.options.lease_margin / 2);
         let slot = match tokio::time::timeout_at(slot_by.into(), runtime.in_flight.acquire()).await {
             // A free slot is taken even past the deadline (the timer is checked second).
             Ok(Ok(slot)) if Instant::now() < slot_by => slot,
@@ -472,11 +469,8 @@ impl Dispatcher {
         };
         // Rate limit first, then the breaker (admitting a half-open probe commits to sending it).
         // Waiting for the rate limit, too, must leave the lease room for the request.
-        let deadline = (Instant::now() + self.options.lease_margin / 2).min(
-            held.lease_ends
-                .checked_sub(target.spec.timeout.get())
-                .unwrap_or_else(Instant::now),
-        );
+        let deadline =
+            (Instant::now() + self.options.lease_margin / 2).min(held.leaving(target.spec.timeout.get()));
         loop {
             let now = Instant::now();
             let gate = {
@@ -676,6 +670,11 @@ struct Held {
 }
 
 impl Held {
+    /// When the lease has `left` of it remaining (now, if it already has less).
+    fn leaving(&self, left: Duration) -> Instant {
+        self.lease_ends.checked_sub(left).unwrap_or_else(Instant::now)
+    }
+
     fn new(runtime: Arc<TargetRuntime>, wake: Arc<Notify>, lease_ends: Instant) -> Self {
         runtime.claimed.fetch_add(1, Ordering::Relaxed);
         Self {
