@@ -8,6 +8,7 @@
 //! child process driven by the same generator; the storage ceiling is batched inserts of
 //! event-sized rows into the same Postgres.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,18 +216,24 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
         bench
             .preload(scale.dispatch_backlog, &[HANDLER_TARGET], false)
             .await?;
+        let before = bench.table_writes().await?;
         let per_s = bench.drain(&[HANDLER_TARGET], scale.dispatch_backlog).await?;
         report("dispatch_per_s", per_s, "deliveries/s");
+        bench.report_table_writes(&before, scale.dispatch_backlog).await?;
     }
 
     if enabled("fanout") {
         // Published events, each to 100 subscriptions, from publish to the last delivery.
         bench.reset().await?;
+        let before = bench.table_writes().await?;
         report(
             "fanout_per_s",
             bench.fanout(scale.fanout_events).await?,
             "deliveries/s",
         );
+        bench
+            .report_table_writes(&before, scale.fanout_events * FANOUT_SUBSCRIPTIONS as u64)
+            .await?;
     }
 
     // Ingest → delivered, open loop, at half the maximum ingest rate and at 200/s.
@@ -650,10 +657,48 @@ struct Bench {
 impl Bench {
     /// Empties the history between measurements, so each starts from the same state.
     async fn reset(&self) -> anyhow::Result<()> {
-        sqlx::query("TRUNCATE events, deliveries, attempts, idempotency_keys")
+        sqlx::query("TRUNCATE events, deliveries, delivery_queue, attempts, idempotency_keys")
             .execute(&self.pool)
             .await?;
         sqlx::query("VACUUM ANALYZE").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Rows written per table so far (inserted, updated, of those in place (HOT), deleted),
+    /// to show where a measurement's writes went.
+    async fn table_writes(&self) -> anyhow::Result<BTreeMap<String, [i64; 4]>> {
+        // Backends report their counts at most once a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(table, ins, upd, hot, del)| (table, [ins, upd, hot, del]))
+            .collect())
+    }
+
+    /// Prints the rows each table had written since `before`, per `unit`s of work.
+    async fn report_table_writes(
+        &self,
+        before: &BTreeMap<String, [i64; 4]>,
+        units: u64,
+    ) -> anyhow::Result<()> {
+        for (table, after) in self.table_writes().await? {
+            let was = before.get(&table).copied().unwrap_or_default();
+            let per = |i: usize| (after[i] - was[i]) as f64 / units.max(1) as f64;
+            if (0..4).any(|i| after[i] != was[i]) {
+                progress(&format!(
+                    "{table}: per delivery {:.2} inserted, {:.2} updated ({:.2} HOT), {:.2} deleted",
+                    per(0),
+                    per(1),
+                    per(2),
+                    per(3)
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -733,11 +778,15 @@ impl Bench {
                             '{\"content-type\": \"application/json\"}',
                             convert_to(replace($4, 'evt_000000000000', 'evt_' || lpad(n::text, 12, '0')), 'UTF8')
                      FROM generate_series($5::bigint, $5::bigint + $6 - 1) AS n
-                     RETURNING id)
-                 INSERT INTO deliveries (id, event_id, namespace, target_kind, target, next_attempt_at)
-                 SELECT gen_random_uuid(), e.id, $1,
-                        CASE WHEN t LIKE '%/%' THEN 'handler' ELSE 'subscription' END, t, now()
-                 FROM e CROSS JOIN UNNEST($7::text[]) AS t",
+                     RETURNING id),
+                 d AS (
+                     INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
+                     SELECT gen_random_uuid(), e.id, $1,
+                            CASE WHEN t LIKE '%/%' THEN 'handler' ELSE 'subscription' END, t
+                     FROM e CROSS JOIN UNNEST($7::text[]) AS t
+                     RETURNING id, namespace, target_kind, target)
+                 INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
+                 SELECT *, now() FROM d",
             )
             .bind(NAMESPACE)
             .bind(SOURCE)
@@ -897,9 +946,12 @@ impl Bench {
         sqlx::query("UPDATE events SET received_at = now() - interval '60 days'")
             .execute(&self.pool)
             .await?;
-        sqlx::query("UPDATE deliveries SET status = 'succeeded', attempts = 1")
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "WITH finished AS (DELETE FROM delivery_queue RETURNING delivery_id)
+             UPDATE deliveries SET status = 'succeeded', attempts = 1 WHERE id IN (SELECT delivery_id FROM finished)",
+        )
+        .execute(&self.pool)
+        .await?;
         sqlx::query("VACUUM ANALYZE").execute(&self.pool).await?;
         Ok(())
     }

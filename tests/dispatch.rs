@@ -241,7 +241,7 @@ async fn a_delivery_waiting_past_its_lease_goes_back_unsent() {
     // Lease: 1 s timeout + 1 s margin. A slot must come within 2 - 1 - 0.5 = 0.5 s of the claim.
     let dispatch = DispatchOptions {
         lease_margin: Duration::from_secs(1),
-        ..support::harness::test_dispatch_options()
+        ..DispatchOptions::default()
     };
     let h = support::harness::harness_with_dispatch(&yaml, support::harness::test_options(), dispatch).await;
     h.sink.always("stuck", Reply::Hang);

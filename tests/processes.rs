@@ -45,7 +45,13 @@ async fn publish(base: &str, n: usize) {
 
 async fn statuses(database_url: &str) -> Vec<(String, i64)> {
     let pool = sqlx::PgPool::connect(database_url).await.unwrap();
-    let rows = sqlx::query_as("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status")
+    // A claimed delivery shows as pending in its history row; its queue row says it is out.
+    let rows = sqlx::query_as(
+        "SELECT CASE WHEN q.claimed AND q.next_attempt_at > now() THEN 'in_flight' ELSE d.status END AS status,
+                count(*)
+         FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
+         GROUP BY 1 ORDER BY 1",
+    )
         .fetch_all(&pool)
         .await
         .unwrap();

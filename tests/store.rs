@@ -32,17 +32,32 @@ async fn migrations_apply_and_reapply() {
         );
     }
 
-    // The queue's claims read waiting work through a partial index per target.
-    let index: Option<String> =
-        sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'deliveries_waiting'")
+    // The queue's claims read waiting work per target, through the queue table's index.
+    let queue_index: Option<String> =
+        sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'delivery_queue_waiting'")
             .fetch_optional(&pool)
             .await
             .expect("read index");
-    let index = index.expect("deliveries_waiting index exists");
-    assert!(
-        index.contains("WHERE"),
-        "deliveries_waiting must be partial: {index}"
-    );
+    let queue_index = queue_index.expect("delivery_queue_waiting index exists");
+    assert!(queue_index.contains("(namespace, target_kind, target, next_attempt_at)"));
+    // An attempt's outcome updates the history row in place (HOT) only while no index of
+    // deliveries holds a column it writes.
+    let history_indexes: Vec<String> =
+        sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE tablename = 'deliveries'")
+            .fetch_all(&pool)
+            .await
+            .expect("read indexes");
+    for written in [
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "updated_at",
+    ] {
+        for index in &history_indexes {
+            assert!(!index.contains(written), "{index} holds {written}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -115,6 +130,15 @@ async fn retention_deletes_old_finished_history_only() {
             .execute(&pool)
             .await
             .unwrap();
+        sqlx::query(
+            "INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
+             SELECT id, namespace, target_kind, target, now() FROM deliveries
+             WHERE id = $1 AND status IN ('pending', 'failed')",
+        )
+        .bind(delivery)
+        .execute(&pool)
+        .await
+        .unwrap();
         sqlx::query("INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms) VALUES ($1, 1, now(), 5)")
             .bind(delivery)
             .execute(&pool)
@@ -145,6 +169,11 @@ async fn retention_deletes_old_finished_history_only() {
             .await
             .unwrap();
     assert_eq!(orphans, 8, "deliveries and attempts went with their events");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 2, "the old waiting deliveries are still queued");
 }
 
 fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::store::events::NewEvent {
@@ -248,8 +277,13 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     // A retry scheduled for later keeps its time through a pause.
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     sqlx::query(
-        "UPDATE deliveries SET status = 'failed', attempts = 1, next_attempt_at = $1
-         WHERE id = (SELECT id FROM deliveries WHERE target = 'stripe/slow' ORDER BY id LIMIT 1)",
+        "WITH retry AS (
+             UPDATE delivery_queue SET next_attempt_at = $1, attempts = 1
+             WHERE delivery_id = (SELECT id FROM deliveries WHERE target = 'stripe/slow' ORDER BY id LIMIT 1)
+             RETURNING delivery_id
+         )
+         UPDATE deliveries SET status = 'failed', attempts = 1
+         WHERE id = (SELECT delivery_id FROM retry)",
     )
     .bind(later)
     .execute(&pool)
@@ -267,7 +301,8 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     );
     assert_eq!(waiting_targets(&pool, 1).await.expect("limited").len(), 1);
 
-    let lease = std::time::Duration::from_secs(60);
+    // Longer than the retry is away: the end of a claim counts as a due time too.
+    let lease = std::time::Duration::from_secs(3 * 3600);
     let taken = claim(
         &pool,
         &[(handler("stripe/fast"), 2), (handler("stripe/slow"), 10)],
@@ -295,7 +330,7 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     assert_eq!(
         slow.next_attempt_at.timestamp_micros(),
         later.timestamp_micros(),
-        "the earliest waiting delivery of slow is the scheduled retry"
+        "the earliest time of slow is the scheduled retry (its claims end later)"
     );
     let taken = claim(&pool, &[(handler("stripe/fast"), 10)], lease)
         .await
@@ -310,18 +345,20 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
         .expect("claim");
     assert_eq!(taken.len(), 3, "what waited during the pause is claimed after it");
     let retry: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT next_attempt_at FROM deliveries WHERE status = 'failed'")
+        sqlx::query_scalar("SELECT next_attempt_at FROM delivery_queue WHERE NOT claimed")
             .fetch_one(&pool)
             .await
             .expect("the scheduled retry");
     assert_eq!(retry.timestamp_micros(), later.timestamp_micros());
 }
 
-/// A claim whose worker died is put back in the queue once its lease has expired, with the
-/// attempts it had; a live claim is left alone.
+/// A claim whose worker died is due again once its lease has expired, and is claimed again
+/// with the next attempt number; a live claim is left alone. The first worker's late outcome is
+/// kept as an attempt but moves neither the queue nor the status, nor can it release the
+/// delivery: those belong to the current claim.
 #[tokio::test]
-async fn expired_claims_are_requeued() {
-    use hookline::store::deliveries::{claim, requeue_expired};
+async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
+    use hookline::store::deliveries::{After, Attempt, AttemptRecord, claim, record_attempts, release};
     use hookline::store::events::event_writer;
     let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
     hookline::store::migrate(&pool).await.expect("migrate");
@@ -332,68 +369,136 @@ async fn expired_claims_are_requeued() {
             .await
             .expect("store");
     }
-    let short = claim(
-        &pool,
-        &[(handler("stripe/billing"), 2)],
-        std::time::Duration::ZERO,
-    )
-    .await
-    .expect("claim with a lease that expires at once");
-    assert_eq!(short.len(), 2);
-    sqlx::query("UPDATE deliveries SET attempts = 1 WHERE id = $1")
-        .bind(short[0].id)
-        .execute(&pool)
+    let wanted = |take| [(handler("stripe/billing"), take)];
+    let expired = claim(&pool, &wanted(2), std::time::Duration::ZERO)
         .await
-        .expect("one earlier attempt");
-    let live = claim(
-        &pool,
-        &[(handler("stripe/billing"), 1)],
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .expect("claim");
-    assert_eq!(live.len(), 1);
+        .expect("claim with a lease that expires at once");
+    assert_eq!(expired.len(), 2);
+    let live = claim(&pool, &wanted(10), std::time::Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(
+        live.len(),
+        3,
+        "the expired claims are due again, beside the third"
+    );
+    let again = live
+        .iter()
+        .find(|d| d.id == expired[0].id)
+        .expect("claimed again");
+    assert_eq!((expired[0].attempts, again.attempts), (0, 1), "a number each");
+    assert!(
+        claim(&pool, &wanted(10), std::time::Duration::from_secs(60))
+            .await
+            .expect("claim")
+            .is_empty(),
+        "live claims are left alone"
+    );
 
-    assert_eq!(requeue_expired(&pool, 100).await.expect("requeue"), 2);
-    let statuses: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, status FROM deliveries ORDER BY id")
-        .fetch_all(&pool)
+    let outcome = |lease_until, number, after| AttemptRecord {
+        delivery: again.id,
+        lease_until,
+        number,
+        attempt: Attempt {
+            started_at: chrono::Utc::now(),
+            duration_ms: 3,
+            status_code: Some(200),
+            ..Attempt::default()
+        },
+        after,
+        last_error: None,
+    };
+    let status = || async {
+        sqlx::query_as::<_, (String, i32, i64)>(
+            "SELECT status, attempts, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1)
+             FROM deliveries WHERE id = $1",
+        )
+        .bind(again.id)
+        .fetch_one(&pool)
         .await
-        .expect("statuses");
-    for (id, status) in statuses {
-        let expected = if id == live[0].id {
-            "in_flight"
-        } else if id == short[0].id {
-            "failed"
-        } else {
-            "pending"
-        };
-        assert_eq!(status, expected, "delivery {id}");
-    }
-    assert_eq!(requeue_expired(&pool, 100).await.expect("requeue"), 0);
+        .expect("status")
+    };
+    release(
+        &pool,
+        again.id,
+        expired[0].lease_until,
+        chrono::Utc::now(),
+        "stale",
+    )
+    .await
+    .expect("release with the expired claim");
+    record_attempts(&pool, &[outcome(expired[0].lease_until, 1, After::Succeeded)])
+        .await
+        .expect("the late outcome");
+    assert_eq!(status().await, ("pending".into(), 0, 1), "still queued, claimed");
+    record_attempts(&pool, &[outcome(again.lease_until, 2, After::Succeeded)])
+        .await
+        .expect("the current outcome");
+    assert_eq!(status().await, ("succeeded".into(), 2, 0));
+    let numbers: Vec<i32> =
+        sqlx::query_scalar("SELECT attempt_number FROM attempts WHERE delivery_id = $1 ORDER BY 1")
+            .bind(again.id)
+            .fetch_all(&pool)
+            .await
+            .expect("attempts");
+    assert_eq!(numbers, [1, 2], "both attempts are history");
 }
 
-/// Queue statements are planned for the tables as they are when they run. Plans Postgres cached
-/// while the tables were empty (a fresh install, or after a quiet spell) once read the whole
-/// queue for every claim when it had filled; the statements now use the queue's index. Checked
+/// The statements of ingest and dispatch read by index even with plans Postgres made and cached
+/// while the tables were empty (a fresh install, or after a quiet spell), foreign-key checks
+/// included: such a plan once read the whole queue for every claim once it had filled. Checked
 /// on the scans the statements made, not on timing.
 #[tokio::test]
 async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
-    use hookline::store::deliveries::{claim, waiting_targets};
+    use hookline::store::deliveries::{
+        After, Attempt, AttemptRecord, claim, record_attempts, waiting_targets,
+    };
+    use hookline::store::events::event_writer;
+    // One connection: every statement, the event writer's too, shares its plan cache.
     let pool = hookline::store::connect_lazy(&support::fresh_database().await, 1).expect("pool");
     hookline::store::migrate(&pool).await.expect("migrate");
-    sqlx::query("VACUUM ANALYZE deliveries")
+    sqlx::query("VACUUM ANALYZE")
         .execute(&pool)
         .await
         .expect("analyze empty");
+    let writer = event_writer(pool.clone());
     let lease = std::time::Duration::from_secs(60);
     let wanted = [(handler("stripe/billing"), 10)];
-    // One transaction on one connection: its statements share the connection's plan cache, and
-    // pg_stat_xact_user_tables counts the scans made in it.
-    let mut tx = pool.begin().await.expect("begin");
-    for _ in 0..6 {
-        // Often enough for Postgres to settle on a cached plan, were it allowed to.
-        waiting_targets(&mut *tx, 100).await.expect("waiting targets");
-        claim(&mut *tx, &wanted, lease).await.expect("claim");
+    let round = |n: usize| {
+        let (pool, writer, wanted) = (pool.clone(), &writer, &wanted);
+        async move {
+            writer
+                .submit(new_event(
+                    &format!("evt_round_{n}"),
+                    "invoice.paid",
+                    "stripe/billing",
+                ))
+                .await
+                .expect("store");
+            waiting_targets(&pool, 100).await.expect("waiting targets");
+            let taken = claim(&pool, wanted, lease).await.expect("claim");
+            let records: Vec<AttemptRecord> = taken
+                .iter()
+                .map(|d| AttemptRecord {
+                    delivery: d.id,
+                    lease_until: d.lease_until,
+                    number: d.attempts + 1,
+                    attempt: Attempt {
+                        started_at: chrono::Utc::now(),
+                        status_code: Some(200),
+                        ..Attempt::default()
+                    },
+                    after: After::Succeeded,
+                    last_error: None,
+                })
+                .collect();
+            record_attempts(&pool, &records).await.expect("record");
+            taken.len()
+        }
+    };
+    for n in 0..6 {
+        // Often enough for Postgres to settle on cached plans.
+        assert_eq!(round(n).await, 1);
     }
     sqlx::query(
         "WITH e AS (
@@ -401,63 +506,126 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
              SELECT gen_random_uuid(), 'billing', 'stripe', 'stripe', 'evt_' || n, 'invoice.paid', '{}'
              FROM generate_series(1, 20000) AS n
              RETURNING id)
-         INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
-         SELECT gen_random_uuid(), e.id, 'billing', 'handler', 'stripe/billing' FROM e",
+         , d AS (
+             INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
+             SELECT gen_random_uuid(), e.id, 'billing', 'handler', 'stripe/billing' FROM e
+             RETURNING id)
+         INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
+         SELECT id, 'billing', 'handler', 'stripe/billing', now() FROM d",
     )
-    .execute(&mut *tx)
+    .execute(&pool)
     .await
     .expect("fill the queue");
-    let scans =
-        "SELECT COALESCE(idx_scan, 0), seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'deliveries'";
-    let (index_before, sequential_before): (i64, i64) =
-        sqlx::query_as(scans).fetch_one(&mut *tx).await.expect("scans");
-    let waiting = waiting_targets(&mut *tx, 100).await.expect("waiting targets");
-    assert_eq!(waiting.len(), 1);
-    let taken = claim(&mut *tx, &wanted, lease).await.expect("claim");
-    assert_eq!(taken.len(), 10);
-    let (index, sequential): (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.expect("scans");
-    assert!(index > index_before, "the queue's index was used");
-    assert_eq!(
-        sequential, sequential_before,
-        "no statement read the whole deliveries table"
-    );
+    let scans = || async {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&pool)
+            .await
+            .expect("flush");
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT sum(COALESCE(idx_scan, 0))::bigint, sum(seq_scan)::bigint FROM pg_stat_user_tables
+             WHERE relname IN ('events', 'deliveries', 'delivery_queue', 'attempts')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("scans")
+    };
+    let (index_before, sequential_before) = scans().await;
+    assert_eq!(round(6).await, 10);
+    let (index, sequential) = scans().await;
+    assert!(index > index_before, "the indexes were used");
+    assert_eq!(sequential, sequential_before, "no statement read a whole table");
 }
 
-/// A version before migration 0004 parked a paused target's rows at 'infinity'; one may still
-/// do so during a rolling upgrade. Such rows are left out of the queue scan (no time can hold
-/// them) and resuming the target makes them due.
+/// Migration 0006 moves the queue out of the history rows: whatever was waiting, retrying,
+/// in flight (claimed by a replica of the version before) or parked at 'infinity' (before
+/// 0004) is in `delivery_queue` after it, and is claimed as before; finished work is not.
 #[tokio::test]
-async fn rows_parked_by_an_older_version_come_back_on_resume() {
-    use hookline::store::deliveries::{claim, pause_target, resume_target, waiting_targets};
-    use hookline::store::events::event_writer;
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
-    let writer = event_writer(pool.clone());
-    writer
-        .submit(new_event("evt_parked", "invoice.paid", "stripe/old"))
-        .await
-        .expect("store");
-    pause_target(&pool, &handler("stripe/old"), "paused by an older replica")
-        .await
-        .expect("pause");
-    sqlx::query("UPDATE deliveries SET next_attempt_at = 'infinity'")
+async fn waiting_deliveries_move_to_the_queue_table() {
+    use hookline::store::deliveries::claim;
+    use sqlx::migrate::Migrator;
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 2).expect("pool");
+    let before_queue = Migrator {
+        migrations: std::borrow::Cow::Owned(
+            hookline::store::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 6)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    before_queue.run(&pool).await.expect("migrate to 0005");
+    // (target, status, attempts, due, lease)
+    let rows = [
+        ("new", "pending", 0, "now() - interval '1 minute'", "NULL"),
+        ("retry", "failed", 2, "now() + interval '1 hour'", "NULL"),
+        (
+            "claimed",
+            "in_flight",
+            1,
+            "now() - interval '1 minute'",
+            "now() - interval '1 second'",
+        ),
+        ("parked", "pending", 0, "'infinity'", "NULL"),
+        ("done", "succeeded", 1, "now()", "NULL"),
+    ];
+    for (i, (target, status, attempts, due, lease)) in rows.into_iter().enumerate() {
+        sqlx::query(&format!(
+            "WITH e AS (
+                 INSERT INTO events (id, namespace, source, external_id, event_type, body)
+                 VALUES (gen_random_uuid(), 'billing', 'stripe', 'evt_{i}', 't', '{{}}') RETURNING id)
+             INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, attempts,
+                                     next_attempt_at, lease_until)
+             SELECT gen_random_uuid(), e.id, 'billing', 'handler', 'stripe/{target}', '{status}', {attempts},
+                    {due}, {lease}
+             FROM e"
+        ))
         .execute(&pool)
         .await
-        .expect("park as before 0004");
+        .expect("a delivery as 0005 kept it");
+    }
+    hookline::store::migrate(&pool)
+        .await
+        .expect("migrate to the latest");
 
-    let waiting = waiting_targets(&pool, 100)
-        .await
-        .expect("the scan reads past parked rows");
-    assert!(waiting.is_empty(), "{waiting:?}");
-    resume_target(&pool, &handler("stripe/old"))
-        .await
-        .expect("resume");
-    let taken = claim(
-        &pool,
-        &[(handler("stripe/old"), 10)],
-        std::time::Duration::from_secs(60),
+    let queued: Vec<(String, bool, i32, bool)> = sqlx::query_as(
+        "SELECT target, claimed, attempts, next_attempt_at <= now() FROM delivery_queue ORDER BY target",
     )
+    .fetch_all(&pool)
     .await
-    .expect("claim");
-    assert_eq!(taken.len(), 1, "the parked delivery is due again");
+    .expect("queue");
+    let queued: Vec<(&str, bool, i32, bool)> = queued
+        .iter()
+        .map(|(t, c, a, d)| (t.as_str(), *c, *a, *d))
+        .collect();
+    assert_eq!(
+        queued,
+        [
+            ("stripe/claimed", true, 2, true),
+            ("stripe/new", false, 0, true),
+            ("stripe/parked", false, 0, true),
+            ("stripe/retry", false, 2, false),
+        ],
+        "(target, claimed, attempts started, due)"
+    );
+    let in_flight: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'in_flight'")
+        .fetch_one(&pool)
+        .await
+        .expect("statuses");
+    assert_eq!(in_flight, 0, "the history no longer says in_flight");
+    let wanted: Vec<_> = ["new", "claimed", "parked", "retry"]
+        .iter()
+        .map(|t| (handler(&format!("stripe/{t}")), 10))
+        .collect();
+    let taken = claim(&pool, &wanted, std::time::Duration::from_secs(60))
+        .await
+        .expect("claim");
+    let mut taken: Vec<(&str, i32)> = taken.iter().map(|d| (d.target.as_str(), d.attempts)).collect();
+    taken.sort();
+    assert_eq!(
+        taken,
+        [("stripe/claimed", 2), ("stripe/new", 0), ("stripe/parked", 0)],
+        "what is due is claimed, the expired claim with its next number"
+    );
 }

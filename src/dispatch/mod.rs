@@ -42,8 +42,6 @@ pub struct DispatchOptions {
     pub lease_margin: Duration,
     /// Upper bound on a receiver's Retry-After.
     pub max_retry_after: Duration,
-    /// How often to look for expired claims.
-    pub safety_poll: Duration,
 }
 
 impl Default for DispatchOptions {
@@ -53,7 +51,6 @@ impl Default for DispatchOptions {
             max_claimed: 1024,
             lease_margin: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(3600),
-            safety_poll: Duration::from_secs(5),
         }
     }
 }
@@ -77,9 +74,6 @@ const BUSY_RECHECK: Duration = Duration::from_millis(50);
 /// at once. Past it, targets later in key order are known from notifications and notes only
 /// (a scan that stops there does not forget them) until a scan finds fewer.
 const TARGETS_PER_ROUND: i64 = 10_000;
-
-/// Expired claims requeued per statement.
-const REQUEUE_BATCH: i64 = 1_000;
 
 /// How long an egress verdict is reused.
 const EGRESS_RECHECK: Duration = Duration::from_secs(30);
@@ -180,7 +174,6 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>) {
         tokio::spawn(self.clone().listen());
         tokio::spawn(self.clone().report_backlog());
-        tokio::spawn(self.clone().requeue_expired());
         loop {
             let wait = match self.claim_and_start().await {
                 Claim::Started => continue, // more may be due for targets that still have room
@@ -235,25 +228,6 @@ impl Dispatcher {
                 self.gateway.metrics().deliveries_pending.set(pending);
             }
             tokio::time::sleep(Duration::from_secs(10)).await;
-        }
-    }
-
-    /// Puts deliveries whose claim expired back in the queue (their worker died): every
-    /// replica does this, so one that is left takes over the work of one that is gone.
-    async fn requeue_expired(self: Arc<Self>) {
-        loop {
-            match deliveries::requeue_expired(&self.pool, REQUEUE_BATCH).await {
-                Ok(0) => tokio::time::sleep(self.options.safety_poll).await,
-                Ok(requeued) => {
-                    tracing::info!(requeued, "requeued deliveries whose claim expired");
-                    self.agenda().invalidate();
-                    self.wake.notify_one();
-                }
-                Err(err) => {
-                    tracing::warn!("cannot requeue expired claims: {err}");
-                    tokio::time::sleep(self.options.safety_poll).await;
-                }
-            }
         }
     }
 
@@ -566,6 +540,7 @@ impl Dispatcher {
         };
         let record = AttemptRecord {
             delivery: delivery.id,
+            lease_until: delivery.lease_until,
             number: delivery.attempts + 1,
             attempt: sent.attempt,
             after,
@@ -643,7 +618,7 @@ impl Dispatcher {
 
     async fn release(&self, delivery: &Claimed, after: Duration, reason: &str) {
         let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-        match deliveries::release(&self.pool, delivery.id, at, reason).await {
+        match deliveries::release(&self.pool, delivery.id, delivery.lease_until, at, reason).await {
             Ok(()) => self.agenda().note(delivery.target_key(), at),
             Err(err) => tracing::warn!(delivery = %delivery.id, "cannot release delivery: {err}"),
         }

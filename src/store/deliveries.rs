@@ -1,5 +1,10 @@
 //! The delivery queue: claiming due work (`FOR UPDATE SKIP LOCKED`), recording attempts, and the
 //! per-target runtime state shared by every gateway replica.
+//!
+//! A waiting delivery has a row in `delivery_queue` beside its history row in `deliveries`. A
+//! claim moves the queue row's due time to the end of its lease (a visibility timeout: a claim
+//! whose worker died is simply due again then), and that time is the claim's token: an outcome
+//! is applied to the queue and the history only while the token still matches.
 
 use std::time::Duration;
 
@@ -24,8 +29,10 @@ pub struct Claimed {
     pub namespace: String,
     pub target_kind: String,
     pub target: String,
-    /// Attempts made before this one.
+    /// Attempts started before this one.
     pub attempts: i32,
+    /// When the claim ends; also its token (see [`AttemptRecord::lease_until`]).
+    pub lease_until: DateTime<Utc>,
     pub source: String,
     pub event_type: String,
     pub body: Vec<u8>,
@@ -65,28 +72,22 @@ impl WaitingTarget {
 }
 
 /// Targets with waiting deliveries, at most `limit` (in key order), with the earliest due time
-/// of each. One index probe per target (a skip scan over `deliveries_waiting`), however many
-/// deliveries each holds.
+/// of each (a claim's end counts as a due time: an expired claim is due again). One index probe
+/// per target (a skip scan over `delivery_queue_waiting`), however many deliveries each holds.
 pub async fn waiting_targets<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     limit: i64,
 ) -> sqlx::Result<Vec<WaitingTarget>> {
-    // The limit is also what makes Postgres plan this statement for the table as it is: a
-    // statement without parameters keeps the plan it got first, maybe on an empty table.
     sqlx::query_as(
         r#"
         WITH RECURSIVE waiting AS (
-            -- Rows parked at 'infinity' by versions before 0004 (still running during an
-            -- upgrade) are left out: no time can hold them; resuming the target unparks them.
-            (SELECT namespace, target_kind, target, next_attempt_at FROM deliveries
-             WHERE status IN ('pending', 'failed') AND next_attempt_at < 'infinity'
+            (SELECT namespace, target_kind, target, next_attempt_at FROM delivery_queue
              ORDER BY namespace, target_kind, target, next_attempt_at
              LIMIT 1)
             UNION ALL
             SELECT next.* FROM waiting w CROSS JOIN LATERAL (
-                SELECT namespace, target_kind, target, next_attempt_at FROM deliveries d
-                WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at < 'infinity'
-                  AND (d.namespace, d.target_kind, d.target) > (w.namespace, w.target_kind, w.target)
+                SELECT namespace, target_kind, target, next_attempt_at FROM delivery_queue q
+                WHERE (q.namespace, q.target_kind, q.target) > (w.namespace, w.target_kind, w.target)
                 ORDER BY namespace, target_kind, target, next_attempt_at
                 LIMIT 1
             ) next
@@ -104,7 +105,7 @@ pub async fn waiting_targets<'e>(
 
 /// Claims due deliveries, up to a number per target, oldest first within each target, skipping
 /// rows other workers hold and targets paused at runtime. Each target's rows are read through
-/// its own range of `deliveries_waiting`, so a claim reads about as many rows as it takes.
+/// its own range of `delivery_queue_waiting`, so a claim reads about as many rows as it takes.
 pub async fn claim<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     wanted: &[(TargetKey, usize)],
@@ -121,24 +122,30 @@ pub async fn claim<'e>(
                 WHERE t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target
                   AND t.paused_reason IS NOT NULL)
         ), due AS (
-            SELECT d.id FROM wanted w CROSS JOIN LATERAL (
-                SELECT id FROM deliveries d
-                WHERE d.namespace = w.namespace AND d.target_kind = w.target_kind AND d.target = w.target
-                  AND d.status IN ('pending', 'failed') AND d.next_attempt_at <= now()
-                ORDER BY d.next_attempt_at
+            SELECT q.delivery_id FROM wanted w CROSS JOIN LATERAL (
+                SELECT delivery_id FROM delivery_queue q
+                WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
+                  AND q.next_attempt_at <= now()
+                ORDER BY q.next_attempt_at
                 LIMIT w.take
                 FOR UPDATE SKIP LOCKED
-            ) d
+            ) q
             -- Never more than all takes together; a known bound lets the planner look the
             -- claimed rows up by key instead of hashing the whole table.
             LIMIT $6
+        ), claimed AS (
+            UPDATE delivery_queue q
+            SET next_attempt_at = now() + $5 * interval '1 millisecond', claimed = true, attempts = q.attempts + 1
+            FROM due
+            WHERE q.delivery_id = due.delivery_id
+            RETURNING q.delivery_id, q.next_attempt_at, q.attempts
         )
-        UPDATE deliveries d
-        SET status = 'in_flight', lease_until = now() + $5 * interval '1 millisecond', updated_at = now()
-        FROM due, events e
-        WHERE d.id = due.id AND e.id = d.event_id
-        RETURNING d.id, d.namespace, d.target_kind, d.target, d.attempts, e.source, e.event_type, e.body,
-                  e.headers ->> 'content-type' AS content_type, e.received_at
+        SELECT d.id, d.namespace, d.target_kind, d.target, c.attempts - 1 AS attempts,
+               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body,
+               e.headers ->> 'content-type' AS content_type, e.received_at
+        FROM claimed c
+        JOIN deliveries d ON d.id = c.delivery_id
+        JOIN events e ON e.id = d.event_id
         "#,
     )
     .bind(column(|k| &k.namespace))
@@ -149,25 +156,6 @@ pub async fn claim<'e>(
     .bind(wanted.iter().map(|(_, take)| *take as i64).sum::<i64>())
     .fetch_all(executor)
     .await
-}
-
-/// Puts deliveries whose claim expired (their worker died, or lost the database) back in the
-/// queue, due now; at most `limit` per call. Returns how many.
-pub async fn requeue_expired(pool: &PgPool, limit: i64) -> sqlx::Result<u64> {
-    let result = sqlx::query(
-        "UPDATE deliveries
-         SET status = CASE WHEN attempts = 0 THEN 'pending' ELSE 'failed' END,
-             next_attempt_at = now(), lease_until = NULL, updated_at = now()
-         WHERE id IN (SELECT id FROM deliveries
-                      WHERE status = 'in_flight' AND lease_until < now()
-                      ORDER BY lease_until
-                      LIMIT $1
-                      FOR UPDATE SKIP LOCKED)",
-    )
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
 }
 
 /// One HTTP attempt, as recorded.
@@ -194,6 +182,10 @@ pub enum After {
 /// An attempt made, and what happens to its delivery next.
 pub struct AttemptRecord {
     pub delivery: Uuid,
+    /// The claim's end, as the claim returned it. Should the claim have expired and the
+    /// delivery been claimed again (or cancelled, or redelivered), the attempt is still kept,
+    /// but the queue and the delivery's status are left to whoever holds it now.
+    pub lease_until: DateTime<Utc>,
     /// 1 for the first attempt.
     pub number: i32,
     pub attempt: Attempt,
@@ -221,8 +213,9 @@ impl BatchWrite for RecordAttempts {
     }
 }
 
-/// Records attempts and moves their deliveries on, in one statement. A delivery that is no
-/// longer in flight (cancelled meanwhile) keeps its status; the attempt is still kept as history.
+/// Records attempts and moves their deliveries on, in one statement: a finished delivery leaves
+/// the queue, a retried one waits there again. Attempts are always kept as history; the queue
+/// and the status move only where the claim still holds (see [`AttemptRecord::lease_until`]).
 pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::Result<()> {
     // In id order, so concurrent batches lock rows in the same order.
     let mut records: Vec<&AttemptRecord> = records.iter().collect();
@@ -237,21 +230,31 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         r#"
         WITH record AS (
             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int2[], $6::text[],
-                                 $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[])
+                                 $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[],
+                                 $13::timestamptz[])
                 AS r (delivery_id, number, started_at, duration_ms, status_code, error_class, error,
-                      response_headers, response_body, status, next_attempt_at, last_error)
+                      response_headers, response_body, status, next_attempt_at, last_error, lease_until)
         ), attempt AS (
             INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
                                   error_class, error, response_headers, response_body)
             SELECT delivery_id, number, started_at, duration_ms, status_code, error_class, error,
                    response_headers, response_body
             FROM record
+        ), finished AS (
+            DELETE FROM delivery_queue q USING record r
+            WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status <> 'failed'
+            RETURNING q.delivery_id
+        ), retrying AS (
+            UPDATE delivery_queue q SET next_attempt_at = r.next_attempt_at, claimed = false
+            FROM record r
+            WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status = 'failed'
+            RETURNING q.delivery_id
         )
         UPDATE deliveries d
-        SET status = r.status, attempts = r.number, next_attempt_at = COALESCE(r.next_attempt_at, d.next_attempt_at),
-            lease_until = NULL, last_error = r.last_error, updated_at = now()
+        SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
         FROM record r
-        WHERE d.id = r.delivery_id AND d.status = 'in_flight'
+        WHERE d.id = r.delivery_id
+          AND r.delivery_id IN (SELECT delivery_id FROM finished UNION ALL SELECT delivery_id FROM retrying)
         "#,
     )
     .bind(records.iter().map(|r| r.delivery).collect::<Vec<_>>())
@@ -274,21 +277,32 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             .collect::<Vec<_>>(),
     )
     .bind(column(|r| r.last_error.as_deref()))
+    .bind(records.iter().map(|r| r.lease_until).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())
 }
 
 /// Puts a claimed delivery back without spending an attempt (circuit open, target paused, no
-/// signing secret yet), due again at `at`.
-pub async fn release(pool: &PgPool, id: Uuid, at: DateTime<Utc>, reason: &str) -> sqlx::Result<()> {
+/// signing secret yet), due again at `at`, if the claim ending at `lease_until` still holds it.
+pub async fn release(
+    pool: &PgPool,
+    id: Uuid,
+    lease_until: DateTime<Utc>,
+    at: DateTime<Utc>,
+    reason: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE deliveries
-         SET status = CASE WHEN attempts = 0 THEN 'pending' ELSE 'failed' END,
-             next_attempt_at = $2, lease_until = NULL, last_error = $3, updated_at = now()
-         WHERE id = $1 AND status = 'in_flight'",
+        "WITH released AS (
+             UPDATE delivery_queue SET next_attempt_at = $3, claimed = false, attempts = attempts - 1
+             WHERE delivery_id = $1 AND next_attempt_at = $2
+             RETURNING delivery_id
+         )
+         UPDATE deliveries SET last_error = $4, updated_at = now()
+         WHERE id = (SELECT delivery_id FROM released)",
     )
     .bind(id)
+    .bind(lease_until)
     .bind(at)
     .bind(reason)
     .execute(pool)
@@ -297,12 +311,12 @@ pub async fn release(pool: &PgPool, id: Uuid, at: DateTime<Utc>, reason: &str) -
 }
 
 /// Moves every waiting delivery of a target to `until` (its circuit opened), so the queue does
-/// not keep offering work that cannot be sent.
+/// not keep offering work that cannot be sent. Claimed ones are left to their claim.
 pub async fn defer_target(pool: &PgPool, target: &TargetKey, until: DateTime<Utc>) -> sqlx::Result<u64> {
     let result = sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = $4, updated_at = now()
+        "UPDATE delivery_queue SET next_attempt_at = $4
          WHERE namespace = $1 AND target_kind = $2 AND target = $3
-           AND status IN ('pending', 'failed') AND next_attempt_at < $4",
+           AND next_attempt_at < $4 AND NOT claimed",
     )
     .bind(&target.namespace)
     .bind(&target.kind)
@@ -356,11 +370,6 @@ pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()
         "WITH resumed AS (
              UPDATE target_states SET paused_reason = NULL, paused_at = NULL
              WHERE namespace = $1 AND target_kind = $2 AND target = $3
-         ), unparked AS (
-             -- Parked by a version before 0004 during an upgrade.
-             UPDATE deliveries SET next_attempt_at = now()
-             WHERE namespace = $1 AND target_kind = $2 AND target = $3
-               AND status IN ('pending', 'failed') AND next_attempt_at = 'infinity'
          )
          SELECT pg_notify($4, '')",
     )
@@ -373,9 +382,9 @@ pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()
     Ok(())
 }
 
-/// Deliveries waiting to be sent (pending or awaiting a retry).
+/// Deliveries not finished yet (pending, being sent, or awaiting a retry).
 pub async fn count_pending(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status IN ('pending', 'failed', 'in_flight')")
+    sqlx::query_scalar("SELECT count(*) FROM delivery_queue")
         .fetch_one(pool)
         .await
 }

@@ -102,11 +102,14 @@ async fn insert_events<'e>(
             ON CONFLICT ON CONSTRAINT events_dedupe DO NOTHING
             RETURNING id, namespace
         ), delivery AS (
-            INSERT INTO deliveries (id, event_id, namespace, target_kind, target, next_attempt_at)
-            SELECT d.id, event.id, event.namespace, d.kind, d.target, now()
+            INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
+            SELECT d.id, event.id, event.namespace, d.kind, d.target
             FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[]) AS d (event_id, id, kind, target)
             JOIN event ON event.id = d.event_id
-            RETURNING namespace, target_kind, target
+            RETURNING id, namespace, target_kind, target
+        ), queued AS (
+            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
+            SELECT id, namespace, target_kind, target, now() FROM delivery
         ), targets AS (
             SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
             FROM delivery

@@ -54,7 +54,7 @@ pub async fn list_events(
         "SELECT e.id, e.namespace, e.source, e.provider, e.external_id, e.event_type, e.received_at,
                 count(d.id) AS deliveries,
                 count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded,
-                count(d.id) FILTER (WHERE d.status IN ('pending', 'failed', 'in_flight')) AS pending,
+                count(d.id) FILTER (WHERE d.status IN ('pending', 'failed')) AS pending,
                 count(d.id) FILTER (WHERE d.status = 'dead') AS dead
          FROM events e LEFT JOIN deliveries d ON d.event_id = e.id
          WHERE ($1::text IS NULL OR e.namespace = $1)
@@ -114,7 +114,8 @@ pub struct DeliveryDetail {
     pub target: String,
     pub status: String,
     pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
+    /// When it is sent next; none while it is being sent or once it is finished.
+    pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }
 
@@ -147,8 +148,13 @@ pub async fn event(
         return Ok(None);
     };
     let deliveries = sqlx::query_as(
-        "SELECT id, target_kind, target, status, attempts, next_attempt_at, last_error
-         FROM deliveries WHERE event_id = $1 ORDER BY target_kind, target",
+        "SELECT d.id, d.target_kind, d.target,
+                CASE WHEN q.claimed AND q.next_attempt_at > now() THEN 'in_flight' ELSE d.status END AS status,
+                d.attempts,
+                CASE WHEN NOT q.claimed THEN q.next_attempt_at END AS next_attempt_at,
+                d.last_error
+         FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
+         WHERE d.event_id = $1 ORDER BY d.target_kind, d.target",
     )
     .bind(id)
     .fetch_all(pool)
@@ -165,24 +171,17 @@ pub async fn event(
     Ok(Some((event, deliveries, attempts)))
 }
 
-/// Sends a delivery again now, whatever became of it; returns false when there is no such
-/// delivery. The dispatcher records the new attempt.
+/// Sends a delivery again now, whatever became of it, unless it is being sent; returns false
+/// when there is no such delivery (or it is being sent). The dispatcher records the new attempt.
 pub async fn redeliver(pool: &PgPool, delivery_id: Uuid, allowed: Option<&[String]>) -> sqlx::Result<bool> {
-    let result = sqlx::query(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), lease_until = NULL, updated_at = now()
-         WHERE id = $1 AND status <> 'in_flight' AND ($2::text[] IS NULL OR namespace = ANY ($2))",
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE id = $1 AND ($2::text[] IS NULL OR namespace = ANY ($2))",
     )
     .bind(delivery_id)
     .bind(allowed)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    if result.rows_affected() > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(super::events::DELIVERIES_CHANNEL)
-            .execute(pool)
-            .await?;
-    }
-    Ok(result.rows_affected() > 0)
+    Ok(requeue(pool, &ids).await? > 0)
 }
 
 /// Sends every dead delivery of a target (since a time) again; returns how many.
@@ -191,8 +190,8 @@ pub async fn redeliver_dead(
     target: &super::deliveries::TargetKey,
     since: Option<DateTime<Utc>>,
 ) -> sqlx::Result<u64> {
-    let result = sqlx::query(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now()
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM deliveries
          WHERE namespace = $1 AND target_kind = $2 AND target = $3 AND status = 'dead'
            AND ($4::timestamptz IS NULL OR updated_at >= $4)",
     )
@@ -200,13 +199,40 @@ pub async fn redeliver_dead(
     .bind(&target.kind)
     .bind(&target.name)
     .bind(since)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    if result.rows_affected() > 0 {
+    requeue(pool, &ids).await
+}
+
+/// Puts deliveries in the queue, due now, and marks them pending; those being sent are left
+/// out. Wakes the dispatchers. Returns how many were requeued.
+async fn requeue(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let requeued = sqlx::query(
+        "WITH queued AS (
+             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts)
+             -- Numbered after every attempt recorded, also one whose claim had expired.
+             SELECT d.id, d.namespace, d.target_kind, d.target, now(),
+                    GREATEST(d.attempts, (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id))
+             FROM deliveries d WHERE d.id = ANY ($1)
+             ON CONFLICT (delivery_id) DO UPDATE SET next_attempt_at = now(), claimed = false
+                 WHERE NOT (delivery_queue.claimed AND delivery_queue.next_attempt_at > now())
+             RETURNING delivery_id
+         )
+         UPDATE deliveries SET status = 'pending', updated_at = now()
+         WHERE id IN (SELECT delivery_id FROM queued)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if requeued > 0 {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(super::events::DELIVERIES_CHANNEL)
             .execute(pool)
             .await?;
     }
-    Ok(result.rows_affected())
+    Ok(requeued)
 }

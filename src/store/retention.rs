@@ -28,8 +28,8 @@ pub async fn sweep(pool: &PgPool, retention: Duration) -> sqlx::Result<Swept> {
             "DELETE FROM events WHERE id IN (
                  SELECT e.id FROM events e
                  WHERE e.received_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.event_id = e.id AND d.status IN ('pending', 'failed', 'in_flight'))
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN delivery_queue q ON q.delivery_id = d.id
+                                   WHERE d.event_id = e.id)
                  ORDER BY e.received_at
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)",

@@ -71,7 +71,8 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
          SELECT
              (SELECT count(*) FROM target_deliveries WHERE status = 'succeeded' AND updated_at >= $4) AS succeeded,
              (SELECT count(*) FROM target_deliveries WHERE status = 'dead' AND updated_at >= $4) AS dead,
-             (SELECT count(*) FROM target_deliveries WHERE status IN ('pending', 'failed', 'in_flight')) AS pending,
+             (SELECT count(*) FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = $3)
+                 AS pending,
              (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM recent) AS p95,
              (SELECT max(started_at) FROM recent WHERE status_code BETWEEN 200 AND 299) AS last_success,
              (SELECT max(started_at) FROM recent WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
@@ -167,9 +168,12 @@ pub async fn cancel_pending(
     targets: &[String],
 ) -> sqlx::Result<u64> {
     let result = sqlx::query(
-        "UPDATE deliveries SET status = 'cancelled', lease_until = NULL, updated_at = now()
-         WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
-           AND status IN ('pending', 'failed', 'in_flight')",
+        "WITH dequeued AS (
+             DELETE FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
+             RETURNING delivery_id
+         )
+         UPDATE deliveries SET status = 'cancelled', updated_at = now()
+         WHERE id IN (SELECT delivery_id FROM dequeued)",
     )
     .bind(namespace)
     .bind(kind)

@@ -29,7 +29,7 @@ pub async fn harness(yaml: &str) -> Harness {
 }
 
 pub async fn harness_with(yaml: &str, options: GatewayOptions) -> Harness {
-    harness_with_dispatch(yaml, options, test_dispatch_options()).await
+    harness_with_dispatch(yaml, options, DispatchOptions::default()).await
 }
 
 pub async fn harness_with_dispatch(
@@ -62,16 +62,8 @@ pub async fn start_gateway(pool: &PgPool, yaml: &str) -> String {
     start_gateway_with(pool, yaml, test_options()).await
 }
 
-/// The dispatcher options of the harness gateways: a short safety poll.
-pub fn test_dispatch_options() -> DispatchOptions {
-    DispatchOptions {
-        safety_poll: Duration::from_millis(500),
-        ..DispatchOptions::default()
-    }
-}
-
 pub async fn start_gateway_with(pool: &PgPool, yaml: &str, options: GatewayOptions) -> String {
-    start_gateway_dispatching(pool, yaml, options, test_dispatch_options()).await
+    start_gateway_dispatching(pool, yaml, options, DispatchOptions::default()).await
 }
 
 pub async fn start_gateway_dispatching(
