@@ -62,7 +62,7 @@ impl Scale {
         window: Duration::from_secs(8),
         concurrencies: &[8, 32, 128, 256],
         dispatch_backlog: 50_000,
-        fanout_events: 300,
+        fanout_events: 1_000,
         rss_backlog_events: 10_000, // × 100 subscriptions = 1,000,000 deliveries
         old_history: 200_000,
     };
@@ -864,6 +864,11 @@ impl Bench {
                 bail!("{failures} publish requests failed");
             }
         }
+        progress(&format!(
+            "published {events} events in {:.2} s; {} of {expected} deliveries made by then",
+            started.elapsed().as_secs_f64(),
+            self.sink.received() - before
+        ));
         let received = self
             .wait_for_sink(before + expected, Duration::from_secs(600))
             .await

@@ -6,6 +6,7 @@
 
 mod agenda;
 mod breaker;
+mod depth;
 pub mod egress;
 mod policy;
 mod sender;
@@ -29,6 +30,7 @@ use crate::telemetry::metrics::TargetLabels;
 use crate::verify::{SigningKey, standard_webhooks};
 use agenda::Agenda;
 use breaker::{Admission, Breaker, TokenBucket};
+use depth::ClaimDepth;
 use policy::Verdict;
 
 #[derive(Clone, Debug)]
@@ -61,6 +63,8 @@ struct TargetRuntime {
     in_flight: Semaphore,
     /// Deliveries claimed for the target and not yet sent (waiting for a slot, or in flight).
     claimed: AtomicUsize,
+    /// How many it may hold claimed.
+    depth: ClaimDepth,
     flow: Mutex<Flow>,
     /// The last egress verdict (when, refusal if any): classifying a host name costs a DNS
     /// lookup, too much to repeat for every delivery.
@@ -79,16 +83,13 @@ const TARGETS_PER_ROUND: i64 = 10_000;
 const EGRESS_RECHECK: Duration = Duration::from_secs(30);
 
 impl TargetRuntime {
-    /// Claimed deliveries at which the target gets no more claims: a round of sends and three
-    /// waiting, so a fast target never idles while its next claim is made. One that is slow
-    /// does not hold them past their lease (see `deliver_to`).
-    fn ceiling(&self) -> usize {
-        self.settings.max_in_flight * 4
-    }
-
-    /// How many more deliveries the target may be given now.
-    fn room(&self) -> usize {
-        self.ceiling()
+    /// How many more deliveries the target may be given now. Its depth is at least a round of
+    /// sends and three waiting, more for a target that sends fast, so it never idles while its
+    /// next claim is made; one that is slow does not hold them past their lease (see
+    /// `deliver_to`).
+    fn room(&self, now: Instant) -> usize {
+        self.depth
+            .measure(now)
             .saturating_sub(self.claimed.load(Ordering::Relaxed))
     }
 
@@ -248,6 +249,11 @@ impl Dispatcher {
         let runtime = Arc::new(TargetRuntime {
             in_flight: Semaphore::new(settings.max_in_flight),
             claimed: AtomicUsize::new(0),
+            depth: ClaimDepth::new(
+                settings.max_in_flight * 4,
+                self.options.max_claimed,
+                Instant::now(),
+            ),
             flow: Mutex::new(Flow {
                 breaker: Breaker::new(settings.breaker.clone()),
                 bucket: settings
@@ -272,6 +278,7 @@ impl Dispatcher {
     fn plan_claims(&self) -> (Vec<Share>, Option<chrono::DateTime<Utc>>) {
         let catalog = self.gateway.catalog();
         let now = Utc::now();
+        let instant = Instant::now();
         let mut next_due = None;
         let mut due = Vec::new();
         for (key, entry) in self.agenda().targets().filter(|(_, e)| !e.paused) {
@@ -282,7 +289,7 @@ impl Dispatcher {
                 continue;
             }
             let runtime = self.runtime(key, configured);
-            let room = runtime.room();
+            let room = runtime.room(instant);
             if room == 0 {
                 continue; // a send finishing wakes the claimer
             }
@@ -636,7 +643,7 @@ enum Claim {
 }
 
 /// A delivery counted in its target's `claimed` until it is sent; the claimer is woken when the
-/// target is down to two rounds of sends, so its next ones are claimed in time.
+/// target is down to half its depth, so its next ones are claimed in time.
 struct Held {
     runtime: Arc<TargetRuntime>,
     wake: Arc<Notify>,
@@ -662,8 +669,9 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        self.runtime.depth.finished();
         let before = self.runtime.claimed.fetch_sub(1, Ordering::Relaxed);
-        if before == self.runtime.settings.max_in_flight * 2 + 1 {
+        if before == self.runtime.depth.get() / 2 + 1 {
             self.wake.notify_one();
         }
     }
