@@ -98,6 +98,8 @@ pub async fn waiting_targets<'e>(
         LEFT JOIN target_states t USING (namespace, target_kind, target)
         "#,
     )
+    // Planned when it runs (see `store::connect_lazy`).
+    .persistent(false)
     .bind(limit)
     .fetch_all(executor)
     .await
@@ -148,6 +150,8 @@ pub async fn claim<'e>(
         JOIN events e ON e.id = d.event_id
         "#,
     )
+    // Planned when it runs (see `store::connect_lazy`).
+    .persistent(false)
     .bind(column(|k| &k.namespace))
     .bind(column(|k| &k.kind))
     .bind(column(|k| &k.name))
@@ -257,6 +261,8 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
           AND r.delivery_id IN (SELECT delivery_id FROM finished UNION ALL SELECT delivery_id FROM retrying)
         "#,
     )
+    // Planned when it runs (see `store::connect_lazy`).
+    .persistent(false)
     .bind(records.iter().map(|r| r.delivery).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.number).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.attempt.started_at).collect::<Vec<_>>())

@@ -69,6 +69,7 @@ pub async fn list_events(
          ORDER BY e.id DESC
          LIMIT $8",
     )
+    .persistent(false)
     .bind(filter.namespace.as_deref())
     .bind(source)
     .bind(filter.event_type.as_deref())
@@ -156,6 +157,7 @@ pub async fn event(
          FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
          WHERE d.event_id = $1 ORDER BY d.target_kind, d.target",
     )
+    .persistent(false)
     .bind(id)
     .fetch_all(pool)
     .await?;
@@ -165,6 +167,7 @@ pub async fn event(
          FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
          WHERE d.event_id = $1 ORDER BY a.delivery_id, a.attempt_number",
     )
+    .persistent(false)
     .bind(id)
     .fetch_all(pool)
     .await?;
@@ -224,6 +227,7 @@ async fn requeue(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<u64> {
          UPDATE deliveries SET status = 'pending', updated_at = now()
          WHERE id IN (SELECT delivery_id FROM queued)",
     )
+    .persistent(false)
     .bind(ids)
     .execute(pool)
     .await?

@@ -27,22 +27,20 @@ pub enum StoreError {
 /// Opens a pool. Connections are made lazily, so a database that is down at start-up does not
 /// stop the process; callers report readiness from [`ping`].
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    // Every statement here reads by index: point lookups and short ranges of one target. Their
-    // plans must not depend on table statistics, which are wrong on a fresh install, after a
-    // quiet spell or a TRUNCATE, and which Postgres bakes into the plans it caches (also those
-    // of the foreign-key checks): a plan made for an empty queue once read the whole table for
-    // every claim. Without sequential scans, hash and merge joins, every plan is index lookups
-    // whatever the statistics say, so cached plans stay good. (Re-planning every statement
-    // instead, plan_cache_mode=force_custom_plan, cost about a sixth of the machine's CPU time
-    // while dispatching.)
+    // Plans must not depend on stale table statistics: after a fresh install, a quiet spell or
+    // a TRUNCATE they describe empty tables, and Postgres bakes them into the plans it caches.
+    // A claim planned for an empty queue once read the whole table for every claim, and a
+    // foreign-key check planned so scanned the whole parent table for every row. So:
+    // - sessions turn off sequential scans: the cached plans of single-table statements,
+    //   foreign-key checks included, stay index lookups whatever the statistics said;
+    // - statements that join are not prepared (`persistent(false)`): each is planned when it
+    //   runs, for the tables as they are then (once per batch of events or deliveries).
+    // (Re-planning every statement, plan_cache_mode=force_custom_plan, foreign-key checks
+    // included, cost about a sixth of the machine's CPU time while dispatching.)
     let options = url
         .parse::<PgConnectOptions>()
         .map_err(StoreError::Connect)?
-        .options([
-            ("enable_seqscan", "off"),
-            ("enable_hashjoin", "off"),
-            ("enable_mergejoin", "off"),
-        ]);
+        .options([("enable_seqscan", "off")]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

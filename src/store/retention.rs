@@ -34,6 +34,7 @@ pub async fn sweep(pool: &PgPool, retention: Duration) -> sqlx::Result<Swept> {
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)",
         )
+        .persistent(false)
         .bind(cutoff)
         .bind(BATCH)
         .execute(pool)

@@ -78,6 +78,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
              (SELECT max(started_at) FROM recent WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
                  AS last_failure",
     )
+    .persistent(false)
     .bind(&target.namespace)
     .bind(&target.kind)
     .bind(&target.name)
@@ -89,6 +90,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
          WHERE d.namespace = $1 AND d.target_kind = $2 AND d.target = $3 AND a.started_at >= $4
            AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)",
     )
+    .persistent(false)
     .bind(&target.namespace)
     .bind(&target.kind)
     .bind(&target.name)
@@ -102,6 +104,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
            AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)
          ORDER BY a.started_at DESC LIMIT 1",
     )
+    .persistent(false)
     .bind(&target.namespace)
     .bind(&target.kind)
     .bind(&target.name)
@@ -175,6 +178,7 @@ pub async fn cancel_pending(
          UPDATE deliveries SET status = 'cancelled', updated_at = now()
          WHERE id IN (SELECT delivery_id FROM dequeued)",
     )
+    .persistent(false)
     .bind(namespace)
     .bind(kind)
     .bind(targets)
