@@ -116,13 +116,16 @@ pub async fn claim<'e>(
     let column = |f: fn(&TargetKey) -> &str| wanted.iter().map(|(key, _)| f(key)).collect::<Vec<_>>();
     sqlx::query_as(
         r#"
+        -- Prepared once and run with its cached plan, so every table is read by lookups the
+        -- statement spells out, whatever the statistics were when it was planned: per wanted
+        -- target (a subquery and a LATERAL with LIMIT), by an array of keys, and per claimed
+        -- row (LATERAL with OFFSET 0, which keeps the planner from turning it into a join).
         WITH wanted AS (
             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
                 AS w (namespace, target_kind, target, take)
-            WHERE NOT EXISTS (
-                SELECT 1 FROM target_states t
-                WHERE t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target
-                  AND t.paused_reason IS NOT NULL)
+            WHERE (SELECT t.paused_reason FROM target_states t
+                   WHERE t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target)
+                  IS NULL
         ), due AS (
             SELECT q.delivery_id FROM wanted w CROSS JOIN LATERAL (
                 SELECT delivery_id FROM delivery_queue q
@@ -132,26 +135,25 @@ pub async fn claim<'e>(
                 LIMIT w.take
                 FOR UPDATE SKIP LOCKED
             ) q
-            -- Never more than all takes together; a known bound lets the planner look the
-            -- claimed rows up by key instead of hashing the whole table.
             LIMIT $6
         ), claimed AS (
             UPDATE delivery_queue q
             SET next_attempt_at = now() + $5 * interval '1 millisecond', claimed = true, attempts = q.attempts + 1
-            FROM due
-            WHERE q.delivery_id = due.delivery_id
+            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
             RETURNING q.delivery_id, q.next_attempt_at, q.attempts
         )
         SELECT d.id, d.namespace, d.target_kind, d.target, c.attempts - 1 AS attempts,
-               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body,
-               e.headers ->> 'content-type' AS content_type, e.received_at
+               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at
         FROM claimed c
-        JOIN deliveries d ON d.id = c.delivery_id
-        JOIN events e ON e.id = d.event_id
+        CROSS JOIN LATERAL (
+            SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = c.delivery_id OFFSET 0
+        ) d
+        CROSS JOIN LATERAL (
+            SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at
+            FROM events WHERE id = d.event_id OFFSET 0
+        ) e
         "#,
     )
-    // Planned when it runs (see `store::connect_lazy`).
-    .persistent(false)
     .bind(column(|k| &k.namespace))
     .bind(column(|k| &k.kind))
     .bind(column(|k| &k.name))

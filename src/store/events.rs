@@ -122,8 +122,6 @@ async fn insert_events<'e>(
              FROM targets WHERE names IS NOT NULL) IS NULL
         "#,
     )
-    // Planned when it runs (see `store::connect_lazy`).
-    .persistent(false)
     .bind(order.iter().map(|e| e.id).collect::<Vec<_>>())
     .bind(column(|e| &e.namespace))
     .bind(column(|e| &e.source))
