@@ -667,8 +667,8 @@ impl Bench {
     /// Rows written per table so far (inserted, updated, of those in place (HOT), deleted),
     /// to show where a measurement's writes went.
     async fn table_writes(&self) -> anyhow::Result<BTreeMap<String, [i64; 4]>> {
-        // Backends report their counts at most once a second.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // An idle backend reports its counts within 10 s (PGSTAT_IDLE_INTERVAL).
+        tokio::time::sleep(Duration::from_secs(11)).await;
         let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables",
         )
