@@ -902,14 +902,23 @@ impl Bench {
             sent_at.insert(sequence, Instant::now());
             let errors = errors.clone();
             requests.push(tokio::spawn(async move {
+                let sent = Instant::now();
                 if !request.send().await.is_ok_and(|r| r.status().is_success()) {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
+                sent.elapsed().as_micros() as u64
             }));
         }
+        // Where the time goes: answering the webhook, or delivering it after.
+        let mut answered = Measured::default();
         for request in requests {
-            request.await?;
+            answered.latencies_us.push(request.await?);
         }
+        progress(&format!(
+            "at {rate:.0}/s the webhooks were answered in p50 {:.2} ms, p99 {:.2} ms",
+            answered.percentile_ms(50.0),
+            answered.percentile_ms(99.0)
+        ));
         let sent = sent_at.len() as u64;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
