@@ -7,6 +7,12 @@
 -- of the claim (a visibility timeout, so an expired claim is simply due again and no sweep is
 -- needed), and finishing it deletes the row. The history row is written once more, when an
 -- attempt's outcome is known, and none of its indexed columns change: that update is HOT.
+
+-- Replicas of the version before may still be running. Until this commits they wait; after it,
+-- their writes fail (the columns they write are gone), so a webhook they are sent is refused
+-- and retried by its sender rather than stored without a place in the queue.
+LOCK TABLE deliveries IN EXCLUSIVE MODE;
+
 CREATE TABLE delivery_queue (
     delivery_id     uuid PRIMARY KEY REFERENCES deliveries (id) ON DELETE CASCADE,
     namespace       text NOT NULL,
@@ -25,9 +31,9 @@ CREATE TABLE delivery_queue (
 CREATE INDEX delivery_queue_waiting ON delivery_queue (namespace, target_kind, target, next_attempt_at);
 
 -- Everything waiting moves over. A delivery claimed by a replica of the version before keeps
--- its claim until that claim's lease ends; the old replica's outcome is then recorded as an
--- attempt, and the delivery is sent again (at-least-once). Rows parked at 'infinity' by
--- versions before 0004 are due now.
+-- its claim until that claim's lease ends and is then sent again (at-least-once): that
+-- replica cannot record its outcome any more. Rows parked at 'infinity' by versions before
+-- 0004 are due now.
 INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, claimed, attempts)
 SELECT id, namespace, target_kind, target,
        CASE WHEN status = 'in_flight' THEN COALESCE(lease_until, now())
@@ -43,9 +49,7 @@ WHERE status = 'in_flight';
 
 DROP INDEX deliveries_waiting;
 DROP INDEX deliveries_leased;
--- The schedule lives in the queue only. Dropping it from the history also makes a replica of the
--- version before fail to store a webhook (its sender retries, reaching a new replica) instead of
--- storing deliveries that never enter the queue.
+-- The schedule lives in the queue only (and old replicas cannot store deliveries without it).
 ALTER TABLE deliveries
     DROP COLUMN lease_until,
     DROP COLUMN next_attempt_at,

@@ -18,10 +18,10 @@ pub struct ClaimDepth {
     floor: usize,
     /// Never more: what the process may hold at all.
     cap: usize,
-    /// Deliveries sent or given back, since the start.
-    finished: AtomicU64,
+    /// Deliveries sent, since the start (those given back unsent say nothing of the pace).
+    sent: AtomicU64,
     depth: AtomicUsize,
-    /// Start of the current measuring window, and `finished` then.
+    /// Start of the current measuring window, and `sent` then.
     window: Mutex<(Instant, u64)>,
 }
 
@@ -31,15 +31,15 @@ impl ClaimDepth {
         Self {
             floor,
             cap,
-            finished: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
             depth: AtomicUsize::new(floor),
             window: Mutex::new((now, 0)),
         }
     }
 
-    /// A claimed delivery was sent or given back.
-    pub fn finished(&self) {
-        self.finished.fetch_add(1, Ordering::Relaxed);
+    /// A claimed delivery was sent.
+    pub fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Claimed deliveries at which the target gets no more claims.
@@ -50,15 +50,15 @@ impl ClaimDepth {
     /// Measures the send rate when a window has passed and sets the depth from it.
     pub fn measure(&self, now: Instant) -> usize {
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        let (since, finished_then) = *window;
+        let (since, sent_then) = *window;
         let elapsed = now.saturating_duration_since(since);
         if elapsed >= WINDOW {
-            let finished = self.finished.load(Ordering::Relaxed);
-            let per_s = (finished - finished_then) as f64 / elapsed.as_secs_f64();
+            let sent = self.sent.load(Ordering::Relaxed);
+            let per_s = (sent - sent_then) as f64 / elapsed.as_secs_f64();
             let ahead = (per_s * AHEAD.as_secs_f64()) as usize;
             self.depth
                 .store(ahead.clamp(self.floor, self.cap), Ordering::Relaxed);
-            *window = (now, finished);
+            *window = (now, sent);
         }
         self.get()
     }
@@ -68,9 +68,9 @@ impl ClaimDepth {
 mod tests {
     use super::*;
 
-    fn finish(depth: &ClaimDepth, n: usize) {
+    fn send(depth: &ClaimDepth, n: usize) {
         for _ in 0..n {
-            depth.finished();
+            depth.sent();
         }
     }
 
@@ -80,10 +80,10 @@ mod tests {
         let depth = ClaimDepth::new(64, 1024, start);
         assert_eq!(depth.get(), 64);
         // 10,000 a second: 500 in 50 ms.
-        finish(&depth, 2_500);
+        send(&depth, 2_500);
         assert_eq!(depth.measure(start + WINDOW), 500);
         // Faster than the cap allows.
-        finish(&depth, 25_000);
+        send(&depth, 25_000);
         assert_eq!(depth.measure(start + 2 * WINDOW), 1024);
         // Idle: back to the floor.
         assert_eq!(depth.measure(start + 3 * WINDOW), 64);
@@ -93,7 +93,7 @@ mod tests {
     fn waits_for_a_whole_window() {
         let start = Instant::now();
         let depth = ClaimDepth::new(64, 1024, start);
-        finish(&depth, 10_000);
+        send(&depth, 10_000);
         assert_eq!(depth.measure(start + WINDOW / 2), 64, "too soon to tell");
         // The count carries over into the window that completes.
         assert_eq!(depth.measure(start + WINDOW), 1024);
@@ -103,7 +103,7 @@ mod tests {
     fn a_cap_below_the_floor_gives_way_to_the_floor() {
         let start = Instant::now();
         let depth = ClaimDepth::new(64, 16, start);
-        finish(&depth, 100_000);
+        send(&depth, 100_000);
         assert_eq!(depth.measure(start + WINDOW), 64);
     }
 }

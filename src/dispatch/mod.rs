@@ -249,9 +249,10 @@ impl Dispatcher {
         let runtime = Arc::new(TargetRuntime {
             in_flight: Semaphore::new(settings.max_in_flight),
             claimed: AtomicUsize::new(0),
+            // At most half of what the process may hold: one fast target leaves room for others.
             depth: ClaimDepth::new(
                 settings.max_in_flight * 4,
-                self.options.max_claimed,
+                self.options.max_claimed / 2,
                 Instant::now(),
             ),
             flow: Mutex::new(Flow {
@@ -374,8 +375,9 @@ impl Dispatcher {
             tokio::spawn(async move {
                 this.deliver(delivery, key, held).await;
                 drop(permit);
-                // Claiming again pays off once a batch's worth of room is free.
-                if this.claimed.available_permits() == this.options.batch_size {
+                // Claiming again pays off once a batch's worth of room is free. (Not `==`: two
+                // sends finishing at once may both see one more.)
+                if this.claimed.available_permits() >= this.options.batch_size {
                     this.wake.notify_one();
                 }
             });
@@ -490,6 +492,7 @@ impl Dispatcher {
         )
         .await;
         // The cap and the room are about requests to the target; recording happens outside.
+        runtime.depth.sent();
         drop(slot);
         drop(held);
         let status = sent.attempt.status_code.map(|s| s as u16);
@@ -669,7 +672,6 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.runtime.depth.finished();
         let before = self.runtime.claimed.fetch_sub(1, Ordering::Relaxed);
         if before == self.runtime.depth.get() / 2 + 1 {
             self.wake.notify_one();

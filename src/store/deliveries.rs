@@ -249,18 +249,21 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ), finished AS (
             DELETE FROM delivery_queue q USING record r
             WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status <> 'failed'
-            RETURNING q.delivery_id
+            RETURNING q.delivery_id, r.lease_until
         ), retrying AS (
             UPDATE delivery_queue q SET next_attempt_at = r.next_attempt_at, claimed = false
             FROM record r
             WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status = 'failed'
-            RETURNING q.delivery_id
+            RETURNING q.delivery_id, r.lease_until
+        ), moved AS (
+            SELECT * FROM finished UNION ALL SELECT * FROM retrying
         )
+        -- Only the outcome of the claim that held the queue row: a batch may also carry a late
+        -- outcome of an expired claim on the same delivery.
         UPDATE deliveries d
         SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
-        FROM record r
+        FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
         WHERE d.id = r.delivery_id
-          AND r.delivery_id IN (SELECT delivery_id FROM finished UNION ALL SELECT delivery_id FROM retrying)
         "#,
     )
     // Planned when it runs (see `store::connect_lazy`).
@@ -319,12 +322,12 @@ pub async fn release(
 }
 
 /// Moves every waiting delivery of a target to `until` (its circuit opened), so the queue does
-/// not keep offering work that cannot be sent. Claimed ones are left to their claim.
+/// not keep offering work that cannot be sent. Live claims are left to their claimers.
 pub async fn defer_target(pool: &PgPool, target: &TargetKey, until: DateTime<Utc>) -> sqlx::Result<u64> {
     let result = sqlx::query(
-        "UPDATE delivery_queue SET next_attempt_at = $4
+        "UPDATE delivery_queue SET next_attempt_at = $4, claimed = false
          WHERE namespace = $1 AND target_kind = $2 AND target = $3
-           AND next_attempt_at < $4 AND NOT claimed",
+           AND next_attempt_at < $4 AND NOT (claimed AND next_attempt_at > now())",
     )
     .bind(&target.namespace)
     .bind(&target.kind)

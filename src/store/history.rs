@@ -152,7 +152,8 @@ pub async fn event(
         "SELECT d.id, d.target_kind, d.target,
                 CASE WHEN q.claimed AND q.next_attempt_at > now() THEN 'in_flight' ELSE d.status END AS status,
                 d.attempts,
-                CASE WHEN NOT q.claimed THEN q.next_attempt_at END AS next_attempt_at,
+                CASE WHEN NOT (q.claimed AND q.next_attempt_at > now()) THEN q.next_attempt_at END
+                    AS next_attempt_at,
                 d.last_error
          FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
          WHERE d.event_id = $1 ORDER BY d.target_kind, d.target",

@@ -33,8 +33,9 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
     // foreign-key check planned so scanned the whole parent table for every row. So:
     // - sessions turn off sequential scans: the cached plans of single-table statements,
     //   foreign-key checks included, stay index lookups whatever the statistics said;
-    // - statements that join are not prepared (`persistent(false)`): each is planned when it
-    //   runs, for the tables as they are then (once per batch of events or deliveries).
+    // - statements that join tables are either not prepared (`persistent(false)`: planned when
+    //   they run, for the tables as they are then, once per batch) or, where planning each
+    //   time costs too much (inserting events, claiming), spell out every lookup they make.
     // (Re-planning every statement, plan_cache_mode=force_custom_plan, foreign-key checks
     // included, cost about a sixth of the machine's CPU time while dispatching.)
     let options = url

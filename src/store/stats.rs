@@ -173,10 +173,12 @@ pub async fn cancel_pending(
     let result = sqlx::query(
         "WITH dequeued AS (
              DELETE FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
-             RETURNING delivery_id
+             RETURNING delivery_id, attempts
          )
-         UPDATE deliveries SET status = 'cancelled', updated_at = now()
-         WHERE id IN (SELECT delivery_id FROM dequeued)",
+         -- A claim being sent keeps its attempt number: a later redelivery counts on from it.
+         UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(d.attempts, q.attempts), updated_at = now()
+         FROM dequeued q
+         WHERE d.id = q.delivery_id",
     )
     .persistent(false)
     .bind(namespace)
