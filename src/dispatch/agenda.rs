@@ -5,7 +5,8 @@
 //! their targets, this process's own retries and releases say when they fall due, and a claim
 //! that got less than it asked for shows that the target has nothing more due now. A claim
 //! round then costs one statement, however many targets have waiting work. Whatever this misses
-//! (another replica's retries) the next scan finds.
+//! (another replica's retries, claims that expired with the replica that made them) the next
+//! scan finds.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
