@@ -357,7 +357,8 @@ impl Measured {
 }
 
 /// Sends `rate` requests a second for `window`, each when its time comes whatever the answers
-/// to the earlier ones (open loop), and measures each answer.
+/// to the earlier ones (open loop), and measures each answer from the time it was due, so a
+/// generator that falls behind shows in the latency (and in the rate it reports).
 async fn open_loop(
     rate: f64,
     window: Duration,
@@ -368,14 +369,17 @@ async fn open_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut requests = Vec::new();
     while started.elapsed() < window {
-        ticker.tick().await;
+        let due = ticker.tick().await.into_std();
         let request = request();
         requests.push(tokio::spawn(async move {
-            let sent = Instant::now();
             let ok = request.send().await.is_ok_and(|r| r.status().is_success());
-            (ok, sent.elapsed().as_micros() as u64)
+            (ok, due.elapsed().as_micros() as u64)
         }));
     }
+    progress(&format!(
+        "open loop at {rate:.0}/s: sent {:.0}/s",
+        requests.len() as f64 / started.elapsed().as_secs_f64()
+    ));
     let mut measured = Measured::default();
     for request in requests {
         let (ok, latency_us) = request.await?;

@@ -722,6 +722,14 @@ async fn waiting_deliveries_move_to_the_queue_table() {
         .await
         .expect("a delivery as 0005 kept it");
     }
+    // An attempt recorded by a late outcome, which did not move the count.
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms)
+         SELECT id, 1, now(), 5 FROM deliveries WHERE target = 'stripe/new'",
+    )
+    .execute(&pool)
+    .await
+    .expect("an attempt");
     hookline::store::migrate(&pool)
         .await
         .expect("migrate to the latest");
@@ -740,7 +748,7 @@ async fn waiting_deliveries_move_to_the_queue_table() {
         queued,
         [
             ("stripe/claimed", true, 2, true),
-            ("stripe/new", false, 0, true),
+            ("stripe/new", false, 1, true),
             ("stripe/parked", false, 0, true),
             ("stripe/retry", false, 2, false),
         ],
@@ -762,7 +770,7 @@ async fn waiting_deliveries_move_to_the_queue_table() {
     taken.sort();
     assert_eq!(
         taken,
-        [("stripe/claimed", 2), ("stripe/new", 0), ("stripe/parked", 0)],
-        "what is due is claimed, the expired claim with its next number"
+        [("stripe/claimed", 2), ("stripe/new", 1), ("stripe/parked", 0)],
+        "what is due is claimed, each numbered after the attempts it had"
     );
 }

@@ -131,6 +131,9 @@ pub struct Dispatcher {
     options: DispatchOptions,
     targets: Mutex<HashMap<TargetKey, Arc<TargetRuntime>>>,
     claimed: Arc<Semaphore>,
+    /// Deliveries holding a `claimed` permit; counted apart so that the moment a batch's
+    /// worth of room frees up is seen exactly once.
+    holding: AtomicUsize,
     wake: Arc<Notify>,
     agenda: Mutex<Agenda>,
     recorder: AttemptRecorder,
@@ -164,6 +167,7 @@ impl Dispatcher {
             gateway,
             http: sender::http_client(),
             claimed: Arc::new(Semaphore::new(options.max_claimed)),
+            holding: AtomicUsize::new(0),
             options,
             targets: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
@@ -369,15 +373,18 @@ impl Dispatcher {
             let Ok(permit) = self.claimed.clone().try_acquire_owned() else {
                 break; // cannot happen: claims are planned within the free permits
             };
+            self.holding.fetch_add(1, Ordering::Relaxed);
             // Counted now, so the next round's plan sees the room this one took.
             let held = Held::new(runtime.clone(), self.wake.clone(), lease_ends);
             let this = self.clone();
             tokio::spawn(async move {
                 this.deliver(delivery, key, held).await;
                 drop(permit);
-                // Claiming again pays off once a batch's worth of room is free. (Not `==`: two
-                // sends finishing at once may both see one more.)
-                if this.claimed.available_permits() >= this.options.batch_size {
+                // Claiming again pays off once a batch's worth of room is free: woken when the
+                // count passes that mark (each decrement sees its own value), not after every
+                // send beyond it.
+                let before = this.holding.fetch_sub(1, Ordering::Relaxed);
+                if before == this.options.max_claimed.saturating_sub(this.options.batch_size) + 1 {
                     this.wake.notify_one();
                 }
             });
