@@ -130,9 +130,8 @@ pub struct Dispatcher {
     http: reqwest::Client,
     options: DispatchOptions,
     targets: Mutex<HashMap<TargetKey, Arc<TargetRuntime>>>,
-    claimed: Arc<Semaphore>,
-    /// Deliveries holding a `claimed` permit; counted apart so that the moment a batch's
-    /// worth of room frees up is seen exactly once.
+    /// Deliveries this process holds (claimed, and not yet recorded), all targets together:
+    /// at most `max_claimed`. Only the claimer adds to it, within what it saw free.
     holding: AtomicUsize,
     wake: Arc<Notify>,
     agenda: Mutex<Agenda>,
@@ -166,7 +165,6 @@ impl Dispatcher {
             pool,
             gateway,
             http: sender::http_client(),
-            claimed: Arc::new(Semaphore::new(options.max_claimed)),
             holding: AtomicUsize::new(0),
             options,
             targets: Mutex::new(HashMap::new()),
@@ -309,7 +307,11 @@ impl Dispatcher {
                 take: 0,
             });
         }
-        let budget = self.claimed.available_permits().min(self.options.batch_size);
+        let free = self
+            .options
+            .max_claimed
+            .saturating_sub(self.holding.load(Ordering::Relaxed));
+        let budget = free.min(self.options.batch_size);
         (share(due, budget), next_due)
     }
 
@@ -370,16 +372,12 @@ impl Dispatcher {
                 continue; // cannot happen: only planned targets are claimed
             };
             *left = left.saturating_sub(1);
-            let Ok(permit) = self.claimed.clone().try_acquire_owned() else {
-                break; // cannot happen: claims are planned within the free permits
-            };
             self.holding.fetch_add(1, Ordering::Relaxed);
             // Counted now, so the next round's plan sees the room this one took.
             let held = Held::new(runtime.clone(), self.wake.clone(), lease_ends);
             let this = self.clone();
             tokio::spawn(async move {
                 this.deliver(delivery, key, held).await;
-                drop(permit);
                 // Claiming again pays off once a batch's worth of room is free: woken when the
                 // count passes that mark (each decrement sees its own value), not after every
                 // send beyond it.
