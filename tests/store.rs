@@ -201,8 +201,7 @@ fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::sto
 #[tokio::test]
 async fn group_commit_answers_each_request_for_itself() {
     use hookline::store::events::{Stored, event_writer};
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 8).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
+    let pool = migrated_pool(8).await;
     let writer = std::sync::Arc::new(event_writer(pool.clone()));
 
     let mut requests = Vec::new();
@@ -248,6 +247,13 @@ async fn group_commit_answers_each_request_for_itself() {
     );
 }
 
+/// A pool of `connections` on a fresh database with the schema applied.
+async fn migrated_pool(connections: u32) -> sqlx::PgPool {
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, connections).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    pool
+}
+
 fn handler(name: &str) -> hookline::store::deliveries::TargetKey {
     hookline::store::deliveries::TargetKey {
         namespace: "billing".into(),
@@ -263,8 +269,7 @@ fn handler(name: &str) -> hookline::store::deliveries::TargetKey {
 async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     use hookline::store::deliveries::{claim, pause_target, resume_target, waiting_targets};
     use hookline::store::events::event_writer;
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
+    let pool = migrated_pool(4).await;
     let writer = event_writer(pool.clone());
     for i in 0..5 {
         for target in ["stripe/slow", "stripe/fast"] {
@@ -360,8 +365,7 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
 async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
     use hookline::store::deliveries::{After, Attempt, AttemptRecord, claim, record_attempts, release};
     use hookline::store::events::event_writer;
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
+    let pool = migrated_pool(4).await;
     let writer = event_writer(pool.clone());
     for i in 0..3 {
         writer
@@ -469,8 +473,7 @@ fn succeeded(
 async fn a_late_outcome_in_the_same_batch_does_not_win() {
     use hookline::store::deliveries::{After, claim, record_attempts};
     use hookline::store::events::event_writer;
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 2).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
+    let pool = migrated_pool(2).await;
     let writer = event_writer(pool.clone());
     for i in 0..2 {
         writer
@@ -519,8 +522,7 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
     use hookline::store::events::event_writer;
     use hookline::store::history::redeliver;
     use hookline::store::stats::cancel_pending;
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 2).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
+    let pool = migrated_pool(2).await;
     let writer = event_writer(pool.clone());
     writer
         .submit(new_event("evt_1", "invoice.paid", "stripe/billing"))
@@ -587,8 +589,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
     };
     use hookline::store::events::event_writer;
     // One connection: every statement, the event writer's too, shares its plan cache.
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 1).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
+    let pool = migrated_pool(1).await;
     sqlx::query("VACUUM ANALYZE")
         .execute(&pool)
         .await
