@@ -21,8 +21,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use hookline::api::{TargetKey, TargetKind};
 use hookline::standalone::postgres::PrivatePostgres;
-use hookline::store::deliveries::{self, TargetKey};
+use hookline::store::deliveries;
 use hookline::verify::{SigningKey, stripe};
 use sqlx::PgPool;
 
@@ -775,11 +776,10 @@ impl Bench {
         TargetKey {
             namespace: NAMESPACE.to_owned(),
             kind: if target.contains('/') {
-                "handler"
+                TargetKind::Handler
             } else {
-                "subscription"
-            }
-            .to_owned(),
+                TargetKind::Subscription
+            },
             name: target.to_owned(),
         }
     }

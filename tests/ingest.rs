@@ -3,12 +3,9 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hookline::gateway::catalog::GeneratedSecrets;
-use hookline::gateway::{Catalog, Gateway, GatewayOptions};
-use hookline::standalone::loader::{Config, load_text};
+use hookline::gateway::GatewayOptions;
 use hookline::verify::{self, SigningKey, standard_webhooks, stripe};
 use sqlx::PgPool;
 
@@ -123,23 +120,11 @@ async fn start_gateway(database_url: &str) -> TestGateway {
 /// A gateway that believes `X-Forwarded-For` from `trusted_proxies`.
 async fn start_gateway_behind(database_url: &str, trusted_proxies: Vec<ipnet::IpNet>) -> TestGateway {
     let pool = hookline::store::connect_lazy(database_url, 8).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
-    let mut config = Config::default();
-    load_text(CONFIG, Path::new("test config"), &mut config).expect("config loads");
     let options = GatewayOptions {
         trusted_proxies,
         ..GatewayOptions::default()
     };
-    let gateway = Gateway::new(pool.clone(), options);
-    gateway.set_catalog(Catalog::build(
-        &config.sources,
-        &config.subscriptions,
-        &config.secrets,
-        GeneratedSecrets::InDatabase,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
+    let (_, base) = support::harness::start_node(&pool, CONFIG, options, Default::default()).await;
     TestGateway {
         base,
         pool,

@@ -189,7 +189,7 @@ fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::sto
         body: bytes::Bytes::from_static(b"{}"),
         deliveries: vec![NewDelivery {
             id: uuid::Uuid::now_v7(),
-            target_kind: "handler",
+            target_kind: hookline::api::TargetKind::Handler,
             target: target.into(),
         }],
     }
@@ -254,10 +254,10 @@ async fn migrated_pool(connections: u32) -> sqlx::PgPool {
     pool
 }
 
-fn handler(name: &str) -> hookline::store::deliveries::TargetKey {
-    hookline::store::deliveries::TargetKey {
+fn handler(name: &str) -> hookline::api::TargetKey {
+    hookline::api::TargetKey {
         namespace: "billing".into(),
-        kind: "handler".into(),
+        kind: hookline::api::TargetKind::Handler,
         name: name.into(),
     }
 }
@@ -536,9 +536,14 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
         !redeliver(&pool, first.id, None).await.expect("redeliver"),
         "not while it is being sent"
     );
-    let cancelled = cancel_pending(&pool, "billing", "handler", &["stripe/billing".to_owned()])
-        .await
-        .expect("cancel");
+    let cancelled = cancel_pending(
+        &pool,
+        "billing",
+        hookline::api::TargetKind::Handler,
+        &["stripe/billing".to_owned()],
+    )
+    .await
+    .expect("cancel");
     assert_eq!(cancelled, 1);
     // Redelivered while the cancelled claim is still out.
     assert!(redeliver(&pool, first.id, None).await.expect("redeliver"));

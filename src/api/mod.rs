@@ -6,6 +6,7 @@ pub mod secret_ref;
 pub mod source;
 pub mod status;
 pub mod subscription;
+pub mod target;
 pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -19,6 +20,7 @@ pub use source::{
 };
 pub use status::{CircuitState, DeliveryStats, TargetHealth};
 pub use subscription::{WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus};
+pub use target::{TargetKey, TargetKind, handler_name};
 
 pub const GROUP: &str = "hookline.dev";
 /// Key of the signing secret in a Secret the controller generates for a target without

@@ -268,7 +268,7 @@ async fn control<K, F>(
 }
 
 async fn shutdown_signal() {
-    crate::gateway::shutdown_signal().await;
+    crate::node::shutdown_signal().await;
 }
 
 /// Deletes mirrored Secrets no source or subscription uses any more, every 30 seconds.

@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use sha2::Digest;
 
 use crate::api::{GENERATED_SECRET_KEY, SecretKeyRef};
-use crate::gateway::reflect::{MIRROR_LABEL, MIRROR_NAME_ANNOTATION, MIRROR_NAMESPACE_ANNOTATION};
+use crate::catalog::reflect::{MIRROR_LABEL, MIRROR_NAME_ANNOTATION, MIRROR_NAMESPACE_ANNOTATION};
 use crate::verify::standard_webhooks;
 
 pub const FIELD_MANAGER: &str = "hookline-controller";

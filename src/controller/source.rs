@@ -15,8 +15,8 @@ use super::secrets::{self, FIELD_MANAGER, SecretProblem};
 use super::{Context, Error};
 use crate::api::status::condition::SECRET_RESOLVED;
 use crate::api::{HandlerStatus, WebhookSource, WebhookSourceStatus};
-use crate::dispatch::egress::{self, Egress};
-use crate::store::deliveries::TargetKey;
+use crate::api::{TargetKey, TargetKind};
+use crate::catalog::egress;
 use crate::store::stats;
 use crate::verify::{SourceVerifier, standard_webhooks};
 
@@ -105,14 +105,11 @@ pub async fn apply(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action, 
                 Some(generated)
             }
         };
-        if let Egress::Forbidden(why) = egress::classify(&target.url).await {
-            url_problem.get_or_insert(format!("handler {}: {why}", handler.name));
+        // Handlers may deliver to private and cluster addresses.
+        if let Some(refusal) = egress::refusal(&target.url, true).await {
+            url_problem.get_or_insert(format!("handler {}: {}", handler.name, refusal.why()));
         }
-        let key = TargetKey {
-            namespace: namespace.clone(),
-            kind: "handler".into(),
-            name: format!("{name}/{}", handler.name),
-        };
+        let key = TargetKey::handler(&namespace, &name, &handler.name);
         let target_stats = stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
             .await
             .ok();
@@ -187,9 +184,9 @@ pub async fn cleanup(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action
         .spec
         .handlers
         .iter()
-        .map(|h| format!("{name}/{}", h.name))
+        .map(|h| crate::api::handler_name(&name, &h.name))
         .collect();
-    let cancelled = stats::cancel_pending(&ctx.pool, &namespace, "handler", &handlers)
+    let cancelled = stats::cancel_pending(&ctx.pool, &namespace, TargetKind::Handler, &handlers)
         .await
         .map_err(Error::Database)?;
     tracing::info!(%namespace, source = %name, cancelled, "source deleted; pending handler deliveries cancelled");

@@ -13,10 +13,10 @@ use serde_json::json;
 use super::conditions::{condition, is_false, readiness, target_health};
 use super::secrets::{self, FIELD_MANAGER, SecretProblem};
 use super::{Context, Error};
+use crate::api::TargetKey;
 use crate::api::status::condition::{HEALTHY, SECRET_RESOLVED};
 use crate::api::{CircuitState, SecretKeyRef, WebhookSubscription, WebhookSubscriptionStatus};
-use crate::dispatch::egress::{self, Egress};
-use crate::store::deliveries::TargetKey;
+use crate::catalog::egress::{self, EgressRefusal};
 use crate::store::stats::{self, TargetStats};
 use crate::verify::standard_webhooks;
 
@@ -57,20 +57,19 @@ pub async fn apply(sub: Arc<WebhookSubscription>, ctx: &Context) -> Result<Actio
         Err(problem) => Some(problem),
     };
 
-    let url_problem = match egress::classify(&spec.target.url).await {
-        Egress::Forbidden(why) => Some(("UrlNotAllowed", why)),
-        Egress::Private(why) if !spec.allow_private_networks => Some((
-            "PrivateNetworkNotAllowed",
-            format!("{why}; set allowPrivateNetworks: true to deliver to private or cluster addresses"),
-        )),
-        _ => None,
-    };
+    let url_problem = egress::refusal(&spec.target.url, spec.allow_private_networks)
+        .await
+        .map(|refusal| {
+            let message = match &refusal {
+                EgressRefusal::Forbidden(why) => why.clone(),
+                EgressRefusal::PrivateNotAllowed(why) => format!(
+                    "{why}; set allowPrivateNetworks: true to deliver to private or cluster addresses"
+                ),
+            };
+            (refusal.reason(), message)
+        });
 
-    let key = TargetKey {
-        namespace: namespace.clone(),
-        kind: "subscription".into(),
-        name: name.clone(),
-    };
+    let key = TargetKey::subscription(&namespace, &name);
     let stats = stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
         .await
         .ok();
@@ -239,9 +238,14 @@ async fn publish_transitions(
 pub async fn cleanup(sub: Arc<WebhookSubscription>, ctx: &Context) -> Result<Action, Error> {
     let namespace = sub.namespace().unwrap_or_default();
     let name = sub.name_any();
-    let cancelled = stats::cancel_pending(&ctx.pool, &namespace, "subscription", std::slice::from_ref(&name))
-        .await
-        .map_err(Error::Database)?;
+    let cancelled = stats::cancel_pending(
+        &ctx.pool,
+        &namespace,
+        crate::api::TargetKind::Subscription,
+        std::slice::from_ref(&name),
+    )
+    .await
+    .map_err(Error::Database)?;
     tracing::info!(%namespace, subscription = %name, cancelled, "subscription deleted; pending deliveries cancelled");
     Ok(Action::await_change())
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::store::deliveries::{TargetKey, WaitingTarget};
+use crate::api::{TargetKey, TargetKind};
+use crate::store::deliveries::WaitingTarget;
 
 /// How often the queue is scanned even when nothing says it changed: the most another
 /// replica's retry can be late by here.
@@ -134,13 +135,14 @@ impl Agenda {
     }
 }
 
-/// `namespace/kind/name` (a handler's name holds a `/` of its own).
+/// `namespace/kind/name`, as `store::events` writes it (a handler's name holds a `/` of its own).
 fn parse_key(line: &str) -> Option<TargetKey> {
     let mut parts = line.splitn(3, '/');
     let (namespace, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
-    (!namespace.is_empty() && !kind.is_empty() && !name.is_empty()).then(|| TargetKey {
+    let kind: TargetKind = kind.parse().ok()?;
+    (!namespace.is_empty() && !name.is_empty()).then(|| TargetKey {
         namespace: namespace.to_owned(),
-        kind: kind.to_owned(),
+        kind,
         name: name.to_owned(),
     })
 }
@@ -152,7 +154,7 @@ mod tests {
     fn key(name: &str) -> TargetKey {
         TargetKey {
             namespace: "shop".into(),
-            kind: "handler".into(),
+            kind: TargetKind::Handler,
             name: name.into(),
         }
     }
@@ -160,7 +162,7 @@ mod tests {
     fn waiting(name: &str, due: DateTime<Utc>) -> WaitingTarget {
         WaitingTarget {
             namespace: "shop".into(),
-            target_kind: "handler".into(),
+            target_kind: TargetKind::Handler,
             target: name.into(),
             next_attempt_at: due,
             paused: false,

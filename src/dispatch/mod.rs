@@ -4,12 +4,14 @@
 //! a target that has room again and by a timer for the next scheduled retry, and sends each
 //! delivery under its target's circuit breaker, rate limit and in-flight cap.
 
+mod admit;
 mod agenda;
 mod breaker;
 mod depth;
-pub mod egress;
 mod policy;
 mod sender;
+pub mod settle;
+mod targets;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,19 +21,18 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
-use crate::api::{CircuitBreaker, CircuitState, RateLimit};
-use crate::gateway::Gateway;
-use crate::gateway::catalog::Target;
-use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, TargetKey};
+use crate::api::{CircuitState, TargetKey};
+use crate::catalog::{CatalogCell, Target};
+use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed};
 use crate::store::events::DELIVERIES_CHANNEL;
-use crate::telemetry::metrics::TargetLabels;
-use crate::verify::{SigningKey, standard_webhooks};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{AttemptLabels, TargetLabels};
+use admit::Release;
 use agenda::Agenda;
-use breaker::{Admission, Breaker, TokenBucket};
-use depth::ClaimDepth;
-use policy::Verdict;
+use settle::{Outcome, Settlement, Terms, later, settle};
+use targets::{Held, TargetRuntime, Targets};
 
 #[derive(Clone, Debug)]
 pub struct DispatchOptions {
@@ -57,20 +58,6 @@ impl Default for DispatchOptions {
     }
 }
 
-/// Per-target state in this process.
-struct TargetRuntime {
-    settings: FlowSettings,
-    in_flight: Semaphore,
-    /// Deliveries claimed for the target and not yet sent (waiting for a slot, or in flight).
-    claimed: AtomicUsize,
-    /// How many it may hold claimed.
-    depth: ClaimDepth,
-    flow: Mutex<Flow>,
-    /// The last egress verdict (when, refusal if any): classifying a host name costs a DNS
-    /// lookup, too much to repeat for every delivery.
-    egress: Mutex<Option<(Instant, Option<String>)>>,
-}
-
 /// How soon to look again when due work was found but other replicas held all of it.
 const BUSY_RECHECK: Duration = Duration::from_millis(50);
 
@@ -79,57 +66,13 @@ const BUSY_RECHECK: Duration = Duration::from_millis(50);
 /// (a scan that stops there does not forget them) until a scan finds fewer.
 const TARGETS_PER_ROUND: i64 = 10_000;
 
-/// How long an egress verdict is reused.
-const EGRESS_RECHECK: Duration = Duration::from_secs(30);
-
-impl TargetRuntime {
-    /// How many more deliveries the target may be given now. Its depth is at least a round of
-    /// sends and three waiting, more for a target that sends fast, so it never idles while its
-    /// next claim is made; one that is slow does not hold them past their lease (see
-    /// `deliver_to`).
-    fn room(&self, now: Instant) -> usize {
-        self.depth
-            .measure(now)
-            .saturating_sub(self.claimed.load(Ordering::Relaxed))
-    }
-
-    async fn egress_refusal(&self, target: &Target) -> Option<String> {
-        if let Some((checked, verdict)) = &*self.egress.lock().unwrap_or_else(|e| e.into_inner())
-            && checked.elapsed() < EGRESS_RECHECK
-        {
-            return verdict.clone();
-        }
-        let verdict = egress_refusal(target).await;
-        *self.egress.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), verdict.clone()));
-        verdict
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct FlowSettings {
-    url: String,
-    max_in_flight: usize,
-    rate_limit: Option<RateLimit>,
-    breaker: CircuitBreaker,
-}
-
-enum Gate {
-    Go,
-    RateLimited(Duration),
-    CircuitOpen(Duration),
-}
-
-struct Flow {
-    breaker: Breaker,
-    bucket: Option<TokenBucket>,
-}
-
 pub struct Dispatcher {
     pool: PgPool,
-    gateway: Arc<Gateway>,
+    catalog: Arc<CatalogCell>,
+    metrics: Arc<Metrics>,
     http: reqwest::Client,
     options: DispatchOptions,
-    targets: Mutex<HashMap<TargetKey, Arc<TargetRuntime>>>,
+    targets: Targets,
     /// Deliveries this process holds (claimed, and not yet recorded), all targets together:
     /// at most `max_claimed`. Only the claimer adds to it, within what it saw free.
     holding: AtomicUsize,
@@ -141,33 +84,26 @@ pub struct Dispatcher {
 fn target_label(key: &TargetKey) -> TargetLabels {
     TargetLabels {
         namespace: key.namespace.clone(),
-        target: format!("{}/{}", key.kind, key.name),
-    }
-}
-
-/// Why the target's URL may not be sent to now, if it may not: link-local and metadata
-/// addresses never; private and cluster addresses only for handlers and for subscriptions that
-/// opted in.
-async fn egress_refusal(target: &Target) -> Option<String> {
-    match egress::classify(&target.spec.url).await {
-        egress::Egress::Forbidden(why) => Some(format!("URL not allowed: {why}")),
-        egress::Egress::Private(why) if !target.allow_private_networks => {
-            Some(format!("URL not allowed: {why} (allowPrivateNetworks is false)"))
-        }
-        _ => None,
+        target: key.label(),
     }
 }
 
 impl Dispatcher {
-    pub fn new(pool: PgPool, gateway: Arc<Gateway>, options: DispatchOptions) -> Arc<Self> {
+    pub fn new(
+        pool: PgPool,
+        catalog: Arc<CatalogCell>,
+        metrics: Arc<Metrics>,
+        options: DispatchOptions,
+    ) -> Arc<Self> {
         Arc::new(Self {
             recorder: deliveries::attempt_recorder(pool.clone()),
             pool,
-            gateway,
+            catalog,
+            metrics,
             http: sender::http_client(),
             holding: AtomicUsize::new(0),
             options,
-            targets: Mutex::new(HashMap::new()),
+            targets: Targets::default(),
             wake: Arc::new(Notify::new()),
             agenda: Mutex::new(Agenda::default()),
         })
@@ -228,47 +164,16 @@ impl Dispatcher {
     async fn report_backlog(self: Arc<Self>) {
         loop {
             if let Ok(pending) = deliveries::count_pending(&self.pool).await {
-                self.gateway.metrics().deliveries_pending.set(pending);
+                self.metrics.deliveries_pending.set(pending);
             }
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     }
 
-    /// This process's state for a target; started afresh when its flow settings change.
-    fn runtime(&self, key: &TargetKey, target: &Target) -> Arc<TargetRuntime> {
-        let settings = FlowSettings {
-            url: target.spec.url.clone(),
-            max_in_flight: target.spec.max_in_flight.max(1) as usize,
-            rate_limit: target.spec.rate_limit.clone(),
-            breaker: target.spec.circuit_breaker.clone().unwrap_or_default(),
-        };
-        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(runtime) = targets.get(key)
-            && runtime.settings == settings
-        {
-            return runtime.clone();
-        }
-        let runtime = Arc::new(TargetRuntime {
-            in_flight: Semaphore::new(settings.max_in_flight),
-            claimed: AtomicUsize::new(0),
-            // At most half of what the process may hold: one fast target leaves room for others.
-            depth: ClaimDepth::new(
-                settings.max_in_flight * 4,
-                self.options.max_claimed / 2,
-                Instant::now(),
-            ),
-            flow: Mutex::new(Flow {
-                breaker: Breaker::new(settings.breaker.clone()),
-                bucket: settings
-                    .rate_limit
-                    .as_ref()
-                    .map(|l| TokenBucket::new(l, Instant::now())),
-            }),
-            egress: Mutex::new(None),
-            settings,
-        });
-        targets.insert(key.clone(), runtime.clone());
-        runtime
+    /// This process's state for a target. One target's claim depth is at most half of what
+    /// the process may hold: one fast target leaves room for others.
+    fn runtime(&self, target: &Target) -> Arc<TargetRuntime> {
+        self.targets.runtime(target, self.options.max_claimed / 2)
     }
 
     fn agenda(&self) -> std::sync::MutexGuard<'_, Agenda> {
@@ -279,19 +184,19 @@ impl Dispatcher {
     /// and configured here gets a fair share of this process's free slots, up to its room. Also
     /// when the earliest target with room falls due, if none is due now.
     fn plan_claims(&self) -> (Vec<Share>, Option<chrono::DateTime<Utc>>) {
-        let catalog = self.gateway.catalog();
+        let catalog = self.catalog.get();
         let now = Utc::now();
         let instant = Instant::now();
         let mut next_due = None;
         let mut due = Vec::new();
         for (key, entry) in self.agenda().targets().filter(|(_, e)| !e.paused) {
-            let Some(configured) = catalog.target(&key.namespace, &key.kind, &key.name) else {
+            let Some(configured) = catalog.target(key) else {
                 continue; // not configured here (yet, or any more): the controller cancels it
             };
             if configured.spec.paused {
                 continue;
             }
-            let runtime = self.runtime(key, configured);
+            let runtime = self.runtime(configured);
             let room = runtime.room(instant);
             if room == 0 {
                 continue; // a send finishing wakes the claimer
@@ -397,197 +302,115 @@ impl Dispatcher {
 
     /// The claim lease: longer than any target's timeout, plus the margin.
     fn lease(&self) -> Duration {
-        self.gateway.catalog().max_timeout() + self.options.lease_margin
+        self.catalog.get().max_timeout() + self.options.lease_margin
     }
 
+    /// One claimed delivery: admitted, sent, settled, recorded; or given back unsent.
     async fn deliver(&self, delivery: Claimed, key: TargetKey, held: Held) {
-        let catalog = self.gateway.catalog();
-        let Some(target) = catalog.target(&key.namespace, &key.kind, &key.name) else {
-            // Not configured here (yet, or any more): leave it for the controller to cancel.
-            self.release(&delivery, Duration::from_secs(60), "target is not configured")
-                .await;
-            return;
-        };
-        if target.spec.paused {
-            self.release(&delivery, Duration::from_secs(30), "target is paused")
-                .await;
-            return;
-        }
+        let catalog = self.catalog.get();
+        let target = catalog.target(&key);
         let runtime = held.runtime.clone();
-        self.deliver_to(&delivery, &key, target, &runtime, held).await;
-    }
-
-    async fn deliver_to(
-        &self,
-        delivery: &Claimed,
-        key: &TargetKey,
-        target: &Target,
-        runtime: &TargetRuntime,
-        held: Held,
-    ) {
-        let keys = match self.signing_keys(key, target).await {
-            Ok(keys) => keys,
-            Err(problem) => {
-                self.release(
-                    delivery,
-                    Duration::from_secs(5),
-                    &format!("no signing secret: {problem}"),
-                )
-                .await;
-                return;
-            }
+        let permit = match self.admit(&key, target, &runtime, &held).await {
+            Ok(permit) => permit,
+            Err(release) => return self.release(&delivery, &key, release).await,
         };
-        if let Some(refusal) = runtime.egress_refusal(target).await {
-            // Never send where the egress policy forbids; the resource's status says why.
-            self.release(delivery, Duration::from_secs(60), &refusal).await;
-            return;
-        }
-        // A slot must come while the lease still covers the rate limit wait and the request;
-        // otherwise the delivery goes back to the queue, rather than be sent by two workers.
-        let slot_by = held.leaving(target.spec.timeout.get() + self.options.lease_margin / 2);
-        let slot = match tokio::time::timeout_at(slot_by.into(), runtime.in_flight.acquire()).await {
-            // A free slot is taken even past the deadline (the timer is checked second).
-            Ok(Ok(slot)) if Instant::now() < slot_by => slot,
-            Ok(Err(_closed)) => return,
-            Ok(Ok(_)) | Err(_) => {
-                self.release(delivery, Duration::ZERO, "waited too long for a free slot")
-                    .await;
-                return;
-            }
-        };
-        // Rate limit first, then the breaker (admitting a half-open probe commits to sending it).
-        // Waiting for the rate limit, too, must leave the lease room for the request.
-        let deadline =
-            (Instant::now() + self.options.lease_margin / 2).min(held.leaving(target.spec.timeout.get()));
-        loop {
-            let now = Instant::now();
-            let gate = {
-                let mut flow = runtime.flow.lock().unwrap_or_else(|e| e.into_inner());
-                match flow.bucket.as_mut().map(|b| b.take(now)) {
-                    Some(Err(wait)) => Gate::RateLimited(wait),
-                    _ => match flow.breaker.admit(now) {
-                        Admission::Allowed => Gate::Go,
-                        Admission::Wait(wait) => Gate::CircuitOpen(wait),
-                    },
-                }
-            };
-            match gate {
-                Gate::Go => break,
-                Gate::RateLimited(wait) if now + wait < deadline => tokio::time::sleep(wait).await,
-                Gate::RateLimited(wait) => {
-                    self.release(delivery, wait, "rate limited").await;
-                    return;
-                }
-                Gate::CircuitOpen(wait) => {
-                    // Deliveries wait while the circuit is open; they spend no attempt.
-                    let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                    let _ = deliveries::defer_target(&self.pool, key, until).await;
-                    self.release(delivery, wait, "circuit open").await;
-                    return;
-                }
-            }
-        }
-
+        let Some(target) = target else { return }; // admitted targets are configured
         let sent = sender::send(
             &self.http,
             &target.spec.url,
             target.spec.timeout.get(),
-            delivery,
-            &keys,
+            &delivery,
+            &permit.keys,
         )
         .await;
         // The cap and the room are about requests to the target; recording happens outside.
         runtime.depth.sent();
-        drop(slot);
+        drop(permit);
         drop(held);
-        let status = sent.attempt.status_code.map(|s| s as u16);
-        let verdict = policy::classify(status);
-        let metrics = self.gateway.metrics();
+        let attempts_made = delivery.attempts as u32 + 1;
+        let settlement = settle(
+            Outcome {
+                status: sent.attempt.status_code.map(|s| s as u16),
+                error_class: sent.attempt.error_class,
+                retry_after: sent.retry_after.as_deref(),
+            },
+            attempts_made,
+            Terms {
+                url: &target.spec.url,
+                retry_policy: target.spec.retry_policy.as_ref(),
+                max_retry_after: self.options.max_retry_after,
+            },
+            Utc::now(),
+        );
+        self.record(delivery, &key, &runtime, sent.attempt, settlement)
+            .await;
+    }
+
+    /// Carries out a settlement: metrics, the breaker, a pause, and the attempt's record.
+    async fn record(
+        &self,
+        delivery: Claimed,
+        key: &TargetKey,
+        runtime: &TargetRuntime,
+        attempt: deliveries::Attempt,
+        settlement: Settlement,
+    ) {
         let labels = target_label(key);
-        metrics
+        self.metrics
             .delivery_duration
-            .observe(sent.attempt.duration_ms as f64 / 1000.0);
-        let outcome = match verdict {
-            Verdict::Success => "succeeded",
-            Verdict::Retryable | Verdict::Permanent | Verdict::Gone => "failed",
-        };
-        metrics
+            .observe(attempt.duration_ms as f64 / 1000.0);
+        self.metrics
             .delivery_attempts
-            .get_or_create(&crate::telemetry::metrics::AttemptLabels {
+            .get_or_create(&AttemptLabels {
                 namespace: labels.namespace.clone(),
                 target: labels.target.clone(),
-                outcome: outcome.to_owned(),
+                outcome: if settlement.succeeded {
+                    "succeeded"
+                } else {
+                    "failed"
+                }
+                .to_owned(),
             })
             .inc();
-
-        self.record_breaker(key, runtime, verdict == Verdict::Success)
-            .await;
-
-        let attempts_made = delivery.attempts as u32 + 1;
-        let failure = match (status, &sent.attempt.error_class) {
-            (Some(code), _) => format!("HTTP {code}"),
-            (None, Some(class)) => (*class).to_owned(),
-            (None, None) => "unknown".to_owned(),
-        };
-        let policy = target.spec.retry_policy.as_ref();
-        let after = match verdict {
-            Verdict::Success => After::Succeeded,
-            Verdict::Permanent => After::Dead,
-            Verdict::Gone => {
-                let reason = format!("{} answered 410 Gone", target.spec.url);
-                tracing::warn!(namespace = %key.namespace, target = %labels.target, "pausing target: {reason}");
-                let _ = deliveries::pause_target(&self.pool, key, &reason).await;
-                After::RetryAt(Utc::now())
-            }
-            Verdict::Retryable if attempts_made >= policy::max_attempts(policy) => After::Dead,
-            Verdict::Retryable => {
-                let retry_after = sent
-                    .retry_after
-                    .as_deref()
-                    .and_then(|v| policy::parse_retry_after(v, std::time::SystemTime::now()));
-                let delay = policy::retry_delay(
-                    policy::next_delay(policy, attempts_made),
-                    retry_after,
-                    self.options.max_retry_after,
-                );
-                After::RetryAt(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
-            }
-        };
+        self.record_breaker(key, runtime, settlement.succeeded).await;
+        if let Some(reason) = &settlement.pause {
+            tracing::warn!(namespace = %key.namespace, target = %labels.target, "pausing target: {reason}");
+            let _ = deliveries::pause_target(&self.pool, key, reason).await;
+        }
+        let after = settlement.after;
         let record = AttemptRecord {
             delivery: delivery.id,
             lease_until: delivery.lease_until,
             number: delivery.attempts + 1,
-            attempt: sent.attempt,
+            attempt,
             after,
-            last_error: (verdict != Verdict::Success).then(|| failure.clone()),
+            last_error: settlement.failure.clone(),
         };
         if let Err(err) = self.recorder.submit(record).await {
             // The lease expires and the delivery is sent again: at-least-once.
             tracing::warn!(delivery = %delivery.id, "cannot record attempt: {err}");
             return;
         }
-        if let After::RetryAt(at) = after {
-            self.agenda().note(key.clone(), at);
-        }
         match after {
+            After::RetryAt(at) => self.agenda().note(key.clone(), at),
             After::Succeeded => {
                 let latency = (Utc::now() - delivery.received_at).to_std().unwrap_or_default();
-                metrics.event_delivery_latency.observe(latency.as_secs_f64());
+                self.metrics.event_delivery_latency.observe(latency.as_secs_f64());
             }
             After::Dead => {
-                metrics.deliveries_dead.get_or_create(&labels).inc();
+                self.metrics.deliveries_dead.get_or_create(&labels).inc();
                 tracing::warn!(
                     namespace = %key.namespace, target = %labels.target, delivery = %delivery.id,
-                    attempts = attempts_made, "delivery is dead after {failure}"
+                    attempts = delivery.attempts + 1,
+                    "delivery is dead after {}", settlement.failure.as_deref().unwrap_or("unknown")
                 );
             }
-            After::RetryAt(_) => {}
         }
     }
 
     async fn record_breaker(&self, key: &TargetKey, runtime: &TargetRuntime, success: bool) {
         let (changed, reopen) = {
-            let mut flow = runtime.flow.lock().unwrap_or_else(|e| e.into_inner());
+            let mut flow = runtime.flow();
             let now = Instant::now();
             let changed = flow.breaker.record(success, now);
             (changed, flow.breaker.reopens_in(now))
@@ -600,8 +423,7 @@ impl Dispatcher {
         };
         let labels = target_label(key);
         tracing::info!(namespace = %key.namespace, target = %labels.target, "circuit {name}");
-        self.gateway
-            .metrics()
+        self.metrics
             .circuit_state
             .get_or_create(&labels)
             .set(match state {
@@ -611,30 +433,19 @@ impl Dispatcher {
             });
         let _ = deliveries::set_circuit(&self.pool, key, name).await;
         if let Some(wait) = reopen {
-            let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            let _ = deliveries::defer_target(&self.pool, key, until).await;
+            let _ = deliveries::defer_target(&self.pool, key, later(Utc::now(), wait)).await;
         }
     }
 
-    async fn signing_keys(&self, key: &TargetKey, target: &Target) -> Result<Vec<SigningKey>, String> {
-        match &target.signing {
-            Some(resolved) => resolved.clone(),
-            None => {
-                let candidate = standard_webhooks::encode_secret(&rand::random::<[u8; 32]>());
-                let secret = deliveries::generated_secret(&self.pool, key, &candidate)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                standard_webhooks::decode_secret(&secret)
-                    .map(|k| vec![k])
-                    .map_err(|e| e.to_string())
-            }
+    /// Gives a delivery back unsent, due again after the release's wait; the only place
+    /// deliveries are released.
+    async fn release(&self, delivery: &Claimed, key: &TargetKey, release: Release) {
+        let at = later(Utc::now(), release.after);
+        if release.defer_target {
+            let _ = deliveries::defer_target(&self.pool, key, at).await;
         }
-    }
-
-    async fn release(&self, delivery: &Claimed, after: Duration, reason: &str) {
-        let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-        match deliveries::release(&self.pool, delivery.id, delivery.lease_until, at, reason).await {
-            Ok(()) => self.agenda().note(delivery.target_key(), at),
+        match deliveries::release(&self.pool, delivery.id, delivery.lease_until, at, &release.reason).await {
+            Ok(()) => self.agenda().note(key.clone(), at),
             Err(err) => tracing::warn!(delivery = %delivery.id, "cannot release delivery: {err}"),
         }
     }
@@ -648,40 +459,6 @@ enum Claim {
     Contended,
     /// Nothing is due for a target with room; the earliest such target falls due then.
     Idle { next_due: Option<chrono::DateTime<Utc>> },
-}
-
-/// A delivery counted in its target's `claimed` until it is sent; the claimer is woken when the
-/// target is down to half its depth, so its next ones are claimed in time.
-struct Held {
-    runtime: Arc<TargetRuntime>,
-    wake: Arc<Notify>,
-    /// When this process's claim on the delivery ends.
-    lease_ends: Instant,
-}
-
-impl Held {
-    /// When the lease has `left` of it remaining (now, if it already has less).
-    fn leaving(&self, left: Duration) -> Instant {
-        self.lease_ends.checked_sub(left).unwrap_or_else(Instant::now)
-    }
-
-    fn new(runtime: Arc<TargetRuntime>, wake: Arc<Notify>, lease_ends: Instant) -> Self {
-        runtime.claimed.fetch_add(1, Ordering::Relaxed);
-        Self {
-            runtime,
-            wake,
-            lease_ends,
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let before = self.runtime.claimed.fetch_sub(1, Ordering::Relaxed);
-        if before == self.runtime.depth.get() / 2 + 1 {
-            self.wake.notify_one();
-        }
-    }
 }
 
 /// A due target's part in a claim round.

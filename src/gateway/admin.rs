@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{Access, Gateway};
+use crate::api::TargetKey;
 use crate::store::history::{self, EventFilter};
 
 const REDACTED: &str = "[redacted]";
@@ -171,12 +172,13 @@ pub(super) struct TargetAction {
 }
 
 impl TargetAction {
-    fn key(&self) -> crate::store::deliveries::TargetKey {
-        crate::store::deliveries::TargetKey {
+    /// The target named, if `kind` is a kind of target.
+    fn key(&self) -> Option<TargetKey> {
+        Some(TargetKey {
             namespace: self.namespace.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind.parse().ok()?,
             name: self.target.clone(),
-        }
+        })
     }
 }
 
@@ -208,7 +210,10 @@ pub(super) async fn act_on_target(
     act: Act,
 ) -> Result<Value, (StatusCode, String)> {
     let catalog = gateway.catalog();
-    let Some(target) = catalog.target(&action.namespace, &action.kind, &action.target) else {
+    let Some((key, target)) = action
+        .key()
+        .and_then(|key| Some((key.clone(), catalog.target(&key)?)))
+    else {
         return Err((
             StatusCode::NOT_FOUND,
             format!(
@@ -217,7 +222,6 @@ pub(super) async fn act_on_target(
             ),
         ));
     };
-    let key = action.key();
     fn unavailable(err: impl std::fmt::Display) -> (StatusCode, String) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -262,8 +266,8 @@ pub(super) async fn act_on_target(
                 body: body.to_string().into(),
                 deliveries: vec![NewDelivery {
                     id: Uuid::now_v7(),
-                    target_kind: target.kind.as_str(),
-                    target: target.name.clone(),
+                    target_kind: target.key.kind,
+                    target: target.key.name.clone(),
                 }],
             };
             gateway.events.submit(event).await.map_err(unavailable)?;
@@ -301,24 +305,15 @@ pub(super) async fn target_health(
     gateway: &Gateway,
     namespace: Option<&str>,
     access: &Access,
-) -> Result<
-    Vec<(
-        crate::store::deliveries::TargetKey,
-        crate::store::stats::TargetStats,
-    )>,
-    sqlx::Error,
-> {
+) -> Result<Vec<(TargetKey, crate::store::stats::TargetStats)>, sqlx::Error> {
     let catalog = gateway.catalog();
-    let mut keys: Vec<_> = catalog
+    let mut keys: Vec<TargetKey> = catalog
         .targets()
-        .filter(|(ns, _)| namespace.is_none_or(|wanted| wanted == *ns) && access.allows(ns))
-        .map(|(ns, t)| crate::store::deliveries::TargetKey {
-            namespace: ns.to_owned(),
-            kind: t.kind.as_str().to_owned(),
-            name: t.name.clone(),
-        })
+        .map(|t| &t.key)
+        .filter(|key| namespace.is_none_or(|wanted| wanted == key.namespace) && access.allows(&key.namespace))
+        .cloned()
         .collect();
-    keys.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    keys.sort();
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let stats =
@@ -345,7 +340,7 @@ pub(super) async fn list_targets(
                 .iter()
                 .map(|(key, stats)| {
                     json!({
-                        "namespace": key.namespace, "kind": key.kind, "target": key.name,
+                        "namespace": key.namespace, "kind": key.kind.as_str(), "target": key.name,
                         "circuit": stats.circuit.clone().unwrap_or_else(|| "closed".into()),
                         "paused": stats.paused_reason, "succeeded": stats.succeeded, "failedAttempts": stats.failed_attempts,
                         "dead": stats.dead, "pending": stats.pending, "p95LatencyMs": stats.p95_latency_ms,

@@ -17,7 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::Gateway;
-use super::catalog::Source;
+use crate::catalog::Source;
 use crate::store::events::{NewDelivery, NewEvent, Stored};
 use crate::telemetry::metrics::{IngestLabels, SourceLabels};
 
@@ -105,7 +105,7 @@ fn provider_label(source: &Source) -> &'static str {
 }
 
 fn count(gateway: &Gateway, namespace: &str, source: &str, provider: &str, outcome: &str, started: Instant) {
-    let metrics = gateway.metrics();
+    let metrics = &gateway.metrics;
     metrics
         .ingest_requests
         .get_or_create(&IngestLabels {
@@ -120,7 +120,7 @@ fn count(gateway: &Gateway, namespace: &str, source: &str, provider: &str, outco
 
 async fn handle(
     gateway: &Gateway,
-    catalog: &super::Catalog,
+    catalog: &crate::catalog::Catalog,
     source: &Source,
     peer: IpAddr,
     request: Request<Body>,
@@ -192,8 +192,8 @@ async fn handle(
         .targets_for(&source.namespace, Some(source), &event.event_type)
         .map(|target| NewDelivery {
             id: Uuid::now_v7(),
-            target_kind: target.kind.as_str(),
-            target: target.name.clone(),
+            target_kind: target.key.kind,
+            target: target.key.name.clone(),
         })
         .collect();
     let event_id = Uuid::now_v7();
@@ -214,7 +214,7 @@ async fn handle(
     };
     match gateway.events.submit(new_event).await {
         Ok(Stored::New { deliveries }) => {
-            gateway.metrics().events_stored.get_or_create(&labels).inc();
+            gateway.metrics.events_stored.get_or_create(&labels).inc();
             // Debug: every stored event is in the delivery log and the metrics already, and a
             // line per webhook costs more CPU than the verification at thousands a second.
             tracing::debug!(
@@ -225,7 +225,7 @@ async fn handle(
             ("accepted", (StatusCode::OK, Json(body)).into_response())
         }
         Ok(Stored::Duplicate) => {
-            gateway.metrics().duplicates.get_or_create(&labels).inc();
+            gateway.metrics.duplicates.get_or_create(&labels).inc();
             let mut response = (
                 StatusCode::OK,
                 Json(json!({"eventId": event.id, "duplicate": true})),

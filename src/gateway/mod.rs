@@ -1,17 +1,15 @@
-//! The data plane: receives inbound webhooks (`ingest`), and serves health and metrics.
+//! The HTTP side of the data plane: receives inbound webhooks (`ingest`) and published events
+//! (`publish`), serves the admin API and console, health and metrics.
 
 mod admin;
-pub mod catalog;
 mod ingest;
 mod publish;
-pub mod reflect;
 mod ui;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,17 +22,17 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::catalog::{Catalog, CatalogCell};
 use crate::store::events::{EventWriter, event_writer};
 use crate::telemetry::Metrics;
-pub use catalog::{Catalog, Secrets};
 
 /// Everything a request handler reads.
 pub struct Gateway {
-    catalog: RwLock<Arc<Catalog>>,
+    catalog: Arc<CatalogCell>,
     pool: PgPool,
     /// Inbound, published and test events go through here, sharing commits.
     events: EventWriter,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress controllers).
     trusted_proxies: Vec<IpNet>,
     /// Bearer token of the publish API; publishing is refused without one.
@@ -46,7 +44,6 @@ pub struct Gateway {
     /// A request not finished within this time is answered 408, so slow clients cannot hold
     /// connections and memory indefinitely.
     request_timeout: Duration,
-    config_loaded: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     rejections: Mutex<HashMap<(String, String, String), i64>>,
     /// Console sessions: session id → (CSRF token, what it may see). In memory: a restart
@@ -138,39 +135,30 @@ impl Default for GatewayOptions {
 }
 
 impl Gateway {
-    pub fn new(pool: PgPool, options: GatewayOptions) -> Arc<Self> {
+    pub fn new(
+        pool: PgPool,
+        catalog: Arc<CatalogCell>,
+        metrics: Arc<Metrics>,
+        options: GatewayOptions,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            catalog: RwLock::new(Arc::new(Catalog::default())),
+            catalog,
             events: event_writer(pool.clone()),
             pool,
-            metrics: Metrics::new(),
+            metrics,
             trusted_proxies: options.trusted_proxies,
             publish_token: options.publish_token.filter(|t| !t.is_empty()),
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
             scoped_admin_tokens: options.scoped_admin_tokens,
             request_timeout: options.request_timeout,
-            config_loaded: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
             ui_sessions: Mutex::new(HashMap::new()),
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Swaps in a new configuration; requests in flight finish with the one they started with.
-    pub fn set_catalog(&self, catalog: Catalog) {
-        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
-        self.config_loaded.store(true, Ordering::Release);
-    }
-
-    pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    /// The configuration in force; a request finishes with the one it started with.
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.get()
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -244,7 +232,7 @@ impl Gateway {
 
 /// Ready when the configuration is loaded and the database answers.
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    if !gateway.config_loaded.load(Ordering::Acquire) {
+    if !gateway.catalog.loaded() {
         return (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded");
     }
     let ping = tokio::time::timeout(
@@ -309,63 +297,6 @@ impl Gateway {
     fn admin_configured(&self) -> bool {
         self.admin_token.is_some() || !self.scoped_admin_tokens.is_empty()
     }
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: draining requests in flight");
-}
-
-/// Settings of `hookline gateway` (Kubernetes mode).
-pub struct ClusterOptions {
-    pub listen: SocketAddr,
-    pub database_url: String,
-    /// The gateway's namespace, where the controller mirrors the Secrets in use.
-    pub namespace: String,
-    pub http: GatewayOptions,
-    pub dispatch: crate::dispatch::DispatchOptions,
-    /// History older than this is deleted (events still being delivered are kept).
-    pub retention: Duration,
-}
-
-/// `hookline gateway`: configuration from the cluster (hot), receiver and dispatcher.
-pub async fn run_in_cluster(options: ClusterOptions) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
-    let pool = crate::store::connect_lazy(&options.database_url, 16)?;
-    crate::store::migrate(&pool).await?;
-    let gateway = Gateway::new(pool.clone(), options.http);
-    let listener = TcpListener::bind(options.listen).await?;
-    // Serve health right away (not ready until the configuration is loaded).
-    let serving = tokio::spawn({
-        let gateway = gateway.clone();
-        async move { gateway.serve(listener, shutdown_signal()).await }
-    });
-    reflect::follow_cluster(client, gateway.clone(), &options.namespace).await?;
-    let retention = tokio::spawn(crate::store::retention::run(
-        pool.clone(),
-        options.retention,
-        Duration::from_secs(600),
-    ));
-    let dispatcher =
-        tokio::spawn(crate::dispatch::Dispatcher::new(pool.clone(), gateway, options.dispatch).run());
-    tracing::info!(listen = %options.listen, "gateway listening");
-    let served = serving.await?;
-    dispatcher.abort();
-    retention.abort();
-    pool.close().await;
-    Ok(served?)
 }
 
 #[cfg(test)]

@@ -129,8 +129,8 @@ pub(super) async fn publish(
         .targets_for(&namespace, None, &request.event_type)
         .map(|t| NewDelivery {
             id: Uuid::now_v7(),
-            target_kind: t.kind.as_str(),
-            target: t.name.clone(),
+            target_kind: t.key.kind,
+            target: t.key.name.clone(),
         })
         .collect();
     let delivery_count = deliveries.len() as u64;

@@ -393,7 +393,7 @@ pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, viewer: Viewer)
                 .into_response();
         }
     };
-    let action = |name: &str, label: &str, key: &crate::store::deliveries::TargetKey| {
+    let action = |name: &str, label: &str, key: &crate::api::TargetKey| {
         html! {
             form.inline method="post" action={ "/ui/targets/" (name) } {
                 input type="hidden" name="csrf" value=(csrf);

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::{WebhookSource, WebhookSubscription, validate::validate};
-use crate::gateway::Secrets;
+use crate::catalog::Secrets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -158,8 +158,8 @@ fn secret_data(secret: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::Catalog;
-    use crate::gateway::catalog::GeneratedSecrets;
+    use crate::catalog::Catalog;
+    use crate::catalog::GeneratedSecrets;
 
     fn load(text: &str) -> Result<Config, LoadError> {
         let mut config = Config::default();

@@ -9,9 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::dispatch::{DispatchOptions, Dispatcher};
-use crate::gateway::catalog::GeneratedSecrets;
-use crate::gateway::{Catalog, Gateway, GatewayOptions, shutdown_signal};
+use crate::catalog::{Catalog, GeneratedSecrets};
+use crate::node::{Configuration, Node, NodeOptions, shutdown_signal};
 use postgres::PrivatePostgres;
 
 pub struct Options {
@@ -19,10 +18,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub database_url: Option<String>,
     pub state_dir: PathBuf,
-    pub http: GatewayOptions,
-    pub dispatch: DispatchOptions,
-    /// History older than this is deleted (events still being delivered are kept).
-    pub retention: std::time::Duration,
+    pub node: NodeOptions,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -80,26 +76,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
 async fn serve(options: &Options, database_url: &str, catalog: Catalog) -> anyhow::Result<()> {
     let pool = crate::store::connect_lazy(database_url, 16)?;
-    crate::store::migrate(&pool)
-        .await
-        .context("preparing the database")?;
-    let gateway = Gateway::new(pool.clone(), options.http.clone());
-    gateway.set_catalog(catalog);
-    let retention = tokio::spawn(crate::store::retention::run(
-        pool.clone(),
-        options.retention,
-        std::time::Duration::from_secs(600),
-    ));
-    let dispatcher =
-        tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), options.dispatch.clone()).run());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
-    tracing::info!(listen = %options.listen, "gateway listening");
-    gateway.serve(listener, shutdown_signal()).await?;
-    // Deliveries in flight are abandoned here; their leases expire and they are sent again.
-    dispatcher.abort();
-    retention.abort();
-    pool.close().await;
-    Ok(())
+    let configuration = Configuration::Fixed(catalog);
+    Node::start(
+        pool,
+        listener,
+        configuration,
+        options.node.clone(),
+        shutdown_signal(),
+    )
+    .await?
+    .wait()
+    .await
 }

@@ -13,21 +13,15 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::group_commit::{BatchWrite, GroupCommit};
-
-/// Identifies a target across the database: namespace, kind and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TargetKey {
-    pub namespace: String,
-    pub kind: String,
-    pub name: String,
-}
+use crate::api::{TargetKey, TargetKind};
 
 /// A delivery taken for sending, with what is needed to send it.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Claimed {
     pub id: Uuid,
     pub namespace: String,
-    pub target_kind: String,
+    #[sqlx(try_from = "String")]
+    pub target_kind: TargetKind,
     pub target: String,
     /// Attempts started before this one.
     pub attempts: i32,
@@ -44,7 +38,7 @@ impl Claimed {
     pub fn target_key(&self) -> TargetKey {
         TargetKey {
             namespace: self.namespace.clone(),
-            kind: self.target_kind.clone(),
+            kind: self.target_kind,
             name: self.target.clone(),
         }
     }
@@ -54,7 +48,8 @@ impl Claimed {
 #[derive(Debug, sqlx::FromRow)]
 pub struct WaitingTarget {
     pub namespace: String,
-    pub target_kind: String,
+    #[sqlx(try_from = "String")]
+    pub target_kind: TargetKind,
     pub target: String,
     pub next_attempt_at: DateTime<Utc>,
     /// Paused at runtime for every replica (410 Gone, or from the console).
@@ -65,7 +60,7 @@ impl WaitingTarget {
     pub fn key(&self) -> TargetKey {
         TargetKey {
             namespace: self.namespace.clone(),
-            kind: self.target_kind.clone(),
+            kind: self.target_kind,
             name: self.target.clone(),
         }
     }
@@ -155,7 +150,7 @@ pub async fn claim<'e>(
         "#,
     )
     .bind(column(|k| &k.namespace))
-    .bind(column(|k| &k.kind))
+    .bind(column(|k| k.kind.as_str()))
     .bind(column(|k| &k.name))
     .bind(wanted.iter().map(|(_, take)| *take as i64).collect::<Vec<_>>())
     .bind(lease.as_millis() as i64)
@@ -330,7 +325,7 @@ pub async fn defer_target(pool: &PgPool, target: &TargetKey, until: DateTime<Utc
            AND next_attempt_at < $4 AND NOT (claimed AND next_attempt_at > now())",
     )
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(until)
     .execute(pool)
@@ -348,7 +343,7 @@ pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sq
          WHERE target_states.circuit <> EXCLUDED.circuit",
     )
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(circuit)
     .execute(pool)
@@ -366,7 +361,7 @@ pub async fn pause_target(pool: &PgPool, target: &TargetKey, reason: &str) -> sq
          DO UPDATE SET paused_reason = EXCLUDED.paused_reason, paused_at = now()",
     )
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(reason)
     .execute(pool)
@@ -385,7 +380,7 @@ pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()
          SELECT pg_notify($4, '')",
     )
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(super::events::DELIVERIES_CHANNEL)
     .execute(pool)
@@ -413,7 +408,7 @@ pub async fn generated_secret(pool: &PgPool, target: &TargetKey, candidate: &str
          LIMIT 1",
     )
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(candidate)
     .fetch_one(pool)

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::group_commit::{BatchWrite, GroupCommit};
+use crate::api::TargetKind;
 
 /// An accepted event, as it goes into the database.
 pub struct NewEvent {
@@ -25,7 +26,8 @@ pub struct NewEvent {
 /// One delivery of the event to a target.
 pub struct NewDelivery {
     pub id: Uuid,
-    pub target_kind: &'static str,
+    /// The target's kind and name; its namespace is the event's.
+    pub target_kind: TargetKind,
     pub target: String,
 }
 
@@ -88,7 +90,7 @@ async fn insert_events<'e>(
         |(mut events, mut ids, mut kinds, mut targets), (event, d)| {
             events.push(event);
             ids.push(d.id);
-            kinds.push(d.target_kind);
+            kinds.push(d.target_kind.as_str());
             targets.push(d.target.as_str());
             (events, ids, kinds, targets)
         },

@@ -191,7 +191,7 @@ pub async fn redeliver(pool: &PgPool, delivery_id: Uuid, allowed: Option<&[Strin
 /// Sends every dead delivery of a target (since a time) again; returns how many.
 pub async fn redeliver_dead(
     pool: &PgPool,
-    target: &super::deliveries::TargetKey,
+    target: &crate::api::TargetKey,
     since: Option<DateTime<Utc>>,
 ) -> sqlx::Result<u64> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
@@ -200,7 +200,7 @@ pub async fn redeliver_dead(
            AND ($4::timestamptz IS NULL OR updated_at >= $4)",
     )
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(since)
     .fetch_all(pool)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::deliveries::TargetKey;
+use crate::api::TargetKey;
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct SourceStats {
@@ -80,7 +80,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
     )
     .persistent(false)
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(since)
     .fetch_one(pool)
@@ -92,7 +92,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
     )
     .persistent(false)
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .bind(since)
     .fetch_one(pool)
@@ -106,7 +106,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
     )
     .persistent(false)
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .fetch_optional(pool)
     .await?
@@ -115,7 +115,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
         "SELECT circuit, paused_reason FROM target_states WHERE namespace = $1 AND target_kind = $2 AND target = $3",
     )
     .bind(&target.namespace)
-    .bind(&target.kind)
+    .bind(target.kind.as_str())
     .bind(&target.name)
     .fetch_optional(pool)
     .await?;
@@ -167,7 +167,7 @@ pub async fn add_rejections(
 pub async fn cancel_pending(
     pool: &PgPool,
     namespace: &str,
-    kind: &str,
+    kind: crate::api::TargetKind,
     targets: &[String],
 ) -> sqlx::Result<u64> {
     let result = sqlx::query(
@@ -182,7 +182,7 @@ pub async fn cancel_pending(
     )
     .persistent(false)
     .bind(namespace)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(targets)
     .execute(pool)
     .await?;

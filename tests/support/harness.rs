@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hookline::dispatch::{DispatchOptions, Dispatcher};
-use hookline::gateway::catalog::GeneratedSecrets;
-use hookline::gateway::{Catalog, Gateway, GatewayOptions};
+use hookline::catalog::{Catalog, GeneratedSecrets};
+use hookline::dispatch::DispatchOptions;
+use hookline::gateway::GatewayOptions;
+use hookline::node::{Configuration, Node, NodeOptions};
 use hookline::standalone::loader::{Config, load_text};
 use serde_json::json;
 use sqlx::PgPool;
@@ -72,20 +73,48 @@ pub async fn start_gateway_dispatching(
     options: GatewayOptions,
     dispatch: DispatchOptions,
 ) -> String {
+    start_node(pool, yaml, options, dispatch).await.1
+}
+
+/// A node as production starts one, on `pool`, configured from `yaml`; runs until the test ends.
+/// Returns it with its base URL.
+pub async fn start_node(
+    pool: &PgPool,
+    yaml: &str,
+    http: GatewayOptions,
+    dispatch: DispatchOptions,
+) -> (std::sync::Arc<hookline::catalog::CatalogCell>, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = NodeOptions {
+        http,
+        dispatch,
+        retention: Duration::from_secs(30 * 24 * 3600),
+    };
+    let node = Node::start(
+        pool.clone(),
+        listener,
+        Configuration::Fixed(catalog_of(yaml)),
+        options,
+        std::future::pending(),
+    )
+    .await
+    .expect("node starts");
+    let base = format!("http://{}", node.local_addr);
+    let catalog = node.catalog.clone();
+    tokio::spawn(node.wait());
+    (catalog, base)
+}
+
+/// The catalog of a YAML configuration, as standalone builds it.
+pub fn catalog_of(yaml: &str) -> Catalog {
     let mut config = Config::default();
     load_text(yaml, Path::new("test"), &mut config).expect("config");
-    let gateway = Gateway::new(pool.clone(), options);
-    gateway.set_catalog(Catalog::build(
+    Catalog::build(
         &config.sources,
         &config.subscriptions,
         &config.secrets,
         GeneratedSecrets::InDatabase,
-    ));
-    tokio::spawn(Dispatcher::new(pool.clone(), gateway.clone(), dispatch).run());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
-    base
+    )
 }
 
 pub fn subscription(name: &str, path: &str, extra: &str) -> String {

@@ -1,6 +1,11 @@
-//! The gateway's view of its configuration: every source with its verifier, and every delivery
+//! The resolved configuration a node runs on: every source with its verifier, and every delivery
 //! target (handlers and subscriptions), resolved once per configuration change so the request
-//! path only reads.
+//! path and the dispatcher only read. [`CatalogCell`] holds the one in force; the cluster's
+//! watches (`reflect`) or standalone's files write it, the gateway and the dispatcher read it.
+
+mod cell;
+pub mod egress;
+pub mod reflect;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,8 +13,11 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use wildmatch::WildMatch;
 
-use crate::api::{DeliveryTarget, Provider, SecretKeyRef, WebhookSource, WebhookSubscription};
+use crate::api::{
+    DeliveryTarget, Provider, SecretKeyRef, TargetKey, TargetKind, WebhookSource, WebhookSubscription,
+};
 use crate::verify::{SigningKey, SourceVerifier, standard_webhooks};
+pub use cell::CatalogCell;
 
 /// Secret values by namespace, Secret name and key.
 #[derive(Clone, Debug, Default)]
@@ -44,27 +52,10 @@ impl Secrets {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TargetKind {
-    Handler,
-    Subscription,
-}
-
-impl TargetKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Handler => "handler",
-            Self::Subscription => "subscription",
-        }
-    }
-}
-
 /// A place deliveries go, with its compiled event filter.
 #[derive(Debug)]
 pub struct Target {
-    pub kind: TargetKind,
-    /// `source/handler` for handlers, the subscription's name for subscriptions.
-    pub name: String,
+    pub key: TargetKey,
     pub spec: DeliveryTarget,
     /// Keys to sign deliveries with, from `secretRef`; `None` when the target has no secretRef
     /// (a generated secret is used). Several keys while rotating.
@@ -78,13 +69,10 @@ pub struct Target {
 }
 
 impl Target {
-    #[allow(clippy::too_many_arguments)] // one call site per kind, each naming every part
     fn new(
-        kind: TargetKind,
-        name: String,
+        key: TargetKey,
         spec: DeliveryTarget,
         sources: Vec<String>,
-        namespace: &str,
         secrets: &Secrets,
         generated: GeneratedSecrets,
         generated_name: Option<&str>,
@@ -99,14 +87,13 @@ impl Target {
             (None, GeneratedSecrets::FromStatus) => Some(Err(
                 "waiting for the controller to generate the signing secret".to_owned(),
             )),
-            (Some(reference), _) => Some(resolve_signing(secrets, namespace, &reference)),
+            (Some(reference), _) => Some(resolve_signing(secrets, &key.namespace, &reference)),
         };
         Self {
-            kind,
-            name,
+            allow_private_networks: key.kind == TargetKind::Handler,
+            key,
             spec,
             signing,
-            allow_private_networks: kind == TargetKind::Handler,
             patterns,
             sources,
         }
@@ -214,11 +201,9 @@ impl Catalog {
                 .iter()
                 .map(|h| {
                     Target::new(
-                        TargetKind::Handler,
-                        format!("{name}/{}", h.name),
+                        TargetKey::handler(&namespace, &name, &h.name),
                         h.target.clone(),
                         vec![],
-                        &namespace,
                         secrets,
                         generated,
                         handler_generated_secret(source, &h.name),
@@ -243,11 +228,9 @@ impl Catalog {
         for sub in subscriptions {
             let namespace = namespace_of(sub);
             let target = Target::new(
-                TargetKind::Subscription,
-                sub.metadata.name.clone().unwrap_or_default(),
+                TargetKey::subscription(&namespace, sub.metadata.name.as_deref().unwrap_or_default()),
                 sub.spec.target.clone(),
                 sub.spec.sources.clone(),
-                &namespace,
                 secrets,
                 generated,
                 sub.status
@@ -269,38 +252,29 @@ impl Catalog {
             .cloned()
     }
 
-    /// A target by namespace, kind and name (`source/handler` for handlers).
-    pub fn target(&self, namespace: &str, kind: &str, name: &str) -> Option<&Target> {
-        match kind {
-            "handler" => {
-                let (source, _) = name.split_once('/')?;
-                let source = self.sources.get(&(namespace.to_owned(), source.to_owned()))?;
-                source.handlers.iter().find(|t| t.name == name)
+    /// A target by its key.
+    pub fn target(&self, key: &TargetKey) -> Option<&Target> {
+        let candidates = match key.kind {
+            TargetKind::Handler => {
+                let source = self
+                    .sources
+                    .get(&(key.namespace.clone(), key.source()?.to_owned()))?;
+                &source.handlers
             }
-            "subscription" => self.subscriptions.get(namespace)?.iter().find(|t| t.name == name),
-            _ => None,
-        }
+            TargetKind::Subscription => self.subscriptions.get(&key.namespace)?,
+        };
+        candidates.iter().find(|t| t.key.name == key.name)
     }
 
-    /// Every target with its namespace: handlers, then subscriptions.
-    pub fn targets(&self) -> impl Iterator<Item = (&str, &Target)> {
-        let handlers = self
-            .sources
-            .values()
-            .flat_map(|s| s.handlers.iter().map(|t| (s.namespace.as_str(), t)));
-        let subscriptions = self
-            .subscriptions
-            .iter()
-            .flat_map(|(ns, targets)| targets.iter().map(move |t| (ns.as_str(), t)));
-        handlers.chain(subscriptions)
+    /// Every target: handlers, then subscriptions.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        let handlers = self.sources.values().flat_map(|s| &s.handlers);
+        handlers.chain(self.subscriptions.values().flatten())
     }
 
     /// The longest attempt timeout of any target.
     pub fn max_timeout(&self) -> std::time::Duration {
-        let handlers = self.sources.values().flat_map(|s| &s.handlers);
-        let subscriptions = self.subscriptions.values().flatten();
-        handlers
-            .chain(subscriptions)
+        self.targets()
             .map(|t| t.spec.timeout.get())
             .max()
             .unwrap_or_default()
@@ -367,7 +341,7 @@ mod tests {
     fn names(catalog: &Catalog, source: Option<&Source>, event_type: &str) -> Vec<String> {
         catalog
             .targets_for("billing", source, event_type)
-            .map(|t| t.name.clone())
+            .map(|t| t.key.name.clone())
             .collect()
     }
 

@@ -1,4 +1,5 @@
-//! Egress policy for delivery URLs: link-local and cloud metadata addresses are never allowed;
+//! Egress policy for delivery URLs, decided here for the dispatcher (before sending) and the
+//! controller (in status) alike: link-local and cloud metadata addresses are never allowed;
 //! private, loopback and cluster-internal addresses are allowed for handlers, and for
 //! subscriptions only with `allowPrivateNetworks`.
 
@@ -108,6 +109,53 @@ pub async fn classify(url: &str) -> Egress {
     }
 }
 
+/// Why a URL may not be delivered to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressRefusal {
+    /// Never allowed (link-local, metadata, not unicast, not a URL).
+    Forbidden(String),
+    /// A private, loopback or cluster address, and the target did not opt in.
+    PrivateNotAllowed(String),
+}
+
+impl EgressRefusal {
+    /// The condition reason in status.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Forbidden(_) => "UrlNotAllowed",
+            Self::PrivateNotAllowed(_) => "PrivateNetworkNotAllowed",
+        }
+    }
+
+    /// What the URL points at, e.g. "10.1.2.3 is a private address".
+    pub fn why(&self) -> &str {
+        match self {
+            Self::Forbidden(why) | Self::PrivateNotAllowed(why) => why,
+        }
+    }
+}
+
+impl std::fmt::Display for EgressRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Forbidden(why) => write!(f, "URL not allowed: {why}"),
+            Self::PrivateNotAllowed(why) => {
+                write!(f, "URL not allowed: {why} (allowPrivateNetworks is false)")
+            }
+        }
+    }
+}
+
+/// Whether a target may be sent to at `url`; `allow_private_networks` is true for handlers and
+/// for subscriptions that opted in.
+pub async fn refusal(url: &str, allow_private_networks: bool) -> Option<EgressRefusal> {
+    match classify(url).await {
+        Egress::Forbidden(why) => Some(EgressRefusal::Forbidden(why)),
+        Egress::Private(why) if !allow_private_networks => Some(EgressRefusal::PrivateNotAllowed(why)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +182,15 @@ mod tests {
             assert!(matches!(classify(url).await, Egress::Private(_)), "{url}");
         }
         assert_eq!(classify("https://203.0.113.10/hooks").await, Egress::Public);
+    }
+
+    #[tokio::test]
+    async fn private_addresses_need_the_opt_in() {
+        let refused = refusal("http://127.0.0.1:9000/", false).await.expect("refused");
+        assert_eq!(refused.reason(), "PrivateNetworkNotAllowed");
+        assert!(refused.to_string().ends_with("(allowPrivateNetworks is false)"));
+        assert_eq!(refusal("http://127.0.0.1:9000/", true).await, None);
+        let forbidden = refusal("http://169.254.169.254/", true).await.expect("refused");
+        assert_eq!(forbidden.reason(), "UrlNotAllowed");
     }
 }

@@ -1,4 +1,4 @@
-//! `hookline gateway` in Kubernetes: the catalog comes from reflectors on WebhookSources and
+//! The catalog of `hookline gateway` in Kubernetes: it comes from reflectors on WebhookSources and
 //! WebhookSubscriptions (all namespaces) and on the Secrets the controller mirrors into the
 //! gateway's own namespace. Any change rebuilds the catalog within a moment; no restart.
 
@@ -13,8 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
-use super::Gateway;
-use super::catalog::{Catalog, GeneratedSecrets, Secrets};
+use super::{Catalog, CatalogCell, GeneratedSecrets, Secrets};
 use crate::api::{WebhookSource, WebhookSubscription};
 
 /// Label on Secrets the controller mirrors into the gateway's namespace.
@@ -72,9 +71,13 @@ where
     reader
 }
 
-/// Keeps the gateway's catalog in step with the cluster. Returns once the first complete
-/// catalog is in place; the watches keep running in the background.
-pub async fn follow_cluster(client: Client, gateway: Arc<Gateway>, namespace: &str) -> anyhow::Result<()> {
+/// Keeps the catalog in step with the cluster. Returns once the first complete catalog is in
+/// place; the watches keep running in the background.
+pub async fn follow_cluster(
+    client: Client,
+    catalog: Arc<CatalogCell>,
+    namespace: &str,
+) -> Result<(), reflector::store::WriterDropped> {
     let changed = Arc::new(Notify::new());
     let sources = reflect(
         Api::<WebhookSource>::all(client.clone()),
@@ -101,14 +104,14 @@ pub async fn follow_cluster(client: Client, gateway: Arc<Gateway>, namespace: &s
         let secrets = mirrored_secrets(&mirrors.state());
         Catalog::build(&sources, &subscriptions, &secrets, GeneratedSecrets::FromStatus)
     };
-    gateway.set_catalog(rebuild());
+    catalog.set(rebuild());
     tracing::info!("configuration loaded from the cluster");
     tokio::spawn(async move {
         loop {
             changed.notified().await;
             // Let a burst of changes settle into one rebuild.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            gateway.set_catalog(rebuild());
+            catalog.set(rebuild());
         }
     });
     Ok(())

@@ -1,0 +1,119 @@
+//! The flags `hookline gateway` and `hookline standalone` share: where to listen, who to believe,
+//! tokens, retention and delivery settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use hookline::api::Duration;
+use hookline::dispatch::DispatchOptions;
+use hookline::gateway::GatewayOptions;
+use hookline::node::NodeOptions;
+use ipnet::IpNet;
+
+use super::read_token;
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Proxies (CIDRs) whose X-Forwarded-For header names the client address.
+    #[arg(long, value_delimiter = ',')]
+    trusted_proxies: Vec<IpNet>,
+    /// History older than this is deleted, in small batches (events still being delivered are
+    /// kept). 720h is 30 days.
+    #[arg(long, default_value = "720h")]
+    retention: Duration,
+    #[command(flatten)]
+    tokens: TokenArgs,
+    #[command(flatten)]
+    dispatch: DispatchArgs,
+}
+
+impl NodeArgs {
+    pub fn options(self) -> anyhow::Result<NodeOptions> {
+        Ok(NodeOptions {
+            http: self.tokens.http_options(self.trusted_proxies)?,
+            dispatch: self.dispatch.options(),
+            retention: self.retention.get(),
+        })
+    }
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Bearer token of the publish API (POST /v1/namespaces/{ns}/events).
+    #[arg(
+        long,
+        env = "HOOKLINE_PUBLISH_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "publish_token_file"
+    )]
+    publish_token: Option<String>,
+    /// File holding the publish token (for example a mounted Secret).
+    #[arg(long, value_name = "FILE")]
+    publish_token_file: Option<PathBuf>,
+    /// Bearer token of the admin API (/admin/v1).
+    #[arg(
+        long,
+        env = "HOOKLINE_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// File of admin tokens limited to namespaces, one per line: `<token> <ns>[,<ns>…]`.
+    #[arg(long, value_name = "FILE")]
+    admin_tokens_file: Option<PathBuf>,
+    /// Time a client has to send a whole request; slower ones get 408.
+    #[arg(long, default_value = "30s")]
+    request_timeout: Duration,
+}
+
+impl TokenArgs {
+    fn http_options(self, trusted_proxies: Vec<IpNet>) -> anyhow::Result<GatewayOptions> {
+        Ok(GatewayOptions {
+            trusted_proxies,
+            publish_token: read_token(
+                self.publish_token,
+                self.publish_token_file,
+                "--publish-token-file",
+            )?,
+            admin_token: read_token(self.admin_token, self.admin_token_file, "--admin-token-file")?,
+            request_timeout: self.request_timeout.get(),
+            scoped_admin_tokens: match &self.admin_tokens_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        anyhow::anyhow!("cannot read --admin-tokens-file {}: {e}", path.display())
+                    })?;
+                    hookline::gateway::parse_scoped_tokens(&text)
+                        .map_err(|e| anyhow::anyhow!("--admin-tokens-file {}: {e}", path.display()))?
+                }
+                None => Vec::new(),
+            },
+        })
+    }
+}
+
+#[derive(Args)]
+struct DispatchArgs {
+    /// Longest wait a receiver's Retry-After may ask for.
+    #[arg(long, default_value = "1h")]
+    max_retry_after: Duration,
+    /// Time beyond a target's timeout before a claimed delivery of a dead worker is taken over.
+    #[arg(long, default_value = "30s")]
+    lease_margin: Duration,
+}
+
+impl DispatchArgs {
+    fn options(self) -> DispatchOptions {
+        DispatchOptions {
+            max_retry_after: self.max_retry_after.get(),
+            lease_margin: self.lease_margin.get(),
+            ..DispatchOptions::default()
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The gates a claimed delivery passes before it is sent: configured and not paused, a signing
+//! secret, the egress policy, a free in-flight slot while the lease still covers the request,
+//! the rate limit and the circuit breaker. Each refusal is one reason to give the delivery back.
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use tokio::sync::SemaphorePermit;
+
+use super::Dispatcher;
+use super::breaker::Admission as BreakerAdmission;
+use super::targets::{Held, TargetRuntime};
+use crate::api::TargetKey;
+use crate::catalog::Target;
+use crate::store::deliveries;
+use crate::verify::{SigningKey, standard_webhooks};
+
+/// Leave to send: the keys to sign with and an in-flight slot, held until the request ends.
+pub(super) struct Permit<'a> {
+    pub(super) keys: Vec<SigningKey>,
+    /// Held, not read: dropping the permit frees the slot.
+    _slot: SemaphorePermit<'a>,
+}
+
+/// Why a claimed delivery goes back to the queue unsent (no attempt spent), and when it is due
+/// again.
+#[derive(Debug)]
+pub(super) struct Release {
+    pub(super) after: Duration,
+    pub(super) reason: Cow<'static, str>,
+    /// The circuit is open: every waiting delivery of the target waits as long.
+    pub(super) defer_target: bool,
+}
+
+impl Release {
+    fn new(after: Duration, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            after,
+            reason: reason.into(),
+            defer_target: false,
+        }
+    }
+}
+
+enum Gate {
+    Go,
+    RateLimited(Duration),
+    CircuitOpen(Duration),
+}
+
+impl Dispatcher {
+    /// Passes a delivery through every gate, in order; a half-open probe is admitted last, since
+    /// admitting it commits to sending it.
+    pub(super) async fn admit<'r>(
+        &self,
+        key: &TargetKey,
+        target: Option<&Target>,
+        runtime: &'r TargetRuntime,
+        held: &Held,
+    ) -> Result<Permit<'r>, Release> {
+        let Some(target) = target else {
+            // Not configured here (yet, or any more): left for the controller to cancel.
+            return Err(Release::new(Duration::from_secs(60), "target is not configured"));
+        };
+        if target.spec.paused {
+            return Err(Release::new(Duration::from_secs(30), "target is paused"));
+        }
+        let keys = self.signing_keys(key, target).await.map_err(|problem| {
+            Release::new(Duration::from_secs(5), format!("no signing secret: {problem}"))
+        })?;
+        if let Some(refusal) = runtime.egress_refusal(target).await {
+            // Never send where the egress policy forbids; the resource's status says why.
+            return Err(Release::new(Duration::from_secs(60), refusal.to_string()));
+        }
+        // A slot must come while the lease still covers the rate limit wait and the request;
+        // otherwise the delivery goes back to the queue, rather than be sent by two workers.
+        let timeout = target.spec.timeout.get();
+        let slot_by = held.leaving(timeout + self.options.lease_margin / 2);
+        let too_long = || Release::new(Duration::ZERO, "waited too long for a free slot");
+        let slot = match tokio::time::timeout_at(slot_by.into(), runtime.in_flight.acquire()).await {
+            // A free slot is taken even past the deadline (the timer is checked second).
+            Ok(Ok(slot)) if Instant::now() < slot_by => slot,
+            _ => return Err(too_long()),
+        };
+        // Waiting for the rate limit, too, must leave the lease room for the request.
+        let deadline = (Instant::now() + self.options.lease_margin / 2).min(held.leaving(timeout));
+        loop {
+            let now = Instant::now();
+            let gate = {
+                let mut flow = runtime.flow();
+                match flow.bucket.as_mut().map(|b| b.take(now)) {
+                    Some(Err(wait)) => Gate::RateLimited(wait),
+                    _ => match flow.breaker.admit(now) {
+                        BreakerAdmission::Allowed => Gate::Go,
+                        BreakerAdmission::Wait(wait) => Gate::CircuitOpen(wait),
+                    },
+                }
+            };
+            match gate {
+                Gate::Go => return Ok(Permit { keys, _slot: slot }),
+                Gate::RateLimited(wait) if now + wait < deadline => tokio::time::sleep(wait).await,
+                Gate::RateLimited(wait) => return Err(Release::new(wait, "rate limited")),
+                // Deliveries wait while the circuit is open; they spend no attempt.
+                Gate::CircuitOpen(wait) => {
+                    return Err(Release {
+                        defer_target: true,
+                        ..Release::new(wait, "circuit open")
+                    });
+                }
+            }
+        }
+    }
+
+    /// The keys a target signs with: its secretRef's, or (standalone) one generated and kept in
+    /// Postgres on first use.
+    async fn signing_keys(&self, key: &TargetKey, target: &Target) -> Result<Vec<SigningKey>, String> {
+        match &target.signing {
+            Some(resolved) => resolved.clone(),
+            None => {
+                let candidate = standard_webhooks::encode_secret(&rand::random::<[u8; 32]>());
+                let secret = deliveries::generated_secret(&self.pool, key, &candidate)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                standard_webhooks::decode_secret(&secret)
+                    .map(|k| vec![k])
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
