@@ -67,6 +67,13 @@ pub struct WebhookSourceSpec {
     pub handlers: Vec<Handler>,
 }
 
+impl WebhookSourceSpec {
+    /// The Secrets requests are verified with: `secretRef`, then `additionalSecretRefs`.
+    pub fn verification_secrets(&self) -> impl Iterator<Item = &SecretKeyRef> {
+        std::iter::once(&self.secret_ref).chain(&self.additional_secret_refs)
+    }
+}
+
 fn default_tolerance() -> Duration {
     Duration::from_secs(300)
 }

@@ -16,38 +16,66 @@ use wildmatch::WildMatch;
 use crate::api::{
     DeliveryTarget, Provider, SecretKeyRef, TargetKey, TargetKind, WebhookSource, WebhookSubscription,
 };
-use crate::verify::{SigningKey, SourceVerifier, standard_webhooks};
+use crate::verify::{SecretError, SigningKey, SourceVerifier, standard_webhooks};
 pub use cell::CatalogCell;
 
 /// Secret values by namespace, Secret name and key.
 #[derive(Clone, Debug, Default)]
 pub struct Secrets(HashMap<(String, String), BTreeMap<String, Vec<u8>>>);
 
+/// Why a configured secret cannot be used. Messages name the Secret and key, never the value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretUnavailable {
+    #[error("Secret {namespace}/{name} not found")]
+    NotFound { namespace: String, name: String },
+    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    NoKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("Secret {namespace}/{name} key {key:?} is not UTF-8 text")]
+    NotText {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("Secret {namespace}/{name} key {key:?}: {error}")]
+    Unusable {
+        namespace: String,
+        name: String,
+        key: String,
+        error: SecretError,
+    },
+    #[error("waiting for the controller to generate the signing secret")]
+    NotGeneratedYet,
+}
+
 impl Secrets {
     pub fn insert(&mut self, namespace: &str, name: &str, data: BTreeMap<String, Vec<u8>>) {
         self.0.insert((namespace.to_owned(), name.to_owned()), data);
     }
 
-    /// The value of a key, or why it cannot be used. Messages name the Secret and key, never
-    /// the value.
-    pub fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<String, String> {
+    /// The value of a key (trimmed), or why it cannot be used.
+    pub fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<String, SecretUnavailable> {
         let data = self
             .0
             .get(&(namespace.to_owned(), reference.name.clone()))
-            .ok_or_else(|| format!("Secret {namespace}/{} not found", reference.name))?;
-        let value = data.get(&reference.key).ok_or_else(|| {
-            format!(
-                "Secret {namespace}/{} has no key {:?}",
-                reference.name, reference.key
-            )
+            .ok_or_else(|| SecretUnavailable::NotFound {
+                namespace: namespace.to_owned(),
+                name: reference.name.clone(),
+            })?;
+        let value = data.get(&reference.key).ok_or_else(|| SecretUnavailable::NoKey {
+            namespace: namespace.to_owned(),
+            name: reference.name.clone(),
+            key: reference.key.clone(),
         })?;
         String::from_utf8(value.clone())
             .map(|text| text.trim().to_owned())
-            .map_err(|_| {
-                format!(
-                    "Secret {namespace}/{} key {:?} is not UTF-8 text",
-                    reference.name, reference.key
-                )
+            .map_err(|_| SecretUnavailable::NotText {
+                namespace: namespace.to_owned(),
+                name: reference.name.clone(),
+                key: reference.key.clone(),
             })
     }
 }
@@ -59,7 +87,7 @@ pub struct Target {
     pub spec: DeliveryTarget,
     /// Keys to sign deliveries with, from `secretRef`; `None` when the target has no secretRef
     /// (a generated secret is used). Several keys while rotating.
-    pub signing: Option<Result<Vec<SigningKey>, String>>,
+    pub signing: Option<Result<Vec<SigningKey>, SecretUnavailable>>,
     /// Private, loopback and cluster addresses may be delivered to: always for handlers, for
     /// subscriptions with `allowPrivateNetworks`.
     pub allow_private_networks: bool,
@@ -84,9 +112,7 @@ impl Target {
         });
         let signing = match (spec.secret_ref.clone().or(generated_ref), generated) {
             (None, GeneratedSecrets::InDatabase) => None,
-            (None, GeneratedSecrets::FromStatus) => Some(Err(
-                "waiting for the controller to generate the signing secret".to_owned(),
-            )),
+            (None, GeneratedSecrets::FromStatus) => Some(Err(SecretUnavailable::NotGeneratedYet)),
             (Some(reference), _) => Some(resolve_signing(secrets, &key.namespace, &reference)),
         };
         Self {
@@ -104,24 +130,19 @@ impl Target {
     }
 }
 
-/// Signing keys from a Secret value: several whitespace-separated `whsec_` secrets sign with
-/// each (rotation).
+/// Signing keys from a Secret value (see [`standard_webhooks::decode_secrets`]).
 fn resolve_signing(
     secrets: &Secrets,
     namespace: &str,
     reference: &SecretKeyRef,
-) -> Result<Vec<SigningKey>, String> {
+) -> Result<Vec<SigningKey>, SecretUnavailable> {
     let value = secrets.resolve(namespace, reference)?;
-    value
-        .split_whitespace()
-        .map(standard_webhooks::decode_secret)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            format!(
-                "Secret {namespace}/{} key {:?}: {e}",
-                reference.name, reference.key
-            )
-        })
+    standard_webhooks::decode_secrets(&value).map_err(|error| SecretUnavailable::Unusable {
+        namespace: namespace.to_owned(),
+        name: reference.name.clone(),
+        key: reference.key.clone(),
+        error,
+    })
 }
 
 /// Where the signing secret of a target without `secretRef` comes from.
@@ -148,7 +169,7 @@ pub struct Source {
     pub max_body_bytes: usize,
     pub allowed_ranges: Vec<IpNet>,
     /// The verifier, or why the source's secret cannot be used (answered with 503).
-    pub verifier: Result<SourceVerifier, String>,
+    pub verifier: Result<SourceVerifier, SecretUnavailable>,
     pub handlers: Vec<Target>,
 }
 
@@ -182,8 +203,8 @@ impl Catalog {
             let namespace = namespace_of(source);
             let name = source.metadata.name.clone().unwrap_or_default();
             let spec = &source.spec;
-            let verifier = std::iter::once(&spec.secret_ref)
-                .chain(&spec.additional_secret_refs)
+            let verifier = spec
+                .verification_secrets()
                 .map(|r| secrets.resolve(&namespace, r))
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|values| {
@@ -194,7 +215,12 @@ impl Catalog {
                         &values,
                         spec.tolerance.get(),
                     )
-                    .map_err(|e| format!("Secret {}: {e}", spec.secret_ref.name))
+                    .map_err(|error| SecretUnavailable::Unusable {
+                        namespace: namespace.clone(),
+                        name: spec.secret_ref.name.clone(),
+                        key: spec.secret_ref.key.clone(),
+                        error,
+                    })
                 });
             let handlers = spec
                 .handlers
@@ -380,6 +406,6 @@ mod tests {
         );
         let catalog = Catalog::build(&[lonely], &[], &Secrets::default(), GeneratedSecrets::InDatabase);
         let problem = catalog.source("ci", "gh").unwrap().verifier.clone().unwrap_err();
-        assert_eq!(problem, "Secret ci/gh-secret not found");
+        assert_eq!(problem.to_string(), "Secret ci/gh-secret not found");
     }
 }

@@ -9,27 +9,37 @@ use crate::api::status::condition::{READY, SECRET_RESOLVED};
 use crate::api::{CircuitState, DeliveryStats, TargetHealth};
 use crate::store::stats::TargetStats;
 
-/// A condition; `lastTransitionTime` is carried over from `previous` when the status is the same.
+/// What every condition of one reconcile shares: the conditions before it, the generation it
+/// observed and its time (the transition time of conditions that change).
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub previous: &'a [Condition],
+    pub generation: Option<i64>,
+    pub now: jiff::Timestamp,
+}
+
+/// A condition; `lastTransitionTime` is carried over from the previous conditions when the status
+/// is the same.
 pub fn condition(
-    previous: &[Condition],
+    observed: Observed<'_>,
     type_: &str,
     ok: bool,
     reason: &str,
     message: impl Into<String>,
-    generation: Option<i64>,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
-    let last_transition_time = previous
+    let last_transition_time = observed
+        .previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(jiff::Timestamp::now()));
+        .unwrap_or(Time(observed.now));
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
         message: message.into(),
-        observed_generation: generation,
+        observed_generation: observed.generation,
         last_transition_time,
     }
 }
@@ -81,35 +91,20 @@ pub fn target_health(stats: Option<&TargetStats>, generated: Option<String>, win
 /// `Ready` and `SecretResolved` from what a reconcile found: the first secret problem and the
 /// first URL problem (reason, message); `ok` gives the reason and message of each when fine.
 pub fn readiness(
-    previous: &[Condition],
-    generation: Option<i64>,
+    observed: Observed<'_>,
     secret_problem: Option<&SecretProblem>,
     url_problem: Option<(&str, String)>,
     secret_ok: (&str, String),
     ready_ok: (&str, String),
 ) -> [Condition; 2] {
     let secret = match secret_problem {
-        None => condition(
-            previous,
-            SECRET_RESOLVED,
-            true,
-            secret_ok.0,
-            secret_ok.1,
-            generation,
-        ),
-        Some(p) => condition(
-            previous,
-            SECRET_RESOLVED,
-            false,
-            p.reason,
-            p.message.clone(),
-            generation,
-        ),
+        None => condition(observed, SECRET_RESOLVED, true, secret_ok.0, secret_ok.1),
+        Some(p) => condition(observed, SECRET_RESOLVED, false, p.reason, p.message.clone()),
     };
     let ready = match (secret_problem, url_problem) {
-        (None, None) => condition(previous, READY, true, ready_ok.0, ready_ok.1, generation),
-        (Some(p), _) => condition(previous, READY, false, p.reason, p.message.clone(), generation),
-        (None, Some((reason, why))) => condition(previous, READY, false, reason, why, generation),
+        (None, None) => condition(observed, READY, true, ready_ok.0, ready_ok.1),
+        (Some(p), _) => condition(observed, READY, false, p.reason, p.message.clone()),
+        (None, Some((reason, why))) => condition(observed, READY, false, reason, why),
     };
     [ready, secret]
 }

@@ -4,6 +4,7 @@
 mod conditions;
 pub mod leader;
 pub mod managed_gateway;
+mod report;
 mod secrets;
 mod source;
 mod subscription;
@@ -136,9 +137,7 @@ fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, ctx: Arc<Context>
 /// True when the source names the Secret `name` (its own namespace).
 fn source_uses(source: &WebhookSource, name: &str) -> bool {
     let spec = &source.spec;
-    std::iter::once(&spec.secret_ref)
-        .chain(&spec.additional_secret_refs)
-        .any(|r| r.name == name)
+    spec.verification_secrets().any(|r| r.name == name)
         || spec
             .handlers
             .iter()
@@ -298,7 +297,7 @@ async fn in_use_secrets(client: &Client) -> Result<std::collections::HashSet<(St
     {
         let namespace = source.namespace().unwrap_or_default();
         let spec = &source.spec;
-        for reference in std::iter::once(&spec.secret_ref).chain(&spec.additional_secret_refs) {
+        for reference in spec.verification_secrets() {
             in_use.insert((namespace.clone(), reference.name.clone()));
         }
         for handler in &spec.handlers {

@@ -76,17 +76,23 @@ pub fn generated_name(parts: &[&str]) -> String {
     format!("{}-{hash}-signing", &parts[0][..parts[0].len().min(200)])
 }
 
-/// Makes sure the generated signing Secret exists (created once, owned by `owner`, so deleting
-/// the resource deletes it) and returns its name.
+/// Makes sure the generated signing Secret of a target without `secretRef` exists (named from
+/// `parts`, created once, owned by `owner` so deleting the resource deletes it) and returns a
+/// reference to its key.
 pub async fn ensure_generated(
     client: &Client,
     namespace: &str,
-    name: &str,
+    parts: &[&str],
     owner: OwnerReference,
-) -> Result<String, kube::Error> {
+) -> Result<SecretKeyRef, kube::Error> {
+    let name = &generated_name(parts);
+    let reference = SecretKeyRef {
+        name: name.clone(),
+        key: GENERATED_SECRET_KEY.to_owned(),
+    };
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     if api.get_opt(name).await?.is_some() {
-        return Ok(name.to_owned());
+        return Ok(reference);
     }
     let secret_value = standard_webhooks::encode_secret(&rand::random::<[u8; 32]>());
     let secret = Secret {
@@ -105,9 +111,9 @@ pub async fn ensure_generated(
         ..Secret::default()
     };
     match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(name.to_owned()),
+        Ok(_) => Ok(reference),
         // Created meanwhile by an earlier reconcile: keep that one.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(name.to_owned()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(reference),
         Err(err) => Err(err),
     }
 }

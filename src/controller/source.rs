@@ -1,36 +1,69 @@
-//! Reconciles a WebhookSource: its secrets resolve and have the provider's format, its handlers
-//! have signing secrets and allowed URLs, the secrets in use are mirrored to the gateway, and its
-//! status says all of that plus what it received.
+//! Reconciles a WebhookSource in three steps: gather the facts (its secrets resolve and have the
+//! provider's format, its handlers have signing secrets and allowed URLs, what it received), decide
+//! the status and Events from them (a pure function), and report both. The secrets in use are
+//! mirrored to the gateway on the way.
 
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Resource, ResourceExt};
 
-use super::conditions::{is_false, readiness, target_health, time};
-use super::secrets::{self, FIELD_MANAGER, SecretProblem};
+use super::conditions::{Observed, is_false, readiness, target_health, time};
+use super::report::Notice;
+use super::secrets::{self, SecretProblem};
 use super::{Context, Error};
 use crate::api::status::condition::SECRET_RESOLVED;
-use crate::api::{HandlerStatus, WebhookSource, WebhookSourceStatus};
-use crate::api::{TargetKey, TargetKind};
+use crate::api::{HandlerStatus, TargetKey, TargetKind, WebhookSource, WebhookSourceStatus};
 use crate::catalog::egress;
-use crate::store::stats;
+use crate::store::stats::{self, SourceStats, TargetStats};
 use crate::verify::{SourceVerifier, standard_webhooks};
 
+/// What a reconcile found out about a source.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SourceFacts {
+    pub generation: Option<i64>,
+    /// Where providers send it.
+    pub url: String,
+    /// The first problem with a secret it or a handler references.
+    pub secret_problem: Option<SecretProblem>,
+    /// The first handler URL the egress policy forbids.
+    pub url_problem: Option<String>,
+    pub handlers: Vec<HandlerFacts>,
+    /// None when the database could not be read.
+    pub stats: Option<SourceStats>,
+    /// The window delivery statistics cover, e.g. `1h`.
+    pub window: String,
+    pub now: jiff::Timestamp,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct HandlerFacts {
+    pub name: String,
+    /// The Secret the controller generated for it (no secretRef).
+    pub generated: Option<String>,
+    pub stats: Option<TargetStats>,
+}
+
 pub async fn apply(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action, Error> {
+    let previous = source.status.clone().unwrap_or_default();
+    let facts = gather(&source, ctx).await?;
+    let (status, notices) = decide(&previous, &facts);
+    ctx.report(&*source, &previous, &status, &notices).await?;
+    Ok(Action::requeue(ctx.options.status_interval))
+}
+
+/// Reads the source's Secrets (generating the ones handlers lack), checks them and the handler
+/// URLs, reads its statistics, and mirrors the Secrets in use into the gateway's namespace.
+async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Error> {
     let namespace = source.namespace().unwrap_or_default();
     let name = source.name_any();
     let spec = &source.spec;
     let client = &ctx.client;
-    let previous = source.status.clone().unwrap_or_default();
     let mut secret_problem: Option<SecretProblem> = None;
     let mut in_use = Vec::new();
 
     let mut values = Vec::new();
-    for reference in std::iter::once(&spec.secret_ref).chain(&spec.additional_secret_refs) {
+    for reference in spec.verification_secrets() {
         match secrets::read(client, &namespace, reference).await {
             Ok((value, secret)) => {
                 values.push(value);
@@ -67,11 +100,7 @@ pub async fn apply(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action, 
             Some(reference) => {
                 match secrets::read(client, &namespace, reference).await {
                     Ok((value, secret)) => {
-                        if let Err(err) = value
-                            .split_whitespace()
-                            .map(standard_webhooks::decode_secret)
-                            .collect::<Result<Vec<_>, _>>()
-                        {
+                        if let Err(err) = standard_webhooks::decode_secrets(&value) {
                             secret_problem.get_or_insert(SecretProblem {
                                 reason: "SecretInvalid",
                                 message: format!(
@@ -93,16 +122,12 @@ pub async fn apply(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action, 
             }
             None => {
                 let owner = source.controller_owner_ref(&()).ok_or(Error::MissingObjectKey)?;
-                let generated = secrets::generated_name(&[&name, &handler.name]);
-                secrets::ensure_generated(client, &namespace, &generated, owner).await?;
-                let reference = crate::api::SecretKeyRef {
-                    name: generated.clone(),
-                    key: crate::api::GENERATED_SECRET_KEY.to_owned(),
-                };
+                let reference =
+                    secrets::ensure_generated(client, &namespace, &[&name, &handler.name], owner).await?;
                 if let Ok((_, secret)) = secrets::read(client, &namespace, &reference).await {
                     in_use.push(secret);
                 }
-                Some(generated)
+                Some(reference.name)
             }
         };
         // Handlers may deliver to private and cluster addresses.
@@ -110,69 +135,77 @@ pub async fn apply(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action, 
             url_problem.get_or_insert(format!("handler {}: {}", handler.name, refusal.why()));
         }
         let key = TargetKey::handler(&namespace, &name, &handler.name);
-        let target_stats = stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
-            .await
-            .ok();
-        handlers.push(HandlerStatus {
+        handlers.push(HandlerFacts {
             name: handler.name.clone(),
-            health: target_health(target_stats.as_ref(), generated, &ctx.window_label()),
+            generated,
+            stats: stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
+                .await
+                .ok(),
         });
     }
 
     for secret in &in_use {
         secrets::mirror(client, &ctx.options.namespace, secret).await?;
     }
+    Ok(SourceFacts {
+        generation: source.metadata.generation,
+        url: format!(
+            "{}/ingest/{namespace}/{name}",
+            ctx.options.external_base_url.trim_end_matches('/')
+        ),
+        secret_problem,
+        url_problem,
+        handlers,
+        stats: stats::source_stats(&ctx.pool, &namespace, &name).await.ok(),
+        window: ctx.window_label(),
+        now: jiff::Timestamp::now(),
+    })
+}
 
-    let generation = source.metadata.generation;
-    let url = format!(
-        "{}/ingest/{namespace}/{name}",
-        ctx.options.external_base_url.trim_end_matches('/')
-    );
+/// The status and Events that follow from the facts. Counts keep their previous values while the
+/// database cannot be read.
+pub(super) fn decide(
+    previous: &WebhookSourceStatus,
+    facts: &SourceFacts,
+) -> (WebhookSourceStatus, Vec<Notice>) {
+    let observed = Observed {
+        previous: &previous.conditions,
+        generation: facts.generation,
+        now: facts.now,
+    };
     let [ready, secret_condition] = readiness(
-        &previous.conditions,
-        generation,
-        secret_problem.as_ref(),
-        url_problem.map(|why| ("UrlNotAllowed", why)),
+        observed,
+        facts.secret_problem.as_ref(),
+        facts.url_problem.clone().map(|why| ("UrlNotAllowed", why)),
         ("SecretsResolved", "every referenced secret resolves".to_owned()),
-        ("Receiving", format!("receiving at {url}")),
+        ("Receiving", format!("receiving at {}", facts.url)),
     );
-    let source_stats = stats::source_stats(&ctx.pool, &namespace, &name).await.ok();
+    let stats = facts.stats.as_ref();
     let status = WebhookSourceStatus {
-        observed_generation: generation,
+        observed_generation: facts.generation,
         conditions: vec![ready, secret_condition],
-        url: Some(url),
-        received: source_stats
-            .as_ref()
-            .map(|s| s.received as u64)
-            .or(previous.received),
-        rejected: source_stats
-            .as_ref()
-            .map(|s| s.rejected as u64)
-            .or(previous.rejected),
-        last_event_time: source_stats
-            .as_ref()
+        url: Some(facts.url.clone()),
+        received: stats.map(|s| s.received as u64).or(previous.received),
+        rejected: stats.map(|s| s.rejected as u64).or(previous.rejected),
+        last_event_time: stats
             .and_then(|s| time(s.last_event_time))
             .or(previous.last_event_time.clone()),
-        handlers,
+        handlers: facts
+            .handlers
+            .iter()
+            .map(|h| HandlerStatus {
+                name: h.name.clone(),
+                health: target_health(h.stats.as_ref(), h.generated.clone(), &facts.window),
+            })
+            .collect(),
     };
-
-    if let Some(problem) = &secret_problem
+    let mut notices = Vec::new();
+    if let Some(problem) = &facts.secret_problem
         && !is_false(&previous.conditions, SECRET_RESOLVED)
     {
-        ctx.publish(&*source, EventType::Warning, "SecretMissing", &problem.message)
-            .await;
+        notices.push(Notice::warning("SecretMissing", problem.message.clone()));
     }
-    if status != previous {
-        let api: Api<WebhookSource> = Api::namespaced(client.clone(), &namespace);
-        let patch = json!({"apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSource", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
-    Ok(Action::requeue(ctx.options.status_interval))
+    (status, notices)
 }
 
 /// The source is being deleted: its ingest stops as soon as the gateway sees it gone; deliveries
@@ -193,23 +226,108 @@ pub async fn cleanup(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action
     Ok(Action::await_change())
 }
 
-impl Context {
-    pub(super) async fn publish<K: Resource<DynamicType = ()>>(
-        &self,
-        object: &K,
-        kind: EventType,
-        reason: &str,
-        note: &str,
-    ) {
-        let event = Event {
-            type_: kind,
-            reason: reason.to_owned(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!("cannot publish event {reason}: {err}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::status::condition::READY;
+
+    fn facts() -> SourceFacts {
+        SourceFacts {
+            generation: Some(3),
+            url: "https://hooks.example/ingest/billing/stripe".into(),
+            handlers: vec![HandlerFacts {
+                name: "api".into(),
+                generated: Some("stripe-api-signing".into()),
+                stats: Some(TargetStats {
+                    succeeded: 9,
+                    dead: 1,
+                    ..TargetStats::default()
+                }),
+            }],
+            stats: Some(SourceStats {
+                received: 10,
+                rejected: 2,
+                last_event_time: None,
+            }),
+            window: "1h".into(),
+            now: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            ..SourceFacts::default()
         }
+    }
+
+    fn condition<'a>(
+        status: &'a WebhookSourceStatus,
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition")
+    }
+
+    #[test]
+    fn a_healthy_source_is_ready_with_its_counts() {
+        let (status, notices) = decide(&WebhookSourceStatus::default(), &facts());
+        assert_eq!(condition(&status, READY).status, "True");
+        assert_eq!(condition(&status, READY).reason, "Receiving");
+        assert_eq!(condition(&status, READY).observed_generation, Some(3));
+        assert_eq!((status.received, status.rejected), (Some(10), Some(2)));
+        let handler = &status.handlers[0].health;
+        assert_eq!(
+            handler.generated_secret_name.as_deref(),
+            Some("stripe-api-signing")
+        );
+        assert_eq!(
+            handler.deliveries.as_ref().unwrap().success_rate.as_deref(),
+            Some("90.0%")
+        );
+        assert!(notices.is_empty());
+    }
+
+    #[test]
+    fn a_missing_secret_is_not_ready_and_warned_about_once() {
+        let broken = SourceFacts {
+            secret_problem: Some(SecretProblem {
+                reason: "SecretNotFound",
+                message: "Secret stripe-webhook not found in namespace billing".into(),
+            }),
+            ..facts()
+        };
+        let (status, notices) = decide(&WebhookSourceStatus::default(), &broken);
+        assert_eq!(condition(&status, READY).status, "False");
+        assert_eq!(condition(&status, READY).reason, "SecretNotFound");
+        assert_eq!(
+            notices,
+            [Notice::warning(
+                "SecretMissing",
+                "Secret stripe-webhook not found in namespace billing"
+            )]
+        );
+        // Still missing on the next reconcile: no second Event, and the transition time stays.
+        let later = SourceFacts {
+            now: jiff::Timestamp::from_second(1_800_000_600).unwrap(),
+            ..broken
+        };
+        let (again, notices) = decide(&status, &later);
+        assert!(notices.is_empty());
+        assert_eq!(
+            condition(&again, READY).last_transition_time,
+            condition(&status, READY).last_transition_time
+        );
+    }
+
+    #[test]
+    fn a_forbidden_handler_url_is_not_ready_and_counts_survive_a_database_outage() {
+        let previous = decide(&WebhookSourceStatus::default(), &facts()).0;
+        let forbidden = SourceFacts {
+            url_problem: Some("handler api: 169.254.169.254 is a link-local address".into()),
+            stats: None,
+            ..facts()
+        };
+        let (status, _) = decide(&previous, &forbidden);
+        assert_eq!(condition(&status, READY).reason, "UrlNotAllowed");
+        assert_eq!(condition(&status, SECRET_RESOLVED).status, "True");
+        assert_eq!(status.received, Some(10), "kept from the previous status");
     }
 }

@@ -115,7 +115,7 @@ impl Dispatcher {
     /// Postgres on first use.
     async fn signing_keys(&self, key: &TargetKey, target: &Target) -> Result<Vec<SigningKey>, String> {
         match &target.signing {
-            Some(resolved) => resolved.clone(),
+            Some(resolved) => resolved.clone().map_err(|e| e.to_string()),
             None => {
                 let candidate = standard_webhooks::encode_secret(&rand::random::<[u8; 32]>());
                 let secret = deliveries::generated_secret(&self.pool, key, &candidate)

@@ -12,15 +12,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::refusal::{Refusal, refuse};
 use super::{Access, Gateway};
 use crate::api::TargetKey;
 use crate::store::history::{self, EventFilter};
 
 const REDACTED: &str = "[redacted]";
-
-fn refuse(status: StatusCode, reason: &str, message: &str) -> Response {
-    (status, Json(json!({"error": reason, "message": message}))).into_response()
-}
 
 /// An authenticated admin caller and what their token grants; a request without a valid admin
 /// token is answered 401 before the handler runs.
@@ -83,11 +80,7 @@ pub fn payload(body: &[u8]) -> Value {
 
 fn storage_error(err: sqlx::Error) -> Response {
     tracing::error!("admin API: {err}");
-    refuse(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "storage_unavailable",
-        "the database could not be read; retry",
-    )
+    Refusal::storage_unavailable("the database could not be read; retry").into_response()
 }
 
 pub(super) async fn list_events(
@@ -296,7 +289,7 @@ pub(super) async fn target_action(
     }
     match act_on_target(&gateway, &target, act).await {
         Ok(answer) => (StatusCode::ACCEPTED, Json(answer)).into_response(),
-        Err((status, message)) => refuse(status, "target_action_failed", &message),
+        Err((status, message)) => refuse(status, "target_action_failed", message),
     }
 }
 

@@ -17,15 +17,12 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::Gateway;
+use super::refusal::Refusal;
 use crate::catalog::Source;
 use crate::store::events::{NewDelivery, NewEvent, Stored};
 use crate::telemetry::metrics::{IngestLabels, SourceLabels};
 
 pub const DUPLICATE_HEADER: &str = "hookline-duplicate";
-
-fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": reason, "message": message.into()}))).into_response()
-}
 
 /// The client's address: the socket peer, or — when the peer is a trusted proxy — the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
@@ -69,13 +66,20 @@ pub(super) async fn receive(
     let Some(source) = catalog.source(&namespace, &source_name) else {
         // Unknown names are not used as metric labels: a scanner must not create series.
         count(&gateway, "", "", "", "unknown_source", started);
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "unknown_source",
-            format!("no WebhookSource {namespace}/{source_name}"),
-        );
+        let message = format!("no WebhookSource {namespace}/{source_name}");
+        return Refusal::new(StatusCode::NOT_FOUND, "unknown_source", message).into_response();
     };
-    let (outcome, response) = handle(&gateway, &catalog, &source, peer.ip(), request).await;
+    let (outcome, response) = match handle(&gateway, &catalog, &source, peer.ip(), request).await {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            // Refusals of the request itself, not our own failures (secret or storage
+            // unavailable), count towards the source's rejections.
+            if refusal.is_senders_fault() {
+                gateway.count_rejection(&namespace, &source_name, refusal.reason);
+            }
+            (refusal.reason, refusal.into_response())
+        }
+    };
     count(
         &gateway,
         &namespace,
@@ -84,10 +88,6 @@ pub(super) async fn receive(
         outcome,
         started,
     );
-    // Refusals of the request itself, not our own failures (secret or storage unavailable).
-    if matches!(response.status().as_u16(), 400 | 401 | 403 | 413) {
-        gateway.count_rejection(&namespace, &source_name, outcome);
-    }
     response
 }
 
@@ -124,30 +124,31 @@ async fn handle(
     source: &Source,
     peer: IpAddr,
     request: Request<Body>,
-) -> (&'static str, Response) {
+) -> Result<(&'static str, Response), Refusal> {
     let (parts, body) = request.into_parts();
     let client = client_address(gateway, peer, &parts.headers);
     let reject = |reason: &'static str, status: StatusCode, message: String| {
         tracing::warn!(namespace = %source.namespace, source = %source.name, reason, remote = %client, "{message}");
-        (reason, refuse(status, reason, message))
+        Refusal::new(status, reason, message)
     };
 
     if !source.allowed_ranges.is_empty() && !source.allowed_ranges.iter().any(|net| net.contains(&client)) {
-        return reject(
+        return Err(reject(
             "source_address_not_allowed",
             StatusCode::FORBIDDEN,
             format!("{client} is not in the source's allowedSourceRanges"),
-        );
+        ));
     }
     let verifier = match &source.verifier {
         Ok(verifier) => verifier,
         Err(problem) => {
             tracing::error!(namespace = %source.namespace, source = %source.name, "signing secret unavailable: {problem}");
-            let message = "the source's signing secret is not available; the sender should retry".to_owned();
-            return (
+            let message = "the source's signing secret is not available; the sender should retry";
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
                 "secret_unavailable",
-                refuse(StatusCode::SERVICE_UNAVAILABLE, "secret_unavailable", message),
-            );
+                message,
+            ));
         }
     };
     let declared_length = parts
@@ -166,11 +167,11 @@ async fn handle(
         )
     };
     if declared_length.is_some_and(|len| len > source.max_body_bytes) {
-        return too_large();
+        return Err(too_large());
     }
     let body = match axum::body::to_bytes(body, source.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => return too_large(),
+        Err(_) => return Err(too_large()),
     };
 
     let now = SystemTime::now()
@@ -184,7 +185,7 @@ async fn handle(
             } else {
                 StatusCode::UNAUTHORIZED
             };
-            return reject(rejection.reason(), status, rejection.to_string());
+            return Err(reject(rejection.reason(), status, rejection.to_string()));
         }
     };
 
@@ -222,7 +223,7 @@ async fn handle(
                 event_type = %event.event_type, deliveries, "event stored"
             );
             let body = json!({"id": event_id, "eventId": event.id, "type": event.event_type, "deliveries": deliveries});
-            ("accepted", (StatusCode::OK, Json(body)).into_response())
+            Ok(("accepted", (StatusCode::OK, Json(body)).into_response()))
         }
         Ok(Stored::Duplicate) => {
             gateway.metrics.duplicates.get_or_create(&labels).inc();
@@ -234,16 +235,14 @@ async fn handle(
             response
                 .headers_mut()
                 .insert(DUPLICATE_HEADER, HeaderValue::from_static("true"));
-            ("duplicate", response)
+            Ok(("duplicate", response))
         }
         Err(err) => {
             // Never acknowledge what is not committed: the provider retries a 503.
             tracing::error!(namespace = %source.namespace, source = %source.name, "cannot store event: {err}");
-            let message = "the event could not be stored; the sender should retry".to_owned();
-            (
-                "storage_unavailable",
-                refuse(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message),
-            )
+            Err(Refusal::storage_unavailable(
+                "the event could not be stored; the sender should retry",
+            ))
         }
     }
 }

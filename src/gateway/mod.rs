@@ -4,6 +4,7 @@
 mod admin;
 mod ingest;
 mod publish;
+pub mod refusal;
 mod ui;
 
 use std::collections::HashMap;
@@ -68,9 +69,18 @@ pub struct ScopedToken {
     pub namespaces: Vec<String>,
 }
 
-/// Reads namespace-scoped admin tokens: one per line, `<token> <namespace>[,<namespace>…]`;
-/// blank lines and `#` comments are skipped.
-pub fn parse_scoped_tokens(text: &str) -> Result<Vec<ScopedToken>, String> {
+/// A line of a scoped token file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("line {0}: expected '<token> <namespace>[,<namespace>…]'")]
+    Malformed(usize),
+    #[error("line {0}: a token of at least 16 characters and one or more namespaces")]
+    TooWeak(usize),
+}
+
+/// Reads namespace-scoped tokens: one per line, `<token> <namespace>[,<namespace>…]`; blank
+/// lines and `#` comments are skipped.
+pub fn parse_scoped_tokens(text: &str) -> Result<Vec<ScopedToken>, TokenFileError> {
     text.lines()
         .enumerate()
         .map(|(i, line)| (i + 1, line.trim()))
@@ -78,7 +88,7 @@ pub fn parse_scoped_tokens(text: &str) -> Result<Vec<ScopedToken>, String> {
         .map(|(number, line)| {
             let (token, namespaces) = line
                 .split_once(char::is_whitespace)
-                .ok_or_else(|| format!("line {number}: expected '<token> <namespace>[,<namespace>…]'"))?;
+                .ok_or(TokenFileError::Malformed(number))?;
             let namespaces: Vec<String> = namespaces
                 .split(',')
                 .map(str::trim)
@@ -86,9 +96,7 @@ pub fn parse_scoped_tokens(text: &str) -> Result<Vec<ScopedToken>, String> {
                 .map(str::to_owned)
                 .collect();
             if token.len() < 16 || namespaces.is_empty() {
-                return Err(format!(
-                    "line {number}: a token of at least 16 characters and one or more namespaces"
-                ));
+                return Err(TokenFileError::TooWeak(number));
             }
             Ok(ScopedToken {
                 token: token.to_owned(),
@@ -311,10 +319,9 @@ mod tests {
         assert_eq!(tokens[0].namespaces, ["billing", "shop"]);
         assert!(Access::Namespaces(tokens[1].namespaces.clone()).allows("ops"));
         assert!(!Access::Namespaces(tokens[1].namespaces.clone()).allows("shop"));
-        assert!(
-            parse_scoped_tokens("short billing")
-                .unwrap_err()
-                .contains("line 1")
+        assert_eq!(
+            parse_scoped_tokens("short billing").unwrap_err(),
+            TokenFileError::TooWeak(1)
         );
         assert!(parse_scoped_tokens("0123456789abcdef0123").is_err());
     }

@@ -17,6 +17,7 @@ use sha2::Digest;
 use uuid::Uuid;
 
 use super::Gateway;
+use super::refusal::{Refusal, refuse};
 use crate::store::events::{
     Idempotency, IdempotentAnswer, NewDelivery, NewEvent, Published, Stored, store_published,
 };
@@ -30,10 +31,6 @@ struct PublishRequest {
     event_type: String,
     data: serde_json::Value,
     id: Option<String>,
-}
-
-fn refuse(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": reason, "message": message.into()}))).into_response()
 }
 
 fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
@@ -191,11 +188,7 @@ pub(super) async fn publish(
         ),
         Err(err) => {
             tracing::error!(namespace = %namespace, "cannot store published event: {err}");
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                "the event could not be stored; retry",
-            )
+            Refusal::storage_unavailable("the event could not be stored; retry").into_response()
         }
     }
 }

@@ -54,6 +54,20 @@ pub fn decode_secret(secret: &str) -> Result<SigningKey, SecretError> {
     Ok(SigningKey(bytes))
 }
 
+/// The signing keys of a Secret value: one or more whitespace-separated `whsec_` secrets (several
+/// while rotating: each signs). The one way a target's signing secret is read, by the dispatcher
+/// and by the controller when it checks one.
+pub fn decode_secrets(value: &str) -> Result<Vec<SigningKey>, SecretError> {
+    let keys = value
+        .split_whitespace()
+        .map(decode_secret)
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    Ok(keys)
+}
+
 /// Encodes key bytes as a `whsec_` secret.
 pub fn encode_secret(key_bytes: &[u8]) -> String {
     format!("{SECRET_PREFIX}{}", STANDARD.encode(key_bytes))

@@ -1,0 +1,33 @@
+//! Dispatch: a backlog drained to the sink.
+
+use std::time::{Duration, Instant};
+
+use crate::rig::*;
+use crate::{Scale, report};
+
+pub(crate) async fn measure(bench: &Bench, scale: Scale) -> anyhow::Result<()> {
+    bench.reset().await?;
+    bench
+        .preload(scale.dispatch_backlog, &[HANDLER_TARGET], false)
+        .await?;
+    let before = bench.table_writes().await?;
+    let per_s = bench.drain(&[HANDLER_TARGET], scale.dispatch_backlog).await?;
+    report("dispatch_per_s", per_s, "deliveries/s");
+    bench.report_table_writes(&before, scale.dispatch_backlog).await?;
+    Ok(())
+}
+
+impl Bench {
+    /// Resumes the targets and waits until the sink has `expected` more deliveries; returns
+    /// deliveries per second.
+    pub(crate) async fn drain(&self, targets: &[&str], expected: u64) -> anyhow::Result<f64> {
+        let before = self.sink.received();
+        let started = Instant::now();
+        self.resume(targets).await?;
+        let received = self
+            .wait_for_sink(before + expected, Duration::from_secs(600))
+            .await
+            - before;
+        Ok(received as f64 / started.elapsed().as_secs_f64())
+    }
+}

@@ -1,0 +1,73 @@
+//! Fan-out: published events, each to 100 subscriptions, from publish to the last delivery.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::rig::*;
+use crate::{Scale, progress, report};
+
+pub(crate) async fn measure(bench: &Bench, scale: Scale) -> anyhow::Result<()> {
+    bench.reset().await?;
+    let before = bench.table_writes().await?;
+    report(
+        "fanout_per_s",
+        bench.fanout(scale.fanout_events).await?,
+        "deliveries/s",
+    );
+    bench
+        .report_table_writes(&before, scale.fanout_events * FANOUT_SUBSCRIPTIONS as u64)
+        .await?;
+    Ok(())
+}
+
+impl Bench {
+    /// Publishes `events` events as fast as 32 connections allow; each goes to 100
+    /// subscriptions. Deliveries per second from the first publish to the last delivery.
+    pub(crate) async fn fanout(&self, events: u64) -> anyhow::Result<f64> {
+        let targets = fanout_targets();
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        self.resume(&targets).await?;
+        let before = self.sink.received();
+        let expected = events * FANOUT_SUBSCRIPTIONS as u64;
+        let started = Instant::now();
+        let url = format!("{}/v1/namespaces/{NAMESPACE}/events", self.gateway.base);
+        let publishers: Vec<_> = (0..32)
+            .map(|worker| {
+                let (client, url) = (self.client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut failures = 0;
+                    for i in (worker..events).step_by(32) {
+                        let ok = client
+                            .post(&url)
+                            .bearer_auth(PUBLISH_TOKEN)
+                            .json(&serde_json::json!({"type": "fanout.bench", "id": format!("fan_{i}"), "data": {"n": i}}))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success());
+                        failures += u64::from(!ok);
+                    }
+                    failures
+                })
+            })
+            .collect();
+        for publisher in publishers {
+            let failures = publisher.await?;
+            if failures > 0 {
+                bail!("{failures} publish requests failed");
+            }
+        }
+        progress(&format!(
+            "published {events} events in {:.2} s; {} of {expected} deliveries made by then",
+            started.elapsed().as_secs_f64(),
+            self.sink.received() - before
+        ));
+        let received = self
+            .wait_for_sink(before + expected, Duration::from_secs(600))
+            .await
+            - before;
+        let per_s = received as f64 / started.elapsed().as_secs_f64();
+        self.pause(&targets).await?;
+        Ok(per_s)
+    }
+}
