@@ -1,5 +1,7 @@
 # One image for `hookline controller` and `hookline gateway`.
 # Build: docker build -t hookline:dev .
+# hack/image builds the same image without Docker from hack/image.contents; hack/check-image-drift
+# fails when the final stage below and that file disagree, so change them together.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.

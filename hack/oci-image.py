@@ -10,7 +10,8 @@ same image ID and a re-import is a no-op.
       --file /pause=/tmp/pause --entrypoint /pause
 
 Contents options (each may repeat; they can also be listed in a file given with --contents, one
-option a line without the leading dashes, lines starting with `#` ignored, e.g. `file /etc/passwd=hack/image/passwd`):
+option a line without the leading dashes, lines starting with `#` ignored, e.g. `file /etc/passwd=hack/image/passwd`;
+`${NAME}` in a line is replaced by the value of `--var NAME=VALUE`, and is an error without one):
   --file DEST=SRC[,mode=0755][,uid=0][,gid=0]   SRC a file (or a directory, copied recursively)
   --binary DEST=SRC[,...]                       as --file, plus the shared libraries and the ELF
                                                 interpreter SRC needs (from ldd), each at its path
@@ -18,6 +19,11 @@ option a line without the leading dashes, lines starting with `#` ignored, e.g. 
   --text DEST=CONTENT[,...]                     a small file written from the option (\\n escapes)
   --symlink DEST=TARGET
 Parent directories are created as root-owned 0755.
+
+The image's configuration options (--entrypoint, --cmd, --user, --workdir, --env, --port, --label)
+may be lines of a --contents file too, so one file can describe a whole image
+(hack/image.contents). A flag given on the command line replaces a single-valued line
+(entrypoint, cmd, user, workdir) and adds to the repeatable ones (env, port, label).
 """
 import argparse
 import hashlib
@@ -51,6 +57,20 @@ def parse_spec(value, want_src=True):
     if not dest.startswith("/"):
         sys.exit(f"oci-image: destination must be absolute: {dest!r}")
     return dest.rstrip("/") or "/", src, attrs
+
+
+CONTENTS = ("file", "binary", "dir", "text", "symlink")
+CONFIG_SINGLE = ("entrypoint", "cmd", "user", "workdir")
+CONFIG_MULTI = ("env", "port", "label")
+
+
+def substitute(line, variables, where):
+    """Replaces each ${NAME} in LINE by its --var value; an unknown NAME is an error."""
+    def value(m):
+        if m.group(1) not in variables:
+            sys.exit(f"oci-image: {where}: ${{{m.group(1)}}} needs --var {m.group(1)}=VALUE")
+        return variables[m.group(1)]
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, line)
 
 
 def shared_libs(path):
@@ -148,22 +168,44 @@ def main():
     ap.add_argument("--port", action="append", default=[], help="8080/tcp")
     ap.add_argument("--label", action="append", default=[], help="KEY=VALUE")
     ap.add_argument("--arch", default="amd64")
+    ap.add_argument("--var", action="append", default=[], help="NAME=VALUE for ${NAME} in --contents files")
     args = ap.parse_args()
+    variables = {}
+    for v in args.var:
+        name, sep, value = v.partition("=")
+        if not sep:
+            sys.exit(f"oci-image: expected --var NAME=VALUE, got {v!r}")
+        variables[name] = value
 
     # Lines of --contents files are the same options; they go first, so flags can add to them.
     items = []
+    settings = {opt: None for opt in CONFIG_SINGLE} | {opt: [] for opt in CONFIG_MULTI}
     for path in args.contents:
         with open(path) as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 line = line.strip()
                 if not line or line.startswith("#"):
                     continue
+                line = substitute(line, variables, f"{path}:{number}")
                 opt, _, value = line.partition(" ")
-                if opt not in ("file", "binary", "dir", "text", "symlink"):
-                    sys.exit(f"oci-image: {path}: unknown option {opt!r}")
-                items.append((opt, value.strip()))
-    for opt in ("file", "binary", "dir", "text", "symlink"):
+                value = value.strip()
+                if opt in CONTENTS:
+                    items.append((opt, value))
+                elif opt in CONFIG_SINGLE:
+                    if settings[opt] is not None:
+                        sys.exit(f"oci-image: {path}:{number}: {opt} given twice")
+                    settings[opt] = value
+                elif opt in CONFIG_MULTI:
+                    settings[opt].append(value)
+                else:
+                    sys.exit(f"oci-image: {path}:{number}: unknown option {opt!r}")
+    for opt in CONTENTS:
         items += [(opt, v) for v in getattr(args, opt)]
+    for opt in CONFIG_SINGLE:
+        if getattr(args, opt) is not None:
+            settings[opt] = getattr(args, opt)
+    for opt in CONFIG_MULTI:
+        settings[opt] += getattr(args, opt)
 
     layer = Layer()
     for opt, value in items:
@@ -197,13 +239,13 @@ def main():
         return json.loads(v) if v.lstrip().startswith("[") else shlex.split(v)
 
     cfg = {k: v for k, v in {
-        "Entrypoint": command(args.entrypoint),
-        "Cmd": command(args.cmd),
-        "User": args.user,
-        "WorkingDir": args.workdir,
-        "Env": args.env or ["PATH=/usr/local/bin:/usr/bin:/bin"],
-        "ExposedPorts": {p: {} for p in args.port} or None,
-        "Labels": dict(lbl.split("=", 1) for lbl in args.label) or None,
+        "Entrypoint": command(settings["entrypoint"]),
+        "Cmd": command(settings["cmd"]),
+        "User": settings["user"],
+        "WorkingDir": settings["workdir"],
+        "Env": settings["env"] or ["PATH=/usr/local/bin:/usr/bin:/bin"],
+        "ExposedPorts": {p: {} for p in settings["port"]} or None,
+        "Labels": dict(lbl.split("=", 1) for lbl in settings["label"]) or None,
     }.items() if v is not None}
     config = json.dumps({
         "architecture": args.arch,

@@ -13,6 +13,8 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::catalog::{Catalog, CatalogCell, reflect};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::gateway::{Gateway, GatewayOptions};
@@ -28,6 +30,27 @@ pub struct NodeOptions {
     pub dispatch: DispatchOptions,
     /// History older than this is deleted (events still being delivered are kept).
     pub retention: Duration,
+    pub stopping: Stopping,
+}
+
+/// How a node stops once told to.
+#[derive(Clone, Copy, Debug)]
+pub struct Stopping {
+    /// How long `/readyz` answers 503 while requests are still served, so that load balancers
+    /// (a Service's endpoints) stop sending before the listener closes.
+    pub unready_for: Duration,
+    /// How long deliveries being sent get to finish and be recorded; the ones not yet sent are
+    /// given back at once. Keep it, with `unready_for`, within the pod's grace period.
+    pub drain: Duration,
+}
+
+impl Default for Stopping {
+    fn default() -> Self {
+        Self {
+            unready_for: Duration::ZERO,
+            drain: Duration::from_secs(20),
+        }
+    }
 }
 
 /// Where the node's configuration comes from.
@@ -47,13 +70,14 @@ pub struct Node {
     pub catalog: Arc<CatalogCell>,
     pool: PgPool,
     serving: JoinHandle<std::io::Result<()>>,
-    background: Vec<JoinHandle<()>>,
+    dispatching: JoinHandle<()>,
+    retention: JoinHandle<()>,
 }
 
 impl Node {
     /// Prepares the database, serves on `listener` (health at once, ready once the configuration
-    /// is in place) and starts delivering. Stops serving when `shutdown` completes; see
-    /// [`Node::wait`].
+    /// is in place) and starts delivering. When `shutdown` completes it stops as
+    /// [`Stopping`] says; see [`Node::wait`].
     pub async fn start(
         pool: PgPool,
         listener: TcpListener,
@@ -68,7 +92,24 @@ impl Node {
         let catalog = CatalogCell::new();
         let metrics = Arc::new(Metrics::new());
         let gateway = Gateway::new(pool.clone(), catalog.clone(), metrics.clone(), options.http);
-        let serving = tokio::spawn(async move { gateway.serve(listener, shutdown).await });
+        // Stopping: first unready (still serving), then the listener and the dispatcher together.
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let (gateway, stop, unready_for) = (gateway.clone(), stop.clone(), options.stopping.unready_for);
+            async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stop.cancelled() => return,
+                }
+                gateway.drain();
+                tokio::time::sleep(unready_for).await;
+                stop.cancel();
+            }
+        });
+        let serving = tokio::spawn({
+            let stop = stop.clone();
+            async move { gateway.serve(listener, stop.cancelled_owned()).await }
+        });
         match configuration {
             Configuration::Fixed(fixed) => catalog.set(fixed),
             Configuration::Cluster { client, namespace } => {
@@ -77,33 +118,33 @@ impl Node {
                     .context("following the cluster's configuration")?;
             }
         }
-        let background = vec![
-            tokio::spawn(crate::store::retention::run(
-                pool.clone(),
-                options.retention,
-                RETENTION_EVERY,
-            )),
-            tokio::spawn(Dispatcher::new(pool.clone(), catalog.clone(), metrics, options.dispatch).run()),
-        ];
+        let retention = tokio::spawn(crate::store::retention::run(
+            pool.clone(),
+            options.retention,
+            RETENTION_EVERY,
+        ));
+        let dispatcher = Dispatcher::new(pool.clone(), catalog.clone(), metrics, options.dispatch, stop);
+        let dispatching = tokio::spawn(dispatcher.run(options.stopping.drain));
         tracing::info!(listen = %local_addr, "gateway listening");
         Ok(Self {
             local_addr,
             catalog,
             pool,
             serving,
-            background,
+            dispatching,
+            retention,
         })
     }
 
-    /// Runs until the shutdown signal given to [`Node::start`] has drained the requests in
-    /// flight, then stops delivering and closes the database pool.
+    /// Runs until the node has stopped: the requests in flight answered, the deliveries being
+    /// sent recorded (within the drain time), the rest given back to the queue.
     pub async fn wait(self) -> anyhow::Result<()> {
         let served = self.serving.await;
-        // Deliveries in flight are abandoned here; their leases expire and they are sent again.
-        for task in &self.background {
-            task.abort();
-        }
+        let dispatched = self.dispatching.await;
+        self.retention.abort();
         self.pool.close().await;
+        tracing::info!("gateway stopped");
+        dispatched?;
         Ok(served??)
     }
 }

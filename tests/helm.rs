@@ -94,6 +94,54 @@ fn values_schema_refuses_nonsense() {
         !ok && output.contains("gatewy"),
         "a misspelt key must be refused: {output}"
     );
+    let (ok, output) = template("image.repository=hookline:dev");
+    assert!(
+        !ok && output.contains("/image/repository"),
+        "a tag inside image.repository must be refused: {output}"
+    );
+}
+
+#[test]
+fn the_chart_gives_its_image_and_pull_policy_to_the_gateway() {
+    let (ok, output) = run(
+        "helm",
+        &[
+            "template",
+            "t",
+            &chart(),
+            &kube_version(),
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "imagePullSecrets[0].name=regcred",
+            "--show-only",
+            "templates/controller.yaml",
+            "--show-only",
+            "templates/serviceaccounts.yaml",
+        ],
+        None,
+    );
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("image: hookline:dev"),
+        "the default image is what hack/image and `docker build -t hookline:dev .` build: {output}"
+    );
+    assert!(
+        output.contains("- name: HOOKLINE_GATEWAY_IMAGE\n              value: hookline:dev"),
+        "{output}"
+    );
+    assert!(
+        output.contains("- name: HOOKLINE_GATEWAY_IMAGE_PULL_POLICY\n              value: Never"),
+        "{output}"
+    );
+    let gateway_sa = output
+        .split("---")
+        .find(|d| d.contains("kind: ServiceAccount") && d.contains("name: hookline-gateway\n"))
+        .expect("the gateway's ServiceAccount");
+    assert!(
+        gateway_sa.contains("imagePullSecrets:\n  - name: regcred"),
+        "the gateway's pods get the pull secrets: {gateway_sa}"
+    );
 }
 
 /// The monitoring CRDs the all-features rendering uses are not part of a bare API server;
@@ -198,6 +246,10 @@ async fn helm_install_creates_a_least_privilege_installation() {
     assert!(
         output.contains("Providers post to"),
         "NOTES.txt is shown: {output}"
+    );
+    assert!(
+        output.contains("Image: hookline:dev (pullPolicy IfNotPresent)"),
+        "NOTES.txt names the image the release runs: {output}"
     );
     for (kind, name) in [
         ("deployment", "hookline-controller"),

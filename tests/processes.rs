@@ -138,3 +138,52 @@ async fn two_gateway_processes_share_the_queue_without_double_sends() {
     );
     let _ = std::fs::remove_dir_all(&config);
 }
+
+/// SIGTERM stops a gateway gracefully: the deliveries being sent finish and are recorded, the
+/// claimed ones not yet sent go back to the queue at once, and the process exits. Another
+/// gateway then sends the rest, and nothing that was answered is sent twice.
+#[tokio::test]
+async fn sigterm_finishes_what_is_in_flight_and_gives_back_the_rest() {
+    let sink = Sink::start().await;
+    let database_url = support::fresh_database().await;
+    let config = config_dir(&sink.url("slow"), ", maxInFlight: 2, timeout: 10s");
+    sink.always("slow", Reply::Slow(Duration::from_secs(2)));
+    let mut first = start(&config, &database_url).await;
+    for n in 0..10 {
+        publish(&first.base, n).await;
+    }
+    // Two requests are being answered, slowly; the other eight wait for a slot.
+    sink.wait_for("slow", 2, Duration::from_secs(10)).await;
+    let pid = first.child.id() as libc::pid_t;
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let stopping = Instant::now();
+    let exit = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "the gateway exits after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "a clean exit: {exit:?}");
+    // The two in flight were answered and recorded; the rest are waiting again, not claimed.
+    assert_eq!(
+        statuses(&database_url).await,
+        [("pending".to_owned(), 8), ("succeeded".to_owned(), 2)],
+        "in-flight deliveries recorded, the others given back"
+    );
+
+    let _second = start(&config, &database_url).await;
+    let got = sink.wait_for("slow", 10, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got_now = sink.received("slow");
+    let mut ids: Vec<&str> = got_now.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "every event delivered");
+    assert_eq!(got_now.len(), 10, "none sent twice (got {} at first)", got.len());
+    let _ = std::fs::remove_dir_all(&config);
+}

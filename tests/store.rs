@@ -427,7 +427,7 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         again.id,
         expired[0].lease_until,
         chrono::Utc::now(),
-        "stale",
+        Some("stale"),
     )
     .await
     .expect("release with the expired claim");
@@ -562,7 +562,7 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
         second.id,
         second.lease_until,
         chrono::Utc::now(),
-        "circuit open",
+        Some("circuit open"),
     )
     .await
     .expect("release");

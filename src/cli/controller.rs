@@ -37,12 +37,15 @@ pub struct ControllerArgs {
     #[arg(long)]
     no_managed_gateway: bool,
     /// Image of the managed gateway.
-    #[arg(
-        long,
-        env = "HOOKLINE_GATEWAY_IMAGE",
-        default_value = "ghcr.io/hookline/hookline:latest"
-    )]
+    #[arg(long, env = "HOOKLINE_GATEWAY_IMAGE", default_value = "hookline:dev")]
     gateway_image: String,
+    /// imagePullPolicy of the managed gateway [default: Kubernetes' default for the tag].
+    #[arg(long, env = "HOOKLINE_GATEWAY_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    gateway_image_pull_policy: Option<String>,
+    /// An extra argument of the managed gateway (repeat for each), e.g.
+    /// --gateway-arg=--trusted-proxies=10.0.0.0/8.
+    #[arg(long = "gateway-arg", value_name = "ARG", allow_hyphen_values = true)]
+    gateway_args: Vec<String>,
     #[arg(long, default_value_t = 2)]
     gateway_replicas: i32,
     #[arg(long, default_value = "ClusterIP")]
@@ -79,6 +82,8 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     } else {
         Some(hookline::controller::GatewaySettings {
             image: args.gateway_image,
+            image_pull_policy: args.gateway_image_pull_policy.filter(|p| !p.is_empty()),
+            extra_args: args.gateway_args,
             replicas: args.gateway_replicas,
             service_type: args.gateway_service_type,
             service_account: args.gateway_service_account,

@@ -8,7 +8,7 @@ use clap::Args;
 use hookline::api::Duration;
 use hookline::dispatch::DispatchOptions;
 use hookline::gateway::GatewayOptions;
-use hookline::node::NodeOptions;
+use hookline::node::{NodeOptions, Stopping};
 use ipnet::IpNet;
 
 use super::read_token;
@@ -25,6 +25,14 @@ pub struct NodeArgs {
     /// kept). 720h is 30 days.
     #[arg(long, default_value = "720h")]
     retention: Duration,
+    /// On SIGTERM, how long /readyz answers 503 while requests are still served, so load
+    /// balancers stop sending first (the managed gateway sets 5s).
+    #[arg(long, default_value = "0s")]
+    shutdown_delay: Duration,
+    /// On SIGTERM, how long deliveries being sent get to finish; those not yet sent are given
+    /// back at once. With --shutdown-delay, keep it within the pod's grace period.
+    #[arg(long, default_value = "20s")]
+    drain_timeout: Duration,
     #[command(flatten)]
     tokens: TokenArgs,
     #[command(flatten)]
@@ -37,6 +45,10 @@ impl NodeArgs {
             http: self.tokens.http_options(self.trusted_proxies)?,
             dispatch: self.dispatch.options(),
             retention: self.retention.get(),
+            stopping: Stopping {
+                unready_for: self.shutdown_delay.get(),
+                drain: self.drain_timeout.get(),
+            },
         })
     }
 }

@@ -79,6 +79,26 @@ impl LeaderElection {
         }
     }
 
+    /// Gives the lease up, if this replica holds it, so a successor takes over at once instead
+    /// of waiting for it to expire.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        lease.spec = Some(spec);
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            // Someone else changed it meanwhile: it is not ours to release any more.
+            Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Waits until this replica leads.
     pub async fn acquire(&self) {
         loop {

@@ -22,6 +22,10 @@ pub const NAME: &str = "hookline-gateway";
 #[derive(Clone, Debug)]
 pub struct GatewaySettings {
     pub image: String,
+    /// The container's imagePullPolicy; Kubernetes' default for the tag when `None`.
+    pub image_pull_policy: Option<String>,
+    /// Arguments added after the ones the controller sets.
+    pub extra_args: Vec<String>,
     pub replicas: i32,
     pub service_type: String,
     pub service_account: String,
@@ -43,6 +47,12 @@ fn labels() -> BTreeMap<&'static str, &'static str> {
     ])
 }
 
+/// The pod's grace period after SIGTERM: unready for SHUTDOWN_DELAY (the Service's endpoints and
+/// kube-proxy catch up) while still serving, then up to DRAIN_TIMEOUT for deliveries being sent.
+const TERMINATION_GRACE_SECONDS: i64 = 30;
+const SHUTDOWN_DELAY: &str = "5s";
+const DRAIN_TIMEOUT: &str = "20s";
+
 pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bool) -> Value {
     let selector = json!({"app.kubernetes.io/name": NAME});
     let secret_env = |name: &str, (secret, key): &(String, String)| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
@@ -56,17 +66,28 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
     if let Some(token) = &settings.admin_token_secret {
         env.push(secret_env("HOOKLINE_ADMIN_TOKEN", token));
     }
+    let mut args: Vec<&str> = vec![
+        "gateway",
+        "--listen",
+        "0.0.0.0:8080",
+        "--shutdown-delay",
+        SHUTDOWN_DELAY,
+        "--drain-timeout",
+        DRAIN_TIMEOUT,
+    ];
+    args.extend(settings.extra_args.iter().map(String::as_str));
     let mut spec = json!({
         "selector": {"matchLabels": selector},
         "template": {
             "metadata": {"labels": labels()},
             "spec": {
                 "serviceAccountName": settings.service_account,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{
                     "name": "gateway",
                     "image": settings.image,
-                    "args": ["gateway", "--listen", "0.0.0.0:8080"],
+                    "args": args,
                     "env": env,
                     "ports": [{"name": "http", "containerPort": 8080}],
                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
@@ -83,6 +104,9 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
     });
     if with_replicas {
         spec["replicas"] = json!(settings.replicas);
+    }
+    if let Some(policy) = &settings.image_pull_policy {
+        spec["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!(policy);
     }
     json!({
         "apiVersion": "apps/v1",

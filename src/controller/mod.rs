@@ -23,6 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{WebhookSource, WebhookSubscription};
 use crate::telemetry::metrics::{ControllerMetrics, KindLabels};
@@ -168,7 +169,21 @@ async fn serve_health(listen: SocketAddr, metrics: Arc<ControllerMetrics>) -> an
     Ok(())
 }
 
+/// How long reconciles still running at shutdown get to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long giving up the leader lease may take at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
+    // SIGTERM stops the controller promptly whether or not the API server answers.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            crate::node::shutdown_signal().await;
+            stop.cancel();
+        }
+    });
     let client = Client::try_default().await?;
     let pool = crate::store::connect_lazy(&options.database_url, 8)?;
     crate::store::migrate(&pool).await?;
@@ -184,7 +199,13 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     );
     if options.leader_election {
         tracing::info!(identity = %options.identity, "waiting to lead");
-        election.acquire().await;
+        tokio::select! {
+            _ = election.acquire() => {}
+            _ = stop.cancelled() => {
+                tracing::info!("controller stopped before it led");
+                return Ok(());
+            }
+        }
         tracing::info!(identity = %options.identity, "leading");
     }
 
@@ -208,21 +229,32 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(collect_mirrors(ctx.clone()));
 
-    let sources = control(client.clone(), ctx.clone(), source_uses, reconcile_source);
+    let sources = control(client.clone(), ctx.clone(), source_uses, reconcile_source, &stop);
     let subscriptions = control(
         client.clone(),
         ctx.clone(),
         subscription_uses,
         reconcile_subscription,
+        &stop,
     );
     let controllers = async { futures::join!(sources, subscriptions) };
-    if options.leader_election {
-        tokio::select! {
-            _ = controllers => {}
-            _ = election.hold() => anyhow::bail!("lost the leader lease; exiting so another replica leads"),
+    let overdue = async {
+        stop.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        _ = controllers => {}
+        _ = election.hold(), if options.leader_election => {
+            anyhow::bail!("lost the leader lease; exiting so another replica leads")
         }
-    } else {
-        controllers.await;
+        _ = overdue => tracing::warn!("reconciles still running {STOP_GRACE:?} after the stop signal; stopping without them"),
+    }
+    if options.leader_election {
+        match tokio::time::timeout(RELEASE_TIMEOUT, election.release()).await {
+            Ok(Ok(())) => tracing::info!("leader lease released"),
+            Ok(Err(err)) => tracing::warn!("cannot release the leader lease (it expires by itself): {err}"),
+            Err(_) => tracing::warn!("the API server did not answer; the leader lease expires by itself"),
+        }
     }
     tracing::info!("controller stopped");
     Ok(())
@@ -234,6 +266,7 @@ async fn control<K, F>(
     ctx: Arc<Context>,
     uses: fn(&K, &str) -> bool,
     reconcile: fn(Arc<K>, Arc<Context>) -> F,
+    stop: &CancellationToken,
 ) where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -260,14 +293,10 @@ async fn control<K, F>(
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await
-}
-
-async fn shutdown_signal() {
-    crate::node::shutdown_signal().await;
 }
 
 /// Deletes mirrored Secrets no source or subscription uses any more, every 30 seconds.

@@ -30,6 +30,8 @@ pub(super) struct Release {
     pub(super) reason: Cow<'static, str>,
     /// The circuit is open: every waiting delivery of the target waits as long.
     pub(super) defer_target: bool,
+    /// Says nothing about the target (this process is stopping): the delivery's last error stays.
+    pub(super) keeps_last_error: bool,
 }
 
 impl Release {
@@ -38,6 +40,15 @@ impl Release {
             after,
             reason: reason.into(),
             defer_target: false,
+            keeps_last_error: false,
+        }
+    }
+
+    /// Given back at once for another replica (or this one, restarted) to send.
+    fn stopping() -> Self {
+        Self {
+            keeps_last_error: true,
+            ..Self::new(Duration::ZERO, "the gateway is stopping")
         }
     }
 }
@@ -77,7 +88,12 @@ impl Dispatcher {
         let timeout = target.spec.timeout.get();
         let slot_by = held.leaving(timeout + self.options.lease_margin / 2);
         let too_long = || Release::new(Duration::ZERO, "waited too long for a free slot");
-        let slot = match tokio::time::timeout_at(slot_by.into(), runtime.in_flight.acquire()).await {
+        let waited = tokio::select! {
+            biased; // a stopping dispatcher sends nothing new, even with a slot free
+            _ = self.stop.cancelled() => return Err(Release::stopping()),
+            waited = tokio::time::timeout_at(slot_by.into(), runtime.in_flight.acquire()) => waited,
+        };
+        let slot = match waited {
             // A free slot is taken even past the deadline (the timer is checked second).
             Ok(Ok(slot)) if Instant::now() < slot_by => slot,
             _ => return Err(too_long()),
@@ -98,7 +114,13 @@ impl Dispatcher {
             };
             match gate {
                 Gate::Go => return Ok(Permit { keys, _slot: slot }),
-                Gate::RateLimited(wait) if now + wait < deadline => tokio::time::sleep(wait).await,
+                Gate::RateLimited(wait) if now + wait < deadline => {
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => return Err(Release::stopping()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
                 Gate::RateLimited(wait) => return Err(Release::new(wait, "rate limited")),
                 // Deliveries wait while the circuit is open; they spend no attempt.
                 Gate::CircuitOpen(wait) => {

@@ -22,6 +22,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{CircuitState, TargetKey};
 use crate::catalog::{CatalogCell, Target};
@@ -77,6 +78,10 @@ pub struct Dispatcher {
     /// at most `max_claimed`. Only the claimer adds to it, within what it saw free.
     holding: AtomicUsize,
     wake: Arc<Notify>,
+    /// Told when `holding` drops to zero (a stopping dispatcher waits for it).
+    idle: Notify,
+    /// Cancelled when the node stops: no more claims, and what waits for a slot goes back.
+    stop: CancellationToken,
     agenda: Mutex<Agenda>,
     recorder: AttemptRecorder,
 }
@@ -94,6 +99,7 @@ impl Dispatcher {
         catalog: Arc<CatalogCell>,
         metrics: Arc<Metrics>,
         options: DispatchOptions,
+        stop: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             recorder: deliveries::attempt_recorder(pool.clone()),
@@ -105,15 +111,40 @@ impl Dispatcher {
             options,
             targets: Targets::default(),
             wake: Arc::new(Notify::new()),
+            idle: Notify::new(),
+            stop,
             agenda: Mutex::new(Agenda::default()),
         })
     }
 
-    /// Runs until the task is dropped.
-    pub async fn run(self: Arc<Self>) {
-        tokio::spawn(self.clone().listen());
-        tokio::spawn(self.clone().report_backlog());
+    /// Claims and delivers until the stop token is cancelled; then gives back what is not being
+    /// sent yet and waits up to `drain` for the sends in flight to be recorded, so a rollout
+    /// resends nothing that was answered. What is still out after `drain` is left to its lease.
+    pub async fn run(self: Arc<Self>, drain: Duration) {
+        let listening = tokio::spawn(self.clone().listen());
+        let reporting = tokio::spawn(self.clone().report_backlog());
+        self.claim_until_stopped().await;
+        listening.abort();
+        reporting.abort();
+        let deadline = tokio::time::Instant::now() + drain;
         loop {
+            let held = self.holding.load(Ordering::Acquire);
+            if held == 0 {
+                tracing::info!("dispatcher stopped: every claimed delivery was sent or given back");
+                return;
+            }
+            tokio::select! {
+                _ = self.idle.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(held, "dispatcher stopped with deliveries still being sent; their leases expire and they are sent again");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn claim_until_stopped(self: &Arc<Self>) {
+        while !self.stop.is_cancelled() {
             let wait = match self.claim_and_start().await {
                 Claim::Started => continue, // more may be due for targets that still have room
                 Claim::Contended => BUSY_RECHECK,
@@ -127,6 +158,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.cancelled() => {}
             }
         }
     }
@@ -277,19 +309,12 @@ impl Dispatcher {
                 continue; // cannot happen: only planned targets are claimed
             };
             *left = left.saturating_sub(1);
-            self.holding.fetch_add(1, Ordering::Relaxed);
             // Counted now, so the next round's plan sees the room this one took.
+            let holding = Holding::new(self.clone());
             let held = Held::new(runtime.clone(), self.wake.clone(), lease_ends);
-            let this = self.clone();
             tokio::spawn(async move {
-                this.deliver(delivery, key, held).await;
-                // Claiming again pays off once a batch's worth of room is free: woken when the
-                // count passes that mark (each decrement sees its own value), not after every
-                // send beyond it.
-                let before = this.holding.fetch_sub(1, Ordering::Relaxed);
-                if before == this.options.max_claimed.saturating_sub(this.options.batch_size) + 1 {
-                    this.wake.notify_one();
-                }
+                holding.dispatcher.deliver(delivery, key, held).await;
+                drop(holding);
             });
         }
         // A target that gave less than asked has nothing more due now.
@@ -444,9 +469,37 @@ impl Dispatcher {
         if release.defer_target {
             let _ = deliveries::defer_target(&self.pool, key, at).await;
         }
-        match deliveries::release(&self.pool, delivery.id, delivery.lease_until, at, &release.reason).await {
+        let reason = (!release.keeps_last_error).then_some(release.reason.as_ref());
+        match deliveries::release(&self.pool, delivery.id, delivery.lease_until, at, reason).await {
             Ok(()) => self.agenda().note(key.clone(), at),
             Err(err) => tracing::warn!(delivery = %delivery.id, "cannot release delivery: {err}"),
+        }
+    }
+}
+
+/// A delivery counted in the process's `holding` until its task ends, also when it panics.
+struct Holding {
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Holding {
+    fn new(dispatcher: Arc<Dispatcher>) -> Self {
+        dispatcher.holding.fetch_add(1, Ordering::AcqRel);
+        Self { dispatcher }
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let this = &self.dispatcher;
+        let before = this.holding.fetch_sub(1, Ordering::AcqRel);
+        // Claiming again pays off once a batch's worth of room is free: woken when the count
+        // passes that mark (each decrement sees its own value), not after every send beyond it.
+        if before == this.options.max_claimed.saturating_sub(this.options.batch_size) + 1 {
+            this.wake.notify_one();
+        }
+        if before == 1 {
+            this.idle.notify_one();
         }
     }
 }

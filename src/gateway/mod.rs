@@ -10,6 +10,7 @@ mod ui;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct Gateway {
     /// A request not finished within this time is answered 408, so slow clients cannot hold
     /// connections and memory indefinitely.
     request_timeout: Duration,
+    /// Set when the node is stopping: not ready any more (load balancers stop sending), while
+    /// requests are still served.
+    draining: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     rejections: Mutex<HashMap<(String, String, String), i64>>,
     /// Console sessions: session id → (CSRF token, what it may see). In memory: a restart
@@ -159,9 +163,15 @@ impl Gateway {
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
             scoped_admin_tokens: options.scoped_admin_tokens,
             request_timeout: options.request_timeout,
+            draining: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
             ui_sessions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// From now on `/readyz` answers 503; requests are still served until the server stops.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// The configuration in force; a request finishes with the one it started with.
@@ -240,6 +250,9 @@ impl Gateway {
 
 /// Ready when the configuration is loaded and the database answers.
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    if gateway.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
     if !gateway.catalog.loaded() {
         return (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded");
     }

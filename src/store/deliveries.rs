@@ -291,12 +291,13 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
 
 /// Puts a claimed delivery back without spending an attempt (circuit open, target paused, no
 /// signing secret yet), due again at `at`, if the claim ending at `lease_until` still holds it.
+/// `reason` becomes its last error; `None` keeps the one it has.
 pub async fn release(
     pool: &PgPool,
     id: Uuid,
     lease_until: DateTime<Utc>,
     at: DateTime<Utc>,
-    reason: &str,
+    reason: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "WITH released AS (
@@ -304,7 +305,7 @@ pub async fn release(
              WHERE delivery_id = $1 AND next_attempt_at = $2
              RETURNING delivery_id
          )
-         UPDATE deliveries SET last_error = $4, updated_at = now()
+         UPDATE deliveries SET last_error = COALESCE($4, last_error), updated_at = now()
          WHERE id = (SELECT delivery_id FROM released)",
     )
     .bind(id)

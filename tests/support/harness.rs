@@ -89,6 +89,7 @@ pub async fn start_node(
         http,
         dispatch,
         retention: Duration::from_secs(30 * 24 * 3600),
+        stopping: Default::default(),
     };
     let node = Node::start(
         pool.clone(),
