@@ -387,3 +387,48 @@ async fn scoped_admin_tokens_stay_in_their_namespaces() {
     assert_eq!(act.status(), 404);
     assert_eq!(redeliver("shop-team-token-0001").await.unwrap().status(), 202);
 }
+
+/// A namespace-scoped publish token publishes into its namespaces only (403 elsewhere); the
+/// global one publishes anywhere.
+#[tokio::test]
+async fn scoped_publish_tokens_publish_only_into_their_namespaces() {
+    use hookline::gateway::ScopedToken;
+    let options = hookline::gateway::GatewayOptions {
+        scoped_publish_tokens: vec![ScopedToken {
+            token: "shop-team-publish-0001".into(),
+            namespaces: vec!["shop".into()],
+        }],
+        ..support::harness::test_options()
+    };
+    let yaml = format!("{SECRET}{}", subscription("crm", "crm", ""));
+    let h = support::harness::harness_with(&yaml, options).await;
+    let publish = async |token: &str, namespace: &str| {
+        let response = h
+            .client
+            .post(format!("{}/v1/namespaces/{namespace}/events", h.base))
+            .bearer_auth(token)
+            .json(&json!({"type": "order.created", "data": {}}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or_default();
+        (status, body["error"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(publish("shop-team-publish-0001", "shop").await.0, 202);
+    assert_eq!(
+        publish("shop-team-publish-0001", "billing").await,
+        (403, "forbidden".to_owned()),
+        "a team's token does not publish into another namespace"
+    );
+    assert_eq!(
+        publish(support::harness::TOKEN, "billing").await.0,
+        202,
+        "the operator's token publishes anywhere"
+    );
+    assert_eq!(
+        publish("not-a-token-at-all-0001", "shop").await,
+        (401, "unauthorized".to_owned())
+    );
+    h.sink.wait_for("crm", 1, Duration::from_secs(10)).await;
+}

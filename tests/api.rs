@@ -217,6 +217,21 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
             sub("  url: https://x.example/h\n  events: ['*']\n  circuitBreaker: { halfOpenRequests: 0 }\n"),
             "spec.circuitBreaker.halfOpenRequests: Invalid value: 0",
         ),
+        (
+            "an attempt timeout of hours",
+            sub("  url: https://x.example/h\n  events: ['*']\n  timeout: 10m\n"),
+            "spec.timeout: Invalid value: \"string\": must be at most 5m",
+        ),
+        (
+            "a retry delay of two days",
+            sub("  url: https://x.example/h\n  events: ['*']\n  retryPolicy: { schedule: [5s, 48h] }\n"),
+            "spec.retryPolicy.schedule[1]: Invalid value: \"string\": must be at most 24h",
+        ),
+        (
+            "a circuit open for a day",
+            sub("  url: https://x.example/h\n  events: ['*']\n  circuitBreaker: { resetTimeout: 24h }\n"),
+            "spec.circuitBreaker.resetTimeout: Invalid value: \"string\": must be at most 1h",
+        ),
     ]
 }
 

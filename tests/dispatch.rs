@@ -481,3 +481,71 @@ async fn attempt_errors_do_not_repeat_the_url() {
     assert!(!error.is_empty());
     assert!(!error.contains("s3cr3t-path"), "{error}");
 }
+
+/// One tenant's enormous durations (as configuration that never met admission could hold)
+/// cannot stall anyone: the claim lease, the retry schedule and the breaker stay within their
+/// limits, the failing target gets its attempt, and a healthy target beside it gets everything.
+#[tokio::test]
+async fn enormous_durations_of_one_target_do_not_stall_the_others() {
+    use hookline::api::WebhookSubscription;
+    use hookline::catalog::{Catalog, GeneratedSecrets, Secrets};
+    let sink = support::sink::Sink::start().await;
+    sink.always("huge", Reply::Status(500));
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 8).unwrap();
+    let subscription = |name: &str, extra: &str| -> WebhookSubscription {
+        serde_yaml::from_str(&format!(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{url: '{}', events: ['*'], allowPrivateNetworks: true, secretRef: {{name: signing, key: secret}}{extra}}}\n",
+            sink.url(name)
+        ))
+        .unwrap()
+    };
+    let huge = subscription(
+        "huge",
+        ", timeout: 3000000000h, retryPolicy: {maxAttempts: 100, schedule: [3000000000h]}, \
+         circuitBreaker: {failureThreshold: 1, resetTimeout: 3000000000h}",
+    );
+    let mut secrets = Secrets::default();
+    secrets.insert(
+        "shop",
+        "signing",
+        std::collections::BTreeMap::from([("secret".to_owned(), SUB_SECRET.as_bytes().to_vec())]),
+    );
+    let catalog = Catalog::build(
+        &[],
+        &[huge, subscription("healthy", "")],
+        &secrets,
+        GeneratedSecrets::InDatabase,
+    );
+    let (_, base) = support::harness::start_node_on(
+        &pool,
+        catalog,
+        support::harness::test_options(),
+        DispatchOptions::default(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for n in 0..20 {
+        let response = client
+            .post(format!("{base}/v1/namespaces/shop/events"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"type": "order.created", "data": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    sink.wait_for("healthy", 20, Duration::from_secs(15)).await;
+    sink.wait_for("huge", 1, Duration::from_secs(15)).await;
+    // The failed attempt is recorded and its retry is scheduled within the longest delay.
+    let latest: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT max(q.next_attempt_at) FROM delivery_queue q WHERE q.target = 'huge'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let latest = latest.expect("the huge target's deliveries wait in the queue");
+    assert!(
+        latest < chrono::Utc::now() + chrono::Duration::hours(25),
+        "retries and the open circuit wait at most 24h: {latest}"
+    );
+}

@@ -372,3 +372,57 @@ fn argocd_health_check_follows_conditions_and_generation() {
         "{output}"
     );
 }
+
+/// Behind the chart's Ingress every client address is the ingress pod's: trusted proxies,
+/// scoped token files and extra arguments reach the managed gateway through the controller.
+#[test]
+fn the_chart_configures_the_managed_gateway() {
+    let (ok, output) = run(
+        "helm",
+        &[
+            "template",
+            "t",
+            &chart(),
+            &kube_version(),
+            "--set",
+            "gateway.trustedProxies={10.42.0.0/16}",
+            "--set",
+            "gateway.extraArgs={--request-timeout=10s}",
+            "--set",
+            "publish.scopedTokens.existingSecret=team-publish-tokens",
+            "--set",
+            "admin.scopedTokens.existingSecret=team-admin-tokens",
+            "--show-only",
+            "templates/controller.yaml",
+        ],
+        None,
+    );
+    assert!(ok, "{output}");
+    for arg in [
+        "- --gateway-arg=--trusted-proxies=10.42.0.0/16",
+        "- --gateway-arg=--request-timeout=10s",
+        "- --gateway-publish-tokens-secret=team-publish-tokens/tokens",
+        "- --gateway-admin-tokens-secret=team-admin-tokens/tokens",
+    ] {
+        assert!(
+            output.contains(arg),
+            "{arg} in the controller's arguments:\n{output}"
+        );
+    }
+    let (ok, output) = run(
+        "helm",
+        &[
+            "template",
+            "t",
+            &chart(),
+            &kube_version(),
+            "--set",
+            "gateway.extraArgs={request-timeout}",
+        ],
+        None,
+    );
+    assert!(
+        !ok && output.contains("extraArgs"),
+        "extra arguments are flags: {output}"
+    );
+}

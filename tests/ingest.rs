@@ -92,6 +92,15 @@ spec:
   secretRef: { name: missing, key: k }
 ---
 apiVersion: hookline.dev/v1alpha1
+kind: WebhookSource
+metadata: { name: rotating, namespace: shop }
+spec:
+  provider: stripe
+  secretRef: { name: signing, key: stripe }
+  # The next secret of a rotation, not created yet.
+  additionalSecretRefs: [{ name: stripe-next, key: stripe }]
+---
+apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
 metadata: { name: paid-invoices, namespace: shop }
 spec: { url: 'https://crm.example.com/hooks', events: ['invoice.paid'], sources: [stripe] }
@@ -753,5 +762,28 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
             .await
             .status(),
         200
+    );
+}
+
+/// A verification secret that does not resolve (a rotation half done) does not stop the source:
+/// requests signed with the secret that does resolve are accepted, and a metric counts the
+/// missing one.
+#[tokio::test]
+async fn a_missing_rotation_secret_leaves_the_source_receiving() {
+    let gw = start_gateway(&support::fresh_database().await).await;
+    let response = gw.send(&stripe_request_for("rotating", now())).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hookline_source_secrets_unresolved{namespace="shop",source="rotating"} 1"#),
+        "{metrics}"
     );
 }

@@ -529,3 +529,165 @@ async fn operator_follows_secrets_deletions_and_autoscalers() {
         "the autoscaler's replicas are left alone"
     );
 }
+
+/// A TCP relay to the test API server that can be cut: from then on it forwards nothing and
+/// answers nothing (connections hang, as to a server that went away behind a load balancer).
+struct Relay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn to(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            let mut hanging = Vec::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                if flag.load(Ordering::Relaxed) {
+                    hanging.push(client);
+                    continue;
+                }
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let cut = async {
+                        while !flag.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        _ = cut => {
+                            // The client's connection stays open and silent.
+                            drop(server);
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The test kubeconfig, pointing at `port` on 127.0.0.1 instead of the API server.
+fn kubeconfig_via(port: u16) -> std::path::PathBuf {
+    let original = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
+    let rewritten: String = original
+        .lines()
+        .map(
+            |line| match line.trim_start().strip_prefix("server: https://127.0.0.1:") {
+                Some(_) => format!("    server: https://127.0.0.1:{port}\n"),
+                None => format!("{line}\n"),
+            },
+        )
+        .collect();
+    let path = std::env::temp_dir().join(format!(
+        "hookline-relay-{}.kubeconfig",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, rewritten).unwrap();
+    path
+}
+
+fn api_server_address() -> std::net::SocketAddr {
+    let config = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
+    let port = config
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("server: https://127.0.0.1:"))
+        .expect("the test API server is on 127.0.0.1");
+    format!("127.0.0.1:{}", port.trim()).parse().unwrap()
+}
+
+/// SIGTERM stops the leading controller promptly, releasing its Lease when the API server
+/// answers, and within seconds when it does not.
+#[tokio::test]
+async fn a_stopped_controller_exits_promptly_and_releases_its_lease() {
+    let _alone = ONE_CONTROLLER.lock().await;
+    let client = support::kube_client().await;
+    let system = support::temp_namespace(&client, "hl-system").await;
+    let database_url = support::fresh_database().await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), &system);
+    for api_server_gone in [false, true] {
+        let relay = Relay::to(api_server_address()).await;
+        let kubeconfig = kubeconfig_via(relay.port);
+        let identity = format!("controller-{api_server_gone}");
+        let mut controller = spawn(
+            &[
+                "controller",
+                "--listen",
+                &format!("127.0.0.1:{}", support::free_port()),
+                "--no-managed-gateway",
+            ],
+            &[
+                ("DATABASE_URL", &database_url),
+                ("POD_NAMESPACE", &system),
+                ("POD_NAME", &identity),
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ],
+        );
+        eventually(
+            &format!("{identity} leads"),
+            Duration::from_secs(60),
+            async || {
+                let lease = leases.get_opt("hookline-controller").await.ok()??;
+                (lease.spec?.holder_identity? == identity).then_some(())
+            },
+        )
+        .await;
+        if api_server_gone {
+            relay.cut();
+            // The relay notices within 50 ms; the controller must not get a word through first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // SAFETY: sends a signal to the child this test started.
+        assert_eq!(
+            unsafe { libc::kill(controller.0.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        let stopping = Instant::now();
+        let exit = loop {
+            if let Some(status) = controller.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                stopping.elapsed() < Duration::from_secs(15),
+                "the controller exits within 15 s of SIGTERM (API server gone: {api_server_gone})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(exit.success(), "a clean exit: {exit:?}");
+        eprintln!(
+            "controller exited {:?} after SIGTERM (API server gone: {api_server_gone})",
+            stopping.elapsed()
+        );
+        let holder = leases
+            .get("hookline-controller")
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.holder_identity);
+        if api_server_gone {
+            assert_eq!(
+                holder.as_deref(),
+                Some(identity.as_str()),
+                "unreleased: it expires by itself"
+            );
+        } else {
+            assert_eq!(holder, None, "the lease is given up at once for a successor");
+        }
+        let _ = std::fs::remove_file(kubeconfig);
+    }
+    support::delete_namespace(&client, &system).await;
+}

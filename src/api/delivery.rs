@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::duration::Duration;
 use super::secret_ref::SecretKeyRef;
 
+/// The longest timeout of one attempt.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest a circuit stays open before it probes.
+pub const MAX_RESET_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Delivery settings of one target. Every outbound request is signed per Standard Webhooks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -29,8 +34,10 @@ pub struct DeliveryTarget {
     /// When to retry a failed delivery. Default: 8 attempts with exponential backoff from 5s to 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
-    /// Time allowed for one attempt, from connecting to the end of the response.
+    /// Time allowed for one attempt, from connecting to the end of the response; at most 5m.
     #[serde(default = "default_timeout")]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) <= duration('5m')")
+        .message("must be at most 5m"))]
     pub timeout: Duration,
     /// Requests per second allowed to this target. Default: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,8 +141,11 @@ pub struct CircuitBreaker {
     #[serde(default = "default_failure_threshold")]
     #[schemars(range(min = 1, max = 1000))]
     pub failure_threshold: u32,
-    /// How long the circuit stays open before it lets probe requests through (half-open).
+    /// How long the circuit stays open before it lets probe requests through (half-open); at
+    /// most 1h.
     #[serde(default = "default_reset_timeout")]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) <= duration('1h')")
+        .message("must be at most 1h"))]
     pub reset_timeout: Duration,
     /// Probe requests let through while half-open; all must succeed to close the circuit.
     #[serde(default = "default_half_open_requests")]
@@ -155,6 +165,14 @@ fn default_half_open_requests() -> u32 {
     1
 }
 
+impl DeliveryTarget {
+    /// The attempt timeout, never past [`MAX_TIMEOUT`] (admission refuses more; this holds for
+    /// configuration that never met it).
+    pub fn attempt_timeout(&self) -> std::time::Duration {
+        self.timeout.get().min(MAX_TIMEOUT.get())
+    }
+}
+
 impl Default for CircuitBreaker {
     fn default() -> Self {
         Self {
@@ -162,5 +180,29 @@ impl Default for CircuitBreaker {
             reset_timeout: default_reset_timeout(),
             half_open_requests: default_half_open_requests(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    /// The limits admission states are the ones the code holds to.
+    #[test]
+    fn admission_limits_match_the_constants() {
+        let crd = serde_json::to_string(&crate::api::WebhookSubscription::crd()).unwrap();
+        assert!(
+            crd.contains(&format!("duration(self) <= duration('{MAX_TIMEOUT}')")),
+            "timeout limit"
+        );
+        assert!(
+            crd.contains(&format!("duration(self) <= duration('{MAX_RESET_TIMEOUT}')")),
+            "resetTimeout limit"
+        );
+        assert!(crd.contains(&format!(
+            "duration(self) <= duration('{}')",
+            crate::api::duration::MAX_DURATION
+        )));
     }
 }

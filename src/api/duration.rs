@@ -14,6 +14,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Grammar accepted at admission: one or more `<integer><unit>` with units ms, s, m, h.
 pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 
+/// The longest duration any field accepts (a retry delay, say); fields that mean less have
+/// lower limits of their own. Bounded so no setting of one tenant can overflow the time
+/// arithmetic of a claim, a retry or a breaker that every tenant shares.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(std::time::Duration);
 
@@ -127,9 +132,18 @@ impl JsonSchema for Duration {
             "x-kubernetes-validations": [{
                 "rule": format!("self.matches('{DURATION_PATTERN}')"),
                 "message": "must be a duration such as 250ms, 5s, 2m, 1h or 1h30m",
+            }, {
+                "rule": at_most_rule("self", MAX_DURATION),
+                "message": format!("must be at most {MAX_DURATION}"),
             }],
         })
     }
+}
+
+/// A CEL rule: the duration `expression` is at most `max` (true for text that is not a duration,
+/// which the grammar rule refuses with its own message).
+pub fn at_most_rule(expression: &str, max: Duration) -> String {
+    format!("!{expression}.matches('{DURATION_PATTERN}') || duration({expression}) <= duration('{max}')")
 }
 
 #[cfg(test)]

@@ -10,6 +10,9 @@ use super::duration::Duration;
 use super::secret_ref::SecretKeyRef;
 use super::status::TargetHealth;
 
+/// The widest replay window a source accepts.
+pub const MAX_TOLERANCE: Duration = Duration::from_secs(3600);
+
 /// An inbound webhook endpoint: Hookline receives the provider's requests at
 /// `/ingest/{namespace}/{name}`, verifies their signatures, stores each event once and hands it
 /// to the matching handlers.
@@ -44,7 +47,10 @@ pub struct WebhookSourceSpec {
     pub additional_secret_refs: Vec<SecretKeyRef>,
     /// How far a signed timestamp may be from now, in the past or the future, for schemes that
     /// sign one (Stripe, Svix, Standard Webhooks, generic HMAC with a timestamp header).
+    /// At most 1h.
     #[serde(default = "default_tolerance")]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) <= duration('1h')")
+        .message("must be at most 1h"))]
     pub tolerance: Duration,
     /// Largest accepted request body; larger requests get 413.
     #[serde(default = "default_max_body_bytes")]

@@ -167,9 +167,14 @@ pub struct Source {
     pub name: String,
     pub provider: Provider,
     pub max_body_bytes: usize,
-    pub allowed_ranges: Vec<IpNet>,
-    /// The verifier, or why the source's secret cannot be used (answered with 503).
+    /// Who may post to it (`allowedSourceRanges`).
+    pub senders: Senders,
+    /// The verifier, built from the verification secrets that resolve, or why none does
+    /// (answered with 503).
     pub verifier: Result<SourceVerifier, SecretUnavailable>,
+    /// Verification secrets that do not resolve while others do (a rotation half done):
+    /// requests are verified with the others.
+    pub unresolved: Vec<SecretUnavailable>,
     pub handlers: Vec<Target>,
 }
 
@@ -191,6 +196,53 @@ pub fn parse_range(entry: &str) -> Option<IpNet> {
         .or_else(|| entry.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
+/// Who may post to a source, from its `allowedSourceRanges`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Senders {
+    /// No ranges given.
+    Anyone,
+    Within(Vec<IpNet>),
+    /// Entries that are neither an address nor a range: nobody may post until they are fixed
+    /// (an unreadable allowlist must not allow more than it says).
+    Invalid(Vec<String>),
+}
+
+impl Senders {
+    pub fn from_entries(entries: &[String]) -> Self {
+        if entries.is_empty() {
+            return Self::Anyone;
+        }
+        let invalid: Vec<String> = entries
+            .iter()
+            .filter(|e| parse_range(e).is_none())
+            .cloned()
+            .collect();
+        if !invalid.is_empty() {
+            return Self::Invalid(invalid);
+        }
+        Self::Within(entries.iter().filter_map(|e| parse_range(e)).collect())
+    }
+
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        match self {
+            Self::Anyone => true,
+            Self::Within(ranges) => ranges.iter().any(|net| net.contains(&client)),
+            Self::Invalid(_) => false,
+        }
+    }
+
+    /// Why nobody may post, when entries do not parse.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Self::Invalid(entries) => Some(format!(
+                "allowedSourceRanges holds entries that are neither an address nor a CIDR range ({}); every request is refused until they are fixed",
+                entries.join(", ")
+            )),
+            _ => None,
+        }
+    }
+}
+
 impl Catalog {
     pub fn build(
         sources: &[WebhookSource],
@@ -203,25 +255,34 @@ impl Catalog {
             let namespace = namespace_of(source);
             let name = source.metadata.name.clone().unwrap_or_default();
             let spec = &source.spec;
-            let verifier = spec
+            // A secret that does not resolve (a rotation half done) does not stop verification
+            // with the ones that do.
+            let (resolved, unresolved): (Vec<_>, Vec<_>) = spec
                 .verification_secrets()
                 .map(|r| secrets.resolve(&namespace, r))
-                .collect::<Result<Vec<_>, _>>()
-                .and_then(|values| {
-                    let values: Vec<&str> = values.iter().map(String::as_str).collect();
-                    SourceVerifier::new(
-                        spec.provider,
-                        spec.generic_hmac.as_ref(),
-                        &values,
-                        spec.tolerance.get(),
-                    )
-                    .map_err(|error| SecretUnavailable::Unusable {
-                        namespace: namespace.clone(),
-                        name: spec.secret_ref.name.clone(),
-                        key: spec.secret_ref.key.clone(),
-                        error,
-                    })
-                });
+                .partition(Result::is_ok);
+            let values: Vec<String> = resolved.into_iter().flatten().collect();
+            let unresolved: Vec<SecretUnavailable> = unresolved.into_iter().filter_map(Result::err).collect();
+            let verifier = match unresolved.first() {
+                // None resolves: the source cannot verify anything.
+                Some(first) if values.is_empty() => Err(first.clone()),
+                _ => Ok(values),
+            }
+            .and_then(|values| {
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                SourceVerifier::new(
+                    spec.provider,
+                    spec.generic_hmac.as_ref(),
+                    &values,
+                    spec.tolerance.get().min(crate::api::source::MAX_TOLERANCE.get()),
+                )
+                .map_err(|error| SecretUnavailable::Unusable {
+                    namespace: namespace.clone(),
+                    name: spec.secret_ref.name.clone(),
+                    key: spec.secret_ref.key.clone(),
+                    error,
+                })
+            });
             let handlers = spec
                 .handlers
                 .iter()
@@ -241,11 +302,8 @@ impl Catalog {
                 name: name.clone(),
                 provider: spec.provider,
                 max_body_bytes: spec.max_body_bytes as usize,
-                allowed_ranges: spec
-                    .allowed_source_ranges
-                    .iter()
-                    .filter_map(|r| parse_range(r))
-                    .collect(),
+                senders: Senders::from_entries(&spec.allowed_source_ranges),
+                unresolved: if verifier.is_ok() { unresolved } else { Vec::new() },
                 verifier,
                 handlers,
             };
@@ -301,7 +359,7 @@ impl Catalog {
     /// The longest attempt timeout of any target.
     pub fn max_timeout(&self) -> std::time::Duration {
         self.targets()
-            .map(|t| t.spec.timeout.get())
+            .map(|t| t.spec.attempt_timeout())
             .max()
             .unwrap_or_default()
     }
@@ -396,11 +454,29 @@ mod tests {
     }
 
     #[test]
+    fn source_ranges_that_do_not_parse_admit_nobody() {
+        let entries = |list: &[&str]| list.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        let client = "203.0.113.9".parse().unwrap();
+        assert!(Senders::from_entries(&[]).admits(client));
+        assert!(Senders::from_entries(&entries(&["203.0.113.0/24"])).admits(client));
+        let invalid = Senders::from_entries(&entries(&["203.0.113.0/24", "office"]));
+        assert!(
+            !invalid.admits(client),
+            "one bad entry closes the source, not opens it"
+        );
+        assert!(invalid.problem().unwrap().contains("office"));
+        let all_invalid = Senders::from_entries(&entries(&["office", "10.0.0.0/33"]));
+        assert!(!all_invalid.admits(client));
+    }
+
+    #[test]
     fn secrets_resolve_trimmed_and_problems_name_the_secret() {
         let catalog = catalog();
         let stripe = catalog.source("billing", "stripe").unwrap();
         assert!(stripe.verifier.is_ok());
-        assert_eq!(stripe.allowed_ranges.len(), 2);
+        assert!(stripe.senders.admits("10.1.2.3".parse().unwrap()));
+        assert!(stripe.senders.admits("192.0.2.7".parse().unwrap()));
+        assert!(!stripe.senders.admits("192.0.2.8".parse().unwrap()));
         let lonely = source(
             "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: gh, namespace: ci}\nspec: {provider: github, secretRef: {name: gh-secret, key: token}}",
         );

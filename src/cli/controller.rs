@@ -61,6 +61,13 @@ pub struct ControllerArgs {
     /// Secret (NAME/KEY) holding the admin token; the admin API and console are off without it.
     #[arg(long)]
     gateway_admin_token_secret: Option<String>,
+    /// Secret (NAME/KEY) holding namespace-scoped publish tokens (`<token> <ns>[,<ns>…]` a
+    /// line), mounted into the gateway as its --publish-tokens-file.
+    #[arg(long)]
+    gateway_publish_tokens_secret: Option<String>,
+    /// Secret (NAME/KEY) holding namespace-scoped admin tokens, mounted as --admin-tokens-file.
+    #[arg(long)]
+    gateway_admin_tokens_secret: Option<String>,
     /// Container resources of the gateway, as JSON.
     #[arg(
         long,
@@ -95,6 +102,16 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
                 .transpose()?,
             admin_token_secret: args
                 .gateway_admin_token_secret
+                .as_deref()
+                .map(secret_key)
+                .transpose()?,
+            publish_tokens_secret: args
+                .gateway_publish_tokens_secret
+                .as_deref()
+                .map(secret_key)
+                .transpose()?,
+            admin_tokens_secret: args
+                .gateway_admin_tokens_secret
                 .as_deref()
                 .map(secret_key)
                 .transpose()?,

@@ -63,9 +63,14 @@ struct TokenArgs {
         conflicts_with = "publish_token_file"
     )]
     publish_token: Option<String>,
-    /// File holding the publish token (for example a mounted Secret).
+    /// File holding the publish token (for example a mounted Secret). It publishes into every
+    /// namespace: an operator's credential.
     #[arg(long, value_name = "FILE")]
     publish_token_file: Option<PathBuf>,
+    /// File of publish tokens limited to namespaces, one per line: `<token> <ns>[,<ns>…]`
+    /// (a team's token publishes only into its namespaces; 403 elsewhere).
+    #[arg(long, value_name = "FILE")]
+    publish_tokens_file: Option<PathBuf>,
     /// Bearer token of the admin API (/admin/v1).
     #[arg(
         long,
@@ -94,20 +99,27 @@ impl TokenArgs {
                 self.publish_token_file,
                 "--publish-token-file",
             )?,
+            scoped_publish_tokens: scoped_tokens(
+                self.publish_tokens_file.as_deref(),
+                "--publish-tokens-file",
+            )?,
             admin_token: read_token(self.admin_token, self.admin_token_file, "--admin-token-file")?,
             request_timeout: self.request_timeout.get(),
-            scoped_admin_tokens: match &self.admin_tokens_file {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        anyhow::anyhow!("cannot read --admin-tokens-file {}: {e}", path.display())
-                    })?;
-                    hookline::gateway::parse_scoped_tokens(&text)
-                        .map_err(|e| anyhow::anyhow!("--admin-tokens-file {}: {e}", path.display()))?
-                }
-                None => Vec::new(),
-            },
+            scoped_admin_tokens: scoped_tokens(self.admin_tokens_file.as_deref(), "--admin-tokens-file")?,
         })
     }
+}
+
+/// The tokens of a scoped token file, none without one.
+fn scoped_tokens(
+    path: Option<&std::path::Path>,
+    flag: &str,
+) -> anyhow::Result<Vec<hookline::gateway::ScopedToken>> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", path.display()))?;
+    hookline::gateway::parse_scoped_tokens(&text)
+        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))
 }
 
 #[derive(Args)]

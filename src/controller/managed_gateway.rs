@@ -35,6 +35,10 @@ pub struct GatewaySettings {
     pub publish_token_secret: Option<(String, String)>,
     /// Secret and key holding the admin token (admin API and console), when enabled.
     pub admin_token_secret: Option<(String, String)>,
+    /// Secret and key of the namespace-scoped publish tokens file, when there is one.
+    pub publish_tokens_secret: Option<(String, String)>,
+    /// Secret and key of the namespace-scoped admin tokens file, when there is one.
+    pub admin_tokens_secret: Option<(String, String)>,
     /// Container resources as JSON (`{"requests": {...}, "limits": {...}}`).
     pub resources: Value,
 }
@@ -75,6 +79,29 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
         "--drain-timeout",
         DRAIN_TIMEOUT,
     ];
+    // Token files are Secrets mounted read-only, one key each.
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut file_args = Vec::new();
+    for (flag, volume, secret) in [
+        (
+            "--publish-tokens-file",
+            "publish-tokens",
+            &settings.publish_tokens_secret,
+        ),
+        (
+            "--admin-tokens-file",
+            "admin-tokens",
+            &settings.admin_tokens_secret,
+        ),
+    ] {
+        let Some((name, key)) = secret else { continue };
+        volumes.push(json!({"name": volume, "secret": {"secretName": name, "items": [{"key": key, "path": "tokens"}]}}));
+        mounts
+            .push(json!({"name": volume, "mountPath": format!("/etc/hookline/{volume}"), "readOnly": true}));
+        file_args.push(format!("{flag}=/etc/hookline/{volume}/tokens"));
+    }
+    args.extend(file_args.iter().map(String::as_str));
     args.extend(settings.extra_args.iter().map(String::as_str));
     let mut spec = json!({
         "selector": {"matchLabels": selector},
@@ -104,6 +131,10 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
     });
     if with_replicas {
         spec["replicas"] = json!(settings.replicas);
+    }
+    if !volumes.is_empty() {
+        spec["template"]["spec"]["volumes"] = json!(volumes);
+        spec["template"]["spec"]["containers"][0]["volumeMounts"] = json!(mounts);
     }
     if let Some(policy) = &settings.image_pull_policy {
         spec["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!(policy);
@@ -180,5 +211,59 @@ pub async fn keep(client: Client, namespace: String, settings: GatewaySettings) 
             _ = changes.next() => tokio::time::sleep(Duration::from_millis(200)).await,
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> GatewaySettings {
+        GatewaySettings {
+            image: "hookline:dev".into(),
+            image_pull_policy: Some("Never".into()),
+            extra_args: vec!["--trusted-proxies=10.0.0.0/8".into()],
+            replicas: 2,
+            service_type: "ClusterIP".into(),
+            service_account: "hookline-gateway".into(),
+            database_secret: ("db".into(), "url".into()),
+            publish_token_secret: None,
+            admin_token_secret: None,
+            publish_tokens_secret: Some(("team-tokens".into(), "publish".into())),
+            admin_tokens_secret: None,
+            resources: json!({}),
+        }
+    }
+
+    #[test]
+    fn the_gateway_pod_gets_its_token_files_arguments_and_pull_policy() {
+        let deployment = deployment("hookline-system", &settings(), true);
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(
+            args.contains(&"--publish-tokens-file=/etc/hookline/publish-tokens/tokens"),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.starts_with("--admin-tokens-file")),
+            "{args:?}"
+        );
+        assert_eq!(
+            args.last(),
+            Some(&"--trusted-proxies=10.0.0.0/8"),
+            "extra arguments come last"
+        );
+        assert!(args.windows(2).any(|w| w == ["--shutdown-delay", SHUTDOWN_DELAY]));
+        assert_eq!(container["imagePullPolicy"], "Never");
+        assert_eq!(pod["terminationGracePeriodSeconds"], TERMINATION_GRACE_SECONDS);
+        assert_eq!(pod["volumes"][0]["secret"]["secretName"], "team-tokens");
+        assert_eq!(pod["volumes"][0]["secret"]["items"][0]["key"], "publish");
+        assert_eq!(container["volumeMounts"][0]["readOnly"], true);
     }
 }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{Observed, is_false, readiness, target_health, time};
+use super::conditions::{Observed, condition, is_false, readiness, target_health, time};
 use super::report::Notice;
 use super::secrets::{self, SecretProblem};
 use super::{Context, Error};
 use crate::api::status::condition::SECRET_RESOLVED;
 use crate::api::{HandlerStatus, TargetKey, TargetKind, WebhookSource, WebhookSourceStatus};
-use crate::catalog::egress;
+use crate::catalog::{Senders, egress};
 use crate::store::stats::{self, SourceStats, TargetStats};
 use crate::verify::{SourceVerifier, standard_webhooks};
 
@@ -24,8 +24,12 @@ pub(super) struct SourceFacts {
     pub generation: Option<i64>,
     /// Where providers send it.
     pub url: String,
-    /// The first problem with a secret it or a handler references.
+    /// The first problem with a secret it or a handler references that stops it working.
     pub secret_problem: Option<SecretProblem>,
+    /// A verification secret that does not resolve while others do: it keeps receiving.
+    pub rotation_problem: Option<SecretProblem>,
+    /// allowedSourceRanges entries that do not parse (every request is refused).
+    pub senders_problem: Option<String>,
     /// The first handler URL the egress policy forbids.
     pub url_problem: Option<String>,
     pub handlers: Vec<HandlerFacts>,
@@ -63,16 +67,22 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
     let mut in_use = Vec::new();
 
     let mut values = Vec::new();
+    let mut unresolved = Vec::new();
     for reference in spec.verification_secrets() {
         match secrets::read(client, &namespace, reference).await {
             Ok((value, secret)) => {
                 values.push(value);
                 in_use.push(secret);
             }
-            Err(problem) => {
-                secret_problem.get_or_insert(problem);
-            }
+            Err(problem) => unresolved.push(problem),
         }
+    }
+    // Requests are verified with the secrets that resolve; only none resolving stops the source.
+    let mut rotation_problem = None;
+    if values.is_empty() {
+        secret_problem = unresolved.into_iter().next();
+    } else {
+        rotation_problem = unresolved.into_iter().next();
     }
     if secret_problem.is_none() {
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
@@ -154,6 +164,8 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
             ctx.options.external_base_url.trim_end_matches('/')
         ),
         secret_problem,
+        rotation_problem,
+        senders_problem: Senders::from_entries(&spec.allowed_source_ranges).problem(),
         url_problem,
         handlers,
         stats: stats::source_stats(&ctx.pool, &namespace, &name).await.ok(),
@@ -173,13 +185,31 @@ pub(super) fn decide(
         generation: facts.generation,
         now: facts.now,
     };
+    let other_problem = facts
+        .senders_problem
+        .clone()
+        .map(|why| ("SourceRangesInvalid", why))
+        .or_else(|| facts.url_problem.clone().map(|why| ("UrlNotAllowed", why)));
     let [ready, secret_condition] = readiness(
         observed,
         facts.secret_problem.as_ref(),
-        facts.url_problem.clone().map(|why| ("UrlNotAllowed", why)),
+        other_problem,
         ("SecretsResolved", "every referenced secret resolves".to_owned()),
         ("Receiving", format!("receiving at {}", facts.url)),
     );
+    let secret_condition = match (&facts.secret_problem, &facts.rotation_problem) {
+        (None, Some(problem)) => condition(
+            observed,
+            SECRET_RESOLVED,
+            false,
+            problem.reason,
+            format!(
+                "{}; requests are verified with the other secrets",
+                problem.message
+            ),
+        ),
+        _ => secret_condition,
+    };
     let stats = facts.stats.as_ref();
     let status = WebhookSourceStatus {
         observed_generation: facts.generation,
@@ -200,7 +230,7 @@ pub(super) fn decide(
             .collect(),
     };
     let mut notices = Vec::new();
-    if let Some(problem) = &facts.secret_problem
+    if let Some(problem) = facts.secret_problem.as_ref().or(facts.rotation_problem.as_ref())
         && !is_false(&previous.conditions, SECRET_RESOLVED)
     {
         notices.push(Notice::warning("SecretMissing", problem.message.clone()));
@@ -315,6 +345,40 @@ mod tests {
             condition(&again, READY).last_transition_time,
             condition(&status, READY).last_transition_time
         );
+    }
+
+    #[test]
+    fn a_missing_rotation_secret_is_reported_while_the_source_keeps_receiving() {
+        let rotating = SourceFacts {
+            rotation_problem: Some(SecretProblem {
+                reason: "SecretNotFound",
+                message: "Secret stripe-next not found in namespace billing".into(),
+            }),
+            ..facts()
+        };
+        let (status, notices) = decide(&WebhookSourceStatus::default(), &rotating);
+        assert_eq!(condition(&status, READY).status, "True");
+        let secret = condition(&status, SECRET_RESOLVED);
+        assert_eq!(
+            (secret.status.as_str(), secret.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        assert!(
+            secret
+                .message
+                .ends_with("requests are verified with the other secrets")
+        );
+        assert_eq!(notices.len(), 1);
+    }
+
+    #[test]
+    fn unreadable_source_ranges_make_it_not_ready() {
+        let invalid = SourceFacts {
+            senders_problem: Some("allowedSourceRanges holds entries …".into()),
+            ..facts()
+        };
+        let (status, _) = decide(&WebhookSourceStatus::default(), &invalid);
+        assert_eq!(condition(&status, READY).reason, "SourceRangesInvalid");
     }
 
     #[test]

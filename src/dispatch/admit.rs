@@ -85,7 +85,7 @@ impl Dispatcher {
         }
         // A slot must come while the lease still covers the rate limit wait and the request;
         // otherwise the delivery goes back to the queue, rather than be sent by two workers.
-        let timeout = target.spec.timeout.get();
+        let timeout = target.spec.attempt_timeout();
         let slot_by = held.leaving(timeout + self.options.lease_margin / 2);
         let too_long = || Release::new(Duration::ZERO, "waited too long for a free slot");
         let waited = tokio::select! {

@@ -26,7 +26,11 @@ pub enum Admission {
 }
 
 impl Breaker {
-    pub fn new(settings: CircuitBreaker) -> Self {
+    pub fn new(mut settings: CircuitBreaker) -> Self {
+        // Admission refuses more; configuration that never met it must not overflow `Instant`.
+        settings.reset_timeout = settings
+            .reset_timeout
+            .min(crate::api::delivery::MAX_RESET_TIMEOUT);
         Self {
             settings,
             state: CircuitState::Closed,

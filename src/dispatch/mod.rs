@@ -343,7 +343,7 @@ impl Dispatcher {
         let sent = sender::send(
             &self.http,
             &target.spec.url,
-            target.spec.timeout.get(),
+            target.spec.attempt_timeout(),
             &delivery,
             &permit.keys,
         )

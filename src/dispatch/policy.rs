@@ -33,8 +33,13 @@ pub fn max_attempts(policy: Option<&RetryPolicy>) -> u32 {
     policy.map_or(8, |p| p.max_attempts)
 }
 
-/// Delay before the next attempt after `attempts_made` attempts (≥ 1).
+/// Delay before the next attempt after `attempts_made` attempts (≥ 1), never past
+/// [`MAX_DURATION`](crate::api::duration::MAX_DURATION).
 pub fn next_delay(policy: Option<&RetryPolicy>, attempts_made: u32) -> Duration {
+    policy_delay(policy, attempts_made).min(crate::api::duration::MAX_DURATION.get())
+}
+
+fn policy_delay(policy: Option<&RetryPolicy>, attempts_made: u32) -> Duration {
     let default_backoff = ExponentialBackoff {
         initial_delay: crate::api::Duration::from_secs(5),
         max_delay: crate::api::Duration::from_secs(3600),

@@ -132,11 +132,15 @@ async fn handle(
         Refusal::new(status, reason, message)
     };
 
-    if !source.allowed_ranges.is_empty() && !source.allowed_ranges.iter().any(|net| net.contains(&client)) {
+    if !source.senders.admits(client) {
+        let message = source
+            .senders
+            .problem()
+            .unwrap_or_else(|| format!("{client} is not in the source's allowedSourceRanges"));
         return Err(reject(
             "source_address_not_allowed",
             StatusCode::FORBIDDEN,
-            format!("{client} is not in the source's allowedSourceRanges"),
+            message,
         ));
     }
     let verifier = match &source.verifier {

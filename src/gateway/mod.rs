@@ -37,12 +37,10 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress controllers).
     trusted_proxies: Vec<IpNet>,
-    /// Bearer token of the publish API; publishing is refused without one.
-    publish_token: Option<String>,
-    /// Bearer token of the admin API and console (every namespace).
-    admin_token: Option<String>,
-    /// Admin tokens limited to some namespaces.
-    scoped_admin_tokens: Vec<ScopedToken>,
+    /// Bearer tokens of the publish API; publishing is refused without one.
+    publish_tokens: Tokens,
+    /// Bearer tokens of the admin API and console.
+    admin_tokens: Tokens,
     /// A request not finished within this time is answered 408, so slow clients cannot hold
     /// connections and memory indefinitely.
     request_timeout: Duration,
@@ -60,7 +58,10 @@ pub struct Gateway {
 #[derive(Clone, Debug)]
 pub struct GatewayOptions {
     pub trusted_proxies: Vec<IpNet>,
+    /// Publishes into every namespace: an operator's credential.
     pub publish_token: Option<String>,
+    /// Publish only into their namespaces: a team's credential.
+    pub scoped_publish_tokens: Vec<ScopedToken>,
     pub admin_token: Option<String>,
     pub scoped_admin_tokens: Vec<ScopedToken>,
     pub request_timeout: Duration,
@@ -139,6 +140,7 @@ impl Default for GatewayOptions {
         Self {
             trusted_proxies: Vec::new(),
             publish_token: None,
+            scoped_publish_tokens: Vec::new(),
             admin_token: None,
             scoped_admin_tokens: Vec::new(),
             request_timeout: Duration::from_secs(30),
@@ -159,9 +161,8 @@ impl Gateway {
             pool,
             metrics,
             trusted_proxies: options.trusted_proxies,
-            publish_token: options.publish_token.filter(|t| !t.is_empty()),
-            admin_token: options.admin_token.filter(|t| !t.is_empty()),
-            scoped_admin_tokens: options.scoped_admin_tokens,
+            publish_tokens: Tokens::new(options.publish_token, options.scoped_publish_tokens),
+            admin_tokens: Tokens::new(options.admin_token, options.scoped_admin_tokens),
             request_timeout: options.request_timeout,
             draining: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
@@ -267,6 +268,18 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    // Facts of the configuration in force, refreshed at each scrape.
+    let unresolved = &gateway.metrics.secrets_unresolved;
+    unresolved.clear();
+    for source in gateway.catalog().sources().filter(|s| !s.unresolved.is_empty()) {
+        let labels = crate::telemetry::metrics::SourceLabels {
+            namespace: source.namespace.clone(),
+            source: source.name.clone(),
+        };
+        unresolved
+            .get_or_create(&labels)
+            .set(source.unresolved.len() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -291,32 +304,50 @@ fn same_token(presented: &str, expected: &str) -> bool {
     bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-/// Whether the request carries `Authorization: Bearer <expected>`.
-fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
-    same_token(bearer(headers), expected)
+/// The bearer tokens of one API: one for every namespace, and tokens scoped to some.
+struct Tokens {
+    all: Option<String>,
+    scoped: Vec<ScopedToken>,
 }
 
-impl Gateway {
-    /// What an admin token grants, if it is one: every namespace, or the scoped token's.
-    fn admin_access(&self, presented: &str) -> Option<Access> {
+impl Tokens {
+    fn new(all: Option<String>, scoped: Vec<ScopedToken>) -> Self {
+        Self {
+            all: all.filter(|t| !t.is_empty()),
+            scoped,
+        }
+    }
+
+    /// What a presented token grants, if it is one of these (compared in constant time).
+    fn access(&self, presented: &str) -> Option<Access> {
         if presented.is_empty() {
             return None;
         }
         if self
-            .admin_token
+            .all
             .as_deref()
             .is_some_and(|expected| same_token(presented, expected))
         {
             return Some(Access::All);
         }
-        self.scoped_admin_tokens
+        self.scoped
             .iter()
             .find(|scoped| same_token(presented, &scoped.token))
             .map(|scoped| Access::Namespaces(scoped.namespaces.clone()))
     }
 
+    fn configured(&self) -> bool {
+        self.all.is_some() || !self.scoped.is_empty()
+    }
+}
+
+impl Gateway {
+    fn admin_access(&self, presented: &str) -> Option<Access> {
+        self.admin_tokens.access(presented)
+    }
+
     fn admin_configured(&self) -> bool {
-        self.admin_token.is_some() || !self.scoped_admin_tokens.is_empty()
+        self.admin_tokens.configured()
     }
 }
 

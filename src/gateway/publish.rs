@@ -33,11 +33,25 @@ struct PublishRequest {
     id: Option<String>,
 }
 
-fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
-    gateway
-        .publish_token
-        .as_deref()
-        .is_some_and(|expected| super::bearer_matches(headers, expected))
+/// Whether the request may publish into `namespace`; the refusal says why not.
+fn authorize(gateway: &Gateway, headers: &HeaderMap, namespace: &str) -> Result<(), Refusal> {
+    if !gateway.publish_tokens.configured() {
+        let message = "publishing is disabled: no publish token is configured (HOOKLINE_PUBLISH_TOKEN)";
+        return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", message));
+    }
+    match gateway.publish_tokens.access(super::bearer(headers)) {
+        Some(access) if access.allows(namespace) => Ok(()),
+        Some(_) => Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token may not publish into namespace {namespace}"),
+        )),
+        None => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid Authorization: Bearer token is required",
+        )),
+    }
 }
 
 fn answer_for(event_id: Uuid, external_id: &str, stored: &Stored) -> IdempotentAnswer {
@@ -64,13 +78,8 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&gateway, &headers) {
-        let message = if gateway.publish_token.is_some() {
-            "a valid Authorization: Bearer token is required"
-        } else {
-            "publishing is disabled: no publish token is configured (HOOKLINE_PUBLISH_TOKEN)"
-        };
-        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    if let Err(refusal) = authorize(&gateway, &headers, &namespace) {
+        return refusal.into_response();
     }
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,

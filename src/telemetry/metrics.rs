@@ -49,6 +49,8 @@ pub struct Metrics {
     pub deliveries_pending: Gauge,
     pub circuit_state: Family<TargetLabels, Gauge>,
     pub event_delivery_latency: Histogram,
+    /// Per source, verification secrets that do not resolve while others do.
+    pub secrets_unresolved: Family<SourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -121,8 +123,15 @@ impl Metrics {
             "Time from receiving an event to its successful delivery",
             event_delivery_latency.clone(),
         );
+        let secrets_unresolved = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "source_secrets_unresolved",
+            "Verification secrets of a source that do not resolve (requests are verified with the others)",
+            secrets_unresolved.clone(),
+        );
         Self {
             registry,
+            secrets_unresolved,
             ingest_requests,
             ingest_duration,
             events_stored,

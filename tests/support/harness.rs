@@ -84,6 +84,16 @@ pub async fn start_node(
     http: GatewayOptions,
     dispatch: DispatchOptions,
 ) -> (std::sync::Arc<hookline::catalog::CatalogCell>, String) {
+    start_node_on(pool, catalog_of(yaml), http, dispatch).await
+}
+
+/// A node on a catalog built by the caller (for configuration that never met admission).
+pub async fn start_node_on(
+    pool: &PgPool,
+    catalog: Catalog,
+    http: GatewayOptions,
+    dispatch: DispatchOptions,
+) -> (std::sync::Arc<hookline::catalog::CatalogCell>, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = NodeOptions {
         http,
@@ -94,7 +104,7 @@ pub async fn start_node(
     let node = Node::start(
         pool.clone(),
         listener,
-        Configuration::Fixed(catalog_of(yaml)),
+        Configuration::Fixed(catalog),
         options,
         std::future::pending(),
     )
