@@ -187,3 +187,95 @@ async fn sigterm_finishes_what_is_in_flight_and_gives_back_the_rest() {
     assert_eq!(got_now.len(), 10, "none sent twice (got {} at first)", got.len());
     let _ = std::fs::remove_dir_all(&config);
 }
+
+/// The bytes of request bodies held at once are bounded: 200 concurrent 1 MiB webhooks against
+/// a 16 MiB budget get 503 with Retry-After past it, and the process's peak memory stays far
+/// below the 200 MiB they would take buffered all at once.
+#[tokio::test]
+async fn concurrent_large_bodies_stay_within_the_memory_budget() {
+    use futures::StreamExt;
+    let database_url = support::fresh_database().await;
+    let dir = std::env::temp_dir().join(format!("hookline-budget-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("source.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: gh, namespace: shop}\nstringData: {token: secret}\n---\n\
+         apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: big, namespace: shop}\n\
+         spec: {provider: github, secretRef: {name: gh, key: token}, maxBodyBytes: 1048576}\n",
+    )
+    .unwrap();
+    let port = support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["standalone", "--ingest-body-budget", "16777216", "-f"])
+        .arg(&dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &database_url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "gateway ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each body arrives in 64 KiB pieces over about a second, so all 200 overlap.
+    let send = |n: usize| {
+        let client = client.clone();
+        let url = format!("{base}/ingest/shop/big");
+        async move {
+            let chunks = futures::stream::iter(0..16).then(|_| async {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 65536]))
+            });
+            let response = client
+                .post(url)
+                .header("content-length", (16 * 65536).to_string())
+                .header("x-github-event", "push")
+                .header("x-github-delivery", format!("d-{n}"))
+                .header("x-hub-signature-256", "sha256=00")
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+                .await;
+            response.map(|r| (r.status().as_u16(), r.headers().contains_key("retry-after")))
+        }
+    };
+    let answers: Vec<_> = futures::future::join_all((0..200).map(send)).await;
+    let busy = answers.iter().filter(|a| matches!(a, Ok((503, true)))).count();
+    let read = answers.iter().filter(|a| matches!(a, Ok((401, _)))).count();
+    assert!(
+        busy > 0,
+        "past the budget, 503 with Retry-After ({read} read, none refused)"
+    );
+    assert!(read > 0, "within it, bodies are read (and refused as unsigned)");
+    let other: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((503, true)) | Ok((401, _))))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "every request answered one way or the other: {other:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    eprintln!(
+        "peak RSS {:.0} MiB; {busy} of 200 answered 503",
+        peak_kib / 1024.0
+    );
+    assert!(peak_kib / 1024.0 < 120.0, "peak RSS {:.0} MiB", peak_kib / 1024.0);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

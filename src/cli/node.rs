@@ -88,6 +88,10 @@ struct TokenArgs {
     /// Time a client has to send a whole request; slower ones get 408.
     #[arg(long, default_value = "30s")]
     request_timeout: Duration,
+    /// Bytes of inbound webhook bodies held at once, all sources together; past it ingest
+    /// answers 503 with Retry-After. Keep it well under the pod's memory limit.
+    #[arg(long, default_value = "134217728", value_name = "BYTES")]
+    ingest_body_budget: usize,
 }
 
 impl TokenArgs {
@@ -105,6 +109,7 @@ impl TokenArgs {
             )?,
             admin_token: read_token(self.admin_token, self.admin_token_file, "--admin-token-file")?,
             request_timeout: self.request_timeout.get(),
+            body_budget_bytes: self.ingest_body_budget,
             scoped_admin_tokens: scoped_tokens(self.admin_tokens_file.as_deref(), "--admin-tokens-file")?,
         })
     }

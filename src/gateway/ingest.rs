@@ -173,6 +173,17 @@ async fn handle(
     if declared_length.is_some_and(|len| len > source.max_body_bytes) {
         return Err(too_large());
     }
+    // The body's bytes are reserved before it is read (all of maxBodyBytes when the length is
+    // not declared) and held until it is stored.
+    let reserved = (declared_length.unwrap_or(source.max_body_bytes) as u32).min(gateway.body_budget_bytes);
+    let Ok(_reservation) = gateway.body_budget.try_acquire_many(reserved) else {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest_busy",
+            "too many request bodies are being received at once; retry shortly",
+        )
+        .retry_after(1));
+    };
     let body = match axum::body::to_bytes(body, source.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(_) => return Err(too_large()),

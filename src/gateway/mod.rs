@@ -44,6 +44,11 @@ pub struct Gateway {
     /// A request not finished within this time is answered 408, so slow clients cannot hold
     /// connections and memory indefinitely.
     request_timeout: Duration,
+    /// Bytes of request bodies being read or stored at once, all sources together: past it,
+    /// ingest answers 503 with Retry-After instead of buffering without bound.
+    body_budget: tokio::sync::Semaphore,
+    /// The budget's size, in bytes: no single body reserves more.
+    body_budget_bytes: u32,
     /// Set when the node is stopping: not ready any more (load balancers stop sending), while
     /// requests are still served.
     draining: AtomicBool,
@@ -65,6 +70,8 @@ pub struct GatewayOptions {
     pub admin_token: Option<String>,
     pub scoped_admin_tokens: Vec<ScopedToken>,
     pub request_timeout: Duration,
+    /// Bytes of inbound bodies held at once (see `Gateway::body_budget`).
+    pub body_budget_bytes: usize,
 }
 
 /// An admin token that sees only the resources and history of some namespaces.
@@ -144,6 +151,7 @@ impl Default for GatewayOptions {
             admin_token: None,
             scoped_admin_tokens: Vec::new(),
             request_timeout: Duration::from_secs(30),
+            body_budget_bytes: 128 << 20,
         }
     }
 }
@@ -164,6 +172,8 @@ impl Gateway {
             publish_tokens: Tokens::new(options.publish_token, options.scoped_publish_tokens),
             admin_tokens: Tokens::new(options.admin_token, options.scoped_admin_tokens),
             request_timeout: options.request_timeout,
+            body_budget: tokio::sync::Semaphore::new(options.body_budget_bytes),
+            body_budget_bytes: u32::try_from(options.body_budget_bytes).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
             ui_sessions: Mutex::new(HashMap::new()),

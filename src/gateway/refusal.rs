@@ -14,6 +14,8 @@ pub struct Refusal {
     pub status: StatusCode,
     pub reason: &'static str,
     pub message: Cow<'static, str>,
+    /// Seconds the caller should wait before retrying (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
@@ -22,6 +24,14 @@ impl Refusal {
             status,
             reason,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(self, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..self
         }
     }
 
@@ -38,11 +48,17 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": self.reason, "message": self.message})),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
