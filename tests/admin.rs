@@ -432,3 +432,52 @@ async fn scoped_publish_tokens_publish_only_into_their_namespaces() {
     );
     h.sink.wait_for("crm", 1, Duration::from_secs(10)).await;
 }
+
+/// A generic-HMAC source's own signature header (here `X-Hmac`, a name no keyword catches) is
+/// shown redacted in the admin API, because the source's configuration says it is signed.
+#[tokio::test]
+async fn a_sources_signature_header_is_redacted_by_its_configuration() {
+    let yaml = "apiVersion: v1\nkind: Secret\nmetadata: {name: partner, namespace: shop}\nstringData: {key: partner-secret}\n---\n\
+                apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: partner, namespace: shop}\n\
+                spec: {provider: generic-hmac, secretRef: {name: partner, key: key}, genericHmac: {header: X-Hmac, idHeader: X-Id}}\n";
+    let h = harness(yaml).await;
+    let source: hookline::api::WebhookSource =
+        serde_yaml::from_str(yaml.split("---\n").nth(1).unwrap()).unwrap();
+    let body = br#"{"type":"order.created","id":"o-1"}"#;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let headers = hookline::verify::sign_headers(
+        hookline::api::Provider::GenericHmac,
+        source.spec.generic_hmac.as_ref(),
+        "partner-secret",
+        "evt-1",
+        now,
+        body,
+    )
+    .unwrap();
+    let mut request = h
+        .client
+        .post(format!("{}/ingest/shop/partner", h.base))
+        .body(body.to_vec());
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    let answer = request.send().await.unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    let stored: Value = answer.json().await.unwrap();
+    let event: Value = h
+        .client
+        .get(format!(
+            "{}/admin/v1/events/{}",
+            h.base,
+            stored["id"].as_str().unwrap()
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(event["headers"]["x-hmac"], "[redacted]", "{event}");
+    assert_eq!(event["headers"]["x-id"], "evt-1", "other headers are shown");
+}

@@ -175,6 +175,8 @@ pub struct Source {
     /// Verification secrets that do not resolve while others do (a rotation half done):
     /// requests are verified with the others.
     pub unresolved: Vec<SecretUnavailable>,
+    /// The request headers its scheme signs with (lowercase), never shown in clear.
+    pub signature_headers: Vec<String>,
     pub handlers: Vec<Target>,
 }
 
@@ -194,6 +196,22 @@ pub fn parse_range(entry: &str) -> Option<IpNet> {
         .parse::<IpNet>()
         .ok()
         .or_else(|| entry.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// The headers a provider's scheme carries its signature in (lowercase).
+fn signature_headers(provider: Provider, generic: Option<&crate::api::GenericHmac>) -> Vec<String> {
+    let fixed: &[&str] = match provider {
+        Provider::Stripe => &["stripe-signature"],
+        Provider::Clerk | Provider::Resend | Provider::Svix => &["svix-signature"],
+        Provider::StandardWebhooks => &["webhook-signature"],
+        Provider::Github => &["x-hub-signature-256", "x-hub-signature"],
+        Provider::GenericHmac => &[],
+    };
+    fixed
+        .iter()
+        .map(|h| (*h).to_owned())
+        .chain(generic.map(|g| g.header.to_ascii_lowercase()))
+        .collect()
 }
 
 /// Who may post to a source, from its `allowedSourceRanges`.
@@ -303,6 +321,7 @@ impl Catalog {
                 provider: spec.provider,
                 max_body_bytes: spec.max_body_bytes as usize,
                 senders: Senders::from_entries(&spec.allowed_source_ranges),
+                signature_headers: signature_headers(spec.provider, spec.generic_hmac.as_ref()),
                 unresolved: if verifier.is_ok() { unresolved } else { Vec::new() },
                 verifier,
                 handlers,

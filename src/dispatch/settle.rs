@@ -53,7 +53,7 @@ pub fn settle(outcome: Outcome<'_>, attempts_made: u32, terms: Terms<'_>, now: D
         // Due again at once, so it is sent as soon as the target is resumed.
         Verdict::Gone => (
             After::RetryAt(now),
-            Some(format!("{} answered 410 Gone", terms.url)),
+            Some(format!("{} answered 410 Gone", without_credentials(terms.url))),
         ),
         Verdict::Retryable if attempts_made >= policy::max_attempts(terms.retry_policy) => {
             (After::Dead, None)
@@ -76,6 +76,21 @@ pub fn settle(outcome: Outcome<'_>, attempts_made: u32, terms: Terms<'_>, now: D
         succeeded,
         failure: (!succeeded).then_some(failure),
         pause,
+    }
+}
+
+/// A URL as it may be shown (pause reasons, logs, the console): without user information, query
+/// or fragment, where endpoints carry tokens.
+pub fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "the endpoint".to_owned(),
     }
 }
 
@@ -186,6 +201,20 @@ mod tests {
             Some("https://crm.example/hooks answered 410 Gone")
         );
         assert!(!gone.succeeded);
+    }
+
+    #[test]
+    fn a_pause_reason_holds_no_credentials_of_the_url() {
+        let gone = settle(
+            answered(410),
+            1,
+            Terms {
+                url: "https://user:pw@hooks.example/in?token=s3cret#x",
+                ..terms(None)
+            },
+            now(),
+        );
+        assert_eq!(gone.pause.unwrap(), "https://hooks.example/in answered 410 Gone");
     }
 
     #[test]

@@ -39,38 +39,49 @@ impl FromRequestParts<Arc<Gateway>> for Admin {
     }
 }
 
-/// Headers that carry signatures or credentials are shown by name only.
-pub fn redact_headers(headers: &Value) -> Value {
+/// Headers that carry signatures or credentials are shown by name only: the ones the source's
+/// scheme signs with (`signed`, from its configuration), and any whose name says it holds a
+/// credential.
+pub fn redact_headers(headers: &Value, signed: &[String]) -> Value {
     let Some(map) = headers.as_object() else {
         return headers.clone();
     };
     let sensitive = |name: &str| {
         let name = name.to_ascii_lowercase();
-        [
-            "signature",
-            "authorization",
-            "token",
-            "secret",
-            "cookie",
-            "api-key",
-        ]
-        .iter()
-        .any(|word| name.contains(word))
+        signed.contains(&name)
+            || [
+                "signature",
+                "authorization",
+                "token",
+                "secret",
+                "cookie",
+                "api-key",
+            ]
+            .iter()
+            .any(|word| name.contains(word))
     };
     Value::Object(
         map.iter()
             .map(|(name, value)| {
-                (
-                    name.clone(),
-                    if sensitive(name) {
-                        Value::from(REDACTED)
-                    } else {
-                        value.clone()
-                    },
-                )
+                let shown = if sensitive(name) {
+                    Value::from(REDACTED)
+                } else {
+                    value.clone()
+                };
+                (name.clone(), shown)
             })
             .collect(),
     )
+}
+
+/// The signature headers of the source an event came from (none for published events or a
+/// source no longer configured: keyword redaction still applies).
+pub(super) fn signed_headers_of(gateway: &Gateway, namespace: &str, source: &str) -> Vec<String> {
+    gateway
+        .catalog()
+        .source(namespace, source)
+        .map(|s| s.signature_headers.clone())
+        .unwrap_or_default()
 }
 
 /// The payload as JSON when it is JSON, else as text.
@@ -115,7 +126,8 @@ pub(super) async fn get_event(
                 })
                 .collect();
             let mut body = json!(event);
-            body["headers"] = redact_headers(&event.headers);
+            let signed = signed_headers_of(&gateway, &event.namespace, &event.source);
+            body["headers"] = redact_headers(&event.headers, &signed);
             body["payload"] = payload(&event.body);
             body["deliveries"] = Value::from(deliveries);
             Json(body).into_response()

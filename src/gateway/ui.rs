@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::admin::{Act, TargetAction, act_on_target, payload, redact_headers, target_health};
+use super::admin::{
+    Act, TargetAction, act_on_target, payload, redact_headers, signed_headers_of, target_health,
+};
 use super::{Access, Gateway};
 use crate::store::history::{self, EventFilter};
 
@@ -263,7 +265,10 @@ pub(super) async fn event(
             .into_response();
     }
     let csrf = viewer.csrf();
-    let headers_shown = redact_headers(&event.headers);
+    let headers_shown = redact_headers(
+        &event.headers,
+        &signed_headers_of(&gateway, &event.namespace, &event.source),
+    );
     let body = html! {
         dl {
             dt { "Type" } dd { (event.event_type) }
