@@ -31,6 +31,8 @@ pub struct NodeOptions {
     /// History older than this is deleted (events still being delivered are kept).
     pub retention: Duration,
     pub stopping: Stopping,
+    /// Where the admin API, the console and metrics are served; on the main port when `None`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// How a node stops once told to.
@@ -66,6 +68,8 @@ pub enum Configuration {
 pub struct Node {
     /// The address it serves on.
     pub local_addr: SocketAddr,
+    /// Where the admin API, console and metrics are, when not on `local_addr`.
+    pub admin_addr: Option<SocketAddr>,
     /// The configuration in force; setting it takes effect at once.
     pub catalog: Arc<CatalogCell>,
     pool: PgPool,
@@ -89,6 +93,15 @@ impl Node {
             .await
             .context("preparing the database")?;
         let local_addr = listener.local_addr()?;
+        let operators = match options.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?,
+            ),
+            None => None,
+        };
+        let admin_addr = operators.as_ref().map(TcpListener::local_addr).transpose()?;
         let catalog = CatalogCell::new();
         let metrics = Arc::new(Metrics::new());
         let gateway = Gateway::new(pool.clone(), catalog.clone(), metrics.clone(), options.http);
@@ -108,7 +121,7 @@ impl Node {
         });
         let serving = tokio::spawn({
             let stop = stop.clone();
-            async move { gateway.serve(listener, stop.cancelled_owned()).await }
+            async move { gateway.serve(listener, operators, stop.cancelled_owned()).await }
         });
         match configuration {
             Configuration::Fixed(fixed) => catalog.set(fixed),
@@ -125,9 +138,15 @@ impl Node {
         ));
         let dispatcher = Dispatcher::new(pool.clone(), catalog.clone(), metrics, options.dispatch, stop);
         let dispatching = tokio::spawn(dispatcher.run(options.stopping.drain));
-        tracing::info!(listen = %local_addr, "gateway listening");
+        match admin_addr {
+            Some(admin) => {
+                tracing::info!(listen = %local_addr, %admin, "gateway listening (admin API, console and metrics on the admin address)")
+            }
+            None => tracing::info!(listen = %local_addr, "gateway listening"),
+        }
         Ok(Self {
             local_addr,
+            admin_addr,
             catalog,
             pool,
             serving,

@@ -481,3 +481,68 @@ async fn a_sources_signature_header_is_redacted_by_its_configuration() {
     assert_eq!(event["headers"]["x-hmac"], "[redacted]", "{event}");
     assert_eq!(event["headers"]["x-id"], "evt-1", "other headers are shown");
 }
+
+/// With --admin-listen the admin API, the console and /metrics are served on that port only,
+/// and the public port serves ingest, publish and health only.
+#[tokio::test]
+async fn the_admin_port_serves_operators_and_the_public_port_senders() {
+    use hookline::node::{Configuration, Node, NodeOptions};
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 8).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = NodeOptions {
+        http: support::harness::test_options(),
+        dispatch: Default::default(),
+        retention: Duration::from_secs(3600),
+        stopping: Default::default(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+    };
+    let yaml = format!("{SECRET}{}", subscription("crm", "crm", "")).replace("{SINK}", "http://127.0.0.1:9");
+    let catalog = support::harness::catalog_of(&yaml);
+    let node = Node::start(
+        pool,
+        listener,
+        Configuration::Fixed(catalog),
+        options,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let public = format!("http://{}", node.local_addr);
+    let admin = format!("http://{}", node.admin_addr.expect("an admin address"));
+    tokio::spawn(node.wait());
+    let client = reqwest::Client::new();
+    let status = async |base: &str, path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for path in ["/metrics", "/admin/v1/events", "/ui/login"] {
+        assert_eq!(
+            status(&public, path).await,
+            404,
+            "{path} is not on the public port"
+        );
+        assert_eq!(status(&admin, path).await, 200, "{path} is on the admin port");
+    }
+    for base in [&public, &admin] {
+        assert_eq!(status(base, "/readyz").await, 200, "health on both ports");
+    }
+    let publish = |base: &str| {
+        client
+            .post(format!("{base}/v1/namespaces/shop/events"))
+            .bearer_auth(support::harness::TOKEN)
+            .json(&json!({"type": "order.created", "data": {}}))
+            .send()
+    };
+    assert_eq!(publish(&public).await.unwrap().status(), 202);
+    assert_eq!(
+        publish(&admin).await.unwrap().status(),
+        404,
+        "no publishing on the admin port"
+    );
+}

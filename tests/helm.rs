@@ -426,3 +426,50 @@ fn the_chart_configures_the_managed_gateway() {
         "extra arguments are flags: {output}"
     );
 }
+
+/// The gateway's admin port is open to the release namespace and the listed ones only.
+#[test]
+fn the_chart_fences_the_admin_port() {
+    let (ok, output) = run(
+        "helm",
+        &[
+            "template",
+            "t",
+            &chart(),
+            &kube_version(),
+            "-n",
+            "hookline-system",
+            "--set",
+            "networkPolicy.adminNamespaces={monitoring}",
+            "--show-only",
+            "templates/networkpolicy.yaml",
+        ],
+        None,
+    );
+    assert!(ok, "{output}");
+    assert!(output.contains("kind: NetworkPolicy"), "{output}");
+    let admin_rule = output
+        .split("port: 9090")
+        .nth(1)
+        .expect("a rule for the admin port");
+    assert!(
+        admin_rule.contains("- hookline-system") && admin_rule.contains("- monitoring"),
+        "{output}"
+    );
+    let (ok, output) = run(
+        "helm",
+        &[
+            "template",
+            "t",
+            &chart(),
+            &kube_version(),
+            "--set",
+            "networkPolicy.enabled=false",
+        ],
+        None,
+    );
+    assert!(
+        ok && !output.contains("kind: NetworkPolicy"),
+        "it can be turned off: {output}"
+    );
+}

@@ -18,6 +18,10 @@ pub struct NodeArgs {
     /// Address to serve on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Serve the admin API, the console and /metrics here instead of on --listen, so only
+    /// operators' networks reach them (the managed gateway uses 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     /// Proxies (CIDRs) whose X-Forwarded-For header names the client address.
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<IpNet>,
@@ -45,6 +49,7 @@ impl NodeArgs {
             http: self.tokens.http_options(self.trusted_proxies)?,
             dispatch: self.dispatch.options(),
             retention: self.retention.get(),
+            admin_listen: self.admin_listen,
             stopping: Stopping {
                 unready_for: self.shutdown_delay.get(),
                 drain: self.drain_timeout.get(),

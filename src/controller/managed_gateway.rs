@@ -74,6 +74,10 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
         "gateway",
         "--listen",
         "0.0.0.0:8080",
+        // The admin API, console and metrics on a port of their own (the chart's NetworkPolicy
+        // lets only operators' namespaces reach it; its Ingress routes the public one).
+        "--admin-listen",
+        "0.0.0.0:9090",
         "--shutdown-delay",
         SHUTDOWN_DELAY,
         "--drain-timeout",
@@ -116,7 +120,7 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
                     "image": settings.image,
                     "args": args,
                     "env": env,
-                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "ports": [{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9090}],
                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
                     "resources": settings.resources,
@@ -155,7 +159,10 @@ pub fn service(namespace: &str, settings: &GatewaySettings) -> Value {
         "spec": {
             "type": settings.service_type,
             "selector": {"app.kubernetes.io/name": NAME},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http"},
+                {"name": "admin", "port": 9090, "targetPort": "admin"},
+            ],
         },
     })
 }
@@ -265,5 +272,8 @@ mod tests {
         assert_eq!(pod["volumes"][0]["secret"]["secretName"], "team-tokens");
         assert_eq!(pod["volumes"][0]["secret"]["items"][0]["key"], "publish");
         assert_eq!(container["volumeMounts"][0]["readOnly"], true);
+        assert!(args.windows(2).any(|w| w == ["--admin-listen", "0.0.0.0:9090"]));
+        let ports = service("hookline-system", &settings())["spec"]["ports"].clone();
+        assert_eq!(ports[1]["name"], "admin", "{ports}");
     }
 }

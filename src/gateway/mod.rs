@@ -190,10 +190,17 @@ impl Gateway {
         self.catalog.get()
     }
 
-    pub fn router(self: &Arc<Self>) -> Router {
+    /// What senders reach: ingest and publish.
+    fn public_routes() -> Router<Arc<Self>> {
         Router::new()
             .route("/ingest/{namespace}/{source}", post(ingest::receive))
             .route("/v1/namespaces/{namespace}/events", post(publish::publish))
+    }
+
+    /// What operators reach: the admin API, the console, and metrics (which name every tenant's
+    /// sources and targets).
+    fn operator_routes() -> Router<Arc<Self>> {
+        Router::new()
             .route("/admin/v1/openapi.json", get(admin::openapi))
             .route("/admin/v1/events", get(admin::list_events))
             .route("/admin/v1/events/{id}", get(admin::get_event))
@@ -208,25 +215,65 @@ impl Gateway {
             .route("/ui/events/{id}", get(ui::event))
             .route("/ui/deliveries/{id}/redeliver", post(ui::redeliver))
             .route("/ui/verify", get(ui::verify_examples))
+            .route("/metrics", get(metrics))
+    }
+
+    /// `routes` with health, the request timeout and the state: a service for one port.
+    fn service(
+        self: &Arc<Self>,
+        routes: Router<Arc<Self>>,
+    ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, SocketAddr> {
+        routes
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 self.request_timeout,
             ))
             .with_state(self.clone())
+            .into_make_service_with_connect_info::<SocketAddr>()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and drains requests in flight.
+    /// Serves until `shutdown` completes, then stops accepting and drains requests in flight:
+    /// everything on `listener`, or, given an `operators` listener, the admin API, console and
+    /// metrics there only.
     pub async fn serve(
         self: &Arc<Self>,
         listener: TcpListener,
+        operators: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
         let flusher = tokio::spawn(self.clone().flush_rejections());
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        let served = match operators {
+            None => {
+                let app = self.service(Self::public_routes().merge(Self::operator_routes()));
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            }
+            Some(operators) => {
+                // One signal stops both servers.
+                let (stop, _) = tokio::sync::watch::channel(false);
+                let stopped = |stop: &tokio::sync::watch::Sender<bool>| {
+                    let mut seen = stop.subscribe();
+                    async move {
+                        let _ = seen.wait_for(|stopped| *stopped).await;
+                    }
+                };
+                let public = axum::serve(listener, self.service(Self::public_routes()))
+                    .with_graceful_shutdown(stopped(&stop));
+                let private = axum::serve(operators, self.service(Self::operator_routes()))
+                    .with_graceful_shutdown(stopped(&stop));
+                let signal = async move {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                };
+                let (public, private, ()) = tokio::join!(
+                    std::future::IntoFuture::into_future(public),
+                    std::future::IntoFuture::into_future(private),
+                    signal
+                );
+                public.and(private)
+            }
+        };
         flusher.abort();
         self.flush_rejections_once().await;
         served

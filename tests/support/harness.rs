@@ -100,6 +100,7 @@ pub async fn start_node_on(
         dispatch,
         retention: Duration::from_secs(30 * 24 * 3600),
         stopping: Default::default(),
+        admin_listen: None,
     };
     let node = Node::start(
         pool.clone(),
