@@ -3,7 +3,7 @@
 //! private, loopback and cluster-internal addresses are allowed for handlers, and for
 //! subscriptions only with `allowPrivateNetworks`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ fn classify_ip(ip: IpAddr) -> Egress {
             let o = v4.octets();
             if v4.is_link_local() {
                 forbidden("a link-local address (cloud metadata services live there)")
+            } else if o == [100, 100, 100, 200] {
+                forbidden("a cloud metadata address")
             } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
                 forbidden("not a unicast address")
             } else if v4.is_loopback() {
@@ -44,6 +46,13 @@ fn classify_ip(ip: IpAddr) -> Egress {
             let first = v6.segments()[0];
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return classify_ip(IpAddr::V4(v4));
+            }
+            // NAT64 (64:ff9b::/96) reaches the IPv4 address in its last 32 bits.
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = s[6].to_be_bytes();
+                let [c, d] = s[7].to_be_bytes();
+                return classify_ip(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
             }
             let aws_metadata = std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
             if (first & 0xffc0) == 0xfe80 || v6 == aws_metadata {
@@ -106,6 +115,44 @@ pub async fn classify(url: &str) -> Egress {
             }
         }
         None => Egress::Forbidden(format!("{url} has no host")),
+    }
+}
+
+/// Addresses a connection may be made to: never forbidden ones, private ones only when allowed.
+pub fn permitted(
+    addresses: impl IntoIterator<Item = SocketAddr>,
+    allow_private_networks: bool,
+) -> Vec<SocketAddr> {
+    addresses
+        .into_iter()
+        .filter(|a| match classify_ip(a.ip()) {
+            Egress::Public => true,
+            Egress::Private(_) => allow_private_networks,
+            Egress::Forbidden(_) => false,
+        })
+        .collect()
+}
+
+/// The resolver of the delivery clients: it resolves host names when connecting and returns
+/// only the addresses the egress policy permits, so the address checked is the address used (a
+/// name that resolved to a public address when checked cannot rebind to a metadata address
+/// when connecting), and a failed lookup fails the connection.
+pub struct EgressResolver {
+    pub allow_private_networks: bool,
+}
+
+impl reqwest::dns::Resolve for EgressResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private_networks = self.allow_private_networks;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed = permitted(found, allow_private_networks);
+            if allowed.is_empty() {
+                return Err(format!("{host} resolves to no address the egress policy permits").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -182,6 +229,71 @@ mod tests {
             assert!(matches!(classify(url).await, Egress::Private(_)), "{url}");
         }
         assert_eq!(classify("https://203.0.113.10/hooks").await, Egress::Public);
+    }
+
+    #[test]
+    fn connections_go_only_to_permitted_addresses() {
+        let resolved: Vec<SocketAddr> = [
+            "203.0.113.10:443",
+            "169.254.169.254:443",
+            "10.0.0.7:443",
+            "[::1]:443",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(
+            permitted(resolved.clone(), false),
+            ["203.0.113.10:443".parse::<SocketAddr>().unwrap()],
+            "a public address first and a metadata one second: only the public one is used"
+        );
+        assert_eq!(
+            permitted(resolved, true).len(),
+            3,
+            "private allowed, metadata never"
+        );
+        for forbidden in [
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[::ffff:169.254.169.254]:80",
+            "100.100.100.200:80",
+            "[fd00:ec2::254]:80",
+        ] {
+            assert!(
+                permitted([forbidden.parse().unwrap()], true).is_empty(),
+                "{forbidden}"
+            );
+        }
+        assert_eq!(
+            permitted(["[64:ff9b::cb00:710a]:80".parse().unwrap()], false).len(),
+            1,
+            "NAT64 of a public address"
+        );
+    }
+
+    /// The real resolver (the system's, /etc/hosts here) behind a real connection: a name that
+    /// resolves to loopback is refused when connecting for a target without the opt-in.
+    #[tokio::test]
+    async fn a_name_is_checked_again_when_connecting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = |allow_private_networks| {
+            reqwest::Client::builder()
+                .dns_resolver(std::sync::Arc::new(EgressResolver {
+                    allow_private_networks,
+                }))
+                .build()
+                .unwrap()
+        };
+        let url = format!("http://localhost:{port}/");
+        let refused = client(false)
+            .get(&url)
+            .send()
+            .await
+            .expect_err("refused when connecting");
+        assert!(refused.is_connect(), "{refused:?}");
+        assert_eq!(client(true).get(&url).send().await.unwrap().status(), 200);
     }
 
     #[tokio::test]

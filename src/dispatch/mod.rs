@@ -71,7 +71,10 @@ pub struct Dispatcher {
     pool: PgPool,
     catalog: Arc<CatalogCell>,
     metrics: Arc<Metrics>,
-    http: reqwest::Client,
+    /// For targets that may reach private and cluster addresses (handlers, opted-in
+    /// subscriptions), and for the others: each resolves through the egress policy.
+    http_private: reqwest::Client,
+    http_public: reqwest::Client,
     options: DispatchOptions,
     targets: Targets,
     /// Deliveries this process holds (claimed, and not yet recorded), all targets together:
@@ -106,7 +109,8 @@ impl Dispatcher {
             pool,
             catalog,
             metrics,
-            http: sender::http_client(),
+            http_private: sender::http_client(true),
+            http_public: sender::http_client(false),
             holding: AtomicUsize::new(0),
             options,
             targets: Targets::default(),
@@ -340,8 +344,13 @@ impl Dispatcher {
             Err(release) => return self.release(&delivery, &key, release).await,
         };
         let Some(target) = target else { return }; // admitted targets are configured
+        let client = if target.allow_private_networks {
+            &self.http_private
+        } else {
+            &self.http_public
+        };
         let sent = sender::send(
-            &self.http,
+            client,
             &target.spec.url,
             target.spec.attempt_timeout(),
             &delivery,

@@ -20,9 +20,13 @@ pub struct Sent {
     pub retry_after: Option<String>,
 }
 
-/// Client shared by every delivery: no redirects (a 3xx is the receiver's answer), rustls.
-pub fn http_client() -> reqwest::Client {
+/// Client shared by every delivery to targets with the same egress permission: no redirects (a
+/// 3xx is the receiver's answer), rustls, and host names resolved through the egress policy.
+pub fn http_client(allow_private_networks: bool) -> reqwest::Client {
     reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(crate::catalog::egress::EgressResolver {
+            allow_private_networks,
+        }))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(USER_AGENT)
         .pool_idle_timeout(Duration::from_secs(60))
