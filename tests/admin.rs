@@ -546,3 +546,58 @@ async fn the_admin_port_serves_operators_and_the_public_port_senders() {
         "no publishing on the admin port"
     );
 }
+
+/// Console sessions end: the cookie has a Max-Age, the server forgets the session on sign-out,
+/// and every console page forbids framing and scripts.
+#[tokio::test]
+async fn console_sessions_end_and_pages_cannot_be_framed() {
+    let h = harness(&format!("{SECRET}{}", subscription("crm", "crm", ""))).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = client.get(format!("{}/ui/login", h.base)).send().await.unwrap();
+    assert_eq!(form.headers()["x-frame-options"], "DENY");
+    let policy = form.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.contains("frame-ancestors 'none'") && policy.contains("default-src 'none'"),
+        "{policy}"
+    );
+    let signed_in = client
+        .post(format!("{}/ui/login", h.base))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Max-Age=28800"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = |session: String| {
+        client
+            .get(format!("{}/ui/events", h.base))
+            .header("cookie", session)
+            .send()
+    };
+    assert_eq!(page(session.clone()).await.unwrap().status(), 200, "signed in");
+    let out = client
+        .post(format!("{}/ui/logout", h.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = page(session).await.unwrap();
+    assert_eq!(after.status(), 303, "the session is gone on the server too");
+    assert_eq!(after.headers()["location"], "/ui/login");
+}

@@ -56,7 +56,7 @@ pub struct Gateway {
     rejections: Mutex<HashMap<(String, String, String), i64>>,
     /// Console sessions: session id → (CSRF token, what it may see). In memory: a restart
     /// signs everyone out.
-    ui_sessions: Mutex<HashMap<String, (String, Access)>>,
+    ui_sessions: Mutex<HashMap<String, ui::Session>>,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -211,11 +211,13 @@ impl Gateway {
             .route("/ui/targets/{action}", post(ui::target_action))
             .route("/ui", get(ui::root))
             .route("/ui/login", get(ui::login_form).post(ui::login))
+            .route("/ui/logout", post(ui::logout))
             .route("/ui/events", get(ui::events))
             .route("/ui/events/{id}", get(ui::event))
             .route("/ui/deliveries/{id}/redeliver", post(ui::redeliver))
             .route("/ui/verify", get(ui::verify_examples))
             .route("/metrics", get(metrics))
+            .layer(axum::middleware::from_fn(ui::security_headers))
     }
 
     /// `routes` with health, the request timeout and the state: a service for one port.

@@ -23,6 +23,19 @@ use crate::store::history::{self, EventFilter};
 
 const COOKIE: &str = "hookline_session";
 
+/// How long a console session lasts, in the cookie (Max-Age) and on the server alike.
+const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+
+/// Every console page: no scripts, styles only from the page itself, never framed (clickjacking).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A signed-in console viewer, in memory (a restart signs everyone out).
+pub(super) struct Session {
+    csrf: String,
+    access: Access,
+    expires: std::time::Instant,
+}
+
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24}header{background:#1b1f24;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}header a{color:#fff}main{padding:1rem;max-width:1200px}table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}pre{background:#f6f8fa;padding:.75rem;overflow:auto}.succeeded{color:#1a7f37}.dead,.failed{color:#cf222e}.pending,.in_flight{color:#9a6700}form.inline{display:inline}label{margin-right:.5rem}";
 
 /// Who is asking (a session, or a bearer-token client) and what they may see.
@@ -74,11 +87,53 @@ fn viewer(gateway: &Gateway, headers: &HeaderMap) -> Option<Viewer> {
         return Some(Viewer { csrf: None, access });
     }
     let id = session_id(headers)?;
-    let sessions = gateway.ui_sessions.lock().unwrap_or_else(|e| e.into_inner());
-    sessions.get(&id).map(|(csrf, access)| Viewer {
-        csrf: Some(csrf.clone()),
-        access: access.clone(),
+    let mut sessions = gateway.ui_sessions.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    sessions.retain(|_, session| session.expires > now);
+    sessions.get(&id).map(|session| Viewer {
+        csrf: Some(session.csrf.clone()),
+        access: session.access.clone(),
     })
+}
+
+/// The console's security headers, on every `/ui` response.
+pub(super) async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_console = request.uri().path().starts_with("/ui");
+    let mut response = next.run(request).await;
+    if is_console {
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    }
+    response
+}
+
+/// `POST /ui/logout`: ends the session, here and in the browser.
+pub(super) async fn logout(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(id) = session_id(&headers) {
+        gateway
+            .ui_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+    let mut response = Redirect::to("/ui/login").into_response();
+    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&expired) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
 }
 
 fn page(title: &str, body: Markup) -> Markup {
@@ -97,6 +152,7 @@ fn page(title: &str, body: Markup) -> Markup {
                     nav { a href="/ui/events" { "Webhook log" } " · " a href="/ui/targets" { "Targets" } " · " a href="/ui/verify" { "Verifying signatures" } }
                 }
                 main { h1 { (title) } (body) }
+                footer { form.inline method="post" action="/ui/logout" { button.logout type="submit" { "Sign out" } } }
             }
         }
     }
@@ -134,12 +190,20 @@ pub(super) async fn login(State(gateway): State<Arc<Gateway>>, Form(form): Form<
     };
     let id = hex::encode(rand::random::<[u8; 32]>());
     let csrf = hex::encode(rand::random::<[u8; 16]>());
+    let session = Session {
+        csrf,
+        access,
+        expires: std::time::Instant::now() + SESSION_LIFETIME,
+    };
     gateway
         .ui_sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), (csrf, access));
-    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui");
+        .insert(id.clone(), session);
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}",
+        SESSION_LIFETIME.as_secs()
+    );
     let mut response = Redirect::to("/ui/events").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
