@@ -204,29 +204,15 @@ async fn concurrent_large_bodies_stay_within_the_memory_budget() {
          spec: {provider: github, secretRef: {name: gh, key: token}, maxBodyBytes: 1048576}\n",
     )
     .unwrap();
-    let port = support::free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["standalone", "--ingest-body-budget", "16777216", "-f"])
-        .arg(&dir)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &database_url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let gateway = support::process::start_standalone_with(
+        &dir,
+        &database_url,
+        &[],
+        &["--ingest-body-budget", "16777216"],
+    )
+    .await;
+    let base = gateway.base.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "gateway ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Each body arrives in 64 KiB pieces over about a second, so all 200 overlap.
     let send = |n: usize| {
         let client = client.clone();
@@ -264,7 +250,7 @@ async fn concurrent_large_bodies_stay_within_the_memory_budget() {
         other.is_empty(),
         "every request answered one way or the other: {other:?}"
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gateway.child.id())).unwrap();
     let peak_kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -275,7 +261,5 @@ async fn concurrent_large_bodies_stay_within_the_memory_budget() {
         peak_kib / 1024.0
     );
     assert!(peak_kib / 1024.0 < 120.0, "peak RSS {:.0} MiB", peak_kib / 1024.0);
-    let _ = child.kill();
-    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,9 +20,21 @@ impl Drop for GatewayProcess {
 /// Starts `hookline standalone -f config` on `database_url` with a 1 s lease margin (so a killed
 /// process's deliveries are taken over quickly) and `env`; returns once it is ready.
 pub async fn start_standalone(config: &Path, database_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
+    start_standalone_with(config, database_url, env, &[]).await
+}
+
+/// [`start_standalone`] with more flags.
+pub async fn start_standalone_with(
+    config: &Path,
+    database_url: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> GatewayProcess {
     let port = super::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["standalone", "--lease-margin", "1s", "-f"])
+        .args(["standalone", "--lease-margin", "1s"])
+        .args(flags)
+        .arg("-f")
         .arg(config)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
