@@ -581,6 +581,20 @@ async fn the_chart_runs_as_pods_and_delivers_through_restarts_and_rollouts() {
     let gateway = cluster.gateway_url(&system_ns).await;
     let ingest = format!("{gateway}/ingest/{app_ns}/stripe");
     let http = reqwest::Client::new();
+    // kube-proxy programs a Service's endpoints a moment after the pods are Ready.
+    cluster
+        .wait_for(
+            "the gateway Service answers",
+            Duration::from_secs(60),
+            &system_ns,
+            || async {
+                http.get(format!("{gateway}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
     let answer = stripe_webhook(&http, &ingest, "evt_first")
         .send()
         .await
