@@ -571,11 +571,19 @@ async fn the_chart_runs_as_pods_and_delivers_through_restarts_and_rollouts() {
         described.contains("Receiving"),
         "kubectl describe whsrc:\n{described}"
     );
-    let described = cluster.run("kubectl", &["describe", "whsub", "unsigned", "-n", &app_ns]);
-    assert!(
-        described.contains("SecretMissing") && described.contains("Warning"),
-        "kubectl describe whsub shows the Event:\n{described}"
-    );
+    // The subscription is reconciled beside the source: its Event may come a moment later.
+    let describe = || cluster.run("kubectl", &["describe", "whsub", "unsigned", "-n", &app_ns]);
+    cluster
+        .wait_for(
+            "kubectl describe whsub shows the SecretMissing Event",
+            Duration::from_secs(30),
+            &app_ns,
+            || async {
+                let described = describe();
+                described.contains("SecretMissing") && described.contains("Warning")
+            },
+        )
+        .await;
 
     // One webhook, to the gateway's Service, delivered to the sink pod and signed.
     let gateway = cluster.gateway_url(&system_ns).await;
