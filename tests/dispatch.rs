@@ -482,6 +482,44 @@ async fn attempt_errors_do_not_repeat_the_url() {
     assert!(!error.contains("s3cr3t-path"), "{error}");
 }
 
+/// Each target's deliveries are claimed for its own timeout plus the margin: a neighbour with
+/// the longest timeout allowed does not make a fast target's abandoned claims wait as long.
+#[tokio::test]
+async fn each_target_holds_its_claims_for_its_own_timeout() {
+    let yaml = format!(
+        "{SECRET}{}{}",
+        subscription("slow", "slow", ", timeout: 5m"),
+        subscription("fast", "fast", ", timeout: 1m"),
+    );
+    let h = harness(&yaml).await;
+    h.sink.always("slow", Reply::Hang);
+    h.sink.always("fast", Reply::Hang);
+    let published = chrono::Utc::now();
+    assert_eq!(h.publish("order.created", json!({})).await.status(), 202);
+    h.sink.wait_for("fast", 1, Duration::from_secs(10)).await;
+    h.sink.wait_for("slow", 1, Duration::from_secs(10)).await;
+    let leases: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT target, next_attempt_at FROM delivery_queue WHERE claimed ORDER BY target")
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    let held = |name: &str| {
+        let (_, until) = leases.iter().find(|(t, _)| t == name).expect("claimed");
+        (*until - published).num_seconds()
+    };
+    // The default margin is 30 s.
+    assert!(
+        (89..=100).contains(&held("fast")),
+        "fast is held {}s",
+        held("fast")
+    );
+    assert!(
+        (329..=340).contains(&held("slow")),
+        "slow is held {}s",
+        held("slow")
+    );
+}
+
 /// One tenant's enormous durations (as configuration that never met admission could hold)
 /// cannot stall anyone: the claim lease, the retry schedule and the breaker stay within their
 /// limits, the failing target gets its attempt, and a healthy target beside it gets everything.

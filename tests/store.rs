@@ -254,6 +254,56 @@ async fn migrated_pool(connections: u32) -> sqlx::PgPool {
     pool
 }
 
+/// A claim asking the same lease of each target.
+fn takes(
+    wanted: &[(hookline::api::TargetKey, usize)],
+    lease: std::time::Duration,
+) -> Vec<hookline::store::deliveries::Take> {
+    wanted
+        .iter()
+        .map(|(target, count)| hookline::store::deliveries::Take {
+            target: target.clone(),
+            count: *count,
+            lease,
+        })
+        .collect()
+}
+
+/// One claim holds each target's deliveries for that target's own lease: a slow target's long
+/// timeout does not keep a fast target's abandoned deliveries from being retaken.
+#[tokio::test]
+async fn each_target_is_claimed_for_its_own_lease() {
+    use hookline::store::deliveries::{Take, claim};
+    use hookline::store::events::event_writer;
+    let pool = migrated_pool(2).await;
+    let writer = event_writer(pool.clone());
+    for target in ["stripe/fast", "stripe/slow"] {
+        writer
+            .submit(new_event(&format!("evt_{target}"), "invoice.paid", target))
+            .await
+            .expect("store");
+    }
+    let take = |name: &str, secs: u64| Take {
+        target: handler(name),
+        count: 10,
+        lease: std::time::Duration::from_secs(secs),
+    };
+    let before = chrono::Utc::now();
+    let taken = claim(&pool, &[take("stripe/fast", 31), take("stripe/slow", 330)])
+        .await
+        .expect("claim");
+    assert_eq!(taken.len(), 2);
+    for delivery in &taken {
+        let held = (delivery.lease_until - before).num_seconds();
+        let expected = if delivery.target == "stripe/fast" { 31 } else { 330 };
+        assert!(
+            (expected - 1..=expected + 5).contains(&held),
+            "{} is held {held}s, not its own {expected}s",
+            delivery.target
+        );
+    }
+}
+
 fn handler(name: &str) -> hookline::api::TargetKey {
     hookline::api::TargetKey {
         namespace: "billing".into(),
@@ -310,8 +360,10 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     let lease = std::time::Duration::from_secs(3 * 3600);
     let taken = claim(
         &pool,
-        &[(handler("stripe/fast"), 2), (handler("stripe/slow"), 10)],
-        lease,
+        &takes(
+            &[(handler("stripe/fast"), 2), (handler("stripe/slow"), 10)],
+            lease,
+        ),
     )
     .await
     .expect("claim");
@@ -337,7 +389,7 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
         later.timestamp_micros(),
         "the earliest time of slow is the scheduled retry (its claims end later)"
     );
-    let taken = claim(&pool, &[(handler("stripe/fast"), 10)], lease)
+    let taken = claim(&pool, &takes(&[(handler("stripe/fast"), 10)], lease))
         .await
         .expect("claim");
     assert!(taken.is_empty(), "a paused target is never claimed");
@@ -345,7 +397,7 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     resume_target(&pool, &handler("stripe/fast"))
         .await
         .expect("resume");
-    let taken = claim(&pool, &[(handler("stripe/fast"), 10)], lease)
+    let taken = claim(&pool, &takes(&[(handler("stripe/fast"), 10)], lease))
         .await
         .expect("claim");
     assert_eq!(taken.len(), 3, "what waited during the pause is claimed after it");
@@ -374,11 +426,11 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
             .expect("store");
     }
     let wanted = |take| [(handler("stripe/billing"), take)];
-    let expired = claim(&pool, &wanted(2), std::time::Duration::ZERO)
+    let expired = claim(&pool, &takes(&wanted(2), std::time::Duration::ZERO))
         .await
         .expect("claim with a lease that expires at once");
     assert_eq!(expired.len(), 2);
-    let live = claim(&pool, &wanted(10), std::time::Duration::from_secs(60))
+    let live = claim(&pool, &takes(&wanted(10), std::time::Duration::from_secs(60)))
         .await
         .expect("claim");
     assert_eq!(
@@ -392,7 +444,7 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         .expect("claimed again");
     assert_eq!((expired[0].attempts, again.attempts), (0, 1), "a number each");
     assert!(
-        claim(&pool, &wanted(10), std::time::Duration::from_secs(60))
+        claim(&pool, &takes(&wanted(10), std::time::Duration::from_secs(60)))
             .await
             .expect("claim")
             .is_empty(),
@@ -482,10 +534,10 @@ async fn a_late_outcome_in_the_same_batch_does_not_win() {
             .expect("store");
     }
     let wanted = [(handler("stripe/billing"), 2)];
-    let expired = claim(&pool, &wanted, std::time::Duration::ZERO)
+    let expired = claim(&pool, &takes(&wanted, std::time::Duration::ZERO))
         .await
         .expect("claim");
-    let current = claim(&pool, &wanted, std::time::Duration::from_secs(60))
+    let current = claim(&pool, &takes(&wanted, std::time::Duration::from_secs(60)))
         .await
         .expect("claim again");
     assert_eq!((expired.len(), current.len()), (2, 2));
@@ -530,7 +582,10 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
         .expect("store");
     let wanted = [(handler("stripe/billing"), 10)];
     let lease = std::time::Duration::from_secs(60);
-    let first = claim(&pool, &wanted, lease).await.expect("claim").remove(0);
+    let first = claim(&pool, &takes(&wanted, lease))
+        .await
+        .expect("claim")
+        .remove(0);
     assert_eq!(first.attempts, 0);
     assert!(
         !redeliver(&pool, first.id, None).await.expect("redeliver"),
@@ -547,7 +602,10 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
     assert_eq!(cancelled, 1);
     // Redelivered while the cancelled claim is still out.
     assert!(redeliver(&pool, first.id, None).await.expect("redeliver"));
-    let second = claim(&pool, &wanted, lease).await.expect("claim").remove(0);
+    let second = claim(&pool, &takes(&wanted, lease))
+        .await
+        .expect("claim")
+        .remove(0);
     assert_eq!(second.attempts, 1, "counts on from the cancelled claim's attempt");
     record_attempts(&pool, &[succeeded(&first, After::Succeeded)])
         .await
@@ -566,7 +624,10 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
     )
     .await
     .expect("release");
-    let third = claim(&pool, &wanted, lease).await.expect("claim").remove(0);
+    let third = claim(&pool, &takes(&wanted, lease))
+        .await
+        .expect("claim")
+        .remove(0);
     assert_eq!(third.attempts, 1, "a claim given back unsent spends no number");
     record_attempts(&pool, &[succeeded(&third, After::Succeeded)])
         .await
@@ -614,7 +675,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
                 .await
                 .expect("store");
             waiting_targets(&pool, 100).await.expect("waiting targets");
-            let taken = claim(&pool, wanted, lease).await.expect("claim");
+            let taken = claim(&pool, &takes(wanted, lease)).await.expect("claim");
             let records: Vec<AttemptRecord> = taken
                 .iter()
                 .map(|d| AttemptRecord {
@@ -769,7 +830,7 @@ async fn waiting_deliveries_move_to_the_queue_table() {
         .iter()
         .map(|t| (handler(&format!("stripe/{t}")), 10))
         .collect();
-    let taken = claim(&pool, &wanted, std::time::Duration::from_secs(60))
+    let taken = claim(&pool, &takes(&wanted, std::time::Duration::from_secs(60)))
         .await
         .expect("claim");
     let mut taken: Vec<(&str, i32)> = taken.iter().map(|d| (d.target.as_str(), d.attempts)).collect();

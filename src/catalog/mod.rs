@@ -375,14 +375,6 @@ impl Catalog {
         handlers.chain(self.subscriptions.values().flatten())
     }
 
-    /// The longest attempt timeout of any target.
-    pub fn max_timeout(&self) -> std::time::Duration {
-        self.targets()
-            .map(|t| t.spec.attempt_timeout())
-            .max()
-            .unwrap_or_default()
-    }
-
     pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {
         self.sources.values()
     }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{CircuitState, TargetKey};
 use crate::catalog::{CatalogCell, Target};
-use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed};
+use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, Take};
 use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{AttemptLabels, TargetLabels};
@@ -41,7 +41,7 @@ pub struct DispatchOptions {
     pub batch_size: usize,
     /// Deliveries this process holds at once, all targets together.
     pub max_claimed: usize,
-    /// Added to the longest target timeout to form the claim lease; a delivery whose worker
+    /// Added to a target's attempt timeout to form its claim lease; a delivery whose worker
     /// died is taken over once its lease expires.
     pub lease_margin: Duration,
     /// Upper bound on a receiver's Retry-After.
@@ -243,6 +243,7 @@ impl Dispatcher {
             }
             due.push(Share {
                 key: key.clone(),
+                lease: configured.spec.attempt_timeout() + self.options.lease_margin,
                 runtime,
                 room,
                 take: 0,
@@ -284,12 +285,17 @@ impl Dispatcher {
         if wanted.is_empty() {
             return Claim::Idle { next_due };
         }
-        let takes: Vec<(TargetKey, usize)> = wanted.iter().map(|s| (s.key.clone(), s.take)).collect();
-        let lease = self.lease();
-        // Taken before the database starts the lease, so it never ends later than this.
+        let takes: Vec<Take> = wanted
+            .iter()
+            .map(|s| Take {
+                target: s.key.clone(),
+                count: s.take,
+                lease: s.lease,
+            })
+            .collect();
+        // Taken before the database starts the leases, so none ends later than this says.
         let claimed_at = Instant::now();
-        let lease_ends = claimed_at + lease;
-        let batch = match deliveries::claim(&self.pool, &takes, lease).await {
+        let batch = match deliveries::claim(&self.pool, &takes).await {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!("dispatcher cannot claim deliveries: {err}");
@@ -305,17 +311,22 @@ impl Dispatcher {
             }
             return Claim::Contended;
         }
-        let mut shares: HashMap<TargetKey, (Arc<TargetRuntime>, usize)> =
-            wanted.into_iter().map(|s| (s.key, (s.runtime, s.take))).collect();
+        let mut shares: HashMap<TargetKey, Share> = wanted.into_iter().map(|s| (s.key.clone(), s)).collect();
         for delivery in batch {
             let key = delivery.target_key();
-            let Some((runtime, left)) = shares.get_mut(&key) else {
+            let Some(Share {
+                runtime,
+                take: left,
+                lease,
+                ..
+            }) = shares.get_mut(&key)
+            else {
                 continue; // cannot happen: only planned targets are claimed
             };
             *left = left.saturating_sub(1);
             // Counted now, so the next round's plan sees the room this one took.
             let holding = Holding::new(self.clone());
-            let held = Held::new(runtime.clone(), self.wake.clone(), lease_ends);
+            let held = Held::new(runtime.clone(), self.wake.clone(), claimed_at + *lease);
             tokio::spawn(async move {
                 holding.dispatcher.deliver(delivery, key, held).await;
                 drop(holding);
@@ -323,15 +334,10 @@ impl Dispatcher {
         }
         // A target that gave less than asked has nothing more due now.
         let mut agenda = self.agenda();
-        for (key, _) in shares.iter().filter(|(_, (_, left))| *left > 0) {
+        for key in shares.values().filter(|s| s.take > 0).map(|s| &s.key) {
             agenda.exhausted(key, claimed_at);
         }
         Claim::Started
-    }
-
-    /// The claim lease: longer than any target's timeout, plus the margin.
-    fn lease(&self) -> Duration {
-        self.catalog.get().max_timeout() + self.options.lease_margin
     }
 
     /// One claimed delivery: admitted, sent, settled, recorded; or given back unsent.
@@ -529,8 +535,10 @@ struct Share {
     runtime: Arc<TargetRuntime>,
     /// Deliveries it may still be given.
     room: usize,
-    /// Deliveries it is given in this round.
+    /// Deliveries it is given in this round (then, once claimed, how many it did not get).
     take: usize,
+    /// How long its claims hold.
+    lease: Duration,
 }
 
 /// Splits `budget` claims between due targets: a fair share each first (so one busy target

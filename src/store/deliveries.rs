@@ -100,15 +100,23 @@ pub async fn waiting_targets<'e>(
     .await
 }
 
+/// What a claim asks of one target.
+#[derive(Clone, Debug)]
+pub struct Take {
+    pub target: TargetKey,
+    /// At most this many deliveries.
+    pub count: usize,
+    /// How long the claim holds them: the target's own attempt timeout and a margin, so a
+    /// fast target's deliveries are retaken soon after their worker dies, whatever the
+    /// slowest target allows.
+    pub lease: Duration,
+}
+
 /// Claims due deliveries, up to a number per target, oldest first within each target, skipping
 /// rows other workers hold and targets paused at runtime. Each target's rows are read through
 /// its own range of `delivery_queue_waiting`, so a claim reads about as many rows as it takes.
-pub async fn claim<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    wanted: &[(TargetKey, usize)],
-    lease: Duration,
-) -> sqlx::Result<Vec<Claimed>> {
-    let column = |f: fn(&TargetKey) -> &str| wanted.iter().map(|(key, _)| f(key)).collect::<Vec<_>>();
+pub async fn claim<'e>(executor: impl sqlx::PgExecutor<'e>, wanted: &[Take]) -> sqlx::Result<Vec<Claimed>> {
+    let column = |f: fn(&TargetKey) -> &str| wanted.iter().map(|w| f(&w.target)).collect::<Vec<_>>();
     sqlx::query_as(
         r#"
         -- Prepared once and run with its cached plan, so every table is read by lookups the
@@ -116,8 +124,8 @@ pub async fn claim<'e>(
         -- target (a subquery and a LATERAL with LIMIT), by an array of keys, and per claimed
         -- row (LATERAL with OFFSET 0, which keeps the planner from turning it into a join).
         WITH wanted AS (
-            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
-                AS w (namespace, target_kind, target, take)
+            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                AS w (namespace, target_kind, target, take, lease_ms)
             WHERE (SELECT t.paused_reason FROM target_states t
                    WHERE t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target)
                   IS NULL
@@ -133,7 +141,11 @@ pub async fn claim<'e>(
             LIMIT $6
         ), claimed AS (
             UPDATE delivery_queue q
-            SET next_attempt_at = now() + $5 * interval '1 millisecond', claimed = true, attempts = q.attempts + 1
+            SET next_attempt_at = now() + interval '1 millisecond' * (
+                    SELECT w.lease_ms FROM wanted w
+                    WHERE w.namespace = q.namespace AND w.target_kind = q.target_kind AND w.target = q.target
+                ),
+                claimed = true, attempts = q.attempts + 1
             WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
             RETURNING q.delivery_id, q.next_attempt_at, q.attempts
         )
@@ -152,9 +164,14 @@ pub async fn claim<'e>(
     .bind(column(|k| &k.namespace))
     .bind(column(|k| k.kind.as_str()))
     .bind(column(|k| &k.name))
-    .bind(wanted.iter().map(|(_, take)| *take as i64).collect::<Vec<_>>())
-    .bind(lease.as_millis() as i64)
-    .bind(wanted.iter().map(|(_, take)| *take as i64).sum::<i64>())
+    .bind(wanted.iter().map(|w| w.count as i64).collect::<Vec<_>>())
+    .bind(
+        wanted
+            .iter()
+            .map(|w| i64::try_from(w.lease.as_millis()).unwrap_or(i64::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(wanted.iter().map(|w| w.count as i64).sum::<i64>())
     .fetch_all(executor)
     .await
 }
