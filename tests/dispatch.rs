@@ -482,6 +482,78 @@ async fn attempt_errors_do_not_repeat_the_url() {
     assert!(!error.contains("s3cr3t-path"), "{error}");
 }
 
+/// The operator's egress ranges beat what tenants opt into: a denied range is never sent to,
+/// even by a subscription with allowPrivateNetworks (the delivery says why), and an allowed
+/// range is sent to by a subscription without it.
+#[tokio::test]
+async fn operator_egress_ranges_override_the_tenant_opt_in() {
+    use hookline::catalog::egress::EgressRules;
+    let sink = support::sink::Sink::start().await;
+    let subscription = |name: &str, opt_in: bool| {
+        format!(
+            "{SECRET}---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{url: '{}/{name}', events: ['*'], allowPrivateNetworks: {opt_in}, secretRef: {{name: signing, key: secret}}}}\n",
+            sink.base
+        )
+    };
+    let start = |yaml: String, deny: &'static str, allow: &'static str| async move {
+        let nets = |list: &str| {
+            list.split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| n.parse().unwrap())
+                .collect()
+        };
+        let dispatch = DispatchOptions {
+            egress: std::sync::Arc::new(EgressRules {
+                deny: nets(deny),
+                allow: nets(allow),
+            }),
+            ..DispatchOptions::default()
+        };
+        let pool = hookline::store::connect_lazy(&support::fresh_database().await, 8).unwrap();
+        hookline::store::migrate(&pool).await.unwrap();
+        let base = support::harness::start_gateway_dispatching(
+            &pool,
+            &yaml,
+            support::harness::test_options(),
+            dispatch,
+        )
+        .await;
+        let published = reqwest::Client::new()
+            .post(format!("{base}/v1/namespaces/shop/events"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"type": "order.created", "data": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), 202);
+        pool
+    };
+    // The sink listens on 127.0.0.1.
+    let denied = start(subscription("denied", true), "127.0.0.0/8", "").await;
+    let allowed = start(subscription("allowed", false), "", "127.0.0.1/32").await;
+    sink.wait_for("allowed", 1, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        let error: Option<String> =
+            sqlx::query_scalar("SELECT last_error FROM deliveries WHERE target = 'denied'")
+                .fetch_one(&denied)
+                .await
+                .unwrap();
+        if let Some(error) = error {
+            break error;
+        }
+        assert!(Instant::now() < deadline, "the denied delivery never says why");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("which the operator denies"), "{reason}");
+    assert!(
+        sink.received("denied").is_empty(),
+        "nothing is sent to a denied range"
+    );
+    drop(allowed);
+}
+
 /// Each target's deliveries are claimed for its own timeout plus the margin: a neighbour with
 /// the longest timeout allowed does not make a fast target's abandoned claims wait as long.
 #[tokio::test]

@@ -374,7 +374,8 @@ fn argocd_health_check_follows_conditions_and_generation() {
 }
 
 /// Behind the chart's Ingress every client address is the ingress pod's: trusted proxies,
-/// scoped token files and extra arguments reach the managed gateway through the controller.
+/// scoped token files and extra arguments reach the managed gateway through the controller, and
+/// so do the operator's egress ranges (the controller passes its own to the gateway).
 #[test]
 fn the_chart_configures_the_managed_gateway() {
     let (ok, output) = run(
@@ -392,6 +393,10 @@ fn the_chart_configures_the_managed_gateway() {
             "publish.scopedTokens.existingSecret=team-publish-tokens",
             "--set",
             "admin.scopedTokens.existingSecret=team-admin-tokens",
+            "--set",
+            "egress.deny={10.0.0.0/8,192.168.0.0/16}",
+            "--set",
+            "egress.allow={10.96.7.0/24}",
             "--show-only",
             "templates/controller.yaml",
         ],
@@ -399,6 +404,8 @@ fn the_chart_configures_the_managed_gateway() {
     );
     assert!(ok, "{output}");
     for arg in [
+        "- --egress-deny=10.0.0.0/8,192.168.0.0/16",
+        "- --egress-allow=10.96.7.0/24",
         "- --gateway-arg=--trusted-proxies=10.42.0.0/16",
         "- --gateway-arg=--request-timeout=10s",
         "- --gateway-publish-tokens-secret=team-publish-tokens/tokens",

@@ -1,10 +1,35 @@
-//! Egress policy for delivery URLs, decided here for the dispatcher (before sending) and the
-//! controller (in status) alike: link-local and cloud metadata addresses are never allowed;
-//! private, loopback and cluster-internal addresses are allowed for handlers, and for
-//! subscriptions only with `allowPrivateNetworks`.
+//! Egress policy for delivery URLs, decided here for the dispatcher (before sending and when
+//! connecting) and the controller (in status) alike: link-local and cloud metadata addresses
+//! are never allowed; private, loopback and cluster-internal addresses are allowed for handlers,
+//! and for subscriptions only with `allowPrivateNetworks`. The operator's [`EgressRules`] come
+//! first: a denied range is refused to every target whatever it opts into, and an allowed range
+//! is reachable by every target without the opt-in.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// The operator's egress ranges (`--egress-deny`, `--egress-allow`); tenants cannot change them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressRules {
+    /// Never reached by any target; wins over `allow` and over `allowPrivateNetworks`.
+    pub deny: Vec<IpNet>,
+    /// Private ranges any target may reach without `allowPrivateNetworks`, such as an egress
+    /// proxy. Link-local and metadata addresses stay forbidden even here.
+    pub allow: Vec<IpNet>,
+}
+
+impl EgressRules {
+    fn denied(&self, ip: IpAddr) -> Option<&IpNet> {
+        self.deny.iter().find(|net| net.contains(&ip))
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Egress {
@@ -22,7 +47,34 @@ const METADATA_HOSTS: [&str; 4] = [
     "instance-data",
 ];
 
-fn classify_ip(ip: IpAddr) -> Egress {
+/// Where an address is, by the operator's rules first and then by the built-in ranges.
+fn classify_ip(ip: IpAddr, rules: &EgressRules) -> Egress {
+    let ip = unwrapped(ip);
+    if let Some(net) = rules.denied(ip) {
+        return Egress::Forbidden(format!("{ip} is in {net}, which the operator denies"));
+    }
+    match builtin(ip) {
+        Egress::Private(_) if rules.allowed(ip) => Egress::Public,
+        verdict => verdict,
+    }
+}
+
+/// The IPv4 address an IPv4-mapped or NAT64 (64:ff9b::/96) IPv6 address reaches.
+fn unwrapped(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = v6.segments();
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        let [a, b] = s[6].to_be_bytes();
+        let [c, d] = s[7].to_be_bytes();
+        return IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d));
+    }
+    ip
+}
+
+fn builtin(ip: IpAddr) -> Egress {
     let forbidden = |why: &str| Egress::Forbidden(format!("{ip} is {why}"));
     let private = |why: &str| Egress::Private(format!("{ip} is {why}"));
     match ip {
@@ -44,16 +96,6 @@ fn classify_ip(ip: IpAddr) -> Egress {
         }
         IpAddr::V6(v6) => {
             let first = v6.segments()[0];
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return classify_ip(IpAddr::V4(v4));
-            }
-            // NAT64 (64:ff9b::/96) reaches the IPv4 address in its last 32 bits.
-            let s = v6.segments();
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let [a, b] = s[6].to_be_bytes();
-                let [c, d] = s[7].to_be_bytes();
-                return classify_ip(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
-            }
             let aws_metadata = std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
             if (first & 0xffc0) == 0xfe80 || v6 == aws_metadata {
                 forbidden("a link-local or metadata address")
@@ -72,28 +114,34 @@ fn classify_ip(ip: IpAddr) -> Egress {
 
 /// Classifies where a URL points: its literal address, well-known names, or what its host
 /// name resolves to now (a name that does not resolve here is judged by its form alone).
-pub async fn classify(url: &str) -> Egress {
+/// Cluster-internal names are looked up only when the operator denies ranges (the controller
+/// may run where they do not resolve); the connection is checked again in any case.
+pub async fn classify(url: &str, rules: &EgressRules) -> Egress {
     let Ok(parsed) = url::Url::parse(url) else {
         return Egress::Forbidden(format!("{url} is not a valid URL"));
     };
     let port = parsed.port_or_known_default().unwrap_or(443);
     match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => classify_ip(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => classify_ip(IpAddr::V6(ip)),
+        Some(url::Host::Ipv4(ip)) => classify_ip(IpAddr::V4(ip), rules),
+        Some(url::Host::Ipv6(ip)) => classify_ip(IpAddr::V6(ip), rules),
         Some(url::Host::Domain(name)) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if METADATA_HOSTS.contains(&name.as_str()) {
                 return Egress::Forbidden(format!("{name} is a cloud metadata service"));
             }
-            if name == "localhost" || name.ends_with(".localhost") {
-                return Egress::Private(format!("{name} is the local host"));
-            }
-            if !name.contains('.')
+            let by_form = if name == "localhost" || name.ends_with(".localhost") {
+                Some(Egress::Private(format!("{name} is the local host")))
+            } else if !name.contains('.')
                 || name.ends_with(".svc")
                 || name.contains(".svc.")
                 || name.ends_with(".local")
             {
-                return Egress::Private(format!("{name} is a cluster-internal name"));
+                Some(Egress::Private(format!("{name} is a cluster-internal name")))
+            } else {
+                None
+            };
+            if by_form.is_some() && rules.deny.is_empty() {
+                return by_form.unwrap_or(Egress::Public);
             }
             let lookup = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -103,7 +151,7 @@ pub async fn classify(url: &str) -> Egress {
                 Ok(Ok(addresses)) => {
                     let mut verdict = Egress::Public;
                     for address in addresses {
-                        match classify_ip(address.ip()) {
+                        match classify_ip(address.ip(), rules) {
                             forbidden @ Egress::Forbidden(_) => return forbidden,
                             private @ Egress::Private(_) => verdict = private,
                             Egress::Public => {}
@@ -111,7 +159,7 @@ pub async fn classify(url: &str) -> Egress {
                     }
                     verdict
                 }
-                _ => Egress::Public,
+                _ => by_form.unwrap_or(Egress::Public),
             }
         }
         None => Egress::Forbidden(format!("{url} has no host")),
@@ -122,10 +170,11 @@ pub async fn classify(url: &str) -> Egress {
 pub fn permitted(
     addresses: impl IntoIterator<Item = SocketAddr>,
     allow_private_networks: bool,
+    rules: &EgressRules,
 ) -> Vec<SocketAddr> {
     addresses
         .into_iter()
-        .filter(|a| match classify_ip(a.ip()) {
+        .filter(|a| match classify_ip(a.ip(), rules) {
             Egress::Public => true,
             Egress::Private(_) => allow_private_networks,
             Egress::Forbidden(_) => false,
@@ -139,15 +188,17 @@ pub fn permitted(
 /// when connecting), and a failed lookup fails the connection.
 pub struct EgressResolver {
     pub allow_private_networks: bool,
+    pub rules: Arc<EgressRules>,
 }
 
 impl reqwest::dns::Resolve for EgressResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_private_networks = self.allow_private_networks;
+        let rules = self.rules.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed = permitted(found, allow_private_networks);
+            let allowed = permitted(found, allow_private_networks, &rules);
             if allowed.is_empty() {
                 return Err(format!("{host} resolves to no address the egress policy permits").into());
             }
@@ -195,8 +246,8 @@ impl std::fmt::Display for EgressRefusal {
 
 /// Whether a target may be sent to at `url`; `allow_private_networks` is true for handlers and
 /// for subscriptions that opted in.
-pub async fn refusal(url: &str, allow_private_networks: bool) -> Option<EgressRefusal> {
-    match classify(url).await {
+pub async fn refusal(url: &str, allow_private_networks: bool, rules: &EgressRules) -> Option<EgressRefusal> {
+    match classify(url, rules).await {
         Egress::Forbidden(why) => Some(EgressRefusal::Forbidden(why)),
         Egress::Private(why) if !allow_private_networks => Some(EgressRefusal::PrivateNotAllowed(why)),
         _ => None,
@@ -207,6 +258,54 @@ pub async fn refusal(url: &str, allow_private_networks: bool) -> Option<EgressRe
 mod tests {
     use super::*;
 
+    fn none() -> EgressRules {
+        EgressRules::default()
+    }
+
+    fn rules(deny: &[&str], allow: &[&str]) -> EgressRules {
+        let nets = |list: &[&str]| list.iter().map(|n| n.parse().unwrap()).collect();
+        EgressRules {
+            deny: nets(deny),
+            allow: nets(allow),
+        }
+    }
+
+    /// The operator's ranges beat the tenant's opt-in: a denied range is refused even with
+    /// allowPrivateNetworks (and to handlers, which always have it), also as IPv4-mapped and
+    /// NAT64 forms; an allowed private range needs no opt-in; metadata stays forbidden.
+    #[tokio::test]
+    async fn operator_ranges_come_before_the_opt_in() {
+        let operator = rules(
+            &["10.0.0.0/8", "203.0.113.0/24"],
+            &["192.168.5.0/24", "169.254.0.0/16"],
+        );
+        for url in [
+            "http://10.1.2.3/",
+            "http://[::ffff:10.1.2.3]/",
+            "http://[64:ff9b::a01:203]/",
+            "https://203.0.113.10/",
+        ] {
+            let refused = refusal(url, true, &operator).await.expect(url);
+            assert_eq!(refused.reason(), "UrlNotAllowed", "{url}");
+            assert!(refused.why().contains("which the operator denies"), "{refused}");
+        }
+        assert_eq!(refusal("http://192.168.5.9/", false, &operator).await, None);
+        assert!(refusal("http://192.168.6.9/", false, &operator).await.is_some());
+        assert!(
+            refusal("http://169.254.169.254/", true, &operator)
+                .await
+                .is_some()
+        );
+        // A name is looked up when ranges are denied, and checked again when connecting.
+        let loopback = rules(&["127.0.0.0/8", "::1/128"], &[]);
+        assert!(refusal("http://localhost:8080/", true, &loopback).await.is_some());
+        assert!(permitted(["127.0.0.1:80".parse().unwrap()], true, &loopback).is_empty());
+        assert_eq!(
+            permitted(["192.168.5.1:80".parse().unwrap()], false, &operator).len(),
+            1
+        );
+    }
+
     #[tokio::test]
     async fn classifies_addresses_and_names() {
         for url in [
@@ -214,7 +313,10 @@ mod tests {
             "http://metadata.google.internal/",
             "http://[fe80::1]/",
         ] {
-            assert!(matches!(classify(url).await, Egress::Forbidden(_)), "{url}");
+            assert!(
+                matches!(classify(url, &none()).await, Egress::Forbidden(_)),
+                "{url}"
+            );
         }
         for url in [
             "http://10.1.2.3/",
@@ -226,9 +328,15 @@ mod tests {
             "http://[::1]/",
             "http://[fd12::1]/",
         ] {
-            assert!(matches!(classify(url).await, Egress::Private(_)), "{url}");
+            assert!(
+                matches!(classify(url, &none()).await, Egress::Private(_)),
+                "{url}"
+            );
         }
-        assert_eq!(classify("https://203.0.113.10/hooks").await, Egress::Public);
+        assert_eq!(
+            classify("https://203.0.113.10/hooks", &none()).await,
+            Egress::Public
+        );
     }
 
     #[test]
@@ -243,12 +351,12 @@ mod tests {
         .map(|a| a.parse().unwrap())
         .collect();
         assert_eq!(
-            permitted(resolved.clone(), false),
+            permitted(resolved.clone(), false, &none()),
             ["203.0.113.10:443".parse::<SocketAddr>().unwrap()],
             "a public address first and a metadata one second: only the public one is used"
         );
         assert_eq!(
-            permitted(resolved, true).len(),
+            permitted(resolved, true, &none()).len(),
             3,
             "private allowed, metadata never"
         );
@@ -259,12 +367,12 @@ mod tests {
             "[fd00:ec2::254]:80",
         ] {
             assert!(
-                permitted([forbidden.parse().unwrap()], true).is_empty(),
+                permitted([forbidden.parse().unwrap()], true, &none()).is_empty(),
                 "{forbidden}"
             );
         }
         assert_eq!(
-            permitted(["[64:ff9b::cb00:710a]:80".parse().unwrap()], false).len(),
+            permitted(["[64:ff9b::cb00:710a]:80".parse().unwrap()], false, &none()).len(),
             1,
             "NAT64 of a public address"
         );
@@ -282,6 +390,7 @@ mod tests {
             reqwest::Client::builder()
                 .dns_resolver(std::sync::Arc::new(EgressResolver {
                     allow_private_networks,
+                    rules: Arc::default(),
                 }))
                 .build()
                 .unwrap()
@@ -298,11 +407,15 @@ mod tests {
 
     #[tokio::test]
     async fn private_addresses_need_the_opt_in() {
-        let refused = refusal("http://127.0.0.1:9000/", false).await.expect("refused");
+        let refused = refusal("http://127.0.0.1:9000/", false, &none())
+            .await
+            .expect("refused");
         assert_eq!(refused.reason(), "PrivateNetworkNotAllowed");
         assert!(refused.to_string().ends_with("(allowPrivateNetworks is false)"));
-        assert_eq!(refusal("http://127.0.0.1:9000/", true).await, None);
-        let forbidden = refusal("http://169.254.169.254/", true).await.expect("refused");
+        assert_eq!(refusal("http://127.0.0.1:9000/", true, &none()).await, None);
+        let forbidden = refusal("http://169.254.169.254/", true, &none())
+            .await
+            .expect("refused");
         assert_eq!(forbidden.reason(), "UrlNotAllowed");
     }
 }

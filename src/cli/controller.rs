@@ -74,6 +74,8 @@ pub struct ControllerArgs {
         default_value = r#"{"requests":{"cpu":"100m","memory":"64Mi"},"limits":{"memory":"512Mi"}}"#
     )]
     gateway_resources: String,
+    #[command(flatten)]
+    egress: super::node::EgressArgs,
 }
 
 fn secret_key(text: &str) -> anyhow::Result<(String, String)> {
@@ -84,6 +86,7 @@ fn secret_key(text: &str) -> anyhow::Result<(String, String)> {
 }
 
 pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let egress = args.egress.rules();
     let gateway = if args.no_managed_gateway {
         None
     } else {
@@ -117,6 +120,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
                 .transpose()?,
             resources: serde_json::from_str(&args.gateway_resources)
                 .map_err(|e| anyhow::anyhow!("--gateway-resources is not JSON: {e}"))?,
+            egress: egress.clone(),
         })
     };
     let identity = args.identity.unwrap_or_else(|| {
@@ -134,6 +138,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         status_interval: args.status_interval.get(),
         stats_window: std::time::Duration::from_secs(3600),
         gateway,
+        egress,
     };
     run_async(hookline::controller::run(options))
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use hookline::api::Duration;
+use hookline::catalog::egress::EgressRules;
 use hookline::dispatch::DispatchOptions;
 use hookline::gateway::GatewayOptions;
 use hookline::node::{NodeOptions, Stopping};
@@ -140,6 +141,8 @@ struct DispatchArgs {
     /// Time beyond a target's timeout before a claimed delivery of a dead worker is taken over.
     #[arg(long, default_value = "30s")]
     lease_margin: Duration,
+    #[command(flatten)]
+    egress: EgressArgs,
 }
 
 impl DispatchArgs {
@@ -147,7 +150,40 @@ impl DispatchArgs {
         DispatchOptions {
             max_retry_after: self.max_retry_after.get(),
             lease_margin: self.lease_margin.get(),
+            egress: std::sync::Arc::new(self.egress.rules()),
             ..DispatchOptions::default()
+        }
+    }
+}
+
+/// The operator's egress ranges; the controller passes its own to the managed gateway.
+#[derive(Args)]
+pub struct EgressArgs {
+    /// CIDRs no delivery may connect to, whatever a subscription's allowPrivateNetworks says
+    /// (handlers included), e.g. the cluster's node and pod ranges.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        env = "HOOKLINE_EGRESS_DENY"
+    )]
+    egress_deny: Vec<IpNet>,
+    /// Private CIDRs every target may reach without allowPrivateNetworks, such as an egress
+    /// proxy (link-local and metadata addresses stay forbidden).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        env = "HOOKLINE_EGRESS_ALLOW"
+    )]
+    egress_allow: Vec<IpNet>,
+}
+
+impl EgressArgs {
+    pub fn rules(self) -> EgressRules {
+        EgressRules {
+            deny: self.egress_deny,
+            allow: self.egress_allow,
         }
     }
 }

@@ -15,6 +15,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use super::secrets::FIELD_MANAGER;
+use crate::catalog::egress::EgressRules;
 
 pub const NAME: &str = "hookline-gateway";
 
@@ -41,6 +42,8 @@ pub struct GatewaySettings {
     pub admin_tokens_secret: Option<(String, String)>,
     /// Container resources as JSON (`{"requests": {...}, "limits": {...}}`).
     pub resources: Value,
+    /// The operator's egress ranges, passed to the gateway as flags.
+    pub egress: EgressRules,
 }
 
 fn labels() -> BTreeMap<&'static str, &'static str> {
@@ -104,6 +107,16 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
         mounts
             .push(json!({"name": volume, "mountPath": format!("/etc/hookline/{volume}"), "readOnly": true}));
         file_args.push(format!("{flag}=/etc/hookline/{volume}/tokens"));
+    }
+    // The gateway enforces the same egress ranges the controller reports in status.
+    for (flag, ranges) in [
+        ("--egress-deny", &settings.egress.deny),
+        ("--egress-allow", &settings.egress.allow),
+    ] {
+        if !ranges.is_empty() {
+            let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            file_args.push(format!("{flag}={}", list.join(",")));
+        }
     }
     args.extend(file_args.iter().map(String::as_str));
     args.extend(settings.extra_args.iter().map(String::as_str));
@@ -239,6 +252,10 @@ mod tests {
             publish_tokens_secret: Some(("team-tokens".into(), "publish".into())),
             admin_tokens_secret: None,
             resources: json!({}),
+            egress: EgressRules {
+                deny: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
+                allow: vec![],
+            },
         }
     }
 
@@ -273,6 +290,8 @@ mod tests {
         assert_eq!(pod["volumes"][0]["secret"]["items"][0]["key"], "publish");
         assert_eq!(container["volumeMounts"][0]["readOnly"], true);
         assert!(args.windows(2).any(|w| w == ["--admin-listen", "0.0.0.0:9090"]));
+        assert!(args.contains(&"--egress-deny=10.0.0.0/8,fd00::/8"), "{args:?}");
+        assert!(!args.iter().any(|a| a.starts_with("--egress-allow")), "{args:?}");
         let ports = service("hookline-system", &settings())["spec"]["ports"].clone();
         assert_eq!(ports[1]["name"], "admin", "{ports}");
     }

@@ -29,6 +29,8 @@ use crate::api::{WebhookSource, WebhookSubscription};
 use crate::telemetry::metrics::{ControllerMetrics, KindLabels};
 pub use managed_gateway::GatewaySettings;
 
+use crate::catalog::egress::EgressRules;
+
 const FINALIZER: &str = "hookline.dev/cleanup";
 
 #[derive(Clone, Debug)]
@@ -48,6 +50,8 @@ pub struct ControllerOptions {
     pub stats_window: Duration,
     /// None: do not manage a gateway Deployment (it runs elsewhere).
     pub gateway: Option<GatewaySettings>,
+    /// The operator's egress ranges, for status (the gateway enforces its own copy).
+    pub egress: EgressRules,
 }
 
 #[derive(Debug, thiserror::Error)]

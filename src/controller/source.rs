@@ -141,7 +141,7 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
             }
         };
         // Handlers may deliver to private and cluster addresses.
-        if let Some(refusal) = egress::refusal(&target.url, true).await {
+        if let Some(refusal) = egress::refusal(&target.url, true, &ctx.options.egress).await {
             url_problem.get_or_insert(format!("handler {}: {}", handler.name, refusal.why()));
         }
         let key = TargetKey::handler(&namespace, &name, &handler.name);

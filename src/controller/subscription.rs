@@ -79,7 +79,8 @@ async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<Subscription
         secret_name: reference.name,
         generated,
         secret_problem,
-        url_problem: egress::refusal(&spec.target.url, spec.allow_private_networks).await,
+        url_problem: egress::refusal(&spec.target.url, spec.allow_private_networks, &ctx.options.egress)
+            .await,
         stats: stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
             .await
             .ok(),

@@ -79,7 +79,7 @@ impl Dispatcher {
         let keys = self.signing_keys(key, target).await.map_err(|problem| {
             Release::new(Duration::from_secs(5), format!("no signing secret: {problem}"))
         })?;
-        if let Some(refusal) = runtime.egress_refusal(target).await {
+        if let Some(refusal) = runtime.egress_refusal(target, &self.options.egress).await {
             // Never send where the egress policy forbids; the resource's status says why.
             return Err(Release::new(Duration::from_secs(60), refusal.to_string()));
         }

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{CircuitState, TargetKey};
+use crate::catalog::egress::EgressRules;
 use crate::catalog::{CatalogCell, Target};
 use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, Take};
 use crate::store::events::DELIVERIES_CHANNEL;
@@ -46,6 +47,8 @@ pub struct DispatchOptions {
     pub lease_margin: Duration,
     /// Upper bound on a receiver's Retry-After.
     pub max_retry_after: Duration,
+    /// The operator's egress ranges, applied before sending and when connecting.
+    pub egress: Arc<EgressRules>,
 }
 
 impl Default for DispatchOptions {
@@ -55,6 +58,7 @@ impl Default for DispatchOptions {
             max_claimed: 1024,
             lease_margin: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(3600),
+            egress: Arc::default(),
         }
     }
 }
@@ -109,8 +113,8 @@ impl Dispatcher {
             pool,
             catalog,
             metrics,
-            http_private: sender::http_client(true),
-            http_public: sender::http_client(false),
+            http_private: sender::http_client(true, options.egress.clone()),
+            http_public: sender::http_client(false, options.egress.clone()),
             holding: AtomicUsize::new(0),
             options,
             targets: Targets::default(),

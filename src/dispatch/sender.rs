@@ -1,11 +1,13 @@
 //! One HTTP attempt: sign per Standard Webhooks, POST with the target's timeout, and keep what
 //! came back (status, a few headers, the first KiB of the body) or how it failed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use reqwest::header::{HeaderMap, HeaderValue};
 
+use crate::catalog::egress::{EgressResolver, EgressRules};
 use crate::store::deliveries::{Attempt, Claimed};
 use crate::verify::{SigningKey, standard_webhooks};
 
@@ -22,10 +24,11 @@ pub struct Sent {
 
 /// Client shared by every delivery to targets with the same egress permission: no redirects (a
 /// 3xx is the receiver's answer), rustls, and host names resolved through the egress policy.
-pub fn http_client(allow_private_networks: bool) -> reqwest::Client {
+pub fn http_client(allow_private_networks: bool, rules: Arc<EgressRules>) -> reqwest::Client {
     reqwest::Client::builder()
-        .dns_resolver(std::sync::Arc::new(crate::catalog::egress::EgressResolver {
+        .dns_resolver(Arc::new(EgressResolver {
             allow_private_networks,
+            rules,
         }))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(USER_AGENT)

@@ -12,7 +12,7 @@ use super::breaker::{Breaker, TokenBucket};
 use super::depth::ClaimDepth;
 use crate::api::{CircuitBreaker, RateLimit, TargetKey};
 use crate::catalog::Target;
-use crate::catalog::egress::{self, EgressRefusal};
+use crate::catalog::egress::{self, EgressRefusal, EgressRules};
 
 /// How long an egress verdict is reused.
 const EGRESS_RECHECK: Duration = Duration::from_secs(30);
@@ -55,13 +55,13 @@ impl TargetRuntime {
             .saturating_sub(self.claimed.load(Ordering::Relaxed))
     }
 
-    pub(super) async fn egress_refusal(&self, target: &Target) -> Option<EgressRefusal> {
+    pub(super) async fn egress_refusal(&self, target: &Target, rules: &EgressRules) -> Option<EgressRefusal> {
         if let Some((checked, verdict)) = &*self.egress.lock().unwrap_or_else(|e| e.into_inner())
             && checked.elapsed() < EGRESS_RECHECK
         {
             return verdict.clone();
         }
-        let verdict = egress::refusal(&target.spec.url, target.allow_private_networks).await;
+        let verdict = egress::refusal(&target.spec.url, target.allow_private_networks, rules).await;
         *self.egress.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), verdict.clone()));
         verdict
     }
