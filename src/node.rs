@@ -89,6 +89,7 @@ impl Node {
         options: NodeOptions,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
+        options.http.check()?;
         crate::store::migrate(&pool)
             .await
             .context("preparing the database")?;

@@ -302,8 +302,8 @@ async fn scoped_admin_tokens_stay_in_their_namespaces() {
     };
     let options = hookline::gateway::GatewayOptions {
         scoped_admin_tokens: vec![
-            scoped("shop-team-token-0001", "shop"),
-            scoped("other-team-token-0001", "other"),
+            scoped("shop-team-admin-token-0123456789abcdef", "shop"),
+            scoped("other-team-admin-token-0123456789abcdef", "other"),
         ],
         ..support::harness::test_options()
     };
@@ -325,49 +325,61 @@ async fn scoped_admin_tokens_stay_in_their_namespaces() {
     };
     let items = |v: &Value| v["items"].as_array().unwrap().len();
 
-    let shop: Value = get("shop-team-token-0001", "/admin/v1/events")
+    let shop: Value = get("shop-team-admin-token-0123456789abcdef", "/admin/v1/events")
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(items(&shop), 1);
     let id = shop["items"][0]["id"].as_str().unwrap().to_owned();
-    let other: Value = get("other-team-token-0001", "/admin/v1/events")
+    let other: Value = get("other-team-admin-token-0123456789abcdef", "/admin/v1/events")
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(items(&other), 0, "another namespace's history is invisible");
-    let asked: Value = get("other-team-token-0001", "/admin/v1/events?namespace=shop")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let asked: Value = get(
+        "other-team-admin-token-0123456789abcdef",
+        "/admin/v1/events?namespace=shop",
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(items(&asked), 0, "asking for it by name does not help");
     assert_eq!(
-        get("other-team-token-0001", &format!("/admin/v1/events/{id}"))
-            .await
-            .status(),
+        get(
+            "other-team-admin-token-0123456789abcdef",
+            &format!("/admin/v1/events/{id}")
+        )
+        .await
+        .status(),
         404
     );
     assert_eq!(
-        get("shop-team-token-0001", &format!("/admin/v1/events/{id}"))
-            .await
-            .status(),
+        get(
+            "shop-team-admin-token-0123456789abcdef",
+            &format!("/admin/v1/events/{id}")
+        )
+        .await
+        .status(),
         200
     );
-    let targets: Value = get("other-team-token-0001", "/admin/v1/targets")
+    let targets: Value = get("other-team-admin-token-0123456789abcdef", "/admin/v1/targets")
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(items(&targets), 0);
 
-    let detail: Value = get("shop-team-token-0001", &format!("/admin/v1/events/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = get(
+        "shop-team-admin-token-0123456789abcdef",
+        &format!("/admin/v1/events/{id}"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let delivery = detail["deliveries"][0]["id"].as_str().unwrap().to_owned();
     let redeliver = |token: &'static str| {
         h.client
@@ -375,17 +387,29 @@ async fn scoped_admin_tokens_stay_in_their_namespaces() {
             .bearer_auth(token)
             .send()
     };
-    assert_eq!(redeliver("other-team-token-0001").await.unwrap().status(), 404);
+    assert_eq!(
+        redeliver("other-team-admin-token-0123456789abcdef")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     let act = h
         .client
         .post(format!("{}/admin/v1/targets/pause", h.base))
-        .bearer_auth("other-team-token-0001")
+        .bearer_auth("other-team-admin-token-0123456789abcdef")
         .json(&json!({"namespace": "shop", "kind": "subscription", "target": "crm"}))
         .send()
         .await
         .unwrap();
     assert_eq!(act.status(), 404);
-    assert_eq!(redeliver("shop-team-token-0001").await.unwrap().status(), 202);
+    assert_eq!(
+        redeliver("shop-team-admin-token-0123456789abcdef")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
 }
 
 /// A namespace-scoped publish token publishes into its namespaces only (403 elsewhere); the
@@ -600,4 +624,111 @@ async fn console_sessions_end_and_pages_cannot_be_framed() {
     let after = page(session).await.unwrap();
     assert_eq!(after.status(), 303, "the session is gone on the server too");
     assert_eq!(after.headers()["location"], "/ui/login");
+}
+
+/// Sessions live in Postgres, so a browser signed in through one replica is signed in on the
+/// other, and signing out on one ends it on both. The cookie is `Secure` only when a trusted
+/// proxy says the browser came over HTTPS, and a client that keeps guessing tokens must wait.
+#[tokio::test]
+async fn console_sessions_are_shared_by_replicas_and_guessing_is_slowed() {
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 8).unwrap();
+    let yaml = format!("{SECRET}{}", subscription("crm", "crm", "")).replace("{SINK}", "http://127.0.0.1:9");
+    let behind_tls_proxy = hookline::gateway::GatewayOptions {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        ..support::harness::test_options()
+    };
+    let a = support::harness::start_gateway_with(&pool, &yaml, behind_tls_proxy).await;
+    let b = support::harness::start_gateway(&pool, &yaml).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = async |base: &str, token: &str, forwarded_for: Option<&str>| {
+        let mut request = client
+            .post(format!("{base}/ui/login"))
+            .header("x-forwarded-proto", "https")
+            .form(&[("token", token)]);
+        if let Some(address) = forwarded_for {
+            request = request.header("x-forwarded-for", address);
+        }
+        request.send().await.unwrap()
+    };
+    let cookie = |response: &reqwest::Response| response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let on_a = sign_in(&a, ADMIN_TOKEN, None).await;
+    assert_eq!(on_a.status(), 303);
+    assert!(cookie(&on_a).ends_with("; Secure"), "{}", cookie(&on_a));
+    let on_b = sign_in(&b, ADMIN_TOKEN, None).await;
+    assert!(
+        !cookie(&on_b).contains("Secure"),
+        "B trusts no proxy, so the header is not believed: {}",
+        cookie(&on_b)
+    );
+    let session = cookie(&on_a).split(';').next().unwrap().to_owned();
+    let page = async |base: &str| {
+        client
+            .get(format!("{base}/ui/events"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(page(&a).await, 200);
+    assert_eq!(page(&b).await, 200, "a session opened on A works on B");
+    let out = client
+        .post(format!("{b}/ui/logout"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(page(&a).await, 303, "signing out on B ends the session on A");
+
+    for _ in 0..10 {
+        assert_eq!(sign_in(&a, "not-the-token", None).await.status(), 401);
+    }
+    let limited = sign_in(&a, ADMIN_TOKEN, None).await;
+    assert_eq!(
+        limited.status(),
+        429,
+        "even the right token waits once a client keeps failing"
+    );
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&wait), "{wait}");
+    assert_eq!(
+        sign_in(&a, ADMIN_TOKEN, Some("203.0.113.9")).await.status(),
+        303,
+        "another client (named by the trusted proxy) is not limited"
+    );
+}
+
+/// An admin token short enough to guess through the sign-in form is refused at start, naming
+/// the token (not its value) and how to make a good one.
+#[tokio::test]
+async fn a_short_admin_token_is_refused_at_start() {
+    let database = support::fresh_database().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args([
+            "standalone",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples"),
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{}", support::free_port()))
+        .env("DATABASE_URL", &database)
+        .env("HOOKLINE_ADMIN_TOKEN", "hunter2")
+        .output()
+        .expect("run hookline standalone");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the admin token is 7 characters long; admin tokens need at least 32")
+            && stderr.contains("openssl rand -hex 32")
+            && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
 }

@@ -24,24 +24,6 @@ use crate::telemetry::metrics::{IngestLabels, SourceLabels};
 
 pub const DUPLICATE_HEADER: &str = "hookline-duplicate";
 
-/// The client's address: the socket peer, or — when the peer is a trusted proxy — the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
-fn client_address(gateway: &Gateway, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    let trusted = |ip: &IpAddr| gateway.trusted_proxies.iter().any(|net| net.contains(ip));
-    if !trusted(&peer) {
-        return peer;
-    }
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .rev()
-        .find(|ip| !trusted(ip))
-        .unwrap_or(peer)
-}
-
 fn headers_json(headers: &HeaderMap) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for name in headers.keys() {
@@ -126,7 +108,7 @@ async fn handle(
     request: Request<Body>,
 ) -> Result<(&'static str, Response), Refusal> {
     let (parts, body) = request.into_parts();
-    let client = client_address(gateway, peer, &parts.headers);
+    let client = gateway.client_address(peer, &parts.headers);
     let reject = |reason: &'static str, status: StatusCode, message: String| {
         tracing::warn!(namespace = %source.namespace, source = %source.name, reason, remote = %client, "{message}");
         Refusal::new(status, reason, message)

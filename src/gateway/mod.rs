@@ -5,18 +5,19 @@ mod admin;
 mod ingest;
 mod publish;
 pub mod refusal;
+mod session;
 mod ui;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use ipnet::IpNet;
@@ -54,9 +55,8 @@ pub struct Gateway {
     draining: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     rejections: Mutex<HashMap<(String, String, String), i64>>,
-    /// Console sessions: session id → (CSRF token, what it may see). In memory: a restart
-    /// signs everyone out.
-    ui_sessions: Mutex<HashMap<String, ui::Session>>,
+    /// Failed console sign-ins per client, to slow down token guessing.
+    sign_in_failures: session::SignInLimiter,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -79,6 +79,49 @@ pub struct GatewayOptions {
 pub struct ScopedToken {
     pub token: String,
     pub namespaces: Vec<String>,
+}
+
+/// Admin tokens open the console's sign-in form, where they can be guessed online: they must be
+/// at least this long (`openssl rand -hex 32` gives 64 characters).
+pub const MIN_ADMIN_TOKEN_LENGTH: usize = 32;
+
+/// An admin token too short to be configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{which} is {length} characters long; admin tokens need at least {MIN_ADMIN_TOKEN_LENGTH} \
+     (generate one with `openssl rand -hex 32`)"
+)]
+pub struct WeakAdminToken {
+    which: String,
+    length: usize,
+}
+
+impl GatewayOptions {
+    /// Refuses admin tokens shorter than [`MIN_ADMIN_TOKEN_LENGTH`], naming which one (never its
+    /// value).
+    pub fn check(&self) -> Result<(), WeakAdminToken> {
+        let weak = |which: String, token: &str| {
+            (token.len() < MIN_ADMIN_TOKEN_LENGTH).then_some(WeakAdminToken {
+                which,
+                length: token.len(),
+            })
+        };
+        let global = self
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| weak("the admin token".into(), t));
+        let scoped = self.scoped_admin_tokens.iter().find_map(|s| {
+            weak(
+                format!("the scoped admin token for {}", s.namespaces.join(",")),
+                &s.token,
+            )
+        });
+        match global.or(scoped) {
+            Some(weak) => Err(weak),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A line of a scoped token file that cannot be used.
@@ -176,7 +219,7 @@ impl Gateway {
             body_budget_bytes: u32::try_from(options.body_budget_bytes).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
-            ui_sessions: Mutex::new(HashMap::new()),
+            sign_in_failures: session::SignInLimiter::default(),
         })
     }
 
@@ -367,14 +410,39 @@ fn same_token(presented: &str, expected: &str) -> bool {
 struct Tokens {
     all: Option<String>,
     scoped: Vec<ScopedToken>,
+    /// SHA-256 of each token with what it grants, for console sessions, which keep the digest
+    /// of the token they were opened with rather than the token.
+    digests: Vec<([u8; 32], Access)>,
+}
+
+/// SHA-256, of tokens and session ids.
+fn digest(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
 }
 
 impl Tokens {
     fn new(all: Option<String>, scoped: Vec<ScopedToken>) -> Self {
-        Self {
-            all: all.filter(|t| !t.is_empty()),
-            scoped,
-        }
+        let all = all.filter(|t| !t.is_empty());
+        let digests = all
+            .iter()
+            .map(|token| (digest(token), Access::All))
+            .chain(
+                scoped
+                    .iter()
+                    .map(|s| (digest(&s.token), Access::Namespaces(s.namespaces.clone()))),
+            )
+            .collect();
+        Self { all, scoped, digests }
+    }
+
+    /// What the token with this SHA-256 grants, if it is still one of these.
+    fn access_by_digest(&self, wanted: &[u8]) -> Option<Access> {
+        use subtle::ConstantTimeEq;
+        self.digests
+            .iter()
+            .find(|(digest, _)| bool::from(digest.as_slice().ct_eq(wanted)))
+            .map(|(_, access)| access.clone())
     }
 
     /// What a presented token grants, if it is one of these (compared in constant time).
@@ -403,6 +471,38 @@ impl Tokens {
 impl Gateway {
     fn admin_access(&self, presented: &str) -> Option<Access> {
         self.admin_tokens.access(presented)
+    }
+
+    /// The client's address: the socket peer, or — when the peer is a trusted proxy — the
+    /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+    fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(&peer) {
+            return peer;
+        }
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+            .rev()
+            .find(|ip| !self.trusts(ip))
+            .unwrap_or(peer)
+    }
+
+    /// Whether the browser reached us over HTTPS: the gateway speaks plain HTTP, so only a
+    /// trusted proxy that terminated TLS can say so (`X-Forwarded-Proto: https`).
+    fn reached_over_https(&self, peer: IpAddr, headers: &HeaderMap) -> bool {
+        self.trusts(&peer)
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+    }
+
+    fn trusts(&self, peer: &IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(peer))
     }
 
     fn admin_configured(&self) -> bool {

@@ -1,12 +1,13 @@
 //! The delivery console at `/ui`: server-rendered HTML (no JavaScript needed to read, no CDN;
 //! everything ships in the binary). Sign in with the admin token through a form that sets an
-//! HttpOnly, SameSite=Strict session cookie (or send it as a bearer header); every
-//! state-changing form carries a CSRF token tied to the session.
+//! HttpOnly, SameSite=Strict session cookie (see `session.rs`), or send it as a bearer header;
+//! every state-changing form carries a CSRF token tied to the session.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -18,23 +19,11 @@ use uuid::Uuid;
 use super::admin::{
     Act, TargetAction, act_on_target, payload, redact_headers, signed_headers_of, target_health,
 };
-use super::{Access, Gateway};
+use super::{Access, Gateway, session};
 use crate::store::history::{self, EventFilter};
-
-const COOKIE: &str = "hookline_session";
-
-/// How long a console session lasts, in the cookie (Max-Age) and on the server alike.
-const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
 
 /// Every console page: no scripts, styles only from the page itself, never framed (clickjacking).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-/// A signed-in console viewer, in memory (a restart signs everyone out).
-pub(super) struct Session {
-    csrf: String,
-    access: Access,
-    expires: std::time::Instant,
-}
 
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24}header{background:#1b1f24;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}header a{color:#fff}main{padding:1rem;max-width:1200px}table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}pre{background:#f6f8fa;padding:.75rem;overflow:auto}.succeeded{color:#1a7f37}.dead,.failed{color:#cf222e}.pending,.in_flight{color:#9a6700}form.inline{display:inline}label{margin-right:.5rem}";
 
@@ -62,38 +51,23 @@ impl Viewer {
     }
 }
 
-fn session_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
-}
-
-/// Pages need a signed-in viewer; anyone else is sent to the sign-in form.
+/// Pages need a signed-in viewer (a session, or the admin token as a bearer header); anyone
+/// else is sent to the sign-in form.
 impl FromRequestParts<Arc<Gateway>> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, gateway: &Arc<Gateway>) -> Result<Self, Response> {
-        viewer(gateway, &parts.headers).ok_or_else(sign_in_redirect)
+        if let Some(access) = gateway.admin_access(super::bearer(&parts.headers)) {
+            return Ok(Viewer { csrf: None, access });
+        }
+        match session::find(gateway, &parts.headers).await {
+            Some(signed_in) => Ok(Viewer {
+                csrf: Some(signed_in.csrf),
+                access: signed_in.access,
+            }),
+            None => Err(sign_in_redirect()),
+        }
     }
-}
-
-fn viewer(gateway: &Gateway, headers: &HeaderMap) -> Option<Viewer> {
-    if let Some(access) = gateway.admin_access(super::bearer(headers)) {
-        return Some(Viewer { csrf: None, access });
-    }
-    let id = session_id(headers)?;
-    let mut sessions = gateway.ui_sessions.lock().unwrap_or_else(|e| e.into_inner());
-    let now = std::time::Instant::now();
-    sessions.retain(|_, session| session.expires > now);
-    sessions.get(&id).map(|session| Viewer {
-        csrf: Some(session.csrf.clone()),
-        access: session.access.clone(),
-    })
 }
 
 /// The console's security headers, on every `/ui` response.
@@ -119,18 +93,19 @@ pub(super) async fn security_headers(
     response
 }
 
-/// `POST /ui/logout`: ends the session, here and in the browser.
-pub(super) async fn logout(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Some(id) = session_id(&headers) {
-        gateway
-            .ui_sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-    }
-    let mut response = Redirect::to("/ui/login").into_response();
-    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0");
-    if let Ok(value) = HeaderValue::from_str(&expired) {
+/// `POST /ui/logout`: ends the session, on every replica and in the browser.
+pub(super) async fn logout(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let secure = gateway.reached_over_https(peer.ip(), &headers);
+    let forget = session::close(&gateway, &headers, secure).await;
+    with_cookie(Redirect::to("/ui/login").into_response(), &forget)
+}
+
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
@@ -180,35 +155,48 @@ pub(super) struct LoginForm {
     token: String,
 }
 
-pub(super) async fn login(State(gateway): State<Arc<Gateway>>, Form(form): Form<LoginForm>) -> Response {
-    let Some(access) = gateway.admin_access(form.token.trim()) else {
+/// `POST /ui/login`: opens a session for an admin token. A client that keeps presenting wrong
+/// tokens is answered 429 until its window ends.
+pub(super) async fn login(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let client = gateway.client_address(peer.ip(), &headers);
+    if let Some(wait) = gateway.sign_in_failures.wait(client) {
+        let body = page(
+            "Sign in",
+            html! { p role="alert" { "Too many failed sign-ins from this address; try again in " (wait.as_secs() / 60 + 1) " min." } },
+        );
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, body).into_response();
+        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let token = form.token.trim();
+    if gateway.admin_access(token).is_none() {
+        gateway.sign_in_failures.failed(client);
+        tracing::info!(%client, "console sign-in refused: not an admin token");
         let body = page(
             "Sign in",
             html! { p role="alert" { "That token is not an admin token." } a href="/ui/login" { "Try again" } },
         );
         return (StatusCode::UNAUTHORIZED, body).into_response();
-    };
-    let id = hex::encode(rand::random::<[u8; 32]>());
-    let csrf = hex::encode(rand::random::<[u8; 16]>());
-    let session = Session {
-        csrf,
-        access,
-        expires: std::time::Instant::now() + SESSION_LIFETIME,
-    };
-    gateway
-        .ui_sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), session);
-    let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}",
-        SESSION_LIFETIME.as_secs()
-    );
-    let mut response = Redirect::to("/ui/events").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    response
+    let secure = gateway.reached_over_https(peer.ip(), &headers);
+    match session::open(&gateway, token, secure).await {
+        Ok(cookie) => with_cookie(Redirect::to("/ui/events").into_response(), &cookie),
+        Err(err) => {
+            tracing::error!("cannot open a console session: {err}");
+            let body = page(
+                "Sign in",
+                html! { p role="alert" { "The database is unavailable; try again shortly." } },
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
+    }
 }
 
 fn status_counts(summary: &history::EventSummary) -> Markup {

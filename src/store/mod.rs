@@ -7,6 +7,7 @@ pub mod events;
 pub mod group_commit;
 pub mod history;
 pub mod retention;
+pub mod sessions;
 pub mod stats;
 
 use sqlx::PgPool;

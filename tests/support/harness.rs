@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use super::sink::Sink;
 
-pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 pub const TOKEN: &str = "publish-token-for-tests";
 pub const SUB_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
