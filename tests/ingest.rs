@@ -146,6 +146,7 @@ fn now() -> i64 {
 }
 
 /// A request as a provider would send it.
+#[derive(Clone)]
 struct Signed {
     source: &'static str,
     headers: Vec<(String, String)>,
@@ -191,8 +192,9 @@ fn svix_request(
     }
 }
 
+/// A push whose body differs per delivery, as GitHub's do (the commit, the pusher, the time).
 fn github_request(source: &'static str, delivery: &str, event: &str) -> Signed {
-    let body = br#"{"ref":"refs/heads/main","after":"abc"}"#.to_vec();
+    let body = format!(r#"{{"ref":"refs/heads/main","after":"{delivery}"}}"#).into_bytes();
     let signature = verify::sign_github(&text_key("It's a Secret to Everybody"), &body);
     Signed {
         source,
@@ -786,4 +788,56 @@ async fn a_missing_rotation_secret_leaves_the_source_receiving() {
         metrics.contains(r#"hookline_source_secrets_unresolved{namespace="shop",source="rotating"} 1"#),
         "{metrics}"
     );
+}
+
+/// GitHub signs neither X-GitHub-Delivery nor X-GitHub-Event, and a generic-HMAC id header is not
+/// signed either: a captured request sent again with a new delivery id, or retyped to reach
+/// other handlers, is a duplicate of the stored event (deduplicated on the signed content too),
+/// while a different body is a new event.
+#[tokio::test]
+async fn replays_with_new_unsigned_headers_are_duplicates() {
+    let gateway = start_gateway(&support::fresh_database().await).await;
+    let with_header = |mut request: Signed, name: &str, value: &str| {
+        for (header, old) in &mut request.headers {
+            if header.eq_ignore_ascii_case(name) {
+                *old = value.to_owned();
+            }
+        }
+        request
+    };
+    let is_duplicate = |response: &reqwest::Response| response.headers().contains_key("hookline-duplicate");
+
+    let original = github_request("github", "delivery-1", "push");
+    let first = gateway.send(&original).await;
+    assert_eq!(first.status(), 200);
+    assert!(!is_duplicate(&first));
+    for replay in [
+        with_header(original.clone(), "X-GitHub-Delivery", "delivery-forged"),
+        with_header(original.clone(), "X-GitHub-Event", "pull_request"),
+    ] {
+        let response = gateway.send(&replay).await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            is_duplicate(&response),
+            "a replay with a new unsigned header is a duplicate"
+        );
+    }
+    let other = gateway
+        .send(&github_request("github", "delivery-2", "push"))
+        .await;
+    assert!(!is_duplicate(&other), "another body is another event");
+    assert_eq!(gateway.events("github").await, 2);
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let order = generic_request("order-1", "order.created", now);
+    assert!(!is_duplicate(&gateway.send(&order).await));
+    let replayed = gateway
+        .send(&with_header(order.clone(), "X-Event-Id", "order-forged"))
+        .await;
+    assert_eq!(replayed.status(), 200);
+    assert!(is_duplicate(&replayed));
+    // The same body signed at another time is another signed content: a new event.
+    let later = generic_request("order-2", "order.created", now + 1);
+    assert!(!is_duplicate(&gateway.send(&later).await));
+    assert_eq!(gateway.events("generic").await, 2);
 }

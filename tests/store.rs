@@ -184,6 +184,7 @@ fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::sto
         source: "stripe".into(),
         provider: Some("stripe"),
         external_id: external_id.into(),
+        replay_digest: None,
         event_type: event_type.into(),
         headers: serde_json::json!({"content-type": "application/json"}),
         body: bytes::Bytes::from_static(b"{}"),

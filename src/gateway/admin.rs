@@ -266,6 +266,7 @@ pub(super) async fn act_on_target(
                 source: String::new(),
                 provider: Some("test"),
                 external_id: id.to_string(),
+                replay_digest: None,
                 event_type: "hookline.test".to_owned(),
                 headers: json!({"content-type": "application/json"}),
                 body: body.to_string().into(),

@@ -201,6 +201,7 @@ async fn handle(
         source: source.name.clone(),
         provider: Some(provider_label(source)),
         external_id: event.id.clone(),
+        replay_digest: event.replay_digest,
         event_type: event.event_type.clone(),
         headers: headers_json(&parts.headers),
         body,

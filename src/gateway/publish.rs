@@ -146,6 +146,7 @@ pub(super) async fn publish(
         source: String::new(),
         provider: None,
         external_id: external_id.clone(),
+        replay_digest: None,
         event_type: request.event_type.clone(),
         headers: json!({"content-type": "application/json"}),
         body: envelope.to_string().into(),

@@ -17,6 +17,8 @@ pub struct NewEvent {
     pub source: String,
     pub provider: Option<&'static str>,
     pub external_id: String,
+    /// A second dedupe key where `external_id` is not signed (see `VerifiedEvent`).
+    pub replay_digest: Option<[u8; 32]>,
     pub event_type: String,
     pub headers: serde_json::Value,
     pub body: Bytes,
@@ -35,7 +37,8 @@ pub struct NewDelivery {
 pub enum Stored {
     /// The event is new; this many deliveries were created with it.
     New { deliveries: u64 },
-    /// An event with the same (namespace, source, external id) exists; nothing was written.
+    /// An event with the same (namespace, source, external id), or the same replay digest,
+    /// exists; nothing was written.
     Duplicate,
 }
 
@@ -98,10 +101,12 @@ async fn insert_events<'e>(
     let (inserted, _): (Vec<Uuid>, bool) = sqlx::query_as(
         r#"
         WITH event AS (
-            INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body)
+            INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body,
+                                replay_digest)
             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::jsonb[], $8::bytea[])
-            ON CONFLICT ON CONSTRAINT events_dedupe DO NOTHING
+                                 $7::jsonb[], $8::bytea[], $14::bytea[])
+            -- Either key: the sender's id (events_dedupe) or the replay digest.
+            ON CONFLICT DO NOTHING
             RETURNING id, namespace
         ), delivery AS (
             INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
@@ -137,6 +142,12 @@ async fn insert_events<'e>(
     .bind(kinds)
     .bind(targets)
     .bind(DELIVERIES_CHANNEL)
+    .bind(
+        order
+            .iter()
+            .map(|e| e.replay_digest.as_ref().map(|d| d.as_slice()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_one(executor)
     .await?;
     Ok(events

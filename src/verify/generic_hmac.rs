@@ -86,12 +86,28 @@ pub(super) fn verify(
     if let (Some(ts), Some(ts_header)) = (timestamp, &settings.timestamp_header) {
         check_timestamp(ts, name(ts_header), now, tolerance)?;
     }
-    let id = match &settings.id_header {
-        Some(id_header) => header(headers, id_header)
-            .ok_or_else(|| Rejection::MissingEventId(name(id_header)))?
-            .to_owned(),
-        // Without an id header, identical bodies are the same event.
-        None => hex::encode(sha2::Sha256::digest(body)),
+    // What the signature covers, which a replay cannot change (a sender's retry with a new
+    // timestamp keeps its id, and is deduplicated on that).
+    let signed_digest: [u8; 32] = match timestamp {
+        Some(ts) => sha2::Sha256::new()
+            .chain_update(ts.as_bytes())
+            .chain_update(b".")
+            .chain_update(body)
+            .finalize()
+            .into(),
+        None => sha2::Sha256::digest(body).into(),
+    };
+    let (id, replay_digest) = match &settings.id_header {
+        // The id header is not signed: deduplicate on the signed content too.
+        Some(id_header) => (
+            header(headers, id_header)
+                .ok_or_else(|| Rejection::MissingEventId(name(id_header)))?
+                .to_owned(),
+            Some(signed_digest),
+        ),
+        // Without an id header, identical bodies are the same event (a sender's retry may sign
+        // a new timestamp).
+        None => (hex::encode(sha2::Sha256::digest(body)), None),
     };
     let event_type = match &settings.event_type_header {
         Some(type_header) => header(headers, type_header)
@@ -99,7 +115,11 @@ pub(super) fn verify(
             .to_owned(),
         None => body_event_type(body),
     };
-    Ok(VerifiedEvent { id, event_type })
+    Ok(VerifiedEvent {
+        id,
+        event_type,
+        replay_digest,
+    })
 }
 
 #[cfg(test)]
@@ -139,7 +159,8 @@ mod tests {
                     event,
                     VerifiedEvent {
                         id: "e-1".into(),
-                        event_type: "order.created".into()
+                        event_type: "order.created".into(),
+                        replay_digest: Some(sha2::Sha256::digest(body).into()),
                     }
                 );
             }

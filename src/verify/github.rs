@@ -1,8 +1,10 @@
 //! GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, keyed with the webhook
-//! secret's UTF-8 bytes. No timestamp is signed, so replays are stopped by deduplication on
-//! `X-GitHub-Delivery`. The legacy SHA-1 `X-Hub-Signature` header is not accepted.
+//! secret's UTF-8 bytes. Neither a timestamp nor `X-GitHub-Delivery` nor `X-GitHub-Event` is
+//! signed, so replays are stopped by deduplication on the delivery id and on the body's digest.
+//! The legacy SHA-1 `X-Hub-Signature` header is not accepted.
 
 use http::HeaderMap;
+use sha2::Digest;
 
 use super::{Rejection, SigningKey, VerifiedEvent, any_matches, header, hmac_sha256};
 
@@ -37,6 +39,7 @@ pub(super) fn verify(
     Ok(VerifiedEvent {
         id: id.to_owned(),
         event_type: event_type.to_owned(),
+        replay_digest: Some(sha2::Sha256::digest(body).into()),
     })
 }
 

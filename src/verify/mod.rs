@@ -28,6 +28,10 @@ pub struct VerifiedEvent {
     /// The sender's event id: the deduplication key.
     pub id: String,
     pub event_type: String,
+    /// When the scheme does not sign the event id (GitHub; generic HMAC with an id header),
+    /// the SHA-256 of what it does sign. A captured request sent again with a new id header (or
+    /// a new event type header) has the same digest, so it is deduplicated on this as well.
+    pub replay_digest: Option<[u8; 32]>,
 }
 
 /// Why a request was refused. `reason()` is what the sender sees and what metrics count.

@@ -153,9 +153,11 @@ pub(super) fn verify_with_names(
         return Err(Rejection::SignatureMismatch);
     }
     check_timestamp(timestamp_text, names.timestamp, now, tolerance)?;
+    // The id is part of the signed content.
     Ok(VerifiedEvent {
         id: id.to_owned(),
         event_type: body_event_type(body),
+        replay_digest: None,
     })
 }
 

@@ -60,7 +60,12 @@ pub(super) fn verify(
         .event_type
         .ok_or(Rejection::InvalidPayload("no string field \"type\""))?
         .into_owned();
-    Ok(VerifiedEvent { id, event_type })
+    // The id is in the signed body.
+    Ok(VerifiedEvent {
+        id,
+        event_type,
+        replay_digest: None,
+    })
 }
 
 #[cfg(test)]
@@ -94,7 +99,8 @@ mod tests {
             event,
             VerifiedEvent {
                 id: "evt_123".into(),
-                event_type: "customer.created".into()
+                event_type: "customer.created".into(),
+                replay_digest: None,
             }
         );
     }
