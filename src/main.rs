@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use cli::controller::ControllerArgs;
-use cli::node::NodeArgs;
+use cli::node::{NodeArgs, WatchArgs};
 use cli::run_async;
 use cli::signature::{SignArgs, VerifyArgs};
 
@@ -43,6 +43,8 @@ struct GatewayArgs {
     /// The gateway's namespace (the downward API sets it in the managed Deployment).
     #[arg(long, env = "POD_NAMESPACE", default_value = "hookline-system")]
     namespace: String,
+    #[command(flatten)]
+    watch: WatchArgs,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -112,6 +114,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         listen,
         &args.database_url,
         args.namespace,
+        args.watch.watch_namespaces,
         options,
     ))
 }

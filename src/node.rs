@@ -59,9 +59,13 @@ impl Default for Stopping {
 pub enum Configuration {
     /// Given once (standalone's files, tests).
     Fixed(Catalog),
-    /// Followed in the cluster: sources and subscriptions everywhere, and the Secrets the
-    /// controller mirrors into `namespace`.
-    Cluster { client: kube::Client, namespace: String },
+    /// Followed in the cluster: sources and subscriptions in `watch_namespaces` (every
+    /// namespace when empty), and the Secrets the controller mirrors into `namespace`.
+    Cluster {
+        client: kube::Client,
+        namespace: String,
+        watch_namespaces: Vec<String>,
+    },
 }
 
 /// A running node.
@@ -126,8 +130,12 @@ impl Node {
         });
         match configuration {
             Configuration::Fixed(fixed) => catalog.set(fixed),
-            Configuration::Cluster { client, namespace } => {
-                reflect::follow_cluster(client, catalog.clone(), &namespace)
+            Configuration::Cluster {
+                client,
+                namespace,
+                watch_namespaces,
+            } => {
+                reflect::follow_cluster(client, catalog.clone(), &namespace, &watch_namespaces)
                     .await
                     .context("following the cluster's configuration")?;
             }
@@ -174,6 +182,7 @@ pub async fn run_in_cluster(
     listen: SocketAddr,
     database_url: &str,
     namespace: String,
+    watch_namespaces: Vec<String>,
     options: NodeOptions,
 ) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
@@ -181,7 +190,11 @@ pub async fn run_in_cluster(
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let configuration = Configuration::Cluster { client, namespace };
+    let configuration = Configuration::Cluster {
+        client,
+        namespace,
+        watch_namespaces,
+    };
     Node::start(pool, listener, configuration, options, shutdown_signal())
         .await?
         .wait()

@@ -28,6 +28,23 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// The arguments of the installed controller's container.
+fn controller_args(namespace: &str) -> (bool, String) {
+    run(
+        "kubectl",
+        &[
+            "get",
+            "deployment",
+            "hookline-controller",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ],
+        None,
+    )
+}
+
 fn chart() -> String {
     support::repo_path("charts/hookline").display().to_string()
 }
@@ -261,19 +278,7 @@ async fn helm_install_creates_a_least_privilege_installation() {
         let (ok, output) = run("kubectl", &["get", kind, name, "-n", &ns], None);
         assert!(ok, "{kind}/{name}: {output}");
     }
-    let (ok, output) = run(
-        "kubectl",
-        &[
-            "get",
-            "deployment",
-            "hookline-controller",
-            "-n",
-            &ns,
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].args}",
-        ],
-        None,
-    );
+    let (ok, output) = controller_args(&ns);
     assert!(
         ok && output.contains("--gateway-database-secret=hookline-database/url"),
         "{output}"
@@ -325,6 +330,103 @@ async fn helm_install_creates_a_least_privilege_installation() {
         "the controller deletes only its mirrors"
     );
     assert!(!can_i(&controller, &["get", "pods", "-n", &other]));
+    assert!(
+        can_i(&controller, &["get", "secrets", "-n", &other]),
+        "the controller reads the Secrets resources name"
+    );
+    for verb in ["list", "watch"] {
+        assert!(
+            !can_i(&controller, &[verb, "secrets", "-n", &other]),
+            "the controller cannot {verb} Secrets: it gets them by name"
+        );
+    }
+    assert!(can_i(&controller, &["create", "secrets", "-n", &other]));
+
+    // RBAC lets it create Secrets; the admission policy says which: real attempts, as the
+    // controller's ServiceAccount.
+    let as_controller = |args: &[&str], manifest: Option<&str>| {
+        let mut full = vec!["--as", controller.as_str()];
+        full.extend(args);
+        run("kubectl", &full, manifest)
+    };
+    let secret = |name: &str, type_: &str, labelled: bool| {
+        let labels = if labelled {
+            "labels: { app.kubernetes.io/managed-by: hookline-controller }, "
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name}, namespace: {other}, {labels}\
+             annotations: {{ kubernetes.io/service-account.name: default }} }}\ntype: {type_}\n"
+        )
+    };
+    let create = |manifest: String| as_controller(&["create", "-f", "-"], Some(&manifest));
+    // The policy is enforced a moment after it is created.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let token = loop {
+        let (created, output) = create(secret(
+            "minted-token",
+            "kubernetes.io/service-account-token",
+            true,
+        ));
+        if !created {
+            break output;
+        }
+        run(
+            "kubectl",
+            &["delete", "secret", "minted-token", "-n", &other],
+            None,
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admission policy never refused a service-account token"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(
+        token.contains("creates and updates Opaque Secrets only"),
+        "{token}"
+    );
+    let (created, output) = create(secret("unlabelled", "Opaque", false));
+    assert!(!created && output.contains("must be labelled"), "{output}");
+    let (created, output) = create(secret("signing", "Opaque", true));
+    assert!(
+        created,
+        "a labelled Opaque Secret is what it may create: {output}"
+    );
+    // In its own namespace it may update Secrets (its mirrors), but not one it does not manage.
+    let (ok, output) = run(
+        "kubectl",
+        &[
+            "create",
+            "secret",
+            "generic",
+            "hookline-database",
+            "-n",
+            &ns,
+            "--from-literal=url=postgres://x",
+        ],
+        None,
+    );
+    assert!(ok, "{output}");
+    let (changed, output) = as_controller(
+        // Claiming it by adding the label is the one change that would pass the other rules.
+        &[
+            "label",
+            "secret",
+            "hookline-database",
+            "-n",
+            &ns,
+            "app.kubernetes.io/managed-by=hookline-controller",
+        ],
+        None,
+    );
+    assert!(
+        !changed && output.contains("changes and deletes only Secrets it manages"),
+        "{output}"
+    );
+    let (deleted, output) = as_controller(&["delete", "secret", "hookline-database", "-n", &ns], None);
+    assert!(!deleted, "{output}");
 
     let (ok, output) = run("helm", &["uninstall", &release, "-n", &ns], None);
     assert!(ok, "helm uninstall: {output}");
@@ -333,6 +435,69 @@ async fn helm_install_creates_a_least_privilege_installation() {
         ok,
         "the CRDs (and so every source and subscription) survive an uninstall"
     );
+}
+
+/// With watchNamespaces the controller's and the gateway's cluster-wide rules are bound in those
+/// namespaces only, and the controller is told to watch them.
+#[tokio::test]
+async fn watch_namespaces_bind_the_roles_there_only() {
+    let client = support::kube_client().await;
+    let ns = support::temp_namespace(&client, "hl-scoped").await;
+    let watched = support::temp_namespace(&client, "hl-team").await;
+    let other = support::temp_namespace(&client, "hl-elsewhere").await;
+    let release = format!("hookline-{}", &ns[ns.len() - 6..]);
+    let set = format!("watchNamespaces={{{watched}}}");
+    let (ok, output) = run(
+        "helm",
+        &["install", &release, &chart(), "-n", &ns, "--set", &set],
+        None,
+    );
+    assert!(ok, "helm install:\n{output}");
+    let controller = format!("system:serviceaccount:{ns}:hookline-controller");
+    let gateway = format!("system:serviceaccount:{ns}:hookline-gateway");
+    for (who, args, expected) in [
+        (&controller, vec!["get", "secrets", "-n", &watched], true),
+        (&controller, vec!["create", "secrets", "-n", &watched], true),
+        (&controller, vec!["get", "secrets", "-n", &other], false),
+        (&controller, vec!["create", "secrets", "-n", &other], false),
+        (
+            &controller,
+            vec!["patch", "webhooksources.hookline.dev", "-n", &watched],
+            true,
+        ),
+        (
+            &controller,
+            vec!["list", "webhooksources.hookline.dev", "--all-namespaces"],
+            false,
+        ),
+        (
+            &gateway,
+            vec!["list", "webhooksubscriptions.hookline.dev", "-n", &watched],
+            true,
+        ),
+        (
+            &gateway,
+            vec!["list", "webhooksubscriptions.hookline.dev", "-n", &other],
+            false,
+        ),
+        (
+            &controller,
+            vec!["update", "leases.coordination.k8s.io", "-n", &ns],
+            true,
+        ),
+    ] {
+        assert_eq!(can_i(who, &args), expected, "{who} {args:?}");
+    }
+    let (ok, output) = controller_args(&ns);
+    assert!(
+        ok && output.contains(&format!("--watch-namespaces={watched}")),
+        "{output}"
+    );
+    let (ok, output) = run("helm", &["uninstall", &release, "-n", &ns], None);
+    assert!(ok, "helm uninstall: {output}");
+    for namespace in [&ns, &watched, &other] {
+        support::delete_namespace(&client, namespace).await;
+    }
 }
 
 #[test]

@@ -11,8 +11,8 @@ use hookline::api::{Provider, WebhookSource, WebhookSubscription};
 use hookline::verify::{SigningKey, SourceVerifier, stripe};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::Api;
 use kube::api::DeleteParams;
+use kube::{Api, ResourceExt};
 use support::sink::{Reply, Sink};
 
 struct Process(Child);
@@ -123,7 +123,7 @@ async fn operator_end_to_end() {
 apiVersion: v1
 kind: Secret
 metadata: {{ name: stripe-webhook }}
-stringData: {{ signing-secret: {STRIPE_SECRET} }}
+stringData: {{ signing-secret: {STRIPE_SECRET}, unrelated: not-for-the-gateway }}
 ---
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSource
@@ -225,6 +225,23 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
         },
     )
     .await;
+
+    // Only the referenced key left the app's namespace: one mirror per key.
+    let mirrors = Api::<Secret>::namespaced(client.clone(), &system)
+        .list(&kube::api::ListParams::default().labels("hookline.dev/mirror=true"))
+        .await
+        .unwrap();
+    let copied = mirrors
+        .iter()
+        .find(|m| {
+            m.annotations()
+                .get("hookline.dev/source-name")
+                .map(String::as_str)
+                == Some("stripe-webhook")
+        })
+        .expect("the source's Secret is mirrored");
+    let keys: Vec<&String> = copied.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["signing-secret"], "the unrelated key stays in {app}");
 
     // The handler receives it, signed with the secret the controller generated for it.
     let got = sink.wait_for("billing", 1, Duration::from_secs(30)).await;
@@ -690,4 +707,74 @@ async fn a_stopped_controller_exits_promptly_and_releases_its_lease() {
         let _ = std::fs::remove_file(kubeconfig);
     }
     support::delete_namespace(&client, &system).await;
+}
+
+/// With --watch-namespaces the controller reconciles only those namespaces: a source elsewhere
+/// gets no finalizer and no status, and its Secrets are not read or mirrored.
+#[tokio::test]
+async fn the_controller_reconciles_only_the_watched_namespaces() {
+    let _alone = ONE_CONTROLLER.lock().await;
+    let client = support::kube_client().await;
+    let system = support::temp_namespace(&client, "hl-system").await;
+    let watched = support::temp_namespace(&client, "hl-watched").await;
+    let ignored = support::temp_namespace(&client, "hl-ignored").await;
+    let database_url = support::fresh_database().await;
+    let port = support::free_port().to_string();
+    let _controller = spawn(
+        &[
+            "controller",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--status-interval",
+            "1s",
+            "--no-managed-gateway",
+            "--watch-namespaces",
+            &watched,
+        ],
+        &[
+            ("DATABASE_URL", &database_url),
+            ("POD_NAMESPACE", &system),
+            ("POD_NAME", "controller-0"),
+        ],
+    );
+    let yaml = "apiVersion: v1\nkind: Secret\nmetadata: { name: gh }\nstringData: { token: gh-token-value }\n---\n\
+                apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: { name: github }\n\
+                spec: { provider: github, secretRef: { name: gh, key: token } }\n";
+    for namespace in [&watched, &ignored] {
+        support::apply_yaml(&client, namespace, yaml).await.unwrap();
+    }
+    let sources = |namespace: &str| Api::<WebhookSource>::namespaced(client.clone(), namespace);
+    eventually(
+        "the watched source to be Ready",
+        Duration::from_secs(30),
+        async || {
+            let status = sources(&watched).get("github").await.ok()?.status?;
+            condition(&status.conditions, "Ready").filter(|(s, _)| s == "True")
+        },
+    )
+    .await;
+    // Several reconciles of the watched one later, the other is untouched.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let other = sources(&ignored).get("github").await.unwrap();
+    assert!(other.status.is_none(), "no status outside the watched namespaces");
+    assert!(
+        other.finalizers().is_empty(),
+        "no finalizer outside the watched namespaces"
+    );
+    let mirrors = Api::<Secret>::namespaced(client.clone(), &system)
+        .list(&kube::api::ListParams::default().labels("hookline.dev/mirror=true"))
+        .await
+        .unwrap();
+    let origins: Vec<String> = mirrors
+        .iter()
+        .filter_map(|m| m.annotations().get("hookline.dev/source-namespace").cloned())
+        .collect();
+    assert_eq!(
+        origins,
+        std::slice::from_ref(&watched),
+        "only the watched namespace's key is mirrored"
+    );
+    for namespace in [&system, &watched, &ignored] {
+        support::delete_namespace(&client, namespace).await;
+    }
 }

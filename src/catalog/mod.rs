@@ -52,8 +52,12 @@ pub enum SecretUnavailable {
 }
 
 impl Secrets {
+    /// Adds keys of a Secret (the keys of one Secret may come from several mirrors).
     pub fn insert(&mut self, namespace: &str, name: &str, data: BTreeMap<String, Vec<u8>>) {
-        self.0.insert((namespace.to_owned(), name.to_owned()), data);
+        self.0
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default()
+            .extend(data);
     }
 
     /// The value of a key (trimmed), or why it cannot be used.

@@ -1,6 +1,7 @@
 //! The catalog of `hookline gateway` in Kubernetes: it comes from reflectors on WebhookSources and
-//! WebhookSubscriptions (all namespaces) and on the Secrets the controller mirrors into the
-//! gateway's own namespace. Any change rebuilds the catalog within a moment; no restart.
+//! WebhookSubscriptions (in every namespace, or in the watched ones) and on the Secrets the
+//! controller mirrors into the gateway's own namespace. Any change rebuilds the catalog within a
+//! moment; no restart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,11 +19,13 @@ use crate::api::{WebhookSource, WebhookSubscription};
 
 /// Label on Secrets the controller mirrors into the gateway's namespace.
 pub const MIRROR_LABEL: &str = "hookline.dev/mirror";
-/// Annotations naming the Secret a mirror copies.
+/// Annotations naming the Secret and the key a mirror copies (one key per mirror: only what a
+/// resource references leaves its namespace).
 pub const MIRROR_NAMESPACE_ANNOTATION: &str = "hookline.dev/source-namespace";
 pub const MIRROR_NAME_ANNOTATION: &str = "hookline.dev/source-name";
+pub const MIRROR_KEY_ANNOTATION: &str = "hookline.dev/source-key";
 
-/// Collects the mirrored Secrets under the namespace and name of the Secrets they copy.
+/// Collects the mirrored keys under the namespace and name of the Secrets they copy.
 pub fn mirrored_secrets(mirrors: &[Arc<Secret>]) -> Secrets {
     let mut secrets = Secrets::default();
     for mirror in mirrors {
@@ -73,34 +76,61 @@ where
 
 /// Keeps the catalog in step with the cluster. Returns once the first complete catalog is in
 /// place; the watches keep running in the background.
+/// The APIs of a namespaced kind to watch: every namespace when `namespaces` is empty, else
+/// one per namespace (so a role bound in those namespaces only is enough).
+pub fn watched<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    if namespaces.is_empty() {
+        return vec![Api::all(client.clone())];
+    }
+    namespaces
+        .iter()
+        .map(|namespace| Api::namespaced(client.clone(), namespace))
+        .collect()
+}
+
+/// Follows the cluster: sources and subscriptions in `watch_namespaces` (all when empty), the
+/// mirrors in `namespace`.
 pub async fn follow_cluster(
     client: Client,
     catalog: Arc<CatalogCell>,
     namespace: &str,
+    watch_namespaces: &[String],
 ) -> Result<(), reflector::store::WriterDropped> {
     let changed = Arc::new(Notify::new());
-    let sources = reflect(
-        Api::<WebhookSource>::all(client.clone()),
-        watcher::Config::default(),
-        changed.clone(),
-    );
-    let subscriptions = reflect(
-        Api::<WebhookSubscription>::all(client.clone()),
-        watcher::Config::default(),
-        changed.clone(),
-    );
+    let sources: Vec<Store<WebhookSource>> = watched(&client, watch_namespaces)
+        .into_iter()
+        .map(|api| reflect(api, watcher::Config::default(), changed.clone()))
+        .collect();
+    let subscriptions: Vec<Store<WebhookSubscription>> = watched(&client, watch_namespaces)
+        .into_iter()
+        .map(|api| reflect(api, watcher::Config::default(), changed.clone()))
+        .collect();
     let mirrors = reflect(
         Api::<Secret>::namespaced(client, namespace),
         watcher::Config::default().labels(&format!("{MIRROR_LABEL}=true")),
         changed.clone(),
     );
-    sources.wait_until_ready().await?;
-    subscriptions.wait_until_ready().await?;
+    for store in &sources {
+        store.wait_until_ready().await?;
+    }
+    for store in &subscriptions {
+        store.wait_until_ready().await?;
+    }
     mirrors.wait_until_ready().await?;
     let rebuild = move || {
-        let sources: Vec<WebhookSource> = sources.state().iter().map(|s| (**s).clone()).collect();
-        let subscriptions: Vec<WebhookSubscription> =
-            subscriptions.state().iter().map(|s| (**s).clone()).collect();
+        let sources: Vec<WebhookSource> = sources
+            .iter()
+            .flat_map(|store| store.state())
+            .map(|s| (*s).clone())
+            .collect();
+        let subscriptions: Vec<WebhookSubscription> = subscriptions
+            .iter()
+            .flat_map(|store| store.state())
+            .map(|s| (*s).clone())
+            .collect();
         let secrets = mirrored_secrets(&mirrors.state());
         Catalog::build(&sources, &subscriptions, &secrets, GeneratedSecrets::FromStatus)
     };

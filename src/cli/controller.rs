@@ -76,6 +76,8 @@ pub struct ControllerArgs {
     gateway_resources: String,
     #[command(flatten)]
     egress: super::node::EgressArgs,
+    #[command(flatten)]
+    watch: super::node::WatchArgs,
 }
 
 fn secret_key(text: &str) -> anyhow::Result<(String, String)> {
@@ -121,6 +123,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             resources: serde_json::from_str(&args.gateway_resources)
                 .map_err(|e| anyhow::anyhow!("--gateway-resources is not JSON: {e}"))?,
             egress: egress.clone(),
+            watch_namespaces: args.watch.watch_namespaces.clone(),
         })
     };
     let identity = args.identity.unwrap_or_else(|| {
@@ -139,6 +142,7 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         stats_window: std::time::Duration::from_secs(3600),
         gateway,
         egress,
+        watch_namespaces: args.watch.watch_namespaces,
     };
     run_async(hookline::controller::run(options))
 }

@@ -156,6 +156,20 @@ impl DispatchArgs {
     }
 }
 
+/// The namespaces served; the controller passes its own to the managed gateway.
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Serve the sources and subscriptions of these namespaces only; the chart's
+    /// watchNamespaces binds the roles there alone [default: every namespace].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAMESPACE",
+        env = "HOOKLINE_WATCH_NAMESPACES"
+    )]
+    pub watch_namespaces: Vec<String>,
+}
+
 /// The operator's egress ranges; the controller passes its own to the managed gateway.
 #[derive(Args)]
 pub struct EgressArgs {

@@ -44,6 +44,8 @@ pub struct GatewaySettings {
     pub resources: Value,
     /// The operator's egress ranges, passed to the gateway as flags.
     pub egress: EgressRules,
+    /// The namespaces the gateway serves (the controller's own); every one when empty.
+    pub watch_namespaces: Vec<String>,
 }
 
 fn labels() -> BTreeMap<&'static str, &'static str> {
@@ -117,6 +119,12 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
             let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
             file_args.push(format!("{flag}={}", list.join(",")));
         }
+    }
+    if !settings.watch_namespaces.is_empty() {
+        file_args.push(format!(
+            "--watch-namespaces={}",
+            settings.watch_namespaces.join(",")
+        ));
     }
     args.extend(file_args.iter().map(String::as_str));
     args.extend(settings.extra_args.iter().map(String::as_str));
@@ -256,6 +264,7 @@ mod tests {
                 deny: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
                 allow: vec![],
             },
+            watch_namespaces: vec!["shop".into(), "billing".into()],
         }
     }
 
@@ -292,6 +301,7 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--admin-listen", "0.0.0.0:9090"]));
         assert!(args.contains(&"--egress-deny=10.0.0.0/8,fd00::/8"), "{args:?}");
         assert!(!args.iter().any(|a| a.starts_with("--egress-allow")), "{args:?}");
+        assert!(args.contains(&"--watch-namespaces=shop,billing"), "{args:?}");
         let ports = service("hookline-system", &settings())["spec"]["ports"].clone();
         assert_eq!(ports[1]["name"], "admin", "{ports}");
     }

@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use sqlx::PgPool;
@@ -29,7 +27,9 @@ use crate::api::{WebhookSource, WebhookSubscription};
 use crate::telemetry::metrics::{ControllerMetrics, KindLabels};
 pub use managed_gateway::GatewaySettings;
 
+use crate::api::{GENERATED_SECRET_KEY, SecretKeyRef};
 use crate::catalog::egress::EgressRules;
+use crate::catalog::reflect::watched;
 
 const FINALIZER: &str = "hookline.dev/cleanup";
 
@@ -52,6 +52,8 @@ pub struct ControllerOptions {
     pub gateway: Option<GatewaySettings>,
     /// The operator's egress ranges, for status (the gateway enforces its own copy).
     pub egress: EgressRules,
+    /// The namespaces whose sources and subscriptions are reconciled; every one when empty.
+    pub watch_namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,21 @@ pub struct Context {
     metrics: Arc<ControllerMetrics>,
 }
 
+/// How soon an object whose Secret is missing or unusable is reconciled again: Secrets are not
+/// watched, so this is how soon creating or fixing one takes effect.
+const SECRET_RECHECK: Duration = Duration::from_secs(2);
+
 impl Context {
+    /// When to reconcile an object again: after the status interval, or sooner while it waits
+    /// for a Secret.
+    fn recheck_after(&self, waiting_for_a_secret: bool) -> Duration {
+        if waiting_for_a_secret {
+            SECRET_RECHECK.min(self.options.status_interval)
+        } else {
+            self.options.status_interval
+        }
+    }
+
     fn window_label(&self) -> String {
         crate::api::Duration::from(self.options.stats_window).to_string()
     }
@@ -137,24 +153,6 @@ fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, ctx: Arc<Context>
         .inc();
     tracing::warn!(kind, namespace = ?object.namespace(), name = %object.name_any(), "reconcile failed: {error}");
     Action::requeue(Duration::from_secs(5))
-}
-
-/// True when the source names the Secret `name` (its own namespace).
-fn source_uses(source: &WebhookSource, name: &str) -> bool {
-    let spec = &source.spec;
-    spec.verification_secrets().any(|r| r.name == name)
-        || spec
-            .handlers
-            .iter()
-            .any(|h| h.target.secret_ref.as_ref().is_some_and(|r| r.name == name))
-}
-
-fn subscription_uses(sub: &WebhookSubscription, name: &str) -> bool {
-    sub.spec
-        .target
-        .secret_ref
-        .as_ref()
-        .is_some_and(|r| r.name == name)
 }
 
 async fn serve_health(listen: SocketAddr, metrics: Arc<ControllerMetrics>) -> anyhow::Result<()> {
@@ -233,14 +231,15 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(collect_mirrors(ctx.clone()));
 
-    let sources = control(client.clone(), ctx.clone(), source_uses, reconcile_source, &stop);
-    let subscriptions = control(
-        client.clone(),
-        ctx.clone(),
-        subscription_uses,
-        reconcile_subscription,
-        &stop,
-    );
+    // One controller per kind and watched namespace (or one per kind for the whole cluster).
+    let sources = watched::<WebhookSource>(&client, &options.watch_namespaces)
+        .into_iter()
+        .map(|api| control(api, ctx.clone(), reconcile_source, &stop));
+    let subscriptions = watched::<WebhookSubscription>(&client, &options.watch_namespaces)
+        .into_iter()
+        .map(|api| control(api, ctx.clone(), reconcile_subscription, &stop));
+    let sources = futures::future::join_all(sources);
+    let subscriptions = futures::future::join_all(subscriptions);
     let controllers = async { futures::join!(sources, subscriptions) };
     let overdue = async {
         stop.cancelled().await;
@@ -264,11 +263,12 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the controller of one kind, re-reconciling an object when a Secret it names changes.
+/// Runs the controller of one kind in one scope. Secrets are not watched (that would take
+/// list and watch on every Secret in the scope): each object is reconciled again after the
+/// status interval, and sooner while a Secret it names is missing or unusable.
 async fn control<K, F>(
-    client: Client,
+    api: Api<K>,
     ctx: Arc<Context>,
-    uses: fn(&K, &str) -> bool,
     reconcile: fn(Arc<K>, Arc<Context>) -> F,
     stop: &CancellationToken,
 ) where
@@ -281,22 +281,7 @@ async fn control<K, F>(
         + 'static,
     F: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
 {
-    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
-    let store = controller.store();
-    controller
-        .watches(
-            Api::<Secret>::all(client),
-            watcher::Config::default(),
-            move |secret| {
-                let (namespace, name) = (secret.namespace(), secret.name_any());
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|object| object.namespace() == namespace && uses(object, &name))
-                    .map(|object| ObjectRef::from_obj(&*object))
-                    .collect::<Vec<_>>()
-            },
-        )
+    Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
@@ -307,7 +292,7 @@ async fn control<K, F>(
 async fn collect_mirrors(ctx: Arc<Context>) {
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let in_use = match in_use_secrets(&ctx.client).await {
+        let in_use = match in_use_secrets(&ctx.client, &ctx.options.watch_namespaces).await {
             Ok(in_use) => in_use,
             Err(err) => {
                 tracing::warn!("cannot list resources for mirror collection: {err}");
@@ -322,35 +307,41 @@ async fn collect_mirrors(ctx: Arc<Context>) {
     }
 }
 
-async fn in_use_secrets(client: &Client) -> Result<std::collections::HashSet<(String, String)>, kube::Error> {
+/// Every key a source or subscription in the watched namespaces references.
+async fn in_use_secrets(
+    client: &Client,
+    watch_namespaces: &[String],
+) -> Result<std::collections::HashSet<secrets::KeyInUse>, kube::Error> {
     let mut in_use = std::collections::HashSet::new();
-    for source in Api::<WebhookSource>::all(client.clone())
-        .list(&Default::default())
-        .await?
-    {
-        let namespace = source.namespace().unwrap_or_default();
-        let spec = &source.spec;
-        for reference in spec.verification_secrets() {
-            in_use.insert((namespace.clone(), reference.name.clone()));
-        }
-        for handler in &spec.handlers {
-            let name = match &handler.target.secret_ref {
-                Some(reference) => reference.name.clone(),
-                None => secrets::generated_name(&[&source.name_any(), &handler.name]),
-            };
-            in_use.insert((namespace.clone(), name));
+    let generated = |name: String| SecretKeyRef {
+        name,
+        key: GENERATED_SECRET_KEY.to_owned(),
+    };
+    for api in watched::<WebhookSource>(client, watch_namespaces) {
+        for source in api.list(&Default::default()).await? {
+            let namespace = source.namespace().unwrap_or_default();
+            let spec = &source.spec;
+            let handlers = spec
+                .handlers
+                .iter()
+                .map(|handler| match &handler.target.secret_ref {
+                    Some(reference) => reference.clone(),
+                    None => generated(secrets::generated_name(&[&source.name_any(), &handler.name])),
+                });
+            for reference in spec.verification_secrets().cloned().chain(handlers) {
+                in_use.insert((namespace.clone(), reference.name, reference.key));
+            }
         }
     }
-    for sub in Api::<WebhookSubscription>::all(client.clone())
-        .list(&Default::default())
-        .await?
-    {
-        let namespace = sub.namespace().unwrap_or_default();
-        let name = match &sub.spec.target.secret_ref {
-            Some(reference) => reference.name.clone(),
-            None => secrets::generated_name(&[&sub.name_any()]),
-        };
-        in_use.insert((namespace, name));
+    for api in watched::<WebhookSubscription>(client, watch_namespaces) {
+        for sub in api.list(&Default::default()).await? {
+            let namespace = sub.namespace().unwrap_or_default();
+            let reference = match &sub.spec.target.secret_ref {
+                Some(reference) => reference.clone(),
+                None => generated(secrets::generated_name(&[&sub.name_any()])),
+            };
+            in_use.insert((namespace, reference.name, reference.key));
+        }
     }
     Ok(in_use)
 }

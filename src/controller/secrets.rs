@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -11,7 +12,9 @@ use kube::{Api, Client};
 use sha2::Digest;
 
 use crate::api::{GENERATED_SECRET_KEY, SecretKeyRef};
-use crate::catalog::reflect::{MIRROR_LABEL, MIRROR_NAME_ANNOTATION, MIRROR_NAMESPACE_ANNOTATION};
+use crate::catalog::reflect::{
+    MIRROR_KEY_ANNOTATION, MIRROR_LABEL, MIRROR_NAME_ANNOTATION, MIRROR_NAMESPACE_ANNOTATION,
+};
 use crate::verify::standard_webhooks;
 
 pub const FIELD_MANAGER: &str = "hookline-controller";
@@ -25,12 +28,19 @@ pub struct SecretProblem {
     pub message: String,
 }
 
-/// Reads a referenced key; the Secret's data comes back too, for mirroring.
+/// A referenced key as read, to be mirrored into the gateway's namespace.
+pub struct ReadKey {
+    namespace: String,
+    reference: SecretKeyRef,
+    value: ByteString,
+}
+
+/// Reads a referenced key: its text, and the key alone for mirroring.
 pub async fn read(
     client: &Client,
     namespace: &str,
     reference: &SecretKeyRef,
-) -> Result<(String, Secret), SecretProblem> {
+) -> Result<(String, ReadKey), SecretProblem> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match api.get_opt(&reference.name).await {
         Ok(Some(secret)) => secret,
@@ -62,7 +72,12 @@ pub async fn read(
             reference.name, reference.key
         ),
     })?;
-    Ok((text.trim().to_owned(), secret))
+    let read = ReadKey {
+        namespace: namespace.to_owned(),
+        reference: reference.clone(),
+        value: value.clone(),
+    };
+    Ok((text.trim().to_owned(), read))
 }
 
 /// Name of the Secret generated for a target: `<resource>-<handler>-signing` or
@@ -118,18 +133,21 @@ pub async fn ensure_generated(
     }
 }
 
-/// The mirror's name in the gateway namespace: stable, short, and unique per origin.
-pub fn mirror_name(namespace: &str, name: &str) -> String {
-    let hash = hex::encode(&sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes())[..10]);
+/// The mirror's name in the gateway namespace: stable, short, and unique per origin key.
+pub fn mirror_name(namespace: &str, name: &str, key: &str) -> String {
+    let origin = format!("{namespace}/{name}/{key}");
+    let hash = hex::encode(&sha2::Sha256::digest(origin.as_bytes())[..10]);
     format!("hookline-mirror-{hash}")
 }
 
-/// Copies a Secret's data into the gateway's namespace (server-side apply: unchanged copies
-/// are not rewritten).
-pub async fn mirror(client: &Client, gateway_namespace: &str, origin: &Secret) -> Result<(), kube::Error> {
-    let origin_namespace = origin.metadata.namespace.clone().unwrap_or_default();
-    let origin_name = origin.metadata.name.clone().unwrap_or_default();
-    let name = mirror_name(&origin_namespace, &origin_name);
+/// Copies one referenced key into the gateway's namespace, and nothing else of its Secret
+/// (server-side apply: unchanged copies are not rewritten).
+pub async fn mirror(client: &Client, gateway_namespace: &str, origin: &ReadKey) -> Result<(), kube::Error> {
+    let SecretKeyRef {
+        name: origin_name,
+        key,
+    } = &origin.reference;
+    let name = mirror_name(&origin.namespace, origin_name, key);
     let mirror = Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -139,12 +157,13 @@ pub async fn mirror(client: &Client, gateway_namespace: &str, origin: &Secret) -
                 (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
             ])),
             annotations: Some(BTreeMap::from([
-                (MIRROR_NAMESPACE_ANNOTATION.to_owned(), origin_namespace),
-                (MIRROR_NAME_ANNOTATION.to_owned(), origin_name),
+                (MIRROR_NAMESPACE_ANNOTATION.to_owned(), origin.namespace.clone()),
+                (MIRROR_NAME_ANNOTATION.to_owned(), origin_name.clone()),
+                (MIRROR_KEY_ANNOTATION.to_owned(), key.clone()),
             ])),
             ..ObjectMeta::default()
         },
-        data: Some(origin.data.clone().unwrap_or_default()),
+        data: Some(BTreeMap::from([(key.clone(), origin.value.clone())])),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
     };
@@ -161,11 +180,15 @@ pub async fn mirror(client: &Client, gateway_namespace: &str, origin: &Secret) -
     Ok(())
 }
 
-/// Deletes mirrors whose origin no resource references any more.
+/// A referenced key: namespace, Secret name, key.
+pub type KeyInUse = (String, String, String);
+
+/// Deletes mirrors of keys no resource references any more (and mirrors of whole Secrets, as
+/// earlier versions made them).
 pub async fn collect_mirrors(
     client: &Client,
     gateway_namespace: &str,
-    in_use: &HashSet<(String, String)>,
+    in_use: &HashSet<KeyInUse>,
 ) -> Result<usize, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), gateway_namespace);
     let mirrors = api
@@ -174,15 +197,11 @@ pub async fn collect_mirrors(
     let mut deleted = 0;
     for mirror in mirrors {
         let annotations = mirror.metadata.annotations.clone().unwrap_or_default();
+        let annotation = |name: &str| annotations.get(name).cloned().unwrap_or_default();
         let origin = (
-            annotations
-                .get(MIRROR_NAMESPACE_ANNOTATION)
-                .cloned()
-                .unwrap_or_default(),
-            annotations
-                .get(MIRROR_NAME_ANNOTATION)
-                .cloned()
-                .unwrap_or_default(),
+            annotation(MIRROR_NAMESPACE_ANNOTATION),
+            annotation(MIRROR_NAME_ANNOTATION),
+            annotation(MIRROR_KEY_ANNOTATION),
         );
         if !in_use.contains(&origin)
             && let Some(name) = mirror.metadata.name

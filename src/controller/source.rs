@@ -53,7 +53,8 @@ pub async fn apply(source: Arc<WebhookSource>, ctx: &Context) -> Result<Action, 
     let facts = gather(&source, ctx).await?;
     let (status, notices) = decide(&previous, &facts);
     ctx.report(&*source, &previous, &status, &notices).await?;
-    Ok(Action::requeue(ctx.options.status_interval))
+    let waiting_for_a_secret = facts.secret_problem.is_some() || facts.rotation_problem.is_some();
+    Ok(Action::requeue(ctx.recheck_after(waiting_for_a_secret)))
 }
 
 /// Reads the source's Secrets (generating the ones handlers lack), checks them and the handler

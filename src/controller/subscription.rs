@@ -42,7 +42,7 @@ pub async fn apply(sub: Arc<WebhookSubscription>, ctx: &Context) -> Result<Actio
     let facts = gather(&sub, ctx).await?;
     let (status, notices) = decide(&previous, &facts);
     ctx.report(&*sub, &previous, &status, &notices).await?;
-    Ok(Action::requeue(ctx.options.status_interval))
+    Ok(Action::requeue(ctx.recheck_after(facts.secret_problem.is_some())))
 }
 
 async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<SubscriptionFacts, Error> {

@@ -18,3 +18,37 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 http://hookline-gateway.{{ .Release.Namespace }}.svc
 {{- end -}}
 {{- end -}}
+
+{{/*
+Binds the ClusterRole <release>-<role> to the ServiceAccount <role>: cluster-wide, or, with
+watchNamespaces, by a RoleBinding in each of those namespaces only.
+*/}}
+{{- define "hookline.bindEverywhereWatched" -}}
+{{- $root := .root -}}
+{{- $role := .role -}}
+{{- if $root.Values.watchNamespaces }}
+{{- range $i, $namespace := $root.Values.watchNamespaces }}
+{{- if $i }}
+---
+{{- end }}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ $root.Release.Name }}-{{ $role }}
+  namespace: {{ $namespace }}
+  labels: {{- include "hookline.labels" $root | nindent 4 }}
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {{ $root.Release.Name }}-{{ $role }} }
+subjects:
+  - { kind: ServiceAccount, name: {{ $role }}, namespace: {{ $root.Release.Namespace }} }
+{{- end }}
+{{- else }}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ $root.Release.Name }}-{{ $role }}
+  labels: {{- include "hookline.labels" $root | nindent 4 }}
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {{ $root.Release.Name }}-{{ $role }} }
+subjects:
+  - { kind: ServiceAccount, name: {{ $role }}, namespace: {{ $root.Release.Namespace }} }
+{{- end }}
+{{- end }}
