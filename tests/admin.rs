@@ -732,3 +732,44 @@ async fn a_short_admin_token_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// Every console and API path answers the same with a trailing slash as without: `/ui/` is the
+/// first URL a person types.
+#[tokio::test]
+async fn paths_answer_with_and_without_a_trailing_slash() {
+    let h = harness(&format!("{SECRET}{}", subscription("crm", "crm", ""))).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = async |path: &str, signed_in: bool| {
+        let mut request = client.get(format!("{}{path}", h.base));
+        if signed_in {
+            request = request.bearer_auth(ADMIN_TOKEN);
+        }
+        let response = request.send().await.unwrap();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        (response.status().as_u16(), location)
+    };
+    for (path, signed_in, expected) in [
+        ("/ui", false, 303),
+        ("/ui", true, 303),
+        ("/ui/login", false, 200),
+        ("/ui/events", true, 200),
+        ("/ui/events", false, 303),
+        ("/ui/targets", true, 200),
+        ("/ui/verify", true, 200),
+        ("/admin/v1/events", true, 200),
+        ("/admin/v1/targets", true, 200),
+        ("/admin/v1/openapi.json", false, 200),
+        ("/healthz", false, 200),
+        ("/metrics", false, 200),
+    ] {
+        let without = get(path, signed_in).await;
+        assert_eq!(without.0, expected, "{path}");
+        assert_eq!(get(&format!("{path}/"), signed_in).await, without, "{path}/");
+    }
+}

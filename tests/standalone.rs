@@ -29,6 +29,25 @@ async fn standalone_serves_the_examples_with_its_own_database() {
         .expect("start hookline standalone");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
+    // The log, line by line, as the person who started it reads it.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn({
+        let log = log.clone();
+        move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("standalone: {line}");
+                // Not a terminal, so JSON lines: the message is what a person would read.
+                let message = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or(line);
+                log.lock().unwrap().push(message);
+            }
+        }
+    });
+    let logged = |needle: &str| log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -38,15 +57,86 @@ async fn standalone_serves_the_examples_with_its_own_database() {
             break;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "standalone exited with {status}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            panic!("standalone exited with {status}: {:?}", log.lock().unwrap());
         }
         assert!(Instant::now() < deadline, "standalone not ready within 60s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The log says where everything is, and how to get into the console without a token.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sign_in = loop {
+        if let Some(line) = logged("sign in once with ") {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sign-in link in {:?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let local = format!("http://localhost:{port}");
+    assert!(
+        logged(&format!(
+            "receiving default/stripe at {local}/ingest/default/stripe"
+        ))
+        .is_some(),
+        "{:?}",
+        log.lock().unwrap()
+    );
+    assert!(logged(&format!("console: {local}/ui")).is_some());
+    assert!(logged("publishing is off: set HOOKLINE_PUBLISH_TOKEN").is_some());
+    let link = sign_in
+        .split("sign in once with ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(link.starts_with(&format!("{local}/ui/sign-in/")), "{link}");
+    let token_file = state.join("admin-token");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_file).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the generated token is readable by its owner only"
+    );
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let followed = browser.get(&link).send().await.unwrap();
+    assert_eq!(followed.status(), 303, "the link signs in");
+    let cookie = followed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let events = browser
+        .get(format!("{local}/ui/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(
+        browser.get(&link).send().await.unwrap().status(),
+        404,
+        "only once"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let api = client
+        .get(format!("{base}/admin/v1/events"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200, "the generated token is the admin token");
 
     // Signed with the secret in examples/stripe.yaml, as Stripe would.
     let body = r#"{"id":"evt_standalone","object":"event","type":"invoice.paid","data":{"object":{}}}"#;

@@ -12,6 +12,8 @@ use super::{WebhookSource, WebhookSubscription};
 struct KindRules {
     structural: jsonschema::Validator,
     cel: kube_cel::CompiledSchema,
+    /// The OpenAPI schema itself, for fields it does not know.
+    schema: Value,
 }
 
 impl KindRules {
@@ -28,27 +30,85 @@ impl KindRules {
             // Schema validator and are ignored; the CEL pass below covers the rules.
             structural: jsonschema::validator_for(&schema).expect("generated schema compiles"),
             cel: kube_cel::compile_schema(&schema),
+            schema,
         }
     }
 
     fn check(&self, object: &Value) -> Vec<String> {
-        let mut problems: Vec<String> = self
-            .structural
-            .iter_errors(object)
-            .map(|e| {
-                let path = e
-                    .instance_path()
-                    .to_string()
-                    .trim_start_matches('/')
-                    .replace('/', ".");
-                format!("{path}: {e}")
-            })
-            .collect();
+        // As `kubectl apply` with strict field validation: a field the schema does not know is
+        // an error (a typo, or a field of a newer version), not silently dropped.
+        let mut problems = Vec::new();
+        unknown_fields(&self.schema, object, "", &mut problems);
+        problems.extend(self.structural.iter_errors(object).map(|e| {
+            let path = e
+                .instance_path()
+                .to_string()
+                .trim_start_matches('/')
+                .replace('/', ".");
+            format!("{path}: {e}")
+        }));
         if let Err(errors) = kube_cel::validate_compiled(&self.cel, object, None) {
             problems.extend(errors.into_vec().into_iter().map(|e| e.to_string()));
         }
         problems
     }
+}
+
+/// Reports each field of `value` that `schema` does not declare, with the nearest declared name
+/// when one is close. Objects whose schema declares no properties (metadata, free-form maps) are
+/// not checked.
+fn unknown_fields(schema: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
+    let at = |field: &str| {
+        if path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
+    match value {
+        Value::Object(fields) => {
+            let Some(known) = schema.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (field, inner) in fields {
+                match known.get(field) {
+                    Some(field_schema) => unknown_fields(field_schema, inner, &at(field), problems),
+                    None if path.is_empty()
+                        && matches!(field.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                    None => {
+                        let hint = nearest(field, known.keys())
+                            .map(|name| format!(" (did you mean {name}?)"))
+                            .unwrap_or_default();
+                        problems.push(format!("{}: unknown field{hint}", at(field)));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (index, item) in items.iter().enumerate() {
+                    unknown_fields(item_schema, item, &format!("{path}[{index}]"), problems);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The declared name closest to `field`: the same but for case, or a few edits away.
+fn nearest<'a>(field: &str, names: impl Iterator<Item = &'a String>) -> Option<&'a str> {
+    names
+        .map(|name| {
+            let distance = if name.eq_ignore_ascii_case(field) {
+                0
+            } else {
+                strsim::damerau_levenshtein(&field.to_ascii_lowercase(), &name.to_ascii_lowercase())
+            };
+            (distance, name.as_str())
+        })
+        .filter(|(distance, name)| *distance <= (name.len() / 3).max(1))
+        .min()
+        .map(|(_, name)| name)
 }
 
 fn rules<K: CustomResourceExt>(cell: &'static OnceLock<KindRules>) -> &'static KindRules {
@@ -108,6 +168,32 @@ mod tests {
                 "missing {expected:?} in:\n{problems}"
             );
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_nearest_name() {
+        let object = json!({"apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription",
+        "metadata": {"name": "s", "labels": {"team": "a"}},
+        "spec": {
+            "url": "https://x.example/h", "events": ["*"], "maxInflight": 4,
+            "retryPolicy": {"maxAttempts": 3, "backoff": "fast"},
+        }});
+        let problems = validate("WebhookSubscription", &object).unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "spec.maxInflight: unknown field (did you mean maxInFlight?)",
+                "spec.retryPolicy.backoff: unknown field",
+            ]
+        );
+        let handler = source(
+            json!({"provider": "stripe", "secretRef": {"name": "s", "key": "k"},
+            "handlers": [{"name": "h", "url": "https://x.example/", "events": ["*"], "evnets": []}]}),
+        );
+        assert_eq!(
+            validate("WebhookSource", &handler).unwrap_err(),
+            ["spec.handlers[0].evnets: unknown field (did you mean events?)"]
+        );
     }
 
     #[test]

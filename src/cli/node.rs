@@ -117,6 +117,7 @@ impl TokenArgs {
             request_timeout: self.request_timeout.get(),
             body_budget_bytes: self.ingest_body_budget,
             scoped_admin_tokens: scoped_tokens(self.admin_tokens_file.as_deref(), "--admin-tokens-file")?,
+            sign_in_code: None,
         })
     }
 }

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use ipnet::IpNet;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tower_http::normalize_path::NormalizePath;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::catalog::{Catalog, CatalogCell};
@@ -57,6 +58,8 @@ pub struct Gateway {
     rejections: Mutex<HashMap<(String, String, String), i64>>,
     /// Failed console sign-ins per client, to slow down token guessing.
     sign_in_failures: session::SignInLimiter,
+    /// The one-time sign-in code, until it is used.
+    sign_in_code: Mutex<Option<String>>,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -72,6 +75,9 @@ pub struct GatewayOptions {
     pub request_timeout: Duration,
     /// Bytes of inbound bodies held at once (see `Gateway::body_budget`).
     pub body_budget_bytes: usize,
+    /// A code that opens a console session with the admin token once, at
+    /// `/ui/sign-in/{code}` (standalone prints the link when it generated the token).
+    pub sign_in_code: Option<String>,
 }
 
 /// An admin token that sees only the resources and history of some namespaces.
@@ -195,6 +201,7 @@ impl Default for GatewayOptions {
             scoped_admin_tokens: Vec::new(),
             request_timeout: Duration::from_secs(30),
             body_budget_bytes: 128 << 20,
+            sign_in_code: None,
         }
     }
 }
@@ -220,6 +227,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
             sign_in_failures: session::SignInLimiter::default(),
+            sign_in_code: Mutex::new(options.sign_in_code),
         })
     }
 
@@ -255,6 +263,7 @@ impl Gateway {
             .route("/ui", get(ui::root))
             .route("/ui/login", get(ui::login_form).post(ui::login))
             .route("/ui/logout", post(ui::logout))
+            .route("/ui/sign-in/{code}", get(ui::sign_in_once))
             .route("/ui/events", get(ui::events))
             .route("/ui/events/{id}", get(ui::event))
             .route("/ui/deliveries/{id}/redeliver", post(ui::redeliver))
@@ -263,20 +272,24 @@ impl Gateway {
             .layer(axum::middleware::from_fn(ui::security_headers))
     }
 
-    /// `routes` with health, the request timeout and the state: a service for one port.
+    /// `routes` with health, the request timeout and the state: a service for one port. Every
+    /// path answers with and without a trailing slash (`/ui/` is `/ui`): the slash is trimmed
+    /// before routing.
     fn service(
         self: &Arc<Self>,
         routes: Router<Arc<Self>>,
-    ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, SocketAddr> {
-        routes
+    ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<NormalizePath<Router>, SocketAddr> {
+        let router = routes
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 self.request_timeout,
             ))
-            .with_state(self.clone())
-            .into_make_service_with_connect_info::<SocketAddr>()
+            .with_state(self.clone());
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(
+            NormalizePath::trim_trailing_slash(router),
+        )
     }
 
     /// Serves until `shutdown` completes, then stops accepting and drains requests in flight:
@@ -507,6 +520,19 @@ impl Gateway {
 
     fn admin_configured(&self) -> bool {
         self.admin_tokens.configured()
+    }
+
+    /// The admin token, if `code` is the one-time sign-in code; the code is used up.
+    fn redeem_sign_in_code(&self, code: &str) -> Option<String> {
+        let mut expected = self.sign_in_code.lock().unwrap_or_else(|e| e.into_inner());
+        if !expected
+            .as_deref()
+            .is_some_and(|expected| same_token(code, expected))
+        {
+            return None;
+        }
+        *expected = None;
+        self.admin_tokens.all.clone()
     }
 }
 

@@ -199,6 +199,44 @@ pub(super) async fn login(
     }
 }
 
+/// `GET /ui/sign-in/{code}`: the link `hookline standalone` prints when it generated the admin
+/// token; it signs the browser in once, then the code is spent.
+pub(super) async fn sign_in_once(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Response {
+    let client = gateway.client_address(peer.ip(), &headers);
+    let token = match gateway.sign_in_failures.wait(client) {
+        Some(_) => None,
+        None => gateway.redeem_sign_in_code(&code),
+    };
+    let Some(token) = token else {
+        gateway.sign_in_failures.failed(client);
+        let body = page(
+            "Sign in",
+            html! {
+                p role="alert" { "This sign-in link has been used already, or is not one." }
+                p { "Sign in with the admin token: " a href="/ui/login" { "Sign in" } }
+            },
+        );
+        return (StatusCode::NOT_FOUND, body).into_response();
+    };
+    let secure = gateway.reached_over_https(peer.ip(), &headers);
+    match session::open(&gateway, &token, secure).await {
+        Ok(cookie) => with_cookie(Redirect::to("/ui/events").into_response(), &cookie),
+        Err(err) => {
+            tracing::error!("cannot open a console session: {err}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable; try again shortly",
+            )
+                .into_response()
+        }
+    }
+}
+
 fn status_counts(summary: &history::EventSummary) -> Markup {
     html! {
         span.succeeded { (summary.succeeded) " ok" } " · "

@@ -214,6 +214,22 @@ mod tests {
         assert!(err.contains("spec.tolerance: must be a duration"), "{err}");
     }
 
+    /// Strict, as `kubectl apply`: a typo'd field stops the load, naming file, resource, field
+    /// and the field meant.
+    #[test]
+    fn unknown_fields_are_refused_with_a_suggestion() {
+        let err = load(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: local}\n\
+             spec: {url: 'http://127.0.0.1:9999/', events: ['*'], maxInflight: 4}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "test.yaml, document 1: WebhookSubscription local is invalid:\n  spec.maxInflight: unknown field (did you mean maxInFlight?)"
+        );
+    }
+
     #[test]
     fn unknown_kinds_and_bad_yaml_are_refused() {
         let err = load("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n")

@@ -4,12 +4,14 @@
 pub mod loader;
 pub mod postgres;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::catalog::{Catalog, GeneratedSecrets};
+use crate::catalog::egress::{self, EgressRefusal, EgressRules};
+use crate::catalog::{Catalog, GeneratedSecrets, Source};
 use crate::node::{Configuration, Node, NodeOptions, shutdown_signal};
 use postgres::PrivatePostgres;
 
@@ -21,7 +23,7 @@ pub struct Options {
     pub node: NodeOptions,
 }
 
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(mut options: Options) -> anyhow::Result<()> {
     let config = loader::load_dir(&options.config_dir)?;
     tracing::info!(
         sources = config.sources.len(),
@@ -35,22 +37,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         &config.secrets,
         GeneratedSecrets::InDatabase,
     );
-    for source in catalog.sources() {
-        match &source.verifier {
-            Ok(_) => tracing::info!(
-                "receiving {}/{} at /ingest/{}/{}",
-                source.namespace,
-                source.name,
-                source.namespace,
-                source.name
-            ),
-            Err(problem) => tracing::warn!(
-                "source {}/{} will answer 503 until its secret is fixed: {problem}",
-                source.namespace,
-                source.name
-            ),
-        }
-    }
+    let sign_in = admin_token_for_this_run(&mut options)?;
 
     let private = match &options.database_url {
         Some(_) => None,
@@ -67,27 +54,155 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .clone()
         .or_else(|| private.as_ref().map(PrivatePostgres::url))
         .unwrap_or_default();
-    let result = serve(&options, &url, catalog).await;
+    let result = serve(&options, &url, catalog, sign_in).await;
     if let Some(postgres) = private {
         tokio::task::spawn_blocking(move || postgres.stop()).await?;
     }
     result
 }
 
-async fn serve(options: &Options, database_url: &str, catalog: Catalog) -> anyhow::Result<()> {
+/// Where the generated admin token is and the one-time code that signs in with it.
+struct SignIn {
+    token_file: PathBuf,
+    code: String,
+}
+
+/// Without a configured admin token, standalone makes one for this run (written, mode 0600, to
+/// the state directory) so the console is one link away; `hookline gateway` never does.
+fn admin_token_for_this_run(options: &mut Options) -> anyhow::Result<Option<SignIn>> {
+    let http = &mut options.node.http;
+    if http.admin_token.is_some() || !http.scoped_admin_tokens.is_empty() {
+        return Ok(None);
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    std::fs::create_dir_all(&options.state_dir)
+        .with_context(|| format!("cannot create {}", options.state_dir.display()))?;
+    let token_file = options.state_dir.join("admin-token");
+    write_private(&token_file, &token)?;
+    let code = hex::encode(rand::random::<[u8; 24]>());
+    http.admin_token = Some(token);
+    http.sign_in_code = Some(code.clone());
+    Ok(Some(SignIn { token_file, code }))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn serve(
+    options: &Options,
+    database_url: &str,
+    catalog: Catalog,
+    sign_in: Option<SignIn>,
+) -> anyhow::Result<()> {
     let pool = crate::store::connect_lazy(database_url, 16)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let held = held_targets(&catalog, &options.node.dispatch.egress).await;
+    let mut sources: Vec<_> = catalog.sources().cloned().collect();
+    sources.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let configuration = Configuration::Fixed(catalog);
-    Node::start(
+    let node = Node::start(
         pool,
         listener,
         configuration,
         options.node.clone(),
         shutdown_signal(),
     )
-    .await?
-    .wait()
-    .await
+    .await?;
+    announce(&node, options, &sources, &held, sign_in.as_ref());
+    node.wait().await
+}
+
+/// A URL for an address a server listens on, as a person on this machine would open it.
+fn base_url(addr: SocketAddr) -> String {
+    match addr.ip() {
+        ip if ip.is_unspecified() || ip.is_loopback() => format!("http://localhost:{}", addr.port()),
+        IpAddr::V6(ip) => format!("http://[{ip}]:{}", addr.port()),
+        IpAddr::V4(ip) => format!("http://{ip}:{}", addr.port()),
+    }
+}
+
+/// Targets the dispatcher will hold, and why: said once at start, with what to change.
+async fn held_targets(catalog: &Catalog, rules: &EgressRules) -> Vec<String> {
+    let mut held = Vec::new();
+    for target in catalog.targets() {
+        let key = &target.key;
+        let what = format!(
+            "{} {}/{} ({})",
+            key.kind, key.namespace, key.name, target.spec.url
+        );
+        if target.spec.paused {
+            held.push(format!(
+                "{what} is paused (spec.paused): nothing is sent until it is unpaused"
+            ));
+        } else if let Some(refusal) =
+            egress::refusal(&target.spec.url, target.allow_private_networks, rules).await
+        {
+            held.push(match refusal {
+                EgressRefusal::PrivateNotAllowed(why) => format!(
+                    "{what}: {why}; set allowPrivateNetworks: true to allow it (deliveries wait until then)"
+                ),
+                EgressRefusal::Forbidden(why) => {
+                    format!("{what}: {why}, never delivered to (deliveries wait)")
+                }
+            });
+        }
+    }
+    held
+}
+
+/// Says where everything is: ingest URLs, the publish API, the console and how to sign in.
+fn announce(
+    node: &Node,
+    options: &Options,
+    sources: &[Arc<Source>],
+    held: &[String],
+    sign_in: Option<&SignIn>,
+) {
+    let public = base_url(node.local_addr);
+    let console = base_url(node.admin_addr.unwrap_or(node.local_addr));
+    for source in sources {
+        let url = format!("{public}/ingest/{}/{}", source.namespace, source.name);
+        match &source.verifier {
+            Ok(_) => tracing::info!("receiving {}/{} at {url}", source.namespace, source.name),
+            Err(problem) => tracing::warn!(
+                "source {}/{} at {url} answers 503 until its secret is fixed: {problem}",
+                source.namespace,
+                source.name
+            ),
+        }
+    }
+    for problem in held {
+        tracing::warn!("{problem}");
+    }
+    let http = &options.node.http;
+    if http.publish_token.is_some() || !http.scoped_publish_tokens.is_empty() {
+        tracing::info!(
+            "publish events: POST {public}/v1/namespaces/<namespace>/events with the publish token"
+        );
+    } else {
+        tracing::info!(
+            "publishing is off: set HOOKLINE_PUBLISH_TOKEN to POST events to {public}/v1/namespaces/<namespace>/events"
+        );
+    }
+    match sign_in {
+        Some(sign_in) => tracing::info!(
+            "console: {console}/ui — no admin token was configured, so one was generated for this run in {}; sign in once with {console}/ui/sign-in/{}",
+            sign_in.token_file.display(),
+            sign_in.code
+        ),
+        None => tracing::info!("console: {console}/ui (sign in with the admin token)"),
+    }
 }
