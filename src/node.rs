@@ -109,7 +109,13 @@ impl Node {
         let admin_addr = operators.as_ref().map(TcpListener::local_addr).transpose()?;
         let catalog = CatalogCell::new();
         let metrics = Arc::new(Metrics::new());
-        let gateway = Gateway::new(pool.clone(), catalog.clone(), metrics.clone(), options.http);
+        let gateway = Gateway::new(
+            pool.clone(),
+            catalog.clone(),
+            metrics.clone(),
+            options.http,
+            options.dispatch.egress.clone(),
+        );
         // Stopping: first unready (still serving), then the listener and the dispatcher together.
         let stop = CancellationToken::new();
         tokio::spawn({

@@ -773,3 +773,71 @@ async fn paths_answer_with_and_without_a_trailing_slash() {
         assert_eq!(get(&format!("{path}/"), signed_in).await, without, "{path}/");
     }
 }
+
+/// A delivery the dispatcher holds back says why everywhere a person looks: the admin API's
+/// target and delivery, the console's targets and event pages, and a metric by reason.
+#[tokio::test]
+async fn held_deliveries_say_why_everywhere() {
+    let local = "---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: local, namespace: shop}\n\
+                 spec: {url: '{SINK}/local', events: ['*'], secretRef: {name: signing, key: secret}}\n";
+    let yaml = format!(
+        "{SECRET}{local}{}",
+        subscription("paused", "paused", ", paused: true")
+    );
+    let h = harness(&yaml).await;
+    let published: Value = h.publish("order.created", json!({})).await.json().await.unwrap();
+    let id = published["id"].as_str().unwrap().to_owned();
+    let get = async |path: &str| {
+        h.client
+            .get(format!("{}{path}", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    };
+    let targets: Value = get("/admin/v1/targets").await.json().await.unwrap();
+    let held = |name: &str| {
+        targets["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == name)
+            .unwrap()["held"]
+            .clone()
+    };
+    assert_eq!(held("local")["reason"], "private_network_not_allowed");
+    let message = held("local")["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("127.0.0.1 is a loopback address; set allowPrivateNetworks: true to allow it"),
+        "{message}"
+    );
+    assert_eq!(held("paused")["reason"], "paused");
+
+    let event: Value = get(&format!("/admin/v1/events/{id}")).await.json().await.unwrap();
+    let delivery = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == "local")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        delivery["held"]["reason"], "private_network_not_allowed",
+        "{delivery}"
+    );
+
+    let metrics = get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            "hookline_deliveries_held{namespace=\"shop\",target=\"subscription/local\",reason=\"private_network_not_allowed\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("target=\"subscription/paused\",reason=\"paused\"} 1"));
+
+    let page = get("/ui/targets").await.text().await.unwrap();
+    assert!(page.contains("private_network_not_allowed") && page.contains("set allowPrivateNetworks: true"));
+    let page = get(&format!("/ui/events/{id}")).await.text().await.unwrap();
+    assert!(page.contains("Held: "), "{page}");
+    assert!(h.sink.received("local").is_empty());
+}

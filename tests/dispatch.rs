@@ -453,7 +453,10 @@ async fn private_addresses_need_an_opt_in() {
         assert!(Instant::now() < deadline, "the refused delivery must say why");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(reason.contains("allowPrivateNetworks is false"), "{reason}");
+    assert!(
+        reason.contains("set allowPrivateNetworks: true to allow it"),
+        "{reason}"
+    );
     assert!(
         h.sink.received("internal").is_empty(),
         "nothing may be sent to a private address without the opt-in"

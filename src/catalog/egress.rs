@@ -5,9 +5,10 @@
 //! first: a denied range is refused to every target whatever it opts into, and an allowed range
 //! is reachable by every target without the opt-in.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
@@ -251,6 +252,52 @@ pub async fn refusal(url: &str, allow_private_networks: bool, rules: &EgressRule
         Egress::Forbidden(why) => Some(EgressRefusal::Forbidden(why)),
         Egress::Private(why) if !allow_private_networks => Some(EgressRefusal::PrivateNotAllowed(why)),
         _ => None,
+    }
+}
+
+/// Verdicts on URLs under one set of rules, kept for a while: classifying a host name costs a
+/// DNS lookup, too much to repeat for every delivery or console page. Connections are checked
+/// again in any case (see [`EgressResolver`]).
+pub struct EgressCache {
+    rules: Arc<EgressRules>,
+    verdicts: Mutex<Verdicts>,
+}
+
+/// (URL, private networks allowed) → (when checked, refusal if any).
+type Verdicts = HashMap<(String, bool), (Instant, Option<EgressRefusal>)>;
+
+/// How long a verdict is kept.
+const RECHECK: Duration = Duration::from_secs(30);
+/// Verdicts kept at most; past it, stale ones are dropped.
+const VERDICTS_KEPT: usize = 10_000;
+
+impl EgressCache {
+    pub fn new(rules: Arc<EgressRules>) -> Self {
+        Self {
+            rules,
+            verdicts: Mutex::default(),
+        }
+    }
+
+    /// [`refusal`] under these rules, from the cache when it is fresh.
+    pub async fn refusal(&self, url: &str, allow_private_networks: bool) -> Option<EgressRefusal> {
+        let key = (url.to_owned(), allow_private_networks);
+        if let Some((checked, verdict)) = self.lock().get(&key)
+            && checked.elapsed() < RECHECK
+        {
+            return verdict.clone();
+        }
+        let verdict = refusal(url, allow_private_networks, &self.rules).await;
+        let mut verdicts = self.lock();
+        if verdicts.len() >= VERDICTS_KEPT {
+            verdicts.retain(|_, (checked, _)| checked.elapsed() < RECHECK);
+        }
+        verdicts.insert(key, (Instant::now(), verdict.clone()));
+        verdict
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Verdicts> {
+        self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

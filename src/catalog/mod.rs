@@ -5,6 +5,7 @@
 
 mod cell;
 pub mod egress;
+pub mod hold;
 pub mod reflect;
 
 use std::collections::{BTreeMap, HashMap};

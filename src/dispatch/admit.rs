@@ -12,6 +12,7 @@ use super::breaker::Admission as BreakerAdmission;
 use super::targets::{Held, TargetRuntime};
 use crate::api::TargetKey;
 use crate::catalog::Target;
+use crate::catalog::hold::{self, Hold};
 use crate::store::deliveries;
 use crate::verify::{SigningKey, standard_webhooks};
 
@@ -73,16 +74,18 @@ impl Dispatcher {
             // Not configured here (yet, or any more): left for the controller to cancel.
             return Err(Release::new(Duration::from_secs(60), "target is not configured"));
         };
-        if target.spec.paused {
-            return Err(Release::new(Duration::from_secs(30), "target is paused"));
+        // Paused, no secret, or a URL the egress policy forbids: held, saying why.
+        let egress = self
+            .egress
+            .refusal(&target.spec.url, target.allow_private_networks)
+            .await;
+        if let Some(hold) = hold::configured(target, egress) {
+            return Err(Release::new(hold.recheck_after(), hold.to_string()));
         }
         let keys = self.signing_keys(key, target).await.map_err(|problem| {
-            Release::new(Duration::from_secs(5), format!("no signing secret: {problem}"))
+            let hold = Hold::SigningSecret(problem);
+            Release::new(hold.recheck_after(), hold.to_string())
         })?;
-        if let Some(refusal) = runtime.egress_refusal(target, &self.options.egress).await {
-            // Never send where the egress policy forbids; the resource's status says why.
-            return Err(Release::new(Duration::from_secs(60), refusal.to_string()));
-        }
         // A slot must come while the lease still covers the rate limit wait and the request;
         // otherwise the delivery goes back to the queue, rather than be sent by two workers.
         let timeout = target.spec.attempt_timeout();
@@ -126,7 +129,7 @@ impl Dispatcher {
                 Gate::CircuitOpen(wait) => {
                     return Err(Release {
                         defer_target: true,
-                        ..Release::new(wait, "circuit open")
+                        ..Release::new(wait, Hold::CircuitOpen.to_string())
                     });
                 }
             }

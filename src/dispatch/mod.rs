@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{CircuitState, TargetKey};
-use crate::catalog::egress::EgressRules;
+use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{CatalogCell, Target};
 use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, Take};
 use crate::store::events::DELIVERIES_CHANNEL;
@@ -79,6 +79,8 @@ pub struct Dispatcher {
     /// subscriptions), and for the others: each resolves through the egress policy.
     http_private: reqwest::Client,
     http_public: reqwest::Client,
+    /// Egress verdicts on target URLs, checked before each delivery.
+    egress: EgressCache,
     options: DispatchOptions,
     targets: Targets,
     /// Deliveries this process holds (claimed, and not yet recorded), all targets together:
@@ -115,6 +117,7 @@ impl Dispatcher {
             metrics,
             http_private: sender::http_client(true, options.egress.clone()),
             http_public: sender::http_client(false, options.egress.clone()),
+            egress: EgressCache::new(options.egress.clone()),
             holding: AtomicUsize::new(0),
             options,
             targets: Targets::default(),

@@ -1,5 +1,5 @@
-//! This process's state per target: in-flight cap, claim depth, circuit breaker, rate limit and
-//! the last egress verdict. Started afresh when a target's flow settings change.
+//! This process's state per target: in-flight cap, claim depth, circuit breaker and rate limit.
+//! Started afresh when a target's flow settings change.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,10 +12,6 @@ use super::breaker::{Breaker, TokenBucket};
 use super::depth::ClaimDepth;
 use crate::api::{CircuitBreaker, RateLimit, TargetKey};
 use crate::catalog::Target;
-use crate::catalog::egress::{self, EgressRefusal, EgressRules};
-
-/// How long an egress verdict is reused.
-const EGRESS_RECHECK: Duration = Duration::from_secs(30);
 
 /// Per-target state in this process.
 pub(super) struct TargetRuntime {
@@ -26,9 +22,6 @@ pub(super) struct TargetRuntime {
     /// How many it may hold claimed.
     pub(super) depth: ClaimDepth,
     pub(super) flow: Mutex<Flow>,
-    /// The last egress verdict (when, refusal if any): classifying a host name costs a DNS
-    /// lookup, too much to repeat for every delivery.
-    egress: Mutex<Option<(Instant, Option<EgressRefusal>)>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -53,17 +46,6 @@ impl TargetRuntime {
         self.depth
             .measure(now)
             .saturating_sub(self.claimed.load(Ordering::Relaxed))
-    }
-
-    pub(super) async fn egress_refusal(&self, target: &Target, rules: &EgressRules) -> Option<EgressRefusal> {
-        if let Some((checked, verdict)) = &*self.egress.lock().unwrap_or_else(|e| e.into_inner())
-            && checked.elapsed() < EGRESS_RECHECK
-        {
-            return verdict.clone();
-        }
-        let verdict = egress::refusal(&target.spec.url, target.allow_private_networks, rules).await;
-        *self.egress.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), verdict.clone()));
-        verdict
     }
 
     pub(super) fn flow(&self) -> std::sync::MutexGuard<'_, Flow> {
@@ -102,7 +84,6 @@ impl Targets {
                 breaker: Breaker::new(settings.breaker.clone()),
                 bucket: settings.rate_limit.as_ref().map(|l| TokenBucket::new(l, now)),
             }),
-            egress: Mutex::new(None),
             settings,
         });
         runtimes.insert(target.key.clone(), runtime.clone());

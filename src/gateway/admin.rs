@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::refusal::{Refusal, refuse};
-use super::{Access, Gateway};
+use super::{Access, Gateway, holds};
 use crate::api::TargetKey;
+use crate::catalog::hold::Hold;
 use crate::store::history::{self, EventFilter};
 
 const REDACTED: &str = "[redacted]";
@@ -112,10 +113,12 @@ pub(super) async fn get_event(
 ) -> Response {
     match history::event(&gateway.pool, id).await {
         Ok(Some((event, deliveries, attempts))) if access.allows(&event.namespace) => {
+            let held = holds::of_deliveries(&gateway, &event.namespace, &deliveries).await;
             let deliveries: Vec<Value> = deliveries
                 .iter()
                 .map(|d| {
                     let mut value = json!(d);
+                    value["held"] = held_json(held.get(&d.id));
                     value["attempts"] = json!(
                         attempts
                             .iter()
@@ -307,27 +310,50 @@ pub(super) async fn target_action(
 }
 
 /// Targets with their delivery health over the last hour, sorted by namespace, kind and name.
+/// A target's delivery health over the last hour, and what holds it back, if anything.
+pub(super) struct TargetHealth {
+    pub key: TargetKey,
+    pub stats: crate::store::stats::TargetStats,
+    pub held: Option<Hold>,
+}
+
 pub(super) async fn target_health(
     gateway: &Gateway,
     namespace: Option<&str>,
     access: &Access,
-) -> Result<Vec<(TargetKey, crate::store::stats::TargetStats)>, sqlx::Error> {
+) -> Result<Vec<TargetHealth>, sqlx::Error> {
     let catalog = gateway.catalog();
-    let mut keys: Vec<TargetKey> = catalog
+    let mut targets: Vec<&crate::catalog::Target> = catalog
         .targets()
-        .map(|t| &t.key)
-        .filter(|key| namespace.is_none_or(|wanted| wanted == key.namespace) && access.allows(&key.namespace))
-        .cloned()
+        .filter(|t| {
+            namespace.is_none_or(|wanted| wanted == t.key.namespace) && access.allows(&t.key.namespace)
+        })
         .collect();
-    keys.sort();
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        let stats =
-            crate::store::stats::target_stats(&gateway.pool, &key, std::time::Duration::from_secs(3600))
-                .await?;
-        out.push((key, stats));
+    targets.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = Vec::with_capacity(targets.len());
+    for target in targets {
+        let stats = crate::store::stats::target_stats(
+            &gateway.pool,
+            &target.key,
+            std::time::Duration::from_secs(3600),
+        )
+        .await?;
+        let held = holds::of(gateway, target, &stats).await;
+        out.push(TargetHealth {
+            key: target.key.clone(),
+            stats,
+            held,
+        });
     }
     Ok(out)
+}
+
+/// A hold as the admin API shows it: `{"reason": "private_network_not_allowed", "message": …}`.
+pub(super) fn held_json(held: Option<&Hold>) -> Value {
+    held.map_or(
+        Value::Null,
+        |hold| json!({"reason": hold.reason(), "message": hold.to_string()}),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -344,13 +370,14 @@ pub(super) async fn list_targets(
         Ok(targets) => {
             let items: Vec<Value> = targets
                 .iter()
-                .map(|(key, stats)| {
+                .map(|TargetHealth { key, stats, held }| {
                     json!({
                         "namespace": key.namespace, "kind": key.kind.as_str(), "target": key.name,
                         "circuit": stats.circuit.clone().unwrap_or_else(|| "closed".into()),
                         "paused": stats.paused_reason, "succeeded": stats.succeeded, "failedAttempts": stats.failed_attempts,
                         "dead": stats.dead, "pending": stats.pending, "p95LatencyMs": stats.p95_latency_ms,
                         "lastFailureReason": stats.last_failure_reason, "lastFailureTime": stats.last_failure_time,
+                        "held": held_json(held.as_ref()),
                     })
                 })
                 .collect();

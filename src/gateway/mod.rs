@@ -2,6 +2,7 @@
 //! (`publish`), serves the admin API and console, health and metrics.
 
 mod admin;
+mod holds;
 mod ingest;
 mod publish;
 pub mod refusal;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tower_http::normalize_path::NormalizePath;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{Catalog, CatalogCell};
 use crate::store::events::{EventWriter, event_writer};
 use crate::telemetry::Metrics;
@@ -60,6 +62,8 @@ pub struct Gateway {
     sign_in_failures: session::SignInLimiter,
     /// The one-time sign-in code, until it is used.
     sign_in_code: Mutex<Option<String>>,
+    /// Egress verdicts on target URLs, under the dispatcher's rules: why a target is held.
+    egress: EgressCache,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -212,6 +216,7 @@ impl Gateway {
         catalog: Arc<CatalogCell>,
         metrics: Arc<Metrics>,
         options: GatewayOptions,
+        egress: Arc<EgressRules>,
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
@@ -228,6 +233,7 @@ impl Gateway {
             rejections: Mutex::new(HashMap::new()),
             sign_in_failures: session::SignInLimiter::default(),
             sign_in_code: Mutex::new(options.sign_in_code),
+            egress: EgressCache::new(egress),
         })
     }
 
@@ -394,6 +400,9 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         unresolved
             .get_or_create(&labels)
             .set(source.unresolved.len() as i64);
+    }
+    if let Err(err) = holds::refresh_metric(&gateway).await {
+        tracing::warn!("cannot count held deliveries for /metrics: {err}");
     }
     (
         [(

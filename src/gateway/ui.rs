@@ -17,7 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::admin::{
-    Act, TargetAction, act_on_target, payload, redact_headers, signed_headers_of, target_health,
+    Act, TargetAction, TargetHealth, act_on_target, payload, redact_headers, signed_headers_of, target_health,
 };
 use super::{Access, Gateway, session};
 use crate::store::history::{self, EventFilter};
@@ -355,6 +355,7 @@ pub(super) async fn event(
             .into_response();
     }
     let csrf = viewer.csrf();
+    let held = super::holds::of_deliveries(&gateway, &event.namespace, &deliveries).await;
     let headers_shown = redact_headers(
         &event.headers,
         &signed_headers_of(&gateway, &event.namespace, &event.source),
@@ -381,6 +382,7 @@ pub(super) async fn event(
         @for delivery in &deliveries {
             section.delivery aria-label={ "Delivery to " (delivery.target) } {
                 h3 { (delivery.target_kind) " " (delivery.target) " — " span class=(delivery.status) { (delivery.status) } }
+                @if let Some(hold) = held.get(&delivery.id) { p.held { strong { "Held: " } (hold.to_string()) } }
                 @if let Some(error) = &delivery.last_error { p { "Last error: " (error) } }
                 form.inline method="post" action={ "/ui/deliveries/" (delivery.id) "/redeliver" } {
                     input type="hidden" name="csrf" value=(csrf);
@@ -505,18 +507,19 @@ pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, viewer: Viewer)
             thead { tr {
                 th scope="col" { "Namespace" } th scope="col" { "Target" } th scope="col" { "Success rate" }
                 th scope="col" { "Circuit" } th scope="col" { "Pending" } th scope="col" { "Dead" }
-                th scope="col" { "Last failure" } th scope="col" { "Actions" }
+                th scope="col" { "Held" } th scope="col" { "Last failure" } th scope="col" { "Actions" }
             } }
             tbody {
-                @for (key, stats) in &targets {
+                @for TargetHealth { key, stats, held } in &targets {
                     @let finished = stats.succeeded + stats.dead;
                     tr {
                         td { (key.namespace) }
-                        td { (key.kind) " " (key.name) @if let Some(reason) = &stats.paused_reason { br; em { "paused: " (reason) } } }
+                        td { (key.kind) " " (key.name) }
                         td { @if finished > 0 { (format!("{:.1}%", stats.succeeded as f64 * 100.0 / finished as f64)) } @else { "—" } }
                         td { (stats.circuit.clone().unwrap_or_else(|| "closed".into())) }
                         td { (stats.pending) }
                         td { (stats.dead) }
+                        td.held { @if let Some(hold) = held { strong { (hold.reason()) } ": " (hold.to_string()) } }
                         td { (stats.last_failure_reason.clone().unwrap_or_default()) }
                         td {
                             (action("redeliver-dead", "Redeliver all dead", key))

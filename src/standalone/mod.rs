@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::catalog::egress::{self, EgressRefusal, EgressRules};
+use crate::catalog::egress::{self, EgressRules};
+use crate::catalog::hold;
 use crate::catalog::{Catalog, GeneratedSecrets, Source};
 use crate::node::{Configuration, Node, NodeOptions, shutdown_signal};
 use postgres::PrivatePostgres;
@@ -134,30 +135,18 @@ fn base_url(addr: SocketAddr) -> String {
     }
 }
 
-/// Targets the dispatcher will hold, and why: said once at start, with what to change.
+/// Targets the dispatcher will hold, and why: said once at start, in the words the console and
+/// the admin API use.
 async fn held_targets(catalog: &Catalog, rules: &EgressRules) -> Vec<String> {
     let mut held = Vec::new();
     for target in catalog.targets() {
-        let key = &target.key;
-        let what = format!(
-            "{} {}/{} ({})",
-            key.kind, key.namespace, key.name, target.spec.url
-        );
-        if target.spec.paused {
+        let egress = egress::refusal(&target.spec.url, target.allow_private_networks, rules).await;
+        if let Some(hold) = hold::configured(target, egress) {
+            let key = &target.key;
             held.push(format!(
-                "{what} is paused (spec.paused): nothing is sent until it is unpaused"
+                "{} {}/{} ({}) is held, nothing is sent: {hold}",
+                key.kind, key.namespace, key.name, target.spec.url
             ));
-        } else if let Some(refusal) =
-            egress::refusal(&target.spec.url, target.allow_private_networks, rules).await
-        {
-            held.push(match refusal {
-                EgressRefusal::PrivateNotAllowed(why) => format!(
-                    "{what}: {why}; set allowPrivateNetworks: true to allow it (deliveries wait until then)"
-                ),
-                EgressRefusal::Forbidden(why) => {
-                    format!("{what}: {why}, never delivered to (deliveries wait)")
-                }
-            });
         }
     }
     held

@@ -133,6 +133,57 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
     })
 }
 
+/// What the running system says about targets: (circuit, runtime pause reason) of those that
+/// have a row in `target_states`.
+pub async fn target_states(
+    pool: &PgPool,
+    targets: &[&TargetKey],
+) -> sqlx::Result<HashMap<TargetKey, (String, Option<String>)>> {
+    let column = |f: fn(&TargetKey) -> &str| targets.iter().map(|k| f(k)).collect::<Vec<_>>();
+    let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT t.namespace, t.target_kind, t.target, t.circuit, t.paused_reason
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS w (namespace, target_kind, target)
+         JOIN target_states t ON t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target",
+    )
+    .persistent(false)
+    .bind(column(|k| &k.namespace))
+    .bind(column(|k| k.kind.as_str()))
+    .bind(column(|k| &k.name))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(namespace, kind, name, circuit, paused)| {
+            let kind = kind.parse().ok()?;
+            Some((
+                TargetKey {
+                    namespace,
+                    kind,
+                    name,
+                },
+                (circuit, paused),
+            ))
+        })
+        .collect())
+}
+
+/// Deliveries waiting per target, in the order asked.
+pub async fn pending_counts(pool: &PgPool, targets: &[&TargetKey]) -> sqlx::Result<Vec<i64>> {
+    let column = |f: fn(&TargetKey) -> &str| targets.iter().map(|k| f(k)).collect::<Vec<_>>();
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM delivery_queue q
+                 WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target)
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS w (namespace, target_kind, target, n)
+         ORDER BY w.n",
+    )
+    .persistent(false)
+    .bind(column(|k| &k.namespace))
+    .bind(column(|k| k.kind.as_str()))
+    .bind(column(|k| &k.name))
+    .fetch_all(pool)
+    .await
+}
+
 /// Adds refused-request counts (per namespace, source and reason) to the current minute.
 pub async fn add_rejections(
     pool: &PgPool,

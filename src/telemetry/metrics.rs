@@ -22,6 +22,14 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// A target whose deliveries are held back, and why (see `catalog::hold`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeldLabels {
+    pub namespace: String,
+    pub target: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     pub namespace: String,
@@ -51,6 +59,8 @@ pub struct Metrics {
     pub event_delivery_latency: Histogram,
     /// Per source, verification secrets that do not resolve while others do.
     pub secrets_unresolved: Family<SourceLabels, Gauge>,
+    /// Per held target, the deliveries waiting while it is held.
+    pub deliveries_held: Family<HeldLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -129,9 +139,16 @@ impl Metrics {
             "Verification secrets of a source that do not resolve (requests are verified with the others)",
             secrets_unresolved.clone(),
         );
+        let deliveries_held = Family::<HeldLabels, Gauge>::default();
+        registry.register(
+            "deliveries_held",
+            "Deliveries waiting for a target that is held back (paused, circuit open, no secret, URL not allowed), by reason",
+            deliveries_held.clone(),
+        );
         Self {
             registry,
             secrets_unresolved,
+            deliveries_held,
             ingest_requests,
             ingest_duration,
             events_stored,
