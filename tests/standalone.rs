@@ -29,25 +29,8 @@ async fn standalone_serves_the_examples_with_its_own_database() {
         .expect("start hookline standalone");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    // The log, line by line, as the person who started it reads it.
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn({
-        let log = log.clone();
-        move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("standalone: {line}");
-                // Not a terminal, so JSON lines: the message is what a person would read.
-                let message = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(str::to_owned))
-                    .unwrap_or(line);
-                log.lock().unwrap().push(message);
-            }
-        }
-    });
-    let logged = |needle: &str| log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+    let log = support::process::Log::capture(child.stderr.take().unwrap(), "standalone");
+    let logged = |needle: &str| log.find(needle);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -57,33 +40,22 @@ async fn standalone_serves_the_examples_with_its_own_database() {
             break;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("standalone exited with {status}: {:?}", log.lock().unwrap());
+            panic!("standalone exited with {status}: {:?}", log.find(""));
         }
         assert!(Instant::now() < deadline, "standalone not ready within 60s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // The log says where everything is, and how to get into the console without a token.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let sign_in = loop {
-        if let Some(line) = logged("sign in once with ") {
-            break line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no sign-in link in {:?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let sign_in = log
+        .wait_for("sign in once with ", 1, Duration::from_secs(10))
+        .await;
     let local = format!("http://localhost:{port}");
     assert!(
         logged(&format!(
             "receiving default/stripe at {local}/ingest/default/stripe"
         ))
-        .is_some(),
-        "{:?}",
-        log.lock().unwrap()
+        .is_some()
     );
     assert!(logged(&format!("console: {local}/ui")).is_some());
     assert!(logged("publishing is off: set HOOKLINE_PUBLISH_TOKEN").is_some());
@@ -176,4 +148,115 @@ async fn standalone_serves_the_examples_with_its_own_database() {
         "the private Postgres must be stopped on exit"
     );
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Edits take effect without a restart: a file added, a typo refused (the last good version
+/// stays, and the log says where the typo is), a secret rotated, and SIGHUP reads again.
+#[tokio::test]
+async fn standalone_applies_edits_live_and_keeps_the_last_good_configuration() {
+    let dir = std::env::temp_dir().join(format!("hookline-live-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |file: &str, text: &str| std::fs::write(dir.join(file), text).unwrap();
+    let secret = |value: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: stripe}}\nstringData: {{key: {value}}}\n")
+    };
+    write("secret.yaml", &secret("whsec_first"));
+    write(
+        "source.yaml",
+        "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: stripe}\n\
+         spec: {provider: stripe, secretRef: {name: stripe, key: key}}\n",
+    );
+    let gateway = support::process::start_standalone(&dir, &support::fresh_database().await, &[]).await;
+    let log = &gateway.log;
+    log.wait_for("watching the configuration", 1, Duration::from_secs(10))
+        .await;
+    let token = std::fs::read_to_string(gateway.state.join("admin-token")).unwrap();
+    let client = reqwest::Client::new();
+    let targets = async || -> Vec<String> {
+        let body: serde_json::Value = client
+            .get(format!("{}/admin/v1/targets", gateway.base))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["target"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(targets().await.is_empty());
+
+    let local = "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: local}\n\
+                 spec: {url: 'http://127.0.0.1:9/', events: ['*'], maxInFlight: 4}\n";
+    write("local.yaml", local);
+    log.wait_for("subscription default/local added", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(targets().await, ["local"]);
+
+    write("local.yaml", &local.replace("maxInFlight", "maxInflight"));
+    let refused = log
+        .wait_for("configuration not reloaded", 1, Duration::from_secs(10))
+        .await;
+    assert!(
+        refused.contains("local.yaml, document 1: WebhookSubscription local is invalid")
+            && refused.contains("spec.maxInflight: unknown field (did you mean maxInFlight?)"),
+        "{refused}"
+    );
+    assert_eq!(
+        targets().await,
+        ["local"],
+        "the last good configuration stays in force"
+    );
+    write("local.yaml", local);
+
+    // A rotated secret: what the new one signs is accepted, what the old one signs is not.
+    write("secret.yaml", &secret("whsec_second"));
+    log.wait_for(
+        "source default/stripe: secret changed",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let body = r#"{"id":"evt_live","object":"event","type":"invoice.paid","data":{"object":{}}}"#;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let send = async |secret: &str| {
+        let key = SigningKey::from_text(secret).unwrap();
+        client
+            .post(format!("{}/ingest/default/stripe", gateway.base))
+            .header("Stripe-Signature", stripe::sign(&key, now, body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(send("whsec_first").await, 401);
+    assert_eq!(send("whsec_second").await, 200);
+
+    // SIGHUP reads the directory again, and says again what is wrong with it.
+    write("broken.yaml", "kind: [unclosed");
+    log.wait_for("configuration not reloaded", 2, Duration::from_secs(10))
+        .await;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(gateway.child.id() as i32, libc::SIGHUP) };
+    log.wait_for(
+        "SIGHUP: reading the configuration again",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    log.wait_for("configuration not reloaded", 3, Duration::from_secs(10))
+        .await;
+    std::fs::remove_file(dir.join("broken.yaml")).unwrap();
+    std::fs::remove_file(dir.join("local.yaml")).unwrap();
+    log.wait_for("subscription default/local removed", 1, Duration::from_secs(10))
+        .await;
+    assert!(targets().await.is_empty());
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,6 +61,11 @@ impl Secrets {
             .extend(data);
     }
 
+    /// Every key of a Secret.
+    pub fn data(&self, namespace: &str, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
+        self.0.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
     /// The value of a key (trimmed), or why it cannot be used.
     pub fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<String, SecretUnavailable> {
         let data = self

@@ -3,6 +3,7 @@
 
 pub mod loader;
 pub mod postgres;
+pub mod reload;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -55,7 +56,7 @@ pub async fn run(mut options: Options) -> anyhow::Result<()> {
         .clone()
         .or_else(|| private.as_ref().map(PrivatePostgres::url))
         .unwrap_or_default();
-    let result = serve(&options, &url, catalog, sign_in).await;
+    let result = serve(&options, &url, catalog, config, sign_in).await;
     if let Some(postgres) = private {
         tokio::task::spawn_blocking(move || postgres.stop()).await?;
     }
@@ -79,31 +80,36 @@ fn admin_token_for_this_run(options: &mut Options) -> anyhow::Result<Option<Sign
     std::fs::create_dir_all(&options.state_dir)
         .with_context(|| format!("cannot create {}", options.state_dir.display()))?;
     let token_file = options.state_dir.join("admin-token");
-    write_private(&token_file, &token)?;
+    if let Err(err) = write_private(&token_file, &token) {
+        tracing::warn!("{err:#}; use the sign-in link below");
+    }
     let code = hex::encode(rand::random::<[u8; 24]>());
     http.admin_token = Some(token);
     http.sign_in_code = Some(code.clone());
     Ok(Some(SignIn { token_file, code }))
 }
 
+/// Writes a file only its owner can read, replacing it whole (written aside, then renamed).
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
+    let aside = path.with_extension(format!("{}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+        .open(&aside)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&aside, path));
+    written.with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn serve(
     options: &Options,
     database_url: &str,
     catalog: Catalog,
+    config: loader::Config,
     sign_in: Option<SignIn>,
 ) -> anyhow::Result<()> {
     let pool = crate::store::connect_lazy(database_url, 16)?;
@@ -123,6 +129,11 @@ async fn serve(
     )
     .await?;
     announce(&node, options, &sources, &held, sign_in.as_ref());
+    tokio::spawn(reload::follow(
+        options.config_dir.clone(),
+        node.catalog.clone(),
+        config,
+    ));
     node.wait().await
 }
 
