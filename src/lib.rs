@@ -11,6 +11,7 @@ pub mod controller;
 pub mod dispatch;
 pub mod gateway;
 pub mod node;
+pub mod samples;
 pub mod standalone;
 pub mod store;
 pub mod telemetry;

@@ -32,6 +32,8 @@ enum Command {
     Crds,
     /// Print the headers a provider would send with a body: test your receiver, or Hookline.
     Sign(SignArgs),
+    /// Post a provider's sample event, signed with a source's own secret, to the gateway.
+    SendTest(cli::send_test::SendTestArgs),
     /// Check a request's signature the way Hookline does; exit 1 with the reason when it fails.
     Verify(VerifyArgs),
 }
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => print_crds(),
         Command::Sign(args) => cli::signature::sign(args),
+        Command::SendTest(args) => cli::send_test::send_test(args),
         Command::Verify(args) => cli::signature::verify(args),
         Command::Standalone(args) => standalone(*args),
         Command::Gateway(args) => gateway(*args),

@@ -110,6 +110,38 @@ async fn standalone_serves_the_examples_with_its_own_database() {
         .unwrap();
     assert_eq!(api.status(), 200, "the generated token is the admin token");
 
+    // A sample of each provider, signed with the example's own secret, gets in.
+    for (file, event_type) in [
+        ("stripe.yaml", Some("invoice.paid")),
+        ("clerk.yaml", None),
+        ("github.yaml", None),
+        ("generic-hmac.yaml", None),
+        ("standard-webhooks.yaml", None),
+        ("resend.yaml", None),
+    ] {
+        let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hookline"));
+        command.args(["send-test", &path, "--to", &base]);
+        if let Some(event_type) = event_type {
+            command.args(["--type", event_type]);
+        }
+        let output = command.output().unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && said.contains(": 200 OK"),
+            "send-test {file}: {said}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if let Some(event_type) = event_type {
+            assert!(
+                said.starts_with(&format!(
+                    "sent a sample {event_type} to {base}/ingest/default/stripe"
+                )),
+                "{said}"
+            );
+        }
+    }
+
     // Signed with the secret in examples/stripe.yaml, as Stripe would.
     let body = r#"{"id":"evt_standalone","object":"event","type":"invoice.paid","data":{"object":{}}}"#;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;

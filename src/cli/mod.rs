@@ -2,6 +2,7 @@
 
 pub mod controller;
 pub mod node;
+pub mod send_test;
 pub mod signature;
 
 use std::path::PathBuf;

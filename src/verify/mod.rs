@@ -284,51 +284,61 @@ pub fn sign_headers(
     timestamp: i64,
     body: &[u8],
 ) -> Result<Vec<(String, String)>, SecretError> {
-    let pairs = |items: &[(&str, String)]| items.iter().map(|(n, v)| ((*n).to_owned(), v.clone())).collect();
-    Ok(match provider {
-        Provider::Stripe => pairs(&[(
-            "Stripe-Signature",
-            stripe::sign(&SigningKey::from_text(secret)?, timestamp, body),
-        )]),
-        Provider::Clerk | Provider::Resend | Provider::Svix | Provider::StandardWebhooks => {
-            let key = standard_webhooks::decode_secret(secret)?;
-            let prefix = if provider == Provider::StandardWebhooks {
-                "webhook"
-            } else {
-                "svix"
-            };
-            vec![
-                (format!("{prefix}-id"), id.to_owned()),
-                (format!("{prefix}-timestamp"), timestamp.to_string()),
-                (
-                    format!("{prefix}-signature"),
-                    standard_webhooks::sign(&key, id, timestamp, body),
-                ),
-            ]
-        }
-        Provider::Github => pairs(&[
-            (
-                "X-Hub-Signature-256",
-                github::sign(&SigningKey::from_text(secret)?, body),
-            ),
-            ("X-GitHub-Delivery", id.to_owned()),
-        ]),
-        Provider::GenericHmac => {
-            let settings = generic_hmac.ok_or(SecretError::NoSecret)?;
-            let key = SigningKey::from_text(secret)?;
-            let mut headers = vec![(
-                settings.header.clone(),
-                generic_hmac::sign(settings, &key, Some(timestamp), body),
-            )];
-            if let Some(name) = &settings.timestamp_header {
-                headers.push((name.clone(), timestamp.to_string()));
+    let signer = SourceVerifier::new(provider, generic_hmac, &[secret], Duration::ZERO)?;
+    Ok(signer.sign(id, timestamp, body))
+}
+
+impl SourceVerifier {
+    /// The headers the source's sender attaches to `body`, signed with its primary secret:
+    /// what this verifier accepts. `id` goes in a header where the scheme carries one.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
+        let key = &self.keys[0];
+        let named = |items: Vec<(&str, String)>| items.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        match &self.scheme {
+            Scheme::Stripe => named(vec![("Stripe-Signature", stripe::sign(key, timestamp, body))]),
+            Scheme::Svix | Scheme::StandardWebhooks => {
+                let prefix = if matches!(self.scheme, Scheme::StandardWebhooks) {
+                    "webhook"
+                } else {
+                    "svix"
+                };
+                vec![
+                    (format!("{prefix}-id"), id.to_owned()),
+                    (format!("{prefix}-timestamp"), timestamp.to_string()),
+                    (
+                        format!("{prefix}-signature"),
+                        standard_webhooks::sign(key, id, timestamp, body),
+                    ),
+                ]
             }
-            if let Some(name) = &settings.id_header {
-                headers.push((name.clone(), id.to_owned()));
+            Scheme::Github => named(vec![
+                ("X-Hub-Signature-256", github::sign(key, body)),
+                ("X-GitHub-Delivery", id.to_owned()),
+            ]),
+            Scheme::GenericHmac(settings) => {
+                let mut headers = vec![(
+                    settings.header.clone(),
+                    generic_hmac::sign(settings, key, Some(timestamp), body),
+                )];
+                if let Some(name) = &settings.timestamp_header {
+                    headers.push((name.clone(), timestamp.to_string()));
+                }
+                if let Some(name) = &settings.id_header {
+                    headers.push((name.clone(), id.to_owned()));
+                }
+                headers
             }
-            headers
         }
-    })
+    }
+
+    /// The header that carries the event type, for schemes that send it outside the body.
+    pub fn event_type_header(&self) -> Option<&str> {
+        match &self.scheme {
+            Scheme::Github => Some("X-GitHub-Event"),
+            Scheme::GenericHmac(settings) => settings.event_type_header.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
