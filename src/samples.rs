@@ -107,31 +107,36 @@ pub enum SampleError {
     },
 }
 
-/// A sample for `source`, signed by `signer` (the source's verifier, so it is accepted): of
-/// `event_type`, or by default the first sample one of its handlers routes (else the first).
-pub fn signed(
-    source: &WebhookSourceSpec,
-    signer: &SourceVerifier,
-    event_type: Option<&str>,
-) -> Result<SignedSample, SampleError> {
-    let routed = |sample: &&Sample| {
+/// Whether one of the source's handlers takes events of a type.
+pub fn routed_by(source: &WebhookSourceSpec) -> impl Fn(&str) -> bool + '_ {
+    move |event_type| {
         source.handlers.iter().any(|h| {
             h.target
                 .events
                 .iter()
-                .any(|pattern| wildmatch::WildMatch::new(pattern).matches(sample.event_type))
+                .any(|pattern| wildmatch::WildMatch::new(pattern).matches(event_type))
         })
-    };
+    }
+}
+
+/// A sample of `provider`'s, signed by `signer` (the source's verifier, so it is accepted): of
+/// `event_type`, or by default the first sample `routed` (else the first).
+pub fn signed(
+    provider: Provider,
+    signer: &SourceVerifier,
+    event_type: Option<&str>,
+    routed: impl Fn(&str) -> bool,
+) -> Result<SignedSample, SampleError> {
     let sample = match event_type {
-        Some(wanted) => of(source.provider).find(|s| s.event_type == wanted),
-        None => of(source.provider)
-            .find(routed)
-            .or_else(|| of(source.provider).next()),
+        Some(wanted) => of(provider).find(|s| s.event_type == wanted),
+        None => of(provider)
+            .find(|s| routed(s.event_type))
+            .or_else(|| of(provider).next()),
     };
     let Some(sample) = sample else {
-        let available: Vec<&str> = of(source.provider).map(|s| s.event_type).collect();
+        let available: Vec<&str> = of(provider).map(|s| s.event_type).collect();
         return Err(SampleError::NoSuchType {
-            scheme: scheme_of(source.provider),
+            scheme: scheme_of(provider),
             wanted: event_type.unwrap_or_default().to_owned(),
             available: available.join(", "),
         });
@@ -210,7 +215,7 @@ mod tests {
                 std::time::Duration::from_secs(300),
             )
             .unwrap();
-            let sample = signed(&spec, &verifier, None).unwrap();
+            let sample = signed(spec.provider, &verifier, None, routed_by(&spec)).unwrap();
             assert_eq!(
                 sample.event_type, routed,
                 "{provider}: the routed type by default"
@@ -232,7 +237,7 @@ mod tests {
             serde_yaml::from_str("{provider: stripe, secretRef: {name: s, key: k}}").unwrap();
         let verifier =
             SourceVerifier::new(spec.provider, None, &["whsec_test"], std::time::Duration::ZERO).unwrap();
-        let err = signed(&spec, &verifier, Some("invoice.unknown"))
+        let err = signed(spec.provider, &verifier, Some("invoice.unknown"), |_| true)
             .unwrap_err()
             .to_string();
         assert!(

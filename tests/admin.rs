@@ -841,3 +841,51 @@ async fn held_deliveries_say_why_everywhere() {
     assert!(page.contains("Held: "), "{page}");
     assert!(h.sink.received("local").is_empty());
 }
+
+/// The console lists the sources and sends one a sample event of its provider, signed with its
+/// own secret, through ingest: the event is stored and delivered, and the page shows it.
+#[tokio::test]
+async fn the_console_sends_a_source_a_sample() {
+    let stripe = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: stripe, namespace: shop}\nstringData: {key: whsec_sample}\n\
+                  ---\napiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: stripe, namespace: shop}\n\
+                  spec: {provider: stripe, secretRef: {name: stripe, key: key}, \
+                  handlers: [{name: billing, url: '{SINK}/billing', events: ['invoice.*']}]}\n";
+    let h = harness(&format!("{SECRET}{stripe}")).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sources = client
+        .get(format!("{}/ui/sources", h.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sources.contains("POST /ingest/shop/stripe") && sources.contains("receiving"),
+        "{sources}"
+    );
+    assert!(sources.contains("<option value=\"invoice.paid\">"), "{sources}");
+    let sent = client
+        .post(format!("{}/ui/sources/send", h.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .form(&[
+            ("csrf", ""),
+            ("namespace", "shop"),
+            ("source", "stripe"),
+            ("type", "invoice.paid"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 303);
+    let location = sent.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/ui/events/"), "{location}");
+    let got = h.sink.wait_for("billing", 1, Duration::from_secs(10)).await;
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["type"], "invoice.paid");
+    assert_eq!(body["object"], "event");
+}

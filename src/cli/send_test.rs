@@ -62,7 +62,12 @@ pub fn send_test(args: SendTestArgs) -> anyhow::Result<()> {
         source.spec.tolerance.get(),
     )
     .map_err(|e| anyhow::anyhow!("the secret of {namespace}/{name}: {e}"))?;
-    let sample = hookline::samples::signed(&source.spec, &verifier, args.event_type.as_deref())?;
+    let sample = hookline::samples::signed(
+        source.spec.provider,
+        &verifier,
+        args.event_type.as_deref(),
+        hookline::samples::routed_by(&source.spec),
+    )?;
     let url = format!("{}/ingest/{namespace}/{name}", args.to.trim_end_matches('/'));
     let runtime = tokio::runtime::Runtime::new()?;
     let (status, answer) = runtime.block_on(async {

@@ -73,7 +73,7 @@ pub(super) async fn receive(
     response
 }
 
-fn provider_label(source: &Source) -> &'static str {
+pub(super) fn provider_label(source: &Source) -> &'static str {
     use crate::api::Provider::*;
     match source.provider {
         Stripe => "stripe",

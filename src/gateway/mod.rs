@@ -264,6 +264,8 @@ impl Gateway {
             .route("/admin/v1/deliveries/{id}/redeliver", post(admin::redeliver))
             .route("/admin/v1/targets", get(admin::list_targets))
             .route("/admin/v1/targets/{action}", post(admin::target_action))
+            .route("/ui/sources", get(ui::sources))
+            .route("/ui/sources/send", post(ui::send_sample))
             .route("/ui/targets", get(ui::targets))
             .route("/ui/targets/{action}", post(ui::target_action))
             .route("/ui", get(ui::root))
