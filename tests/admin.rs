@@ -888,4 +888,60 @@ async fn the_console_sends_a_source_a_sample() {
     let body: Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(body["type"], "invoice.paid");
     assert_eq!(body["object"], "event");
+
+    // The pictures: the delivery in the target's last hour, its attempt on the event's
+    // timeline, the event in the source's ingest rate, and a refused request by reason.
+    let page = async |path: &str| {
+        client
+            .get(format!("{}{path}", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let targets = page("/ui/targets").await;
+        if targets.contains("Deliveries per minute, last hour: 1 succeeded, 0 failed") {
+            assert!(
+                targets.contains("Circuit over the last hour: closed now"),
+                "{targets}"
+            );
+            assert!(
+                targets.contains("p95 latency per minute, last hour: latest at most"),
+                "{targets}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{targets}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = page(&location).await;
+    assert!(
+        event.contains("<svg class=\"timeline\"") && event.contains("1 attempt"),
+        "{event}"
+    );
+    let unsigned = client
+        .post(format!("{}/ingest/shop/stripe", h.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let overview = page("/ui/overview").await;
+        if overview.contains("<code>missing_signature</code>") {
+            assert!(
+                overview.contains("Events received per minute, last hour: 1"),
+                "{overview}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{overview}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -454,6 +454,7 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
 
     let outcome = |lease_until, number, after| AttemptRecord {
         delivery: again.id,
+        target: again.target_key(),
         lease_until,
         number,
         attempt: Attempt {
@@ -507,6 +508,7 @@ fn succeeded(
 ) -> hookline::store::deliveries::AttemptRecord {
     hookline::store::deliveries::AttemptRecord {
         delivery: delivery.id,
+        target: delivery.target_key(),
         lease_until: delivery.lease_until,
         number: delivery.attempts + 1,
         attempt: hookline::store::deliveries::Attempt {
@@ -681,6 +683,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
                 .iter()
                 .map(|d| AttemptRecord {
                     delivery: d.id,
+                    target: d.target_key(),
                     lease_until: d.lease_until,
                     number: d.attempts + 1,
                     attempt: Attempt {
@@ -840,5 +843,80 @@ async fn waiting_deliveries_move_to_the_queue_table() {
         taken,
         [("stripe/claimed", 2), ("stripe/new", 1), ("stripe/parked", 0)],
         "what is due is claimed, each numbered after the attempts it had"
+    );
+}
+
+/// The console's pictures read bounded ranges: on a million rows of activity, a million events
+/// and many circuit changes, each statement reads the asked targets' and sources' last hour
+/// through an index, never a whole table.
+#[tokio::test]
+async fn the_pictures_read_index_ranges_on_a_million_rows() {
+    use hookline::store::activity::{CIRCUIT_HISTORY, INGEST_MINUTES, TARGET_MINUTES};
+    let pool = migrated_pool(2).await;
+    // 1,000 targets × 1,000 minutes; 1,000,000 events of 100 sources over ~12 days; 100,000
+    // circuit changes.
+    for statement in [
+        "INSERT INTO target_minutes (namespace, target_kind, target, minute, succeeded, failed, latency_buckets)
+         SELECT 'ns' || (t % 10), 'subscription', 'target-' || t, date_trunc('minute', now()) - m * interval '1 minute',
+                10, 1, '{1,2,3,4,0,0,0,0,0,0,0,0,0}'
+         FROM generate_series(1, 1000) t, generate_series(0, 999) m",
+        "INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body, received_at)
+         SELECT gen_random_uuid(), 'ns' || (i % 10), 'source-' || (i % 100), 'stripe', 'evt_' || i, 'invoice.paid',
+                '{}', ''::bytea, now() - i * interval '1 second'
+         FROM generate_series(1, 1000000) i",
+        "INSERT INTO circuit_changes (namespace, target_kind, target, at, circuit)
+         SELECT 'ns' || (t % 10), 'subscription', 'target-' || t, now() - c * interval '1 minute',
+                CASE WHEN c % 2 = 0 THEN 'open' ELSE 'closed' END
+         FROM generate_series(1, 1000) t, generate_series(1, 100) c",
+        "ANALYZE",
+    ] {
+        sqlx::query(statement).execute(&pool).await.expect(statement);
+    }
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let plan = async |sql: &str, binds: Vec<Vec<String>>| -> String {
+        let text = format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}");
+        let mut query = sqlx::query_scalar::<_, String>(&text);
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        query.bind(since).fetch_all(&pool).await.expect(sql).join("\n")
+    };
+    let targets = plan(
+        TARGET_MINUTES,
+        vec![
+            vec!["ns1".into(), "ns2".into()],
+            vec!["subscription".into(), "subscription".into()],
+            vec!["target-1".into(), "target-2".into()],
+        ],
+    )
+    .await;
+    assert!(
+        targets.contains("target_minutes_pkey") && !targets.contains("Seq Scan on target_minutes"),
+        "{targets}"
+    );
+    let circuits = plan(
+        CIRCUIT_HISTORY,
+        vec![
+            vec!["ns1".into()],
+            vec!["subscription".into()],
+            vec!["target-1".into()],
+        ],
+    )
+    .await;
+    assert!(
+        circuits.contains("circuit_changes_pkey") && !circuits.contains("Seq Scan on circuit_changes"),
+        "{circuits}"
+    );
+    let ingest = plan(
+        INGEST_MINUTES,
+        vec![
+            vec!["ns1".into(), "ns2".into()],
+            vec!["source-1".into(), "source-2".into()],
+        ],
+    )
+    .await;
+    assert!(
+        ingest.contains("events_by_source") && !ingest.contains("Seq Scan on events"),
+        "{ingest}"
     );
 }

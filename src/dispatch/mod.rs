@@ -427,6 +427,7 @@ impl Dispatcher {
         let after = settlement.after;
         let record = AttemptRecord {
             delivery: delivery.id,
+            target: key.clone(),
             lease_until: delivery.lease_until,
             number: delivery.attempts + 1,
             attempt,

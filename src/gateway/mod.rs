@@ -2,6 +2,7 @@
 //! (`publish`), serves the admin API and console, health and metrics.
 
 mod admin;
+mod charts;
 mod holds;
 mod ingest;
 mod publish;
@@ -264,6 +265,7 @@ impl Gateway {
             .route("/admin/v1/deliveries/{id}/redeliver", post(admin::redeliver))
             .route("/admin/v1/targets", get(admin::list_targets))
             .route("/admin/v1/targets/{action}", post(admin::target_action))
+            .route("/ui/overview", get(ui::overview))
             .route("/ui/sources", get(ui::sources))
             .route("/ui/sources/send", post(ui::send_sample))
             .route("/ui/targets", get(ui::targets))

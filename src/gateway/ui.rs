@@ -19,7 +19,8 @@ use uuid::Uuid;
 use super::admin::{
     Act, TargetAction, TargetHealth, act_on_target, payload, redact_headers, signed_headers_of, target_health,
 };
-use super::{Access, Gateway, session};
+use super::{Access, Gateway, charts, session};
+use crate::store::activity;
 use crate::store::history::{self, EventFilter};
 
 /// Every console page: no scripts, styles only from the page itself, never framed (clickjacking).
@@ -124,7 +125,7 @@ fn page(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     strong { "Hookline" }
-                    nav { a href="/ui/events" { "Webhook log" } " · " a href="/ui/sources" { "Sources" } " · " a href="/ui/targets" { "Targets" } " · " a href="/ui/verify" { "Verifying signatures" } }
+                    nav { a href="/ui/overview" { "Overview" } " · " a href="/ui/events" { "Webhook log" } " · " a href="/ui/sources" { "Sources" } " · " a href="/ui/targets" { "Targets" } " · " a href="/ui/verify" { "Verifying signatures" } }
                 }
                 main { h1 { (title) } (body) }
                 footer { form.inline method="post" action="/ui/logout" { button.logout type="submit" { "Sign out" } } }
@@ -383,6 +384,8 @@ pub(super) async fn event(
             section.delivery aria-label={ "Delivery to " (delivery.target) } {
                 h3 { (delivery.target_kind) " " (delivery.target) " — " span class=(delivery.status) { (delivery.status) } }
                 @if let Some(hold) = held.get(&delivery.id) { p.held { strong { "Held: " } (hold.to_string()) } }
+                @let tried: Vec<&history::AttemptDetail> = attempts.iter().filter(|a| a.delivery_id == delivery.id).collect();
+                (charts::timeline(event.received_at, &tried, delivery.next_attempt_at))
                 @if let Some(error) = &delivery.last_error { p { "Last error: " (error) } }
                 form.inline method="post" action={ "/ui/deliveries/" (delivery.id) "/redeliver" } {
                     input type="hidden" name="csrf" value=(csrf);
@@ -490,6 +493,16 @@ pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, viewer: Viewer)
                 .into_response();
         }
     };
+    let now = chrono::Utc::now();
+    let since = charts::first_minute(now);
+    let keys: Vec<&crate::api::TargetKey> = targets.iter().map(|t| &t.key).collect();
+    // The pictures are extra: without them the page still says everything in numbers.
+    let minutes = activity::target_minutes(&gateway.pool, &keys, since)
+        .await
+        .unwrap_or_default();
+    let circuits = activity::circuit_history(&gateway.pool, &keys, since)
+        .await
+        .unwrap_or_default();
     let action = |name: &str, label: &str, key: &crate::api::TargetKey| {
         html! {
             form.inline method="post" action={ "/ui/targets/" (name) } {
@@ -505,7 +518,7 @@ pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, viewer: Viewer)
         table.targets {
             caption { "Delivery targets, last hour" }
             thead { tr {
-                th scope="col" { "Namespace" } th scope="col" { "Target" } th scope="col" { "Success rate" }
+                th scope="col" { "Namespace" } th scope="col" { "Target" } th scope="col" { "Last hour" } th scope="col" { "Success rate" }
                 th scope="col" { "Circuit" } th scope="col" { "Pending" } th scope="col" { "Dead" }
                 th scope="col" { "Held" } th scope="col" { "Last failure" } th scope="col" { "Actions" }
             } }
@@ -515,6 +528,13 @@ pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, viewer: Viewer)
                     tr {
                         td { (key.namespace) }
                         td { (key.kind) " " (key.name) }
+                        td.activity {
+                            @let none = Vec::new();
+                            @let target_minutes = minutes.get(key).unwrap_or(&none);
+                            (charts::deliveries(target_minutes, now)) br;
+                            (charts::latency(target_minutes, now)) br;
+                            (charts::circuit(circuits.get(key).map_or(&[][..], Vec::as_slice), now))
+                        }
                         td { @if finished > 0 { (format!("{:.1}%", stats.succeeded as f64 * 100.0 / finished as f64)) } @else { "—" } }
                         td { (stats.circuit.clone().unwrap_or_else(|| "closed".into())) }
                         td { (stats.pending) }
@@ -584,6 +604,63 @@ pub(super) async fn sources(State(gateway): State<Arc<Gateway>>, viewer: Viewer)
         p { "A sample is signed with the source's own secret, as its provider would sign it, and goes through ingest like any request: verified, stored, delivered to the handlers and subscriptions that take it." }
     };
     page("Sources", body).into_response()
+}
+
+/// What came in over the last hour: events per minute by source, and why requests were refused.
+pub(super) async fn overview(State(gateway): State<Arc<Gateway>>, viewer: Viewer) -> Response {
+    let now = chrono::Utc::now();
+    let since = charts::first_minute(now);
+    let catalog = gateway.catalog();
+    let mut sources: Vec<(String, String)> = catalog
+        .sources()
+        .filter(|s| viewer.access.allows(&s.namespace))
+        .map(|s| (s.namespace.clone(), s.name.clone()))
+        .collect();
+    sources.sort();
+    let (received, refused) = match tokio::try_join!(
+        activity::ingest_minutes(&gateway.pool, &sources, since),
+        activity::rejections_since(&gateway.pool, viewer.access.namespaces(), since),
+    ) {
+        Ok(found) => found,
+        Err(err) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database could not be read: {err}"),
+            )
+                .into_response();
+        }
+    };
+    let body = html! {
+        table.overview {
+            caption { "Events received, last hour" }
+            thead { tr { th scope="col" { "Source" } th scope="col" { "Per minute" } th scope="col" { "Events" } } }
+            tbody {
+                @for (namespace, name) in &sources {
+                    @let series: Vec<(chrono::DateTime<chrono::Utc>, i64)> = received
+                        .iter()
+                        .filter(|(n, s, _, _)| n == namespace && s == name)
+                        .map(|(_, _, minute, count)| (*minute, *count))
+                        .collect();
+                    tr {
+                        td { (namespace) "/" (name) }
+                        td { (charts::received(&series, now)) }
+                        td { (series.iter().map(|(_, c)| c).sum::<i64>()) }
+                    }
+                }
+            }
+        }
+        table.rejections {
+            caption { "Refused requests, last hour" }
+            thead { tr { th scope="col" { "Source" } th scope="col" { "Reason" } th scope="col" { "Requests" } } }
+            tbody {
+                @for (namespace, source, reason, count) in &refused {
+                    tr { td { (namespace) "/" (source) } td { code { (reason) } } td { (count) } }
+                }
+                @if refused.is_empty() { tr { td colspan="3" { "None." } } }
+            }
+        }
+    };
+    page("Overview", body).into_response()
 }
 
 #[derive(Deserialize)]

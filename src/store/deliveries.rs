@@ -200,6 +200,8 @@ pub enum After {
 /// An attempt made, and what happens to its delivery next.
 pub struct AttemptRecord {
     pub delivery: Uuid,
+    /// Its target, for the per-minute activity.
+    pub target: TargetKey,
     /// The claim's end, as the claim returned it. Should the claim have expired and the
     /// delivery been claimed again (or cancelled, or redelivered), the attempt is still kept,
     /// but the queue and the delivery's status are left to whoever holds it now.
@@ -303,6 +305,16 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     .bind(records.iter().map(|r| r.lease_until).collect::<Vec<_>>())
     .execute(pool)
     .await?;
+    // The pictures' numbers, best effort: the attempts above are the record.
+    let minutes = super::activity::per_minute(records.iter().map(|r| super::activity::Counted {
+        target: &r.target,
+        started_at: r.attempt.started_at,
+        duration_ms: r.attempt.duration_ms,
+        succeeded: r.after == After::Succeeded,
+    }));
+    if let Err(err) = super::activity::add_minutes(pool, &minutes).await {
+        tracing::warn!("cannot add to the delivery activity per minute: {err}");
+    }
     Ok(())
 }
 
@@ -351,14 +363,21 @@ pub async fn defer_target(pool: &PgPool, target: &TargetKey, until: DateTime<Utc
     Ok(result.rows_affected())
 }
 
-/// Records a target's circuit state (for status and other replicas' information).
+/// Records a target's circuit state (for status and other replicas' information), and each
+/// change in its history (`circuit_changes`, for the console's picture).
 pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO target_states (namespace, target_kind, target, circuit, circuit_since)
-         VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (namespace, target_kind, target)
-         DO UPDATE SET circuit = EXCLUDED.circuit, circuit_since = now()
-         WHERE target_states.circuit <> EXCLUDED.circuit",
+        "WITH changed AS (
+             INSERT INTO target_states (namespace, target_kind, target, circuit, circuit_since)
+             VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (namespace, target_kind, target)
+             DO UPDATE SET circuit = EXCLUDED.circuit, circuit_since = now()
+             WHERE target_states.circuit <> EXCLUDED.circuit
+             RETURNING namespace, target_kind, target, circuit, circuit_since
+         )
+         INSERT INTO circuit_changes (namespace, target_kind, target, at, circuit)
+         SELECT namespace, target_kind, target, circuit_since, circuit FROM changed
+         ON CONFLICT DO NOTHING",
     )
     .bind(&target.namespace)
     .bind(target.kind.as_str())

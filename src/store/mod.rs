@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub mod activity;
 pub mod deliveries;
 pub mod events;
 pub mod group_commit;

@@ -15,6 +15,8 @@ pub struct Swept {
     pub events: u64,
     pub idempotency_keys: u64,
     pub rejection_counts: u64,
+    /// Activity minutes and circuit changes (the console's pictures).
+    pub activity: u64,
 }
 
 /// One pass: deletes what is older than `retention` (events with their deliveries and attempts,
@@ -56,6 +58,17 @@ pub async fn sweep(pool: &PgPool, retention: Duration) -> sqlx::Result<Swept> {
         .execute(pool)
         .await?
         .rows_affected();
+    // The pictures cover the last hour; a day of them is kept (at most the retention).
+    let activity_cutoff = cutoff.max(Utc::now() - chrono::Duration::days(1));
+    for table in ["target_minutes", "circuit_changes"] {
+        let column = if table == "target_minutes" { "minute" } else { "at" };
+        swept.activity += sqlx::query(&format!("DELETE FROM {table} WHERE {column} < $1"))
+            .persistent(false)
+            .bind(activity_cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
     Ok(swept)
 }
 

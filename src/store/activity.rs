@@ -1,0 +1,305 @@
+//! Activity over time, for the console's pictures: deliveries per target and minute (added to
+//! as attempts are recorded), circuit changes, ingest per source and minute. Every read is
+//! bounded by an index range: a target's or source's minutes since a time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, DurationRound, Utc};
+use sqlx::PgPool;
+
+use crate::api::TargetKey;
+
+/// Upper bounds (ms) of the latency buckets; the last bucket takes the rest.
+pub const LATENCY_BOUNDS_MS: [i32; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
+const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// A target's attempts in one minute.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Minute {
+    pub succeeded: i32,
+    pub failed: i32,
+    pub latency_buckets: Vec<i32>,
+}
+
+impl Minute {
+    /// The 95th percentile latency, as the upper bound of its bucket (`None` without attempts;
+    /// `i32::MAX` past the last bound).
+    pub fn p95_ms(&self) -> Option<i32> {
+        let total: i64 = self.latency_buckets.iter().map(|&n| i64::from(n)).sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = (total * 95 + 99) / 100;
+        let mut seen = 0;
+        for (index, &count) in self.latency_buckets.iter().enumerate() {
+            seen += i64::from(count);
+            if seen >= wanted {
+                return Some(LATENCY_BOUNDS_MS.get(index).copied().unwrap_or(i32::MAX));
+            }
+        }
+        None
+    }
+}
+
+/// One attempt, as it counts towards its target's minute.
+pub struct Counted<'a> {
+    pub target: &'a TargetKey,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub succeeded: bool,
+}
+
+/// Sums attempts into rows per (target, minute), in key order (so concurrent writers lock rows
+/// in the same order).
+pub fn per_minute<'a>(
+    attempts: impl IntoIterator<Item = Counted<'a>>,
+) -> BTreeMap<(&'a TargetKey, DateTime<Utc>), Minute> {
+    let mut rows: BTreeMap<(&TargetKey, DateTime<Utc>), Minute> = BTreeMap::new();
+    for attempt in attempts {
+        let minute = attempt
+            .started_at
+            .duration_trunc(chrono::Duration::minutes(1))
+            .unwrap_or(attempt.started_at);
+        let row = rows.entry((attempt.target, minute)).or_insert_with(|| Minute {
+            latency_buckets: vec![0; BUCKETS],
+            ..Minute::default()
+        });
+        if attempt.succeeded {
+            row.succeeded += 1;
+        } else {
+            row.failed += 1;
+        }
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|&bound| attempt.duration_ms <= bound)
+            .unwrap_or(BUCKETS - 1);
+        row.latency_buckets[bucket] += 1;
+    }
+    rows
+}
+
+/// Adds rows to `target_minutes`.
+pub async fn add_minutes<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    rows: &BTreeMap<(&TargetKey, DateTime<Utc>), Minute>,
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&TargetKey> = rows.keys().map(|(key, _)| *key).collect();
+    let buckets: Vec<String> = rows
+        .values()
+        .map(|m| {
+            format!(
+                "{{{}}}",
+                m.latency_buckets
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO target_minutes AS t (namespace, target_kind, target, minute, succeeded, failed, latency_buckets)
+         SELECT namespace, target_kind, target, minute, succeeded, failed, buckets::int[]
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::int[], $7::text[])
+             AS r (namespace, target_kind, target, minute, succeeded, failed, buckets)
+         ON CONFLICT (namespace, target_kind, target, minute) DO UPDATE SET
+             succeeded = t.succeeded + EXCLUDED.succeeded,
+             failed = t.failed + EXCLUDED.failed,
+             latency_buckets = ARRAY(
+                 SELECT coalesce(a, 0) + coalesce(b, 0)
+                 FROM unnest(t.latency_buckets, EXCLUDED.latency_buckets) WITH ORDINALITY AS x (a, b, i)
+                 ORDER BY i)",
+    )
+    .persistent(false)
+    .bind(keys.iter().map(|k| k.namespace.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>())
+    .bind(rows.keys().map(|(_, minute)| *minute).collect::<Vec<_>>())
+    .bind(rows.values().map(|m| m.succeeded).collect::<Vec<_>>())
+    .bind(rows.values().map(|m| m.failed).collect::<Vec<_>>())
+    .bind(buckets)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// The statement of [`target_minutes`] (public for the plan tests).
+pub const TARGET_MINUTES: &str =
+    "SELECT m.namespace, m.target_kind, m.target, m.minute, m.succeeded, m.failed, m.latency_buckets
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS w (namespace, target_kind, target)
+         CROSS JOIN LATERAL (
+             SELECT * FROM target_minutes m
+             WHERE m.namespace = w.namespace AND m.target_kind = w.target_kind AND m.target = w.target
+               AND m.minute >= $4
+             ORDER BY m.minute
+         ) m";
+
+#[derive(sqlx::FromRow)]
+struct MinuteRow {
+    namespace: String,
+    target_kind: String,
+    target: String,
+    minute: DateTime<Utc>,
+    succeeded: i32,
+    failed: i32,
+    latency_buckets: Vec<i32>,
+}
+
+/// The minutes of `targets` since `since`, oldest first, per target.
+pub async fn target_minutes(
+    pool: &PgPool,
+    targets: &[&TargetKey],
+    since: DateTime<Utc>,
+) -> sqlx::Result<HashMap<TargetKey, Vec<(DateTime<Utc>, Minute)>>> {
+    let rows: Vec<MinuteRow> = sqlx::query_as(TARGET_MINUTES)
+        .persistent(false)
+        .bind(targets.iter().map(|k| k.namespace.as_str()).collect::<Vec<_>>())
+        .bind(targets.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
+        .bind(targets.iter().map(|k| k.name.as_str()).collect::<Vec<_>>())
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+    let mut out: HashMap<TargetKey, Vec<(DateTime<Utc>, Minute)>> = HashMap::new();
+    for row in rows {
+        let Ok(kind) = row.target_kind.parse() else {
+            continue;
+        };
+        let key = TargetKey {
+            namespace: row.namespace,
+            kind,
+            name: row.target,
+        };
+        let minute = Minute {
+            succeeded: row.succeeded,
+            failed: row.failed,
+            latency_buckets: row.latency_buckets,
+        };
+        out.entry(key).or_default().push((row.minute, minute));
+    }
+    Ok(out)
+}
+
+/// The statement of [`circuit_history`] (public for the plan tests).
+pub const CIRCUIT_HISTORY: &str = "SELECT w.namespace, w.target_kind, w.target, c.at, c.circuit
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS w (namespace, target_kind, target)
+         CROSS JOIN LATERAL (
+             (SELECT at, circuit FROM circuit_changes c
+              WHERE c.namespace = w.namespace AND c.target_kind = w.target_kind AND c.target = w.target
+                AND c.at < $4
+              ORDER BY c.at DESC LIMIT 1)
+             UNION ALL
+             (SELECT at, circuit FROM circuit_changes c
+              WHERE c.namespace = w.namespace AND c.target_kind = w.target_kind AND c.target = w.target
+                AND c.at >= $4
+              ORDER BY c.at LIMIT 1000)
+         ) c
+         ORDER BY 1, 2, 3, 4";
+
+/// Each target's circuit at `since` (its last change before it, if any) and its changes after.
+pub async fn circuit_history(
+    pool: &PgPool,
+    targets: &[&TargetKey],
+    since: DateTime<Utc>,
+) -> sqlx::Result<HashMap<TargetKey, Vec<(DateTime<Utc>, String)>>> {
+    let rows: Vec<(String, String, String, DateTime<Utc>, String)> = sqlx::query_as(CIRCUIT_HISTORY)
+        .persistent(false)
+        .bind(targets.iter().map(|k| k.namespace.as_str()).collect::<Vec<_>>())
+        .bind(targets.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
+        .bind(targets.iter().map(|k| k.name.as_str()).collect::<Vec<_>>())
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+    let mut out: HashMap<TargetKey, Vec<(DateTime<Utc>, String)>> = HashMap::new();
+    for (namespace, kind, name, at, circuit) in rows {
+        let Ok(kind) = kind.parse() else { continue };
+        out.entry(TargetKey {
+            namespace,
+            kind,
+            name,
+        })
+        .or_default()
+        .push((at, circuit));
+    }
+    Ok(out)
+}
+
+/// The statement of [`ingest_minutes`] (public for the plan tests).
+pub const INGEST_MINUTES: &str = "SELECT w.namespace, w.source, e.minute, e.count
+         FROM UNNEST($1::text[], $2::text[]) AS w (namespace, source)
+         CROSS JOIN LATERAL (
+             SELECT date_trunc('minute', received_at) AS minute, count(*) AS count FROM events e
+             WHERE e.namespace = w.namespace AND e.source = w.source AND e.received_at >= $3
+             GROUP BY 1
+         ) e
+         ORDER BY 1, 2, 3";
+
+/// Events received per source and minute since `since`, through the per-source index.
+pub async fn ingest_minutes(
+    pool: &PgPool,
+    sources: &[(String, String)],
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<(String, String, DateTime<Utc>, i64)>> {
+    sqlx::query_as(INGEST_MINUTES)
+        .persistent(false)
+        .bind(sources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+        .bind(sources.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>())
+        .bind(since)
+        .fetch_all(pool)
+        .await
+}
+
+/// Refused requests per namespace, source and reason since `since`.
+pub async fn rejections_since(
+    pool: &PgPool,
+    namespaces: Option<&[String]>,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<(String, String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT namespace, source, reason, sum(count)::bigint FROM ingest_rejections
+         WHERE minute >= $1 AND ($2::text[] IS NULL OR namespace = ANY($2))
+         GROUP BY 1, 2, 3 ORDER BY 4 DESC",
+    )
+    .persistent(false)
+    .bind(since)
+    .bind(namespaces)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TargetKind;
+
+    #[test]
+    fn attempts_sum_into_minutes_and_the_p95_is_a_bucket_bound() {
+        let key = TargetKey {
+            namespace: "shop".into(),
+            kind: TargetKind::Subscription,
+            name: "crm".into(),
+        };
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let attempt = |time: &str, ms: i32, ok: bool| Counted {
+            target: &key,
+            started_at: at(time),
+            duration_ms: ms,
+            succeeded: ok,
+        };
+        let mut attempts = Vec::new();
+        for i in 0..19 {
+            attempts.push(attempt(&format!("2026-12-01T10:00:{:02}Z", i), 20, true));
+        }
+        attempts.push(attempt("2026-12-01T10:00:59Z", 900, false));
+        attempts.push(attempt("2026-12-01T10:01:00Z", 40_000, false));
+        let rows = per_minute(attempts);
+        let first = &rows[&(&key, at("2026-12-01T10:00:00Z"))];
+        assert_eq!((first.succeeded, first.failed), (19, 1));
+        assert_eq!(first.p95_ms(), Some(25), "19 of 20 within 25 ms");
+        let second = &rows[&(&key, at("2026-12-01T10:01:00Z"))];
+        assert_eq!(second.p95_ms(), Some(i32::MAX));
+        assert_eq!(Minute::default().p95_ms(), None);
+    }
+}
