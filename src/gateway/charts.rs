@@ -175,7 +175,10 @@ pub fn timeline(
         .max()
         .unwrap_or(received_at);
     let span = ((ends - received_at).num_milliseconds().max(1) as f64) * 1.05;
-    let x = |at: DateTime<Utc>| ((at - received_at).num_milliseconds().max(0) as f64 / span * WIDE).round();
+    // Room on the right for the last label.
+    let x = |at: DateTime<Utc>| {
+        ((at - received_at).num_milliseconds().max(0) as f64 / span * (WIDE - 80.0)).round()
+    };
     let offset = |at: DateTime<Utc>| {
         let ms = (at - received_at).num_milliseconds();
         if ms < 10_000 {

@@ -518,7 +518,7 @@ pub(super) async fn targets(State(gateway): State<Arc<Gateway>>, viewer: Viewer)
         table.targets {
             caption { "Delivery targets, last hour" }
             thead { tr {
-                th scope="col" { "Namespace" } th scope="col" { "Target" } th scope="col" { "Last hour" } th scope="col" { "Success rate" }
+                th scope="col" { "Namespace" } th scope="col" { "Target" } th scope="col" { "Last hour" br; small { "deliveries/min · p95 · circuit" } } th scope="col" { "Success rate" }
                 th scope="col" { "Circuit" } th scope="col" { "Pending" } th scope="col" { "Dead" }
                 th scope="col" { "Held" } th scope="col" { "Last failure" } th scope="col" { "Actions" }
             } }
