@@ -228,6 +228,13 @@ async fn standalone_applies_edits_live_and_keeps_the_last_good_configuration() {
     write("local.yaml", local);
     log.wait_for("subscription default/local added", 1, Duration::from_secs(10))
         .await;
+    // Held, and said so once, as at start.
+    log.wait_for(
+        "subscription default/local (http://127.0.0.1:9/) is held, nothing is sent: 127.0.0.1 is a loopback address; set allowPrivateNetworks: true to allow it",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(targets().await, ["local"]);
 
     write("local.yaml", &local.replace("maxInFlight", "maxInflight"));

@@ -133,6 +133,10 @@ async fn serve(
         options.config_dir.clone(),
         node.catalog.clone(),
         config,
+        reload::Warned {
+            rules: options.node.dispatch.egress.clone(),
+            held,
+        },
     ));
     node.wait().await
 }
@@ -148,7 +152,7 @@ fn base_url(addr: SocketAddr) -> String {
 
 /// Targets the dispatcher will hold, and why: said once at start, in the words the console and
 /// the admin API use.
-async fn held_targets(catalog: &Catalog, rules: &EgressRules) -> Vec<String> {
+pub(crate) async fn held_targets(catalog: &Catalog, rules: &EgressRules) -> Vec<String> {
     let mut held = Vec::new();
     for target in catalog.targets() {
         let egress = egress::refusal(&target.spec.url, target.allow_private_networks, rules).await;

@@ -14,13 +14,20 @@ use serde_json::Value;
 
 use super::loader::{self, Config};
 use crate::api::SecretKeyRef;
+use crate::catalog::egress::EgressRules;
 use crate::catalog::{Catalog, CatalogCell, GeneratedSecrets, Secrets};
 
 /// How long a burst of file events (an editor saving) is let settle before reading.
 const SETTLE: Duration = Duration::from_millis(200);
 
+/// The holds already warned about (at start, or at a reload), so a reload warns about new ones.
+pub struct Warned {
+    pub rules: Arc<EgressRules>,
+    pub held: Vec<String>,
+}
+
 /// Follows `dir` until the process ends, setting `cell` to each good version.
-pub async fn follow(dir: PathBuf, cell: Arc<CatalogCell>, mut current: Config) {
+pub async fn follow(dir: PathBuf, cell: Arc<CatalogCell>, mut current: Config, mut warned: Warned) {
     let (changed, mut changes) = tokio::sync::mpsc::channel::<()>(1);
     // notify calls back on its own thread; a full channel means a reload is already due.
     // Reading the files is an event too (access): only writes, creations and removals count.
@@ -80,12 +87,18 @@ pub async fn follow(dir: PathBuf, cell: Arc<CatalogCell>, mut current: Config) {
         for difference in &differences {
             tracing::info!("{difference}");
         }
-        cell.set(Catalog::build(
+        let catalog = Catalog::build(
             &next.sources,
             &next.subscriptions,
             &next.secrets,
             GeneratedSecrets::InDatabase,
-        ));
+        );
+        let held = super::held_targets(&catalog, &warned.rules).await;
+        for problem in held.iter().filter(|p| !warned.held.contains(p)) {
+            tracing::warn!("{problem}");
+        }
+        warned.held = held;
+        cell.set(catalog);
         current = next;
     }
 }
