@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{CircuitState, TargetKey};
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{CatalogCell, Target};
+use crate::store::activity::{self, MinuteCounter};
 use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, Take};
 use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::Metrics;
@@ -93,6 +94,8 @@ pub struct Dispatcher {
     stop: CancellationToken,
     agenda: Mutex<Agenda>,
     recorder: AttemptRecorder,
+    /// Attempts per target and minute, for the console's pictures.
+    activity: MinuteCounter,
 }
 
 fn target_label(key: &TargetKey) -> TargetLabels {
@@ -125,6 +128,7 @@ impl Dispatcher {
             idle: Notify::new(),
             stop,
             agenda: Mutex::new(Agenda::default()),
+            activity: MinuteCounter::default(),
         })
     }
 
@@ -134,20 +138,24 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, drain: Duration) {
         let listening = tokio::spawn(self.clone().listen());
         let reporting = tokio::spawn(self.clone().report_backlog());
+        let counting = tokio::spawn(self.clone().flush_activity());
         self.claim_until_stopped().await;
         listening.abort();
         reporting.abort();
+        counting.abort();
         let deadline = tokio::time::Instant::now() + drain;
         loop {
             let held = self.holding.load(Ordering::Acquire);
             if held == 0 {
                 tracing::info!("dispatcher stopped: every claimed delivery was sent or given back");
+                self.flush_activity_once().await;
                 return;
             }
             tokio::select! {
                 _ = self.idle.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(held, "dispatcher stopped with deliveries still being sent; their leases expire and they are sent again");
+                    self.flush_activity_once().await;
                     return;
                 }
             }
@@ -201,6 +209,22 @@ impl Dispatcher {
                 Err(err) => tracing::warn!("dispatcher cannot listen for new deliveries: {err}"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Writes the attempts counted per target and minute, every second.
+    async fn flush_activity(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.flush_activity_once().await;
+        }
+    }
+
+    async fn flush_activity_once(&self) {
+        let rows = self.activity.take();
+        if let Err(err) = activity::add_minutes(&self.pool, &rows).await {
+            tracing::warn!("cannot write the delivery activity per minute (kept for the next try): {err}");
+            self.activity.put_back(rows);
         }
     }
 
@@ -420,6 +444,8 @@ impl Dispatcher {
             })
             .inc();
         self.record_breaker(key, runtime, settlement.succeeded).await;
+        self.activity
+            .count(key, attempt.started_at, attempt.duration_ms, settlement.succeeded);
         if let Some(reason) = &settlement.pause {
             tracing::warn!(namespace = %key.namespace, target = %labels.target, "pausing target: {reason}");
             let _ = deliveries::pause_target(&self.pool, key, reason).await;
@@ -427,7 +453,6 @@ impl Dispatcher {
         let after = settlement.after;
         let record = AttemptRecord {
             delivery: delivery.id,
-            target: key.clone(),
             lease_until: delivery.lease_until,
             number: delivery.attempts + 1,
             attempt,

@@ -41,52 +41,82 @@ impl Minute {
     }
 }
 
-/// One attempt, as it counts towards its target's minute.
-pub struct Counted<'a> {
-    pub target: &'a TargetKey,
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: i32,
-    pub succeeded: bool,
-}
-
-/// Sums attempts into rows per (target, minute), in key order (so concurrent writers lock rows
-/// in the same order).
-pub fn per_minute<'a>(
-    attempts: impl IntoIterator<Item = Counted<'a>>,
-) -> BTreeMap<(&'a TargetKey, DateTime<Utc>), Minute> {
-    let mut rows: BTreeMap<(&TargetKey, DateTime<Utc>), Minute> = BTreeMap::new();
-    for attempt in attempts {
-        let minute = attempt
-            .started_at
-            .duration_trunc(chrono::Duration::minutes(1))
-            .unwrap_or(attempt.started_at);
-        let row = rows.entry((attempt.target, minute)).or_insert_with(|| Minute {
-            latency_buckets: vec![0; BUCKETS],
-            ..Minute::default()
-        });
-        if attempt.succeeded {
-            row.succeeded += 1;
+impl Minute {
+    /// Counts one attempt.
+    pub fn add(&mut self, duration_ms: i32, succeeded: bool) {
+        if self.latency_buckets.len() != BUCKETS {
+            self.latency_buckets = vec![0; BUCKETS];
+        }
+        if succeeded {
+            self.succeeded += 1;
         } else {
-            row.failed += 1;
+            self.failed += 1;
         }
         let bucket = LATENCY_BOUNDS_MS
             .iter()
-            .position(|&bound| attempt.duration_ms <= bound)
+            .position(|&bound| duration_ms <= bound)
             .unwrap_or(BUCKETS - 1);
-        row.latency_buckets[bucket] += 1;
+        self.latency_buckets[bucket] += 1;
     }
-    rows
+
+    fn merge(&mut self, other: &Minute) {
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        if self.latency_buckets.len() != BUCKETS {
+            self.latency_buckets = vec![0; BUCKETS];
+        }
+        for (mine, theirs) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Attempts counted per (target, minute) in memory, written out now and then (see
+/// `Dispatcher::run`): one row per target and minute per flush, nothing on the delivery's own
+/// path. A crash loses the last unflushed second of the pictures, never a record.
+#[derive(Default)]
+pub struct MinuteCounter {
+    rows: std::sync::Mutex<Rows>,
+}
+
+/// (target, minute) → the attempts counted, in key order (so writers lock rows in one order).
+pub type Rows = BTreeMap<(TargetKey, DateTime<Utc>), Minute>;
+
+impl MinuteCounter {
+    pub fn count(&self, target: &TargetKey, started_at: DateTime<Utc>, duration_ms: i32, succeeded: bool) {
+        let minute = started_at
+            .duration_trunc(chrono::Duration::minutes(1))
+            .unwrap_or(started_at);
+        self.lock()
+            .entry((target.clone(), minute))
+            .or_default()
+            .add(duration_ms, succeeded);
+    }
+
+    /// What was counted since the last take.
+    pub fn take(&self) -> Rows {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Counts that could not be written, for the next flush.
+    pub fn put_back(&self, rows: Rows) {
+        let mut counted = self.lock();
+        for (key, minute) in rows {
+            counted.entry(key).or_default().merge(&minute);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rows> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Adds rows to `target_minutes`.
-pub async fn add_minutes<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    rows: &BTreeMap<(&TargetKey, DateTime<Utc>), Minute>,
-) -> sqlx::Result<()> {
+pub async fn add_minutes<'e>(executor: impl sqlx::PgExecutor<'e>, rows: &Rows) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&TargetKey> = rows.keys().map(|(key, _)| *key).collect();
+    let keys: Vec<&TargetKey> = rows.keys().map(|(key, _)| key).collect();
     let buckets: Vec<String> = rows
         .values()
         .map(|m| {
@@ -282,24 +312,26 @@ mod tests {
             name: "crm".into(),
         };
         let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-        let attempt = |time: &str, ms: i32, ok: bool| Counted {
-            target: &key,
-            started_at: at(time),
-            duration_ms: ms,
-            succeeded: ok,
-        };
-        let mut attempts = Vec::new();
+        let counter = MinuteCounter::default();
         for i in 0..19 {
-            attempts.push(attempt(&format!("2026-12-01T10:00:{:02}Z", i), 20, true));
+            counter.count(&key, at(&format!("2026-12-01T10:00:{i:02}Z")), 20, true);
         }
-        attempts.push(attempt("2026-12-01T10:00:59Z", 900, false));
-        attempts.push(attempt("2026-12-01T10:01:00Z", 40_000, false));
-        let rows = per_minute(attempts);
-        let first = &rows[&(&key, at("2026-12-01T10:00:00Z"))];
+        counter.count(&key, at("2026-12-01T10:00:59Z"), 900, false);
+        counter.count(&key, at("2026-12-01T10:01:00Z"), 40_000, false);
+        let rows = counter.take();
+        let first = &rows[&(key.clone(), at("2026-12-01T10:00:00Z"))];
         assert_eq!((first.succeeded, first.failed), (19, 1));
         assert_eq!(first.p95_ms(), Some(25), "19 of 20 within 25 ms");
-        let second = &rows[&(&key, at("2026-12-01T10:01:00Z"))];
+        let second = &rows[&(key.clone(), at("2026-12-01T10:01:00Z"))];
         assert_eq!(second.p95_ms(), Some(i32::MAX));
         assert_eq!(Minute::default().p95_ms(), None);
+        assert!(counter.take().is_empty(), "taken");
+        counter.put_back(rows.clone());
+        counter.put_back(rows);
+        assert_eq!(
+            counter.take()[&(key, at("2026-12-01T10:00:00Z"))].succeeded,
+            38,
+            "merged back"
+        );
     }
 }

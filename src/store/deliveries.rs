@@ -200,8 +200,6 @@ pub enum After {
 /// An attempt made, and what happens to its delivery next.
 pub struct AttemptRecord {
     pub delivery: Uuid,
-    /// Its target, for the per-minute activity.
-    pub target: TargetKey,
     /// The claim's end, as the claim returned it. Should the claim have expired and the
     /// delivery been claimed again (or cancelled, or redelivered), the attempt is still kept,
     /// but the queue and the delivery's status are left to whoever holds it now.
@@ -305,16 +303,6 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     .bind(records.iter().map(|r| r.lease_until).collect::<Vec<_>>())
     .execute(pool)
     .await?;
-    // The pictures' numbers, best effort: the attempts above are the record.
-    let minutes = super::activity::per_minute(records.iter().map(|r| super::activity::Counted {
-        target: &r.target,
-        started_at: r.attempt.started_at,
-        duration_ms: r.attempt.duration_ms,
-        succeeded: r.after == After::Succeeded,
-    }));
-    if let Err(err) = super::activity::add_minutes(pool, &minutes).await {
-        tracing::warn!("cannot add to the delivery activity per minute: {err}");
-    }
     Ok(())
 }
 

@@ -16,7 +16,13 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The schema, embedded from `migrations/` at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!();
+/// Migrations applied by a newer version are not an error: they only add (tables, nullable
+/// columns, indexes), so an older gateway keeps running on a newer schema during a rolling
+/// upgrade, and after a rollback.
+pub static MIGRATOR: Migrator = Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!()
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
