@@ -76,7 +76,8 @@ impl Minute {
 /// path. A crash loses the last unflushed second of the pictures, never a record.
 #[derive(Default)]
 pub struct MinuteCounter {
-    rows: std::sync::Mutex<Rows>,
+    /// By target first, so counting an attempt of a known target allocates nothing.
+    counted: std::sync::Mutex<HashMap<TargetKey, BTreeMap<DateTime<Utc>, Minute>>>,
 }
 
 /// (target, minute) → the attempts counted, in key order (so writers lock rows in one order).
@@ -87,27 +88,42 @@ impl MinuteCounter {
         let minute = started_at
             .duration_trunc(chrono::Duration::minutes(1))
             .unwrap_or(started_at);
-        self.lock()
-            .entry((target.clone(), minute))
-            .or_default()
-            .add(duration_ms, succeeded);
+        let mut counted = self.lock();
+        let minutes = match counted.get_mut(target) {
+            Some(minutes) => minutes,
+            None => counted.entry(target.clone()).or_default(),
+        };
+        minutes.entry(minute).or_default().add(duration_ms, succeeded);
     }
 
     /// What was counted since the last take.
     pub fn take(&self) -> Rows {
-        std::mem::take(&mut *self.lock())
+        let counted = std::mem::take(&mut *self.lock());
+        counted
+            .into_iter()
+            .flat_map(|(target, minutes)| {
+                minutes
+                    .into_iter()
+                    .map(move |(minute, counts)| ((target.clone(), minute), counts))
+            })
+            .collect()
     }
 
     /// Counts that could not be written, for the next flush.
     pub fn put_back(&self, rows: Rows) {
         let mut counted = self.lock();
-        for (key, minute) in rows {
-            counted.entry(key).or_default().merge(&minute);
+        for ((target, minute), counts) in rows {
+            counted
+                .entry(target)
+                .or_default()
+                .entry(minute)
+                .or_default()
+                .merge(&counts);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Rows> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TargetKey, BTreeMap<DateTime<Utc>, Minute>>> {
+        self.counted.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
