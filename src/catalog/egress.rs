@@ -263,8 +263,9 @@ pub struct EgressCache {
     verdicts: Mutex<Verdicts>,
 }
 
-/// (URL, private networks allowed) → (when checked, refusal if any).
-type Verdicts = HashMap<(String, bool), (Instant, Option<EgressRefusal>)>;
+/// Per "private networks allowed" (false, true): URL → (when checked, refusal if any). Keyed
+/// by the URL alone so a lookup, done for every delivery, allocates nothing.
+type Verdicts = [HashMap<String, (Instant, Option<EgressRefusal>)>; 2];
 
 /// How long a verdict is kept.
 const RECHECK: Duration = Duration::from_secs(30);
@@ -281,18 +282,18 @@ impl EgressCache {
 
     /// [`refusal`] under these rules, from the cache when it is fresh.
     pub async fn refusal(&self, url: &str, allow_private_networks: bool) -> Option<EgressRefusal> {
-        let key = (url.to_owned(), allow_private_networks);
-        if let Some((checked, verdict)) = self.lock().get(&key)
+        let side = usize::from(allow_private_networks);
+        if let Some((checked, verdict)) = self.lock()[side].get(url)
             && checked.elapsed() < RECHECK
         {
             return verdict.clone();
         }
         let verdict = refusal(url, allow_private_networks, &self.rules).await;
-        let mut verdicts = self.lock();
+        let verdicts = &mut self.lock()[side];
         if verdicts.len() >= VERDICTS_KEPT {
             verdicts.retain(|_, (checked, _)| checked.elapsed() < RECHECK);
         }
-        verdicts.insert(key, (Instant::now(), verdict.clone()));
+        verdicts.insert(url.to_owned(), (Instant::now(), verdict.clone()));
         verdict
     }
 

@@ -160,7 +160,10 @@ pub(crate) async fn held_targets(catalog: &Catalog, rules: &EgressRules) -> Vec<
             let key = &target.key;
             held.push(format!(
                 "{} {}/{} ({}) is held, nothing is sent: {hold}",
-                key.kind, key.namespace, key.name, target.spec.url
+                key.kind,
+                key.namespace,
+                key.name,
+                crate::dispatch::settle::without_credentials(&target.spec.url)
             ));
         }
     }
