@@ -132,7 +132,7 @@ pub async fn add_minutes<'e>(executor: impl sqlx::PgExecutor<'e>, rows: &Rows) -
     if rows.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&TargetKey> = rows.keys().map(|(key, _)| key).collect();
+    let (namespaces, kinds, names) = super::key_columns(rows.keys().map(|(key, _)| key));
     let buckets: Vec<String> = rows
         .values()
         .map(|m| {
@@ -160,9 +160,9 @@ pub async fn add_minutes<'e>(executor: impl sqlx::PgExecutor<'e>, rows: &Rows) -
                  ORDER BY i)",
     )
     .persistent(false)
-    .bind(keys.iter().map(|k| k.namespace.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>())
+    .bind(namespaces)
+    .bind(kinds)
+    .bind(names)
     .bind(rows.keys().map(|(_, minute)| *minute).collect::<Vec<_>>())
     .bind(rows.values().map(|m| m.succeeded).collect::<Vec<_>>())
     .bind(rows.values().map(|m| m.failed).collect::<Vec<_>>())
@@ -200,11 +200,12 @@ pub async fn target_minutes(
     targets: &[&TargetKey],
     since: DateTime<Utc>,
 ) -> sqlx::Result<HashMap<TargetKey, Vec<(DateTime<Utc>, Minute)>>> {
+    let (namespaces, kinds, names) = super::key_columns(targets.iter().copied());
     let rows: Vec<MinuteRow> = sqlx::query_as(TARGET_MINUTES)
         .persistent(false)
-        .bind(targets.iter().map(|k| k.namespace.as_str()).collect::<Vec<_>>())
-        .bind(targets.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
-        .bind(targets.iter().map(|k| k.name.as_str()).collect::<Vec<_>>())
+        .bind(namespaces)
+        .bind(kinds)
+        .bind(names)
         .bind(since)
         .fetch_all(pool)
         .await?;
@@ -250,11 +251,12 @@ pub async fn circuit_history(
     targets: &[&TargetKey],
     since: DateTime<Utc>,
 ) -> sqlx::Result<HashMap<TargetKey, Vec<(DateTime<Utc>, String)>>> {
+    let (namespaces, kinds, names) = super::key_columns(targets.iter().copied());
     let rows: Vec<(String, String, String, DateTime<Utc>, String)> = sqlx::query_as(CIRCUIT_HISTORY)
         .persistent(false)
-        .bind(targets.iter().map(|k| k.namespace.as_str()).collect::<Vec<_>>())
-        .bind(targets.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
-        .bind(targets.iter().map(|k| k.name.as_str()).collect::<Vec<_>>())
+        .bind(namespaces)
+        .bind(kinds)
+        .bind(names)
         .bind(since)
         .fetch_all(pool)
         .await?;

@@ -61,3 +61,16 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// Target keys as the three arrays (namespace, kind, name) a statement UNNESTs.
+pub(crate) fn key_columns<'a>(
+    keys: impl IntoIterator<Item = &'a crate::api::TargetKey>,
+) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+    let mut columns = (Vec::new(), Vec::new(), Vec::new());
+    for key in keys {
+        columns.0.push(key.namespace.as_str());
+        columns.1.push(key.kind.as_str());
+        columns.2.push(key.name.as_str());
+    }
+    columns
+}

@@ -139,16 +139,16 @@ pub async fn target_states(
     pool: &PgPool,
     targets: &[&TargetKey],
 ) -> sqlx::Result<HashMap<TargetKey, (String, Option<String>)>> {
-    let column = |f: fn(&TargetKey) -> &str| targets.iter().map(|k| f(k)).collect::<Vec<_>>();
+    let (namespaces, kinds, names) = super::key_columns(targets.iter().copied());
     let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT t.namespace, t.target_kind, t.target, t.circuit, t.paused_reason
          FROM UNNEST($1::text[], $2::text[], $3::text[]) AS w (namespace, target_kind, target)
          JOIN target_states t ON t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target",
     )
     .persistent(false)
-    .bind(column(|k| &k.namespace))
-    .bind(column(|k| k.kind.as_str()))
-    .bind(column(|k| &k.name))
+    .bind(namespaces)
+    .bind(kinds)
+    .bind(names)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -169,7 +169,7 @@ pub async fn target_states(
 
 /// Deliveries waiting per target, in the order asked.
 pub async fn pending_counts(pool: &PgPool, targets: &[&TargetKey]) -> sqlx::Result<Vec<i64>> {
-    let column = |f: fn(&TargetKey) -> &str| targets.iter().map(|k| f(k)).collect::<Vec<_>>();
+    let (namespaces, kinds, names) = super::key_columns(targets.iter().copied());
     sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM delivery_queue q
                  WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target)
@@ -177,9 +177,9 @@ pub async fn pending_counts(pool: &PgPool, targets: &[&TargetKey]) -> sqlx::Resu
          ORDER BY w.n",
     )
     .persistent(false)
-    .bind(column(|k| &k.namespace))
-    .bind(column(|k| k.kind.as_str()))
-    .bind(column(|k| &k.name))
+    .bind(namespaces)
+    .bind(kinds)
+    .bind(names)
     .fetch_all(pool)
     .await
 }
