@@ -137,7 +137,12 @@ spec:
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
 metadata: {{ name: crm }}
-spec: {{ url: '{crm}', events: ['invoice.*'], allowPrivateNetworks: true }}
+spec: {{ url: '{crm}', events: ['invoice.*'], allowPrivateNetworks: true, filter: "data.object.id == 'in_1'" }}
+---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata: {{ name: bad-filter }}
+spec: {{ url: '{crm}', events: ['*'], allowPrivateNetworks: true, filter: "data.object.amount_paid >" }}
 ---
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
@@ -202,6 +207,17 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
     )
     .await;
     assert_eq!(refused.1, "PrivateNetworkNotAllowed");
+    // A filter that does not compile: Ready=False with the compiler's message, in describe.
+    let described = eventually(
+        "bad-filter to be ExpressionInvalid",
+        Duration::from_secs(30),
+        async || {
+            let text = kubectl(&["describe", "whsub", "bad-filter", "-n", &app]);
+            text.contains("ExpressionInvalid").then_some(text)
+        },
+    )
+    .await;
+    assert!(described.contains("filter: ERROR: <input>:1:"), "{described}");
 
     // A Stripe-signed invoice.paid through the gateway (retried until the gateway has seen the
     // mirrored secret).

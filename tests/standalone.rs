@@ -296,6 +296,21 @@ async fn standalone_applies_edits_live_and_keeps_the_last_good_configuration() {
     log.wait_for("subscription default/local removed", 1, Duration::from_secs(10))
         .await;
     assert!(targets().await.is_empty());
+
+    // A filter that does not compile is said at load, with the compiler's message.
+    write(
+        "filtered.yaml",
+        "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: filtered}\n\
+         spec: {url: 'http://127.0.0.1:9/', events: ['*'], allowPrivateNetworks: true, filter: 'data.amount >'}\n",
+    );
+    let said = log
+        .wait_for(
+            "subscription default/filtered (http://127.0.0.1:9/) receives nothing: its filter does not compile",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(said.contains("ERROR: <input>:1:"), "{said}");
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -192,6 +192,7 @@ fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::sto
             id: uuid::Uuid::now_v7(),
             target_kind: hookline::api::TargetKind::Handler,
             target: target.into(),
+            filter_error: None,
         }],
     }
 }

@@ -27,6 +27,20 @@ pub struct DeliveryTarget {
     #[x_kube(validation = Rule::new("self.all(e, e.matches('^[A-Za-z0-9_.:/*-]+$'))")
         .message("each event pattern may hold letters, digits, '.', '_', '-', ':', '/' and '*' (for example invoice.* or push)"))]
     pub events: Vec<String>,
+    /// A CEL expression that must be true for an event to be delivered, beside `events`. It sees
+    /// `type`, `source`, `headers`, `body` (the JSON body; for published events the envelope
+    /// `{type, timestamp, data}`) and `data` (`body.data`), e.g.
+    /// `data.object.amount_paid > 10000` or `body.ref == "refs/heads/main"`. An event it fails
+    /// on is recorded as `filtered_error`, not delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub filter: Option<String>,
+    /// A CEL expression (same variables as `filter`) that builds the body sent: a map is sent as
+    /// JSON, a string as text. The signature covers the transformed body; the event store keeps
+    /// the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub transform: Option<String>,
     /// Secret key Hookline signs deliveries with (a `whsec_` Standard Webhooks secret). When
     /// absent, the controller generates one into a Secret owned by this resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]

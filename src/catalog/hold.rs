@@ -19,6 +19,9 @@ pub enum Hold {
     SigningSecret(String),
     /// The egress policy refuses the URL.
     Egress(EgressRefusal),
+    /// A `transform` or `ordering.key` that does not compile: sending without it would send
+    /// the wrong body, or out of order.
+    ExpressionInvalid(String),
 }
 
 impl Hold {
@@ -31,6 +34,7 @@ impl Hold {
             Self::SigningSecret(_) => "signing_secret_unavailable",
             Self::Egress(EgressRefusal::PrivateNotAllowed(_)) => "private_network_not_allowed",
             Self::Egress(EgressRefusal::Forbidden(_)) => "url_not_allowed",
+            Self::ExpressionInvalid(_) => "expression_invalid",
         }
     }
 
@@ -40,6 +44,7 @@ impl Hold {
             Self::Paused | Self::PausedAtRuntime(_) => Duration::from_secs(30),
             Self::CircuitOpen | Self::SigningSecret(_) => Duration::from_secs(5),
             Self::Egress(_) => Duration::from_secs(60),
+            Self::ExpressionInvalid(_) => Duration::from_secs(10),
         }
     }
 }
@@ -58,6 +63,7 @@ impl std::fmt::Display for Hold {
                 write!(f, "{why}; set allowPrivateNetworks: true to allow it")
             }
             Self::Egress(EgressRefusal::Forbidden(why)) => write!(f, "URL not allowed: {why}"),
+            Self::ExpressionInvalid(problem) => write!(f, "expression does not compile: {problem}"),
         }
     }
 }
@@ -70,6 +76,10 @@ pub fn configured(target: &Target, egress: Option<EgressRefusal>) -> Option<Hold
     }
     if let Some(Err(problem)) = &target.signing {
         return Some(Hold::SigningSecret(problem.to_string()));
+    }
+    // A filter that does not compile is settled at ingest (`filtered_error`), not held.
+    if let Some(problem) = target.expressions.problems.iter().find(|p| p.field != "filter") {
+        return Some(Hold::ExpressionInvalid(problem.to_string()));
     }
     egress.map(Hold::Egress)
 }

@@ -5,6 +5,7 @@
 
 mod cell;
 pub mod egress;
+pub mod expression;
 pub mod hold;
 pub mod reflect;
 
@@ -19,6 +20,7 @@ use crate::api::{
 };
 use crate::verify::{SecretError, SigningKey, SourceVerifier, standard_webhooks};
 pub use cell::CatalogCell;
+use expression::{TargetExpressions, Variables};
 
 /// Secret values by namespace, Secret name and key.
 #[derive(Clone, Debug, Default)]
@@ -101,6 +103,8 @@ pub struct Target {
     /// Private, loopback and cluster addresses may be delivered to: always for handlers, for
     /// subscriptions with `allowPrivateNetworks`.
     pub allow_private_networks: bool,
+    /// `filter`, `transform` and `ordering.key`, compiled.
+    pub expressions: TargetExpressions,
     patterns: Vec<WildMatch>,
     /// Subscriptions only: the sources it takes events from (empty: all, and published ones).
     sources: Vec<String>,
@@ -125,11 +129,13 @@ impl Target {
             (None, GeneratedSecrets::FromStatus) => Some(Err(SecretUnavailable::NotGeneratedYet)),
             (Some(reference), _) => Some(resolve_signing(secrets, &key.namespace, &reference)),
         };
+        let expressions = TargetExpressions::of(&spec);
         Self {
             allow_private_networks: key.kind == TargetKind::Handler,
             key,
             spec,
             signing,
+            expressions,
             patterns,
             sources,
         }
@@ -138,6 +144,33 @@ impl Target {
     pub fn accepts(&self, event_type: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(event_type))
     }
+
+    /// What becomes of an event its `events` accept, by its `filter`. `variables` are built
+    /// only when a filter needs them, once per event.
+    pub fn select(&self, variables: &mut dyn FnMut() -> Arc<Variables>) -> Selection {
+        let Some(filter) = &self.expressions.filter else {
+            // A filter that does not compile selects nothing safely: the event is recorded
+            // for this target, unsent, with the reason.
+            return match self.expressions.problem_of("filter") {
+                Some(problem) => Selection::Failed(format!("filter does not compile: {}", problem.message)),
+                None => Selection::Deliver,
+            };
+        };
+        match filter.matches(&variables()) {
+            Ok(true) => Selection::Deliver,
+            Ok(false) => Selection::Skip,
+            Err(why) => Selection::Failed(format!("filter: {why}")),
+        }
+    }
+}
+
+/// The verdict of a target's filter on one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    Deliver,
+    Skip,
+    /// The filter failed for this event: recorded as `filtered_error` with the reason.
+    Failed(String),
 }
 
 /// Signing keys from a Secret value (see [`standard_webhooks::decode_secrets`]).

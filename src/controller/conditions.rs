@@ -9,6 +9,9 @@ use crate::api::status::condition::{READY, SECRET_RESOLVED};
 use crate::api::{CircuitState, DeliveryStats, TargetHealth};
 use crate::store::stats::TargetStats;
 
+/// The `Ready` reason of a resource with a CEL expression that does not compile.
+pub const EXPRESSION_INVALID: &str = "ExpressionInvalid";
+
 /// What every condition of one reconcile shares: the conditions before it, the generation it
 /// observed and its time (the transition time of conditions that change).
 #[derive(Clone, Copy, Debug)]

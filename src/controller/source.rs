@@ -8,12 +8,13 @@ use std::sync::Arc;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{Observed, condition, is_false, readiness, target_health, time};
+use super::conditions::{EXPRESSION_INVALID, Observed, condition, is_false, readiness, target_health, time};
 use super::report::Notice;
 use super::secrets::{self, SecretProblem};
 use super::{Context, Error};
 use crate::api::status::condition::SECRET_RESOLVED;
 use crate::api::{HandlerStatus, TargetKey, TargetKind, WebhookSource, WebhookSourceStatus};
+use crate::catalog::expression::TargetExpressions;
 use crate::catalog::{Senders, egress};
 use crate::store::stats::{self, SourceStats, TargetStats};
 use crate::verify::{SourceVerifier, standard_webhooks};
@@ -32,6 +33,8 @@ pub(super) struct SourceFacts {
     pub senders_problem: Option<String>,
     /// The first handler URL the egress policy forbids.
     pub url_problem: Option<String>,
+    /// The first handler expression that does not compile (`handler NAME: field: message`).
+    pub expression_problem: Option<String>,
     pub handlers: Vec<HandlerFacts>,
     /// None when the database could not be read.
     pub stats: Option<SourceStats>,
@@ -104,6 +107,7 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
     }
 
     let mut url_problem: Option<String> = None;
+    let mut expression_problem: Option<String> = None;
     let mut handlers = Vec::new();
     for handler in &spec.handlers {
         let target = &handler.target;
@@ -141,6 +145,9 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
                 Some(reference.name)
             }
         };
+        if let Some(problem) = TargetExpressions::of(target).problem() {
+            expression_problem.get_or_insert(format!("handler {}: {problem}", handler.name));
+        }
         // Handlers may deliver to private and cluster addresses.
         if let Some(refusal) = egress::refusal(&target.url, true, &ctx.options.egress).await {
             url_problem.get_or_insert(format!("handler {}: {}", handler.name, refusal.why()));
@@ -168,6 +175,7 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
         rotation_problem,
         senders_problem: Senders::from_entries(&spec.allowed_source_ranges).problem(),
         url_problem,
+        expression_problem,
         handlers,
         stats: stats::source_stats(&ctx.pool, &namespace, &name).await.ok(),
         window: ctx.window_label(),
@@ -190,6 +198,12 @@ pub(super) fn decide(
         .senders_problem
         .clone()
         .map(|why| ("SourceRangesInvalid", why))
+        .or_else(|| {
+            facts
+                .expression_problem
+                .clone()
+                .map(|why| (EXPRESSION_INVALID, why))
+        })
         .or_else(|| facts.url_problem.clone().map(|why| ("UrlNotAllowed", why)));
     let [ready, secret_condition] = readiness(
         observed,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{Observed, condition, is_false, readiness, target_health};
+use super::conditions::{EXPRESSION_INVALID, Observed, condition, is_false, readiness, target_health};
 use super::report::Notice;
 use super::secrets::{self, SecretProblem};
 use super::{Context, Error};
@@ -16,6 +16,7 @@ use crate::api::TargetKey;
 use crate::api::status::condition::{HEALTHY, SECRET_RESOLVED};
 use crate::api::{CircuitState, WebhookSubscription, WebhookSubscriptionStatus};
 use crate::catalog::egress::{self, EgressRefusal};
+use crate::catalog::expression::{ExpressionProblem, TargetExpressions};
 use crate::store::stats::{self, TargetStats};
 use crate::verify::standard_webhooks;
 
@@ -31,6 +32,8 @@ pub(super) struct SubscriptionFacts {
     pub generated: Option<String>,
     pub secret_problem: Option<SecretProblem>,
     pub url_problem: Option<EgressRefusal>,
+    /// The first of `filter` and `transform` that does not compile.
+    pub expression_problem: Option<ExpressionProblem>,
     /// None when the database could not be read.
     pub stats: Option<TargetStats>,
     pub window: String,
@@ -79,6 +82,7 @@ async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<Subscription
         secret_name: reference.name,
         generated,
         secret_problem,
+        expression_problem: TargetExpressions::of(&spec.target).problem().cloned(),
         url_problem: egress::refusal(&spec.target.url, spec.allow_private_networks, &ctx.options.egress)
             .await,
         stats: stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
@@ -108,10 +112,15 @@ pub(super) fn decide(
         };
         (refusal.reason(), message)
     });
+    let spec_problem = facts
+        .expression_problem
+        .as_ref()
+        .map(|problem| (EXPRESSION_INVALID, problem.to_string()))
+        .or(url_problem);
     let [ready, secret_condition] = readiness(
         observed,
         facts.secret_problem.as_ref(),
-        url_problem,
+        spec_problem,
         (
             "SecretResolved",
             format!("signing with Secret {}", facts.secret_name),
@@ -309,6 +318,28 @@ mod tests {
         assert_eq!(ready.reason, "PrivateNetworkNotAllowed");
         assert!(
             ready.message.contains("set allowPrivateNetworks: true"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn an_expression_that_does_not_compile_makes_it_not_ready_with_the_compilers_message() {
+        let spec: crate::api::WebhookSubscriptionSpec =
+            serde_yaml::from_str("{url: 'https://crm.example/', events: ['*'], filter: 'data.amount >'}")
+                .unwrap();
+        let broken = SubscriptionFacts {
+            expression_problem: TargetExpressions::of(&spec.target).problem().cloned(),
+            ..facts(succeeding())
+        };
+        let (status, _) = decide(&WebhookSubscriptionStatus::default(), &broken);
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ExpressionInvalid")
+        );
+        assert!(
+            ready.message.starts_with("filter: ERROR: <input>:1:"),
             "{}",
             ready.message
         );

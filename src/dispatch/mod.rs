@@ -26,12 +26,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{CircuitState, TargetKey};
 use crate::catalog::egress::{EgressCache, EgressRules};
+use crate::catalog::expression::{Expression, Variables};
 use crate::catalog::{CatalogCell, Target};
 use crate::store::activity::{self, MinuteCounter};
 use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Claimed, Take};
 use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::{AttemptLabels, TargetLabels};
+use crate::telemetry::metrics::{AttemptLabels, FilteredLabels, TargetLabels};
 use admit::Release;
 use agenda::Agenda;
 use settle::{Outcome, Settlement, Terms, later, settle};
@@ -381,6 +382,20 @@ impl Dispatcher {
             Err(release) => return self.release(&delivery, &key, release).await,
         };
         let Some(target) = target else { return }; // admitted targets are configured
+        let mut delivery = delivery;
+        if let Some(transform) = &target.expressions.transform {
+            match self.transformed(transform, &delivery).await {
+                Ok((body, content_type)) => {
+                    delivery.body = body;
+                    delivery.content_type = Some(content_type.to_owned());
+                }
+                Err(why) => {
+                    drop(permit);
+                    drop(held);
+                    return self.end_unsent(&delivery, &key, &why).await;
+                }
+            }
+        }
         let client = if target.allow_private_networks {
             &self.http_private
         } else {
@@ -415,6 +430,43 @@ impl Dispatcher {
         );
         self.record(delivery, &key, &runtime, sent.attempt, settlement)
             .await;
+    }
+
+    /// The body a target's transform builds for a delivery, and its content type.
+    async fn transformed(
+        &self,
+        transform: &Expression,
+        delivery: &Claimed,
+    ) -> Result<(Vec<u8>, &'static str), String> {
+        // Headers are read only by the transforms that use them.
+        let headers = if transform.reads("headers") {
+            deliveries::event_headers(&self.pool, delivery.event_id)
+                .await
+                .map_err(|err| format!("cannot read the event's headers: {err}"))?
+        } else {
+            serde_json::Value::Null
+        };
+        let variables = Variables::new(&delivery.event_type, &delivery.source, &headers, &delivery.body);
+        transform
+            .render(&variables)
+            .map_err(|why| format!("transform: {why}"))
+    }
+
+    /// Ends a delivery its transform failed for: kept as `filtered_error`, never sent.
+    async fn end_unsent(&self, delivery: &Claimed, key: &TargetKey, why: &str) {
+        let labels = target_label(key);
+        tracing::warn!(namespace = %key.namespace, target = %labels.target, delivery = %delivery.id, "not sent: {why}");
+        self.metrics
+            .deliveries_filtered
+            .get_or_create(&FilteredLabels {
+                namespace: labels.namespace,
+                target: labels.target,
+                outcome: "filtered_error".to_owned(),
+            })
+            .inc();
+        if let Err(err) = deliveries::end_unsent(&self.pool, delivery.id, delivery.lease_until, why).await {
+            tracing::warn!(delivery = %delivery.id, "cannot record the failed transform: {err}");
+        }
     }
 
     /// Carries out a settlement: metrics, the breaker, a pause, and the attempt's record.

@@ -277,6 +277,7 @@ pub(super) async fn act_on_target(
                     id: Uuid::now_v7(),
                     target_kind: target.key.kind,
                     target: target.key.name.clone(),
+                    filter_error: None,
                 }],
             };
             gateway.events.submit(event).await.map_err(unavailable)?;

@@ -17,9 +17,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::Gateway;
+use super::fan_out::{self, Arriving};
 use super::refusal::Refusal;
 use crate::catalog::Source;
-use crate::store::events::{NewDelivery, NewEvent, Stored};
+use crate::store::events::{NewEvent, Stored};
 use crate::telemetry::metrics::{IngestLabels, SourceLabels};
 
 pub const DUPLICATE_HEADER: &str = "hookline-duplicate";
@@ -186,14 +187,18 @@ async fn handle(
         }
     };
 
-    let deliveries: Vec<NewDelivery> = catalog
-        .targets_for(&source.namespace, Some(source), &event.event_type)
-        .map(|target| NewDelivery {
-            id: Uuid::now_v7(),
-            target_kind: target.key.kind,
-            target: target.key.name.clone(),
-        })
-        .collect();
+    let headers = headers_json(&parts.headers);
+    let deliveries = fan_out::deliveries(
+        catalog,
+        &gateway.metrics,
+        &Arriving {
+            namespace: &source.namespace,
+            source: Some(source),
+            event_type: &event.event_type,
+            headers: &headers,
+            body: &body,
+        },
+    );
     let event_id = Uuid::now_v7();
     let new_event = NewEvent {
         id: event_id,
@@ -203,7 +208,7 @@ async fn handle(
         external_id: event.id.clone(),
         replay_digest: event.replay_digest,
         event_type: event.event_type.clone(),
-        headers: headers_json(&parts.headers),
+        headers,
         body,
         deliveries,
     };

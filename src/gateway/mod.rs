@@ -3,6 +3,7 @@
 
 mod admin;
 mod charts;
+mod fan_out;
 mod holds;
 mod ingest;
 mod publish;

@@ -17,10 +17,9 @@ use sha2::Digest;
 use uuid::Uuid;
 
 use super::Gateway;
+use super::fan_out::{self, Arriving};
 use super::refusal::{Refusal, refuse};
-use crate::store::events::{
-    Idempotency, IdempotentAnswer, NewDelivery, NewEvent, Published, Stored, store_published,
-};
+use crate::store::events::{Idempotency, IdempotentAnswer, NewEvent, Published, Stored, store_published};
 
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -131,14 +130,19 @@ pub(super) async fn publish(
         "data": request.data,
     });
     let catalog = gateway.catalog();
-    let deliveries: Vec<NewDelivery> = catalog
-        .targets_for(&namespace, None, &request.event_type)
-        .map(|t| NewDelivery {
-            id: Uuid::now_v7(),
-            target_kind: t.key.kind,
-            target: t.key.name.clone(),
-        })
-        .collect();
+    let headers = json!({"content-type": "application/json"});
+    let envelope: Bytes = envelope.to_string().into();
+    let deliveries = fan_out::deliveries(
+        &catalog,
+        &gateway.metrics,
+        &Arriving {
+            namespace: &namespace,
+            source: None,
+            event_type: &request.event_type,
+            headers: &headers,
+            body: &envelope,
+        },
+    );
     let delivery_count = deliveries.len() as u64;
     let event = NewEvent {
         id: event_id,
@@ -148,8 +152,8 @@ pub(super) async fn publish(
         external_id: external_id.clone(),
         replay_digest: None,
         event_type: request.event_type.clone(),
-        headers: json!({"content-type": "application/json"}),
-        body: envelope.to_string().into(),
+        headers,
+        body: envelope,
         deliveries,
     };
     let request_hash = sha2::Sha256::digest(&body);

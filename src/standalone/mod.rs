@@ -150,20 +150,26 @@ fn base_url(addr: SocketAddr) -> String {
     }
 }
 
-/// Targets the dispatcher will hold, and why: said once at start, in the words the console and
-/// the admin API use.
+/// Targets the dispatcher will hold, and why, and filters that do not compile: said once at
+/// start, in the words the console and the admin API use.
 pub(crate) async fn held_targets(catalog: &Catalog, rules: &EgressRules) -> Vec<String> {
     let mut held = Vec::new();
     for target in catalog.targets() {
+        let key = &target.key;
+        let named = format!(
+            "{} {}/{} ({})",
+            key.kind,
+            key.namespace,
+            key.name,
+            crate::dispatch::settle::without_credentials(&target.spec.url)
+        );
         let egress = egress::refusal(&target.spec.url, target.allow_private_networks, rules).await;
         if let Some(hold) = hold::configured(target, egress) {
-            let key = &target.key;
+            held.push(format!("{named} is held, nothing is sent: {hold}"));
+        } else if let Some(problem) = target.expressions.problem_of("filter") {
             held.push(format!(
-                "{} {}/{} ({}) is held, nothing is sent: {hold}",
-                key.kind,
-                key.namespace,
-                key.name,
-                crate::dispatch::settle::without_credentials(&target.spec.url)
+                "{named} receives nothing: its filter does not compile, so each event it would see is recorded as filtered_error: {}",
+                problem.message
             ));
         }
     }

@@ -32,6 +32,7 @@ pub struct Claimed {
     pub body: Vec<u8>,
     pub content_type: Option<String>,
     pub received_at: DateTime<Utc>,
+    pub event_id: Uuid,
 }
 
 impl Claimed {
@@ -150,7 +151,8 @@ pub async fn claim<'e>(executor: impl sqlx::PgExecutor<'e>, wanted: &[Take]) -> 
             RETURNING q.delivery_id, q.next_attempt_at, q.attempts
         )
         SELECT d.id, d.namespace, d.target_kind, d.target, c.attempts - 1 AS attempts,
-               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at
+               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
+               d.event_id
         FROM claimed c
         CROSS JOIN LATERAL (
             SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = c.delivery_id OFFSET 0
@@ -304,6 +306,38 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Ends a claimed delivery without an attempt, as `filtered_error` with the reason (a
+/// transform that fails for its event), if the claim ending at `lease_until` still holds it.
+pub async fn end_unsent(
+    pool: &PgPool,
+    id: Uuid,
+    lease_until: DateTime<Utc>,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH ended AS (
+             DELETE FROM delivery_queue WHERE delivery_id = $1 AND next_attempt_at = $2
+             RETURNING delivery_id, attempts
+         )
+         UPDATE deliveries d SET status = 'filtered_error', last_error = $3, updated_at = now()
+         FROM ended WHERE d.id = ended.delivery_id",
+    )
+    .bind(id)
+    .bind(lease_until)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The headers an event was received with.
+pub async fn event_headers(pool: &PgPool, event: Uuid) -> sqlx::Result<serde_json::Value> {
+    sqlx::query_scalar("SELECT headers FROM events WHERE id = $1")
+        .bind(event)
+        .fetch_one(pool)
+        .await
 }
 
 /// Puts a claimed delivery back without spending an attempt (circuit open, target paused, no

@@ -31,6 +31,8 @@ pub struct NewDelivery {
     /// The target's kind and name; its namespace is the event's.
     pub target_kind: TargetKind,
     pub target: String,
+    /// Why its filter failed for this event: recorded as `filtered_error`, never queued.
+    pub filter_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,16 +90,15 @@ async fn insert_events<'e>(
     let deliveries = order
         .iter()
         .flat_map(|e| e.deliveries.iter().map(move |d| (e.id, d)));
-    let (delivery_events, delivery_ids, kinds, targets) = deliveries.fold(
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(mut events, mut ids, mut kinds, mut targets), (event, d)| {
-            events.push(event);
-            ids.push(d.id);
-            kinds.push(d.target_kind.as_str());
-            targets.push(d.target.as_str());
-            (events, ids, kinds, targets)
-        },
-    );
+    let (mut delivery_events, mut delivery_ids, mut kinds, mut targets, mut filter_errors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (event, d) in deliveries {
+        delivery_events.push(event);
+        delivery_ids.push(d.id);
+        kinds.push(d.target_kind.as_str());
+        targets.push(d.target.as_str());
+        filter_errors.push(d.filter_error.as_deref());
+    }
     let (inserted, _): (Vec<Uuid>, bool) = sqlx::query_as(
         r#"
         WITH event AS (
@@ -109,17 +110,19 @@ async fn insert_events<'e>(
             ON CONFLICT DO NOTHING
             RETURNING id, namespace
         ), delivery AS (
-            INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
-            SELECT d.id, event.id, event.namespace, d.kind, d.target
-            FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[]) AS d (event_id, id, kind, target)
+            INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, last_error)
+            SELECT d.id, event.id, event.namespace, d.kind, d.target,
+                   CASE WHEN d.filter_error IS NULL THEN 'pending' ELSE 'filtered_error' END, d.filter_error
+            FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[], $15::text[])
+                 AS d (event_id, id, kind, target, filter_error)
             JOIN event ON event.id = d.event_id
-            RETURNING id, namespace, target_kind, target
+            RETURNING id, namespace, target_kind, target, status
         ), queued AS (
             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
-            SELECT id, namespace, target_kind, target, now() FROM delivery
+            SELECT id, namespace, target_kind, target, now() FROM delivery WHERE status = 'pending'
         ), targets AS (
             SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
-            FROM delivery
+            FROM delivery WHERE status = 'pending'
         )
         SELECT
             ARRAY(SELECT id FROM event),
@@ -148,6 +151,7 @@ async fn insert_events<'e>(
             .map(|e| e.replay_digest.as_ref().map(|d| d.as_slice()))
             .collect::<Vec<_>>(),
     )
+    .bind(filter_errors)
     .fetch_one(executor)
     .await?;
     Ok(events

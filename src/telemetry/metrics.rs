@@ -45,6 +45,14 @@ pub struct AttemptLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilteredLabels {
+    pub namespace: String,
+    pub target: String,
+    /// `skipped` (the filter is false) or `filtered_error` (an expression failed for the event).
+    pub outcome: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub ingest_requests: Family<IngestLabels, Counter>,
@@ -61,6 +69,8 @@ pub struct Metrics {
     pub secrets_unresolved: Family<SourceLabels, Gauge>,
     /// Per held target, the deliveries waiting while it is held.
     pub deliveries_held: Family<HeldLabels, Gauge>,
+    /// Events a target's `filter` skipped, and deliveries ended by a failing expression.
+    pub deliveries_filtered: Family<FilteredLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,8 +155,15 @@ impl Metrics {
             "Deliveries waiting for a target that is held back (paused, circuit open, no secret, URL not allowed), by reason",
             deliveries_held.clone(),
         );
+        let deliveries_filtered = Family::<FilteredLabels, Counter>::default();
+        registry.register(
+            "deliveries_filtered",
+            "Events a target's CEL filter skipped (outcome skipped), and deliveries ended unsent because a CEL expression failed for the event (outcome filtered_error)",
+            deliveries_filtered.clone(),
+        );
         Self {
             registry,
+            deliveries_filtered,
             secrets_unresolved,
             deliveries_held,
             ingest_requests,

@@ -12,6 +12,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Viewer, page, unavailable};
+use crate::api::TargetKey;
+use crate::catalog::expression::Variables;
 use crate::gateway::admin::{payload, redact_headers, signed_headers_of};
 use crate::gateway::{Gateway, charts, holds};
 use crate::store::history::{self, EventFilter};
@@ -59,7 +61,7 @@ pub(in crate::gateway) async fn events(
             label { "Delivery status "
                 select name="status" {
                     option value="" { "any" }
-                    @for s in ["pending", "failed", "succeeded", "dead", "cancelled"] {
+                    @for s in ["pending", "failed", "succeeded", "dead", "cancelled", "filtered_error"] {
                         option value=(s) selected[filter.status.as_deref() == Some(s)] { (s) }
                     }
                 }
@@ -123,6 +125,22 @@ pub(in crate::gateway) async fn event(
     }
     let csrf = viewer.csrf();
     let held = holds::of_deliveries(&gateway, &event.namespace, &deliveries).await;
+    let catalog = gateway.catalog();
+    let variables = Variables::new(&event.event_type, &event.source, &event.headers, &event.body);
+    let transformed = |delivery: &history::DeliveryDetail| -> Option<Result<String, String>> {
+        let key = TargetKey {
+            namespace: event.namespace.clone(),
+            kind: delivery.target_kind.parse().ok()?,
+            name: delivery.target.clone(),
+        };
+        let transform = catalog.target(&key)?.expressions.transform.as_ref()?;
+        Some(
+            transform
+                .render(&variables)
+                .map(|(body, _)| pretty(&payload(&body)))
+                .map_err(|why| why.to_string()),
+        )
+    };
     let headers_shown = redact_headers(
         &event.headers,
         &signed_headers_of(&gateway, &event.namespace, &event.source),
@@ -153,6 +171,15 @@ pub(in crate::gateway) async fn event(
                 @let tried: Vec<&history::AttemptDetail> = attempts.iter().filter(|a| a.delivery_id == delivery.id).collect();
                 (charts::timeline(event.received_at, &tried, delivery.next_attempt_at))
                 @if let Some(error) = &delivery.last_error { p { "Last error: " (error) } }
+                @if let Some(sent) = transformed(delivery) {
+                    details.transformed open {
+                        summary { "Body sent: the payload above through this target's transform, as configured now" }
+                        @match sent {
+                            Ok(body) => pre.payload { (body) },
+                            Err(why) => p { "The transform fails for this event: " (why) },
+                        }
+                    }
+                }
                 form.inline method="post" action={ "/ui/deliveries/" (delivery.id) "/redeliver" } {
                     input type="hidden" name="csrf" value=(csrf);
                     input type="hidden" name="event" value=(event.id);

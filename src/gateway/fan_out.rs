@@ -1,0 +1,71 @@
+//! The deliveries a new event gets: one per target whose `events` and `filter` select it, the
+//! same for a provider's webhook and a published event.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::catalog::expression::Variables;
+use crate::catalog::{Catalog, Selection, Source};
+use crate::store::events::NewDelivery;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::FilteredLabels;
+
+/// One stored event as its targets' filters see it.
+pub(super) struct Arriving<'a> {
+    pub namespace: &'a str,
+    /// `None` for a published event.
+    pub source: Option<&'a Source>,
+    pub event_type: &'a str,
+    pub headers: &'a serde_json::Value,
+    pub body: &'a [u8],
+}
+
+pub(super) fn deliveries(catalog: &Catalog, metrics: &Metrics, event: &Arriving<'_>) -> Vec<NewDelivery> {
+    let mut variables: Option<Arc<Variables>> = None;
+    let mut variables = || {
+        variables
+            .get_or_insert_with(|| {
+                let source = event.source.map_or("", |s| s.name.as_str());
+                Arc::new(Variables::new(
+                    event.event_type,
+                    source,
+                    event.headers,
+                    event.body,
+                ))
+            })
+            .clone()
+    };
+    let mut deliveries = Vec::new();
+    for target in catalog.targets_for(event.namespace, event.source, event.event_type) {
+        let filter_error = match target.select(&mut variables) {
+            Selection::Deliver => None,
+            Selection::Skip => {
+                count(metrics, target, "skipped");
+                continue;
+            }
+            Selection::Failed(why) => {
+                count(metrics, target, "filtered_error");
+                Some(why)
+            }
+        };
+        deliveries.push(NewDelivery {
+            id: Uuid::now_v7(),
+            target_kind: target.key.kind,
+            target: target.key.name.clone(),
+            filter_error,
+        });
+    }
+    deliveries
+}
+
+fn count(metrics: &Metrics, target: &crate::catalog::Target, outcome: &str) {
+    metrics
+        .deliveries_filtered
+        .get_or_create(&FilteredLabels {
+            namespace: target.key.namespace.clone(),
+            target: target.key.label(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+}
