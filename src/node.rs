@@ -80,6 +80,7 @@ pub struct Node {
     serving: JoinHandle<std::io::Result<()>>,
     dispatching: JoinHandle<()>,
     retention: JoinHandle<()>,
+    replaying: JoinHandle<()>,
 }
 
 impl Node {
@@ -151,6 +152,11 @@ impl Node {
             options.retention,
             RETENTION_EVERY,
         ));
+        let replaying = tokio::spawn(crate::dispatch::replay::run(
+            pool.clone(),
+            catalog.clone(),
+            stop.clone(),
+        ));
         let dispatcher = Dispatcher::new(pool.clone(), catalog.clone(), metrics, options.dispatch, stop);
         let dispatching = tokio::spawn(dispatcher.run(options.stopping.drain));
         match admin_addr {
@@ -167,6 +173,7 @@ impl Node {
             serving,
             dispatching,
             retention,
+            replaying,
         })
     }
 
@@ -176,6 +183,8 @@ impl Node {
         let served = self.serving.await;
         let dispatched = self.dispatching.await;
         self.retention.abort();
+        // A batch cut short is not applied (one transaction); its replay goes on from its cursor.
+        self.replaying.abort();
         self.pool.close().await;
         tracing::info!("gateway stopped");
         dispatched?;

@@ -318,6 +318,16 @@ async fn helm_install_creates_a_least_privilege_installation() {
     ));
     assert!(can_i(
         &controller,
+        &[
+            "patch",
+            "webhookreplays.hookline.dev",
+            "--subresource=status",
+            "-n",
+            &other
+        ]
+    ));
+    assert!(can_i(
+        &controller,
         &["update", "leases.coordination.k8s.io", "-n", &ns]
     ));
     assert!(can_i(&controller, &["patch", "deployments.apps", "-n", &ns]));
@@ -530,6 +540,9 @@ fn argocd_health_check_follows_conditions_and_generation() {
             ("healthy-subscription", "Healthy"),
             ("circuit-open", "Degraded"),
             ("paused", "Suspended"),
+            ("replay-enqueuing", "Progressing"),
+            ("replay-complete", "Healthy"),
+            ("replay-failed", "Degraded"),
         ]
     );
     assert!(

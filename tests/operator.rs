@@ -137,7 +137,8 @@ spec:
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
 metadata: {{ name: crm }}
-spec: {{ url: '{crm}', events: ['invoice.*'], allowPrivateNetworks: true, filter: "data.object.id == 'in_1'" }}
+spec: {{ url: '{crm}', events: ['invoice.*'], allowPrivateNetworks: true, filter: "data.object.id == 'in_1'",
+         ordering: {{ key: data.object.customer }} }}
 ---
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
@@ -285,6 +286,17 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
         .verify(&got[0].headers, &got[0].body, now)
         .expect("the handler can verify the delivery");
     sink.wait_for("crm", 1, Duration::from_secs(30)).await;
+    // The invoice has no customer: its key fails, it goes unordered, and the status says so.
+    eventually(
+        "crm's status to count the unordered delivery",
+        Duration::from_secs(30),
+        async || {
+            let status = subscriptions.get("crm").await.ok()?.status?;
+            let deliveries = status.health.deliveries?;
+            (deliveries.unordered == Some(1) && deliveries.blocked_keys == Some(0)).then_some(())
+        },
+    )
+    .await;
 
     // kubectl alone tells the story.
     let listing = kubectl(&["get", "whsrc,whsub", "-n", &app]);
@@ -793,4 +805,167 @@ async fn the_controller_reconciles_only_the_watched_namespaces() {
     for namespace in [&system, &watched, &ignored] {
         support::delete_namespace(&client, namespace).await;
     }
+}
+
+/// A WebhookReplay on the real API server: of 1,000 stored events, a sub-window with a filter
+/// is sent to a subscription, exactly the matching ones, and its status counts them; a slow
+/// replay deleted midway enqueues nothing more.
+#[tokio::test]
+async fn a_webhook_replay_sends_a_filtered_sub_window_and_stops_when_deleted() {
+    use hookline::api::WebhookReplay;
+    let _alone = ONE_CONTROLLER.lock().await;
+    let client = support::kube_client().await;
+    let system = support::temp_namespace(&client, "hl-system").await;
+    let app = support::temp_namespace(&client, "hl-replay").await;
+    let database_url = support::fresh_database().await;
+    let sink = Sink::start().await;
+    let controller_port = support::free_port().to_string();
+    let _controller = spawn(
+        &[
+            "controller",
+            "--listen",
+            &format!("127.0.0.1:{controller_port}"),
+            "--status-interval",
+            "1s",
+            "--no-managed-gateway",
+        ],
+        &[
+            ("DATABASE_URL", &database_url),
+            ("POD_NAMESPACE", &system),
+            ("POD_NAME", "controller-0"),
+        ],
+    );
+    let gateway_port = support::free_port();
+    let _gateway = spawn(
+        &["gateway", "--listen", &format!("127.0.0.1:{gateway_port}")],
+        &[("DATABASE_URL", &database_url), ("POD_NAMESPACE", &system)],
+    );
+    let subscriptions = format!(
+        r#"
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata: {{ name: ledger }}
+spec: {{ url: '{ledger}', events: ['order.*'], allowPrivateNetworks: true }}
+---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata: {{ name: slow }}
+spec: {{ url: '{slow}', events: ['order.*'], allowPrivateNetworks: true }}
+"#,
+        ledger = sink.url("ledger"),
+        slow = sink.url("slow"),
+    );
+    support::apply_yaml(&client, &app, &subscriptions)
+        .await
+        .expect("apply the subscriptions");
+    // 1,000 events stored over the last 1,000 minutes, one a minute, before either subscription
+    // had deliveries: only a replay sends them.
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    // The processes may not have prepared the database yet (migrations take a lock: no race).
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let start = chrono::Utc::now() - chrono::Duration::minutes(1000);
+    sqlx::query(
+        "INSERT INTO events (id, namespace, source, external_id, event_type, headers, body, received_at)
+         SELECT gen_random_uuid(), $1, '', 'evt-' || n, 'order.created', '{\"content-type\": \"application/json\"}',
+                convert_to(json_build_object('type', 'order.created', 'data', json_build_object('n', n))::text, 'UTF8'),
+                $2 + n * interval '1 minute'
+         FROM generate_series(0, 999) AS n",
+    )
+    .bind(&app)
+    .bind(start)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let at = |minute: i64| (start + chrono::Duration::minutes(minute)).to_rfc3339();
+    let replays: Api<WebhookReplay> = Api::namespaced(client.clone(), &app);
+    let replay = format!(
+        r#"
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookReplay
+metadata: {{ name: even-orders }}
+spec:
+  target: {{ subscription: ledger }}
+  from: '{from}'
+  to: '{to}'
+  filter: "data.n % 2 == 0"
+  rate: 1000
+"#,
+        from = at(200),
+        to = at(700),
+    );
+    support::apply_yaml(&client, &app, &replay)
+        .await
+        .expect("apply the replay");
+    let expected: Vec<u64> = (200..700).filter(|n| n % 2 == 0).collect();
+    let received = sink
+        .wait_for("ledger", expected.len(), Duration::from_secs(60))
+        .await;
+    let done = eventually("the replay to be Complete", Duration::from_secs(60), async || {
+        let status = replays.get("even-orders").await.ok()?.status?;
+        (condition(&status.conditions, "Complete")?.0 == "True").then_some(status)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut numbers: Vec<u64> = sink
+        .received("ledger")
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["data"]["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    numbers.sort();
+    assert_eq!(
+        numbers,
+        expected,
+        "exactly the even events of the sub-window ({} received)",
+        received.len()
+    );
+    assert_eq!(
+        (done.matched, done.enqueued, done.delivered, done.failed),
+        (250, 250, 250, 0),
+        "{done:?}"
+    );
+    assert_eq!(done.target.as_deref(), Some("subscription/ledger"));
+    let listing = kubectl(&["get", "whreplay", "-n", &app]);
+    assert!(
+        listing.contains("even-orders") && listing.contains("subscription/ledger") && listing.contains("250"),
+        "{listing}"
+    );
+    let described = kubectl(&["describe", "whreplay", "even-orders", "-n", &app]);
+    assert!(described.contains("ReplayComplete"), "{described}");
+
+    // A slow replay of the whole window, deleted after a few batches: nothing more goes out.
+    let slow = format!(
+        "apiVersion: hookline.dev/v1alpha1\nkind: WebhookReplay\nmetadata: {{ name: everything }}\n\
+         spec: {{ target: {{ subscription: slow }}, from: '{}', to: '{}', rate: 20 }}\n",
+        at(0),
+        at(1000),
+    );
+    support::apply_yaml(&client, &app, &slow)
+        .await
+        .expect("apply the slow replay");
+    sink.wait_for("slow", 40, Duration::from_secs(30)).await;
+    replays
+        .delete("everything", &DeleteParams::default())
+        .await
+        .expect("delete the replay");
+    eventually("the replay to be gone", Duration::from_secs(30), async || {
+        replays.get_opt("everything").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let count = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE target = 'slow'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let after_delete = count().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count().await, after_delete, "nothing enqueued after the deletion");
+    assert!(after_delete < 1000, "stopped midway: {after_delete} of 1000");
+    pool.close().await;
+    support::delete_namespace(&client, &app).await;
+    support::delete_namespace(&client, &system).await;
 }

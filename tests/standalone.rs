@@ -314,3 +314,169 @@ async fn standalone_applies_edits_live_and_keeps_the_last_good_configuration() {
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A WebhookReplay file: loaded, it sends the matching stored events of its window to its
+/// target; the admin API lists it with its progress and starts a dry run; removing the file
+/// forgets it.
+#[tokio::test]
+async fn a_replay_file_sends_a_window_again_and_the_admin_api_counts_one() {
+    let sink = support::sink::Sink::start().await;
+    let dir = std::env::temp_dir().join(format!("hookline-replay-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |file: &str, text: &str| std::fs::write(dir.join(file), text).unwrap();
+    write(
+        "other.yaml",
+        "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: other}\n\
+         spec: {url: 'http://127.0.0.1:9/', events: ['unrelated.*'], allowPrivateNetworks: true}\n",
+    );
+    let gateway = support::process::start_standalone(
+        &dir,
+        &support::fresh_database().await,
+        &[("HOOKLINE_PUBLISH_TOKEN", "replay-publish-token")],
+    )
+    .await;
+    // Edits made before the watch starts are not seen.
+    gateway
+        .log
+        .wait_for("watching the configuration", 1, Duration::from_secs(10))
+        .await;
+    let client = reqwest::Client::new();
+    let from = chrono::Utc::now() - chrono::Duration::seconds(5);
+    // Stored while no subscription takes them: they have no deliveries.
+    for n in 0..10 {
+        let published = client
+            .post(format!("{}/v1/namespaces/default/events", gateway.base))
+            .bearer_auth("replay-publish-token")
+            .json(&serde_json::json!({"type": "order.created", "data": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), 202);
+    }
+    let to = chrono::Utc::now() + chrono::Duration::seconds(1);
+    write(
+        "crm.yaml",
+        &format!(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: crm}}\n\
+             spec: {{url: '{}', events: ['order.*'], allowPrivateNetworks: true}}\n---\n\
+             apiVersion: hookline.dev/v1alpha1\nkind: WebhookReplay\nmetadata: {{name: late-crm}}\n\
+             spec: {{target: {{subscription: crm}}, from: '{}', to: '{}', filter: 'data.n >= 5', rate: 100}}\n",
+            sink.url("crm"),
+            from.to_rfc3339(),
+            to.to_rfc3339(),
+        ),
+    );
+    let received = sink.wait_for("crm", 5, Duration::from_secs(30)).await;
+    let mut numbers: Vec<i64> = received
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["data"]["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, [5, 6, 7, 8, 9]);
+    gateway
+        .log
+        .wait_for(
+            "replay has enqueued every matching event",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+
+    let token = std::fs::read_to_string(gateway.state.join("admin-token")).unwrap();
+    let replays = async || -> serde_json::Value {
+        client
+            .get(format!("{}/admin/v1/replays", gateway.base))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let listed = replays().await;
+    let late = &listed["items"][0];
+    assert_eq!(
+        (late["name"].as_str(), late["state"].as_str()),
+        (Some("late-crm"), Some("complete")),
+        "{listed}"
+    );
+    assert_eq!(
+        (late["matched"].as_i64(), late["enqueued"].as_i64()),
+        (Some(5), Some(5))
+    );
+
+    // A dry run through the admin API counts without sending.
+    let started = client
+        .post(format!("{}/admin/v1/replays", gateway.base))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({
+            "namespace": "default", "name": "count-all",
+            "target": {"subscription": "crm"}, "from": from.to_rfc3339(), "to": to.to_rfc3339(), "dryRun": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201, "{:?}", started.text().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = replays().await;
+        let dry = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "count-all")
+            .cloned();
+        if let Some(dry) = dry.filter(|d| d["state"] == "complete") {
+            // Five already on their way or delivered are succeeded now: all ten match.
+            assert_eq!(
+                (dry["matched"].as_i64(), dry["enqueued"].as_i64()),
+                (Some(10), Some(0)),
+                "{dry}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dry run to complete: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = client
+        .post(format!("{}/admin/v1/replays", gateway.base))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"namespace": "default", "target": {"subscription": "nobody"}, "from": from.to_rfc3339(), "to": to.to_rfc3339()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(sink.received("crm").len(), 5, "nothing more was sent");
+
+    // The file removed, its replay is forgotten.
+    write(
+        "crm.yaml",
+        &format!(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: crm}}\n\
+         spec: {{url: '{}', events: ['order.*'], allowPrivateNetworks: true}}\n",
+            sink.url("crm"),
+        ),
+    );
+    gateway
+        .log
+        .wait_for(
+            "replays no longer in the configuration forgotten",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    let names: Vec<String> = replays().await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["count-all"]);
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&dir);
+}

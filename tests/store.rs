@@ -193,6 +193,7 @@ fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::sto
             target_kind: hookline::api::TargetKind::Handler,
             target: target.into(),
             filter_error: None,
+            ordering_key: None,
         }],
     }
 }
@@ -267,6 +268,7 @@ fn takes(
             target: target.clone(),
             count: *count,
             lease,
+            ordered: false,
         })
         .collect()
 }
@@ -289,6 +291,7 @@ async fn each_target_is_claimed_for_its_own_lease() {
         target: handler(name),
         count: 10,
         lease: std::time::Duration::from_secs(secs),
+        ordered: false,
     };
     let before = chrono::Utc::now();
     let taken = claim(&pool, &[take("stripe/fast", 31), take("stripe/slow", 330)])
@@ -465,6 +468,7 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         },
         after,
         last_error: None,
+        blocks_key: false,
     };
     let status = || async {
         sqlx::query_as::<_, (String, i32, i64)>(
@@ -518,7 +522,107 @@ fn succeeded(
         },
         after,
         last_error: None,
+        blocks_key: false,
     }
+}
+
+/// Ordered deliveries are claimed as their key's head only: one at a time per key, in the
+/// order stored, keys side by side; a dead head with `blocks_key` holds its key until skipped.
+#[tokio::test]
+async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() {
+    use hookline::store::deliveries::{After, claim, record_attempts};
+    use hookline::store::events::event_writer;
+    use hookline::store::history::skip_blocked;
+    let pool = migrated_pool(4).await;
+    let writer = event_writer(pool.clone());
+    let target = handler("stripe/ledger");
+    for (i, key) in ["k", "k", "l", "k"].iter().enumerate() {
+        let mut event = new_event(&format!("evt_{i}"), "entry", "stripe/ledger");
+        event.deliveries[0].ordering_key = Some((*key).to_owned());
+        writer.submit(event).await.expect("store");
+    }
+    let mut unordered = new_event("evt_free", "entry", "stripe/ledger");
+    unordered.deliveries[0].ordering_key = None;
+    writer.submit(unordered).await.expect("store");
+    let lease = std::time::Duration::from_secs(30);
+    let take = || {
+        vec![hookline::store::deliveries::Take {
+            target: target.clone(),
+            count: 10,
+            lease,
+            ordered: true,
+        }]
+    };
+    let external = async |claimed: &[hookline::store::deliveries::Claimed]| -> Vec<String> {
+        let mut ids = Vec::new();
+        for c in claimed {
+            let id: String = sqlx::query_scalar("SELECT external_id FROM events WHERE id = $1")
+                .bind(c.event_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        ids.sort();
+        ids
+    };
+
+    // The heads of k and l, and the unordered one; nothing else of k.
+    let first = claim(&pool, &take()).await.expect("claim");
+    assert_eq!(external(&first).await, ["evt_0", "evt_2", "evt_free"]);
+    assert!(
+        claim(&pool, &take()).await.expect("claim").is_empty(),
+        "k's head is out"
+    );
+    let head = first
+        .iter()
+        .find(|c| c.ordering_key.as_deref() == Some("k"))
+        .unwrap();
+    // A retry keeps the head: k waits for it.
+    record_attempts(&pool, &[succeeded(head, After::RetryAt(chrono::Utc::now()))])
+        .await
+        .expect("retry");
+    let again = claim(&pool, &take()).await.expect("claim");
+    assert_eq!(external(&again).await, ["evt_0"], "the head again, not the next");
+    record_attempts(&pool, &[succeeded(&again[0], After::Succeeded)])
+        .await
+        .expect("record");
+    let next = claim(&pool, &take()).await.expect("claim");
+    assert_eq!(external(&next).await, ["evt_1"]);
+    // Dead, blocking: k's later deliveries stay where they are.
+    record_attempts(
+        &pool,
+        &[hookline::store::deliveries::AttemptRecord {
+            blocks_key: true,
+            ..succeeded(&next[0], After::Dead)
+        }],
+    )
+    .await
+    .expect("record");
+    assert!(
+        claim(&pool, &take()).await.expect("claim").is_empty(),
+        "k is blocked"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1")
+        .bind(next[0].id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "dead");
+    let l_head = first
+        .iter()
+        .find(|c| c.ordering_key.as_deref() == Some("l"))
+        .unwrap();
+    assert!(
+        !skip_blocked(&pool, l_head.id, None).await.unwrap(),
+        "l's head blocks nothing"
+    );
+    assert!(
+        skip_blocked(&pool, next[0].id, None).await.expect("skip"),
+        "it was blocking"
+    );
+    let after_skip = claim(&pool, &take()).await.expect("claim");
+    assert_eq!(external(&after_skip).await, ["evt_3"]);
 }
 
 /// A batch of outcomes may hold a late one of an expired claim beside the current one for the
@@ -691,6 +795,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
                     },
                     after: After::Succeeded,
                     last_error: None,
+                    blocks_key: false,
                 })
                 .collect();
             record_attempts(&pool, &records).await.expect("record");

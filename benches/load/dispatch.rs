@@ -17,6 +17,20 @@ pub(crate) async fn measure(bench: &Bench, scale: Scale) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ordered dispatch: the same backlog to a target with `ordering`, over 64 keys (as many as
+/// its maxInFlight) and over 8 (one delivery per key at a time caps it at 8 in flight).
+pub(crate) async fn measure_ordered(bench: &Bench, scale: Scale) -> anyhow::Result<()> {
+    for keys in [64, 8] {
+        bench.reset().await?;
+        bench
+            .preload_keyed(scale.dispatch_backlog, &[ORDERED_TARGET], false, Some(keys))
+            .await?;
+        let per_s = bench.drain(&[ORDERED_TARGET], scale.dispatch_backlog).await?;
+        report(&format!("ordered_{keys}_keys_per_s"), per_s, "deliveries/s");
+    }
+    Ok(())
+}
+
 impl Bench {
     /// Resumes the targets and waits until the sink has `expected` more deliveries; returns
     /// deliveries per second.

@@ -165,6 +165,9 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
     if enabled("dispatch") {
         dispatch::measure(&bench, scale).await?;
     }
+    if enabled("ordered") {
+        dispatch::measure_ordered(&bench, scale).await?;
+    }
     if enabled("fanout") {
         fanout::measure(&bench, scale).await?;
     }

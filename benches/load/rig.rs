@@ -25,6 +25,8 @@ use crate::progress;
 pub(crate) const NAMESPACE: &str = "bench";
 pub(crate) const SOURCE: &str = "stripe";
 pub(crate) const HANDLER_TARGET: &str = "stripe/sink";
+/// The same sink behind a handler with `ordering`, for ordered against unordered dispatch.
+pub(crate) const ORDERED_TARGET: &str = "stripe/ordered";
 /// Webhooks a second at which ingest latency is measured (a DESIGN.md target).
 pub(crate) const INGEST_TARGET_RPS: f64 = 10_000.0;
 /// Webhooks a second taken in and delivered, sustained (a DESIGN.md target).
@@ -145,6 +147,13 @@ spec:
       # once ingest shares the cores (3 ms round trips).
       maxInFlight: 64
       events: ["invoice.*"]
+      secretRef: {{name: stripe, key: subscription-secret}}
+    - name: ordered
+      url: {sink}/ordered
+      maxInFlight: 64
+      # Only the preloaded backlog reaches it: ingest's invoice.* events do not.
+      events: ["ordered.*"]
+      ordering: {{key: data.object.customer}}
       secretRef: {{name: stripe, key: subscription-secret}}
 "#
     );
@@ -327,6 +336,17 @@ impl Bench {
     /// Inserts `events` events of 1 KiB with one delivery each to every target, the fastest way
     /// (SQL, not HTTP): a backlog for the dispatcher, held back by pausing the targets.
     pub(crate) async fn preload(&self, events: u64, targets: &[&str], fanout: bool) -> anyhow::Result<()> {
+        self.preload_keyed(events, targets, fanout, None).await
+    }
+
+    /// [`Bench::preload`] with ordering keys: event n has key `n % keys`, in the order stored.
+    pub(crate) async fn preload_keyed(
+        &self,
+        events: u64,
+        targets: &[&str],
+        fanout: bool,
+        keys: Option<u64>,
+    ) -> anyhow::Result<()> {
         self.pause(targets).await?;
         let first = self.next_event.fetch_add(events, Ordering::Relaxed);
         let event_type = if fanout { "fanout.bench" } else { "invoice.paid" };
@@ -341,14 +361,17 @@ impl Bench {
                             '{\"content-type\": \"application/json\"}',
                             convert_to(replace($4, 'evt_000000000000', 'evt_' || lpad(n::text, 12, '0')), 'UTF8')
                      FROM generate_series($5::bigint, $5::bigint + $6 - 1) AS n
-                     RETURNING id),
+                     RETURNING id, external_id),
                  d AS (
-                     INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
+                     INSERT INTO deliveries (id, event_id, namespace, target_kind, target, ordering_key, position)
                      SELECT gen_random_uuid(), e.id, $1,
-                            CASE WHEN t LIKE '%/%' THEN 'handler' ELSE 'subscription' END, t
-                     FROM e CROSS JOIN UNNEST($7::text[]) AS t
-                     RETURNING id, namespace, target_kind, target)
-                 INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
+                            CASE WHEN t LIKE '%/%' THEN 'handler' ELSE 'subscription' END, t,
+                            'cus_' || (substr(e.external_id, 5)::bigint % $8),
+                            CASE WHEN $8 IS NOT NULL THEN nextval('delivery_position') END
+                     FROM (SELECT * FROM e ORDER BY external_id) e CROSS JOIN UNNEST($7::text[]) AS t
+                     RETURNING id, namespace, target_kind, target, ordering_key, position)
+                 INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, ordering_key, position,
+                                             next_attempt_at)
                  SELECT *, now() FROM d",
             )
             .bind(NAMESPACE)
@@ -358,6 +381,7 @@ impl Bench {
             .bind((first + chunk_start) as i64)
             .bind(chunk)
             .bind(targets)
+            .bind(keys.map(|k| k as i64))
             .execute(&self.pool)
             .await?;
         }

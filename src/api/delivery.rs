@@ -41,6 +41,10 @@ pub struct DeliveryTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub transform: Option<String>,
+    /// Deliver events that share a key one at a time, in the order they were stored; events
+    /// with different keys go in parallel (up to maxInFlight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
     /// Secret key Hookline signs deliveries with (a `whsec_` Standard Webhooks secret). When
     /// absent, the controller generates one into a Secret owned by this resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +71,29 @@ pub struct DeliveryTarget {
     /// Stop delivering; events keep queueing and are delivered when unpaused.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// Ordered delivery per key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ordering {
+    /// A CEL expression over the event (the variables of `filter`) giving its key: a string or
+    /// a number, e.g. `data.object.customer` for Stripe or `data.id` for Clerk users. An event
+    /// whose key is null, or fails, is delivered unordered.
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: String,
+    /// What a delivery that goes dead does to its key: `block` (the key's later events wait
+    /// until the dead one is redelivered or skipped) or `skip` (the next event goes).
+    #[serde(default)]
+    pub on_dead: OnDead,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDead {
+    #[default]
+    Block,
+    Skip,
 }
 
 fn default_timeout() -> Duration {

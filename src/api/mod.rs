@@ -2,6 +2,7 @@
 
 pub mod delivery;
 pub mod duration;
+pub mod replay;
 pub mod secret_ref;
 pub mod source;
 pub mod status;
@@ -12,8 +13,11 @@ pub mod validate;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use delivery::{CircuitBreaker, DeliveryTarget, ExponentialBackoff, RateLimit, RetryPolicy};
+pub use delivery::{
+    CircuitBreaker, DeliveryTarget, ExponentialBackoff, OnDead, Ordering, RateLimit, RetryPolicy,
+};
 pub use duration::Duration;
+pub use replay::{ReplayStatusFilter, ReplayTarget, WebhookReplay, WebhookReplaySpec, WebhookReplayStatus};
 pub use secret_ref::SecretKeyRef;
 pub use source::{
     GenericHmac, Handler, HandlerStatus, Provider, WebhookSource, WebhookSourceSpec, WebhookSourceStatus,
@@ -28,9 +32,13 @@ pub const GROUP: &str = "hookline.dev";
 pub const GENERATED_SECRET_KEY: &str = "signing-secret";
 pub const VERSION: &str = "v1alpha1";
 
-/// Both CRDs, in the order `hookline crds` prints them.
+/// The CRDs, in the order `hookline crds` prints them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![WebhookSource::crd(), WebhookSubscription::crd()]
+    vec![
+        WebhookSource::crd(),
+        WebhookSubscription::crd(),
+        WebhookReplay::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream: the content of `crds/hookline.yaml`.

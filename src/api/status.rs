@@ -56,6 +56,13 @@ pub struct DeliveryStats {
     /// Why the last failed attempt failed (status code or error class), never a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_reason: Option<String>,
+    /// With `ordering`: keys waiting behind a dead delivery (`onDead: block`) until it is
+    /// redelivered or skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_keys: Option<u64>,
+    /// With `ordering`: deliveries in the window whose key was null or failed, sent unordered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unordered: Option<u64>,
 }
 
 /// Health of one delivery target (a handler or a subscription).

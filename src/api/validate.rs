@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use super::{WebhookSource, WebhookSubscription};
+use super::{WebhookReplay, WebhookSource, WebhookSubscription};
 
 struct KindRules {
     structural: jsonschema::Validator,
@@ -120,9 +120,11 @@ fn rules<K: CustomResourceExt>(cell: &'static OnceLock<KindRules>) -> &'static K
 pub fn validate(kind: &str, object: &Value) -> Result<(), Vec<String>> {
     static SOURCE: OnceLock<KindRules> = OnceLock::new();
     static SUBSCRIPTION: OnceLock<KindRules> = OnceLock::new();
+    static REPLAY: OnceLock<KindRules> = OnceLock::new();
     let problems = match kind {
         "WebhookSource" => rules::<WebhookSource>(&SOURCE).check(object),
         "WebhookSubscription" => rules::<WebhookSubscription>(&SUBSCRIPTION).check(object),
+        "WebhookReplay" => rules::<WebhookReplay>(&REPLAY).check(object),
         other => vec![format!("kind: {other} is not a Hookline kind")],
     };
     if problems.is_empty() {

@@ -350,7 +350,11 @@ pub struct ExpressionProblem {
 impl TargetExpressions {
     /// The expressions of a target's spec.
     pub fn of(spec: &crate::api::DeliveryTarget) -> Self {
-        Self::compile(spec.filter.as_deref(), spec.transform.as_deref(), None)
+        Self::compile(
+            spec.filter.as_deref(),
+            spec.transform.as_deref(),
+            spec.ordering.as_ref().map(|o| o.key.as_str()),
+        )
     }
 
     pub fn compile(filter: Option<&str>, transform: Option<&str>, ordering_key: Option<&str>) -> Self {

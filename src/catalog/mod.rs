@@ -141,6 +141,14 @@ impl Target {
         }
     }
 
+    /// Whether it takes events from this source (`""`: published events).
+    pub fn receives_from(&self, source: &str) -> bool {
+        match self.key.kind {
+            TargetKind::Handler => self.key.source() == Some(source),
+            TargetKind::Subscription => self.sources.is_empty() || self.sources.iter().any(|s| s == source),
+        }
+    }
+
     pub fn accepts(&self, event_type: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(event_type))
     }
@@ -436,7 +444,7 @@ impl Catalog {
             .get(namespace)
             .into_iter()
             .flatten()
-            .filter(move |t| t.sources.is_empty() || source.is_some_and(|s| t.sources.contains(&s.name)));
+            .filter(move |t| t.receives_from(source.map_or("", |s| s.name.as_str())));
         handlers
             .chain(subscriptions)
             .filter(move |t| t.accepts(event_type))

@@ -65,7 +65,8 @@ pub fn circuit(stats: &TargetStats) -> Option<CircuitState> {
     })
 }
 
-pub fn delivery_stats(stats: &TargetStats, window: &str) -> DeliveryStats {
+/// `ordered`: the target has `ordering` (its blocked keys and unordered deliveries are shown).
+pub fn delivery_stats(stats: &TargetStats, window: &str, ordered: bool) -> DeliveryStats {
     let finished = stats.succeeded + stats.dead;
     DeliveryStats {
         window: Some(window.to_owned()),
@@ -79,14 +80,21 @@ pub fn delivery_stats(stats: &TargetStats, window: &str) -> DeliveryStats {
         last_success_time: time(stats.last_success_time),
         last_failure_time: time(stats.last_failure_time),
         last_failure_reason: stats.last_failure_reason.clone(),
+        blocked_keys: ordered.then_some(stats.blocked_keys as u64),
+        unordered: ordered.then_some(stats.unordered as u64),
     }
 }
 
 /// A target's health in status form; `generated` names a generated signing Secret.
-pub fn target_health(stats: Option<&TargetStats>, generated: Option<String>, window: &str) -> TargetHealth {
+pub fn target_health(
+    stats: Option<&TargetStats>,
+    generated: Option<String>,
+    window: &str,
+    ordered: bool,
+) -> TargetHealth {
     TargetHealth {
         circuit: stats.and_then(circuit),
-        deliveries: stats.map(|s| delivery_stats(s, window)),
+        deliveries: stats.map(|s| delivery_stats(s, window, ordered)),
         generated_secret_name: generated,
     }
 }

@@ -1,9 +1,10 @@
-//! `hookline controller`: reconciles WebhookSources and WebhookSubscriptions (status, secrets,
-//! Events, finalizers) and keeps the managed gateway running. One replica leads at a time.
+//! `hookline controller`: reconciles WebhookSources, WebhookSubscriptions and WebhookReplays
+//! (status, secrets, Events, finalizers) and keeps the managed gateway running. One replica leads at a time.
 
 mod conditions;
 pub mod leader;
 pub mod managed_gateway;
+mod replay;
 mod report;
 mod secrets;
 mod source;
@@ -23,7 +24,7 @@ use kube::{Api, Client, ResourceExt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{WebhookSource, WebhookSubscription};
+use crate::api::{WebhookReplay, WebhookSource, WebhookSubscription};
 use crate::telemetry::metrics::{ControllerMetrics, KindLabels};
 pub use managed_gateway::GatewaySettings;
 
@@ -96,36 +97,65 @@ impl Context {
     }
 }
 
-async fn reconcile_source(source: Arc<WebhookSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one object of a kind through the finalizer: `apply` while it lives, `cleanup`
+/// once it is being deleted.
+async fn reconcile_with<K, A, C>(
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    apply: impl FnOnce(Arc<K>, Arc<Context>) -> A,
+    cleanup: impl FnOnce(Arc<K>, Arc<Context>) -> C,
+) -> Result<Action, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+    A: std::future::Future<Output = Result<Action, Error>>,
+    C: std::future::Future<Output = Result<Action, Error>>,
+{
     let started = Instant::now();
-    let api: Api<WebhookSource> =
-        Api::namespaced(ctx.client.clone(), &source.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, source, |event| async {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, object, |event| async {
         match event {
-            Finalizer::Apply(source) => source::apply(source, &ctx).await,
-            Finalizer::Cleanup(source) => source::cleanup(source, &ctx).await,
+            Finalizer::Apply(object) => apply(object, ctx.clone()).await,
+            Finalizer::Cleanup(object) => cleanup(object, ctx.clone()).await,
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.observe("WebhookSource", started);
+    ctx.observe(&K::kind(&()), started);
     result
 }
 
-async fn reconcile_subscription(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let api: Api<WebhookSubscription> =
-        Api::namespaced(ctx.client.clone(), &sub.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, sub, |event| async {
-        match event {
-            Finalizer::Apply(sub) => subscription::apply(sub, &ctx).await,
-            Finalizer::Cleanup(sub) => subscription::cleanup(sub, &ctx).await,
-        }
-    })
+async fn reconcile_source(source: Arc<WebhookSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_with(
+        source,
+        ctx,
+        async |s, ctx| source::apply(s, &ctx).await,
+        async |s, ctx| source::cleanup(s, &ctx).await,
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.observe("WebhookSubscription", started);
-    result
+}
+
+async fn reconcile_subscription(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_with(
+        sub,
+        ctx,
+        async |s, ctx| subscription::apply(s, &ctx).await,
+        async |s, ctx| subscription::cleanup(s, &ctx).await,
+    )
+    .await
+}
+
+async fn reconcile_replay(replay: Arc<WebhookReplay>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_with(
+        replay,
+        ctx,
+        async |r, ctx| replay::apply(r, &ctx).await,
+        async |r, ctx| replay::cleanup(r, &ctx).await,
+    )
+    .await
 }
 
 impl Context {
@@ -238,9 +268,13 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     let subscriptions = watched::<WebhookSubscription>(&client, &options.watch_namespaces)
         .into_iter()
         .map(|api| control(api, ctx.clone(), reconcile_subscription, &stop));
+    let replays = watched::<WebhookReplay>(&client, &options.watch_namespaces)
+        .into_iter()
+        .map(|api| control(api, ctx.clone(), reconcile_replay, &stop));
     let sources = futures::future::join_all(sources);
     let subscriptions = futures::future::join_all(subscriptions);
-    let controllers = async { futures::join!(sources, subscriptions) };
+    let replays = futures::future::join_all(replays);
+    let controllers = async { futures::join!(sources, subscriptions, replays) };
     let overdue = async {
         stop.cancelled().await;
         tokio::time::sleep(STOP_GRACE).await;

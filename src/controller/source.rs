@@ -48,6 +48,8 @@ pub(super) struct HandlerFacts {
     pub name: String,
     /// The Secret the controller generated for it (no secretRef).
     pub generated: Option<String>,
+    /// It has `ordering`.
+    pub ordered: bool,
     pub stats: Option<TargetStats>,
 }
 
@@ -156,6 +158,7 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
         handlers.push(HandlerFacts {
             name: handler.name.clone(),
             generated,
+            ordered: target.ordering.is_some(),
             stats: stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
                 .await
                 .ok(),
@@ -240,7 +243,7 @@ pub(super) fn decide(
             .iter()
             .map(|h| HandlerStatus {
                 name: h.name.clone(),
-                health: target_health(h.stats.as_ref(), h.generated.clone(), &facts.window),
+                health: target_health(h.stats.as_ref(), h.generated.clone(), &facts.window, h.ordered),
             })
             .collect(),
     };
@@ -283,6 +286,7 @@ mod tests {
             handlers: vec![HandlerFacts {
                 name: "api".into(),
                 generated: Some("stripe-api-signing".into()),
+                ordered: false,
                 stats: Some(TargetStats {
                     succeeded: 9,
                     dead: 1,

@@ -26,6 +26,8 @@ pub(super) struct SubscriptionFacts {
     pub generation: Option<i64>,
     pub url: String,
     pub paused: bool,
+    /// It has `ordering`.
+    pub ordered: bool,
     /// The Secret it signs with.
     pub secret_name: String,
     /// The Secret the controller generated for it (no secretRef).
@@ -79,6 +81,7 @@ async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<Subscription
         generation: sub.metadata.generation,
         url: spec.target.url.clone(),
         paused: spec.target.paused,
+        ordered: spec.target.ordering.is_some(),
         secret_name: reference.name,
         generated,
         secret_problem,
@@ -133,7 +136,7 @@ pub(super) fn decide(
     let status = WebhookSubscriptionStatus {
         observed_generation: facts.generation,
         conditions: vec![ready, secret_condition, healthy_condition],
-        health: target_health(stats, facts.generated.clone(), &facts.window),
+        health: target_health(stats, facts.generated.clone(), &facts.window, facts.ordered),
     };
     let notices = transitions(previous, &status, facts.secret_problem.as_ref(), stats);
     (status, notices)
@@ -171,6 +174,16 @@ fn healthiness(paused: bool, stats: Option<&TargetStats>) -> (bool, &'static str
         (Some(_), None) => true,
         _ => false,
     };
+    if stats.blocked_keys > 0 {
+        return (
+            false,
+            "KeysBlocked",
+            format!(
+                "{} ordering keys wait behind a dead delivery; redeliver it, or skip it (POST /admin/v1/deliveries/ID/skip)",
+                stats.blocked_keys
+            ),
+        );
+    }
     if stats.dead > 0 && stats.dead >= stats.succeeded
         || (failing_more_recently && stats.failed_attempts >= 3)
     {
@@ -343,6 +356,29 @@ mod tests {
             "{}",
             ready.message
         );
+    }
+
+    #[test]
+    fn blocked_ordering_keys_make_it_unhealthy_and_are_counted() {
+        let blocked = SubscriptionFacts {
+            ordered: true,
+            ..facts(TargetStats {
+                blocked_keys: 2,
+                unordered: 3,
+                ..succeeding()
+            })
+        };
+        let (status, _) = decide(&WebhookSubscriptionStatus::default(), &blocked);
+        assert_eq!(reason(&status, HEALTHY), ("False", "KeysBlocked"));
+        let deliveries = status.health.deliveries.unwrap();
+        assert_eq!(
+            (deliveries.blocked_keys, deliveries.unordered),
+            (Some(2), Some(3))
+        );
+        // Without ordering, neither is shown.
+        let (status, _) = decide(&WebhookSubscriptionStatus::default(), &facts(succeeding()));
+        let deliveries = status.health.deliveries.unwrap();
+        assert_eq!((deliveries.blocked_keys, deliveries.unordered), (None, None));
     }
 
     #[test]

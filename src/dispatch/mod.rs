@@ -9,6 +9,7 @@ mod agenda;
 mod breaker;
 mod depth;
 mod policy;
+pub mod replay;
 mod sender;
 pub mod settle;
 mod targets;
@@ -24,7 +25,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{CircuitState, TargetKey};
+use crate::api::{CircuitState, OnDead, TargetKey};
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::expression::{Expression, Variables};
 use crate::catalog::{CatalogCell, Target};
@@ -317,12 +318,14 @@ impl Dispatcher {
         if wanted.is_empty() {
             return Claim::Idle { next_due };
         }
+        let catalog = self.catalog.get();
         let takes: Vec<Take> = wanted
             .iter()
             .map(|s| Take {
                 target: s.key.clone(),
                 count: s.take,
                 lease: s.lease,
+                ordered: catalog.target(&s.key).is_some_and(|t| t.spec.ordering.is_some()),
             })
             .collect();
         // Taken before the database starts the leases, so none ends later than this says.
@@ -428,8 +431,20 @@ impl Dispatcher {
             },
             Utc::now(),
         );
-        self.record(delivery, &key, &runtime, sent.attempt, settlement)
-            .await;
+        let blocks_key_when_dead = target
+            .spec
+            .ordering
+            .as_ref()
+            .is_some_and(|o| o.on_dead == OnDead::Block);
+        self.record(
+            delivery,
+            &key,
+            &runtime,
+            sent.attempt,
+            settlement,
+            blocks_key_when_dead,
+        )
+        .await;
     }
 
     /// The body a target's transform builds for a delivery, and its content type.
@@ -477,6 +492,7 @@ impl Dispatcher {
         runtime: &TargetRuntime,
         attempt: deliveries::Attempt,
         settlement: Settlement,
+        blocks_key_when_dead: bool,
     ) {
         let labels = target_label(key);
         self.metrics
@@ -503,6 +519,8 @@ impl Dispatcher {
             let _ = deliveries::pause_target(&self.pool, key, reason).await;
         }
         let after = settlement.after;
+        let ordered = delivery.ordering_key.is_some();
+        let blocks_key = ordered && after == After::Dead && blocks_key_when_dead;
         let record = AttemptRecord {
             delivery: delivery.id,
             lease_until: delivery.lease_until,
@@ -510,11 +528,17 @@ impl Dispatcher {
             attempt,
             after,
             last_error: settlement.failure.clone(),
+            blocks_key,
         };
         if let Err(err) = self.recorder.submit(record).await {
             // The lease expires and the delivery is sent again: at-least-once.
             tracing::warn!(delivery = %delivery.id, "cannot record attempt: {err}");
             return;
+        }
+        if ordered && !blocks_key && !matches!(after, After::RetryAt(_)) {
+            // The key's next delivery is its head now: claim it without waiting for a scan.
+            self.agenda().note(key.clone(), Utc::now());
+            self.wake.notify_one();
         }
         match after {
             After::RetryAt(at) => self.agenda().note(key.clone(), at),

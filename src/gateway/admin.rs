@@ -22,7 +22,7 @@ const REDACTED: &str = "[redacted]";
 
 /// An authenticated admin caller and what their token grants; a request without a valid admin
 /// token is answered 401 before the handler runs.
-pub(super) struct Admin(Access);
+pub(super) struct Admin(pub(super) Access);
 
 impl FromRequestParts<Arc<Gateway>> for Admin {
     type Rejection = Response;
@@ -160,6 +160,24 @@ pub(super) async fn redeliver(
     }
 }
 
+/// `POST /admin/v1/deliveries/{id}/skip`: a dead delivery that blocks its ordering key stops
+/// blocking it.
+pub(super) async fn skip(
+    State(gateway): State<Arc<Gateway>>,
+    Admin(access): Admin,
+    Path(id): Path<Uuid>,
+) -> Response {
+    match history::skip_blocked(&gateway.pool, id, access.namespaces()).await {
+        Ok(true) => Json(json!({"delivery": id, "skipped": true})).into_response(),
+        Ok(false) => refuse(
+            StatusCode::NOT_FOUND,
+            "not_blocking",
+            "no such delivery, or it does not block an ordering key (only dead deliveries of targets with ordering.onDead: block do)",
+        ),
+        Err(err) => storage_error(err),
+    }
+}
+
 pub(super) async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -278,6 +296,7 @@ pub(super) async fn act_on_target(
                     target_kind: target.key.kind,
                     target: target.key.name.clone(),
                     filter_error: None,
+                    ordering_key: None,
                 }],
             };
             gateway.events.submit(event).await.map_err(unavailable)?;
@@ -378,7 +397,7 @@ pub(super) async fn list_targets(
                         "paused": stats.paused_reason, "succeeded": stats.succeeded, "failedAttempts": stats.failed_attempts,
                         "dead": stats.dead, "pending": stats.pending, "p95LatencyMs": stats.p95_latency_ms,
                         "lastFailureReason": stats.last_failure_reason, "lastFailureTime": stats.last_failure_time,
-                        "held": held_json(held.as_ref()),
+                        "held": held_json(held.as_ref()), "blockedKeys": stats.blocked_keys,
                     })
                 })
                 .collect();

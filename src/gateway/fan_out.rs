@@ -9,7 +9,7 @@ use crate::catalog::expression::Variables;
 use crate::catalog::{Catalog, Selection, Source};
 use crate::store::events::NewDelivery;
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::FilteredLabels;
+use crate::telemetry::metrics::{FilteredLabels, TargetLabels};
 
 /// One stored event as its targets' filters see it.
 pub(super) struct Arriving<'a> {
@@ -49,11 +49,28 @@ pub(super) fn deliveries(catalog: &Catalog, metrics: &Metrics, event: &Arriving<
                 Some(why)
             }
         };
+        let ordering_key = match (&target.expressions.ordering_key, &filter_error) {
+            (Some(key), None) => key.key(&variables()).unwrap_or_else(|why| {
+                tracing::debug!(target = %target.key.label(), "ordering key: {why}; delivered unordered");
+                None
+            }),
+            _ => None,
+        };
+        if target.spec.ordering.is_some() && ordering_key.is_none() && filter_error.is_none() {
+            metrics
+                .deliveries_unordered
+                .get_or_create(&TargetLabels {
+                    namespace: target.key.namespace.clone(),
+                    target: target.key.label(),
+                })
+                .inc();
+        }
         deliveries.push(NewDelivery {
             id: Uuid::now_v7(),
             target_kind: target.key.kind,
             target: target.key.name.clone(),
             filter_error,
+            ordering_key,
         });
     }
     deliveries

@@ -8,6 +8,7 @@ mod holds;
 mod ingest;
 mod publish;
 pub mod refusal;
+mod replays;
 mod session;
 mod ui;
 
@@ -264,12 +265,16 @@ impl Gateway {
             .route("/admin/v1/events", get(admin::list_events))
             .route("/admin/v1/events/{id}", get(admin::get_event))
             .route("/admin/v1/deliveries/{id}/redeliver", post(admin::redeliver))
+            .route("/admin/v1/deliveries/{id}/skip", post(admin::skip))
+            .route("/admin/v1/replays", get(replays::list).post(replays::create))
+            .route("/admin/v1/replays/{id}", axum::routing::delete(replays::stop))
             .route("/admin/v1/targets", get(admin::list_targets))
             .route("/admin/v1/targets/{action}", post(admin::target_action))
             .route("/ui/overview", get(ui::overview))
             .route("/ui/sources", get(ui::sources))
             .route("/ui/sources/send", post(ui::send_sample))
             .route("/ui/targets", get(ui::targets))
+            .route("/ui/replays", get(ui::replays).post(ui::start_replay))
             .route("/ui/targets/{action}", post(ui::target_action))
             .route("/ui", get(ui::root))
             .route("/ui/login", get(ui::login_form).post(ui::login))
@@ -277,7 +282,7 @@ impl Gateway {
             .route("/ui/sign-in/{code}", get(ui::sign_in_once))
             .route("/ui/events", get(ui::events))
             .route("/ui/events/{id}", get(ui::event))
-            .route("/ui/deliveries/{id}/redeliver", post(ui::redeliver))
+            .route("/ui/deliveries/{id}/{action}", post(ui::delivery_action))
             .route("/ui/verify", get(ui::verify_examples))
             .route("/metrics", get(metrics))
             .layer(axum::middleware::from_fn(ui::security_headers))

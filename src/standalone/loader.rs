@@ -1,5 +1,5 @@
 //! Reads the same YAML a user would `kubectl apply`: every `*.yaml`/`*.yml` file in a directory,
-//! multi-document, holding WebhookSources, WebhookSubscriptions and v1 Secrets. Each resource is
+//! multi-document, holding WebhookSources, WebhookSubscriptions, WebhookReplays and v1 Secrets. Each resource is
 //! validated with the CRD's own rules; any problem stops the load with the file and field named.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::{WebhookSource, WebhookSubscription, validate::validate};
+use crate::api::{WebhookReplay, WebhookSource, WebhookSubscription, validate::validate};
 use crate::catalog::Secrets;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,7 @@ pub enum LoadError {
 pub struct Config {
     pub sources: Vec<WebhookSource>,
     pub subscriptions: Vec<WebhookSubscription>,
+    pub replays: Vec<WebhookReplay>,
     pub secrets: Secrets,
 }
 
@@ -97,18 +98,17 @@ pub fn load_text(text: &str, path: &Path, config: &mut Config) -> Result<(), Loa
             return Err(invalid(format!("{kind} has no metadata.name")));
         }
         match (api_version.as_str(), kind.as_str()) {
-            ("hookline.dev/v1alpha1", "WebhookSource" | "WebhookSubscription") => {
+            ("hookline.dev/v1alpha1", "WebhookSource" | "WebhookSubscription" | "WebhookReplay") => {
                 validate(&kind, &value).map_err(|problems| {
                     invalid(format!("{kind} {name} is invalid:\n  {}", problems.join("\n  ")))
                 })?;
-                if kind == "WebhookSource" {
-                    config
-                        .sources
-                        .push(serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?);
-                } else {
-                    config
-                        .subscriptions
-                        .push(serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?);
+                fn parsed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+                    serde_json::from_value(value).map_err(|e| e.to_string())
+                }
+                match kind.as_str() {
+                    "WebhookSource" => config.sources.push(parsed(value).map_err(invalid)?),
+                    "WebhookSubscription" => config.subscriptions.push(parsed(value).map_err(invalid)?),
+                    _ => config.replays.push(parsed(value).map_err(invalid)?),
                 }
             }
             ("v1", "Secret") => {
@@ -122,7 +122,7 @@ pub fn load_text(text: &str, path: &Path, config: &mut Config) -> Result<(), Loa
             }
             _ => {
                 return Err(invalid(format!(
-                    "{api_version} {kind} is not a kind Hookline reads (WebhookSource, WebhookSubscription, v1 Secret)"
+                    "{api_version} {kind} is not a kind Hookline reads (WebhookSource, WebhookSubscription, WebhookReplay, v1 Secret)"
                 )));
             }
         }

@@ -4,6 +4,7 @@
 pub mod loader;
 pub mod postgres;
 pub mod reload;
+mod replays;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -121,7 +122,7 @@ async fn serve(
     sources.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let configuration = Configuration::Fixed(catalog);
     let node = Node::start(
-        pool,
+        pool.clone(),
         listener,
         configuration,
         options.node.clone(),
@@ -129,9 +130,11 @@ async fn serve(
     )
     .await?;
     announce(&node, options, &sources, &held, sign_in.as_ref());
+    replays::sync(&pool, &config.replays).await;
     tokio::spawn(reload::follow(
         options.config_dir.clone(),
         node.catalog.clone(),
+        pool,
         config,
         reload::Warned {
             rules: options.node.dispatch.egress.clone(),

@@ -27,7 +27,13 @@ pub struct Warned {
 }
 
 /// Follows `dir` until the process ends, setting `cell` to each good version.
-pub async fn follow(dir: PathBuf, cell: Arc<CatalogCell>, mut current: Config, mut warned: Warned) {
+pub async fn follow(
+    dir: PathBuf,
+    cell: Arc<CatalogCell>,
+    pool: sqlx::PgPool,
+    mut current: Config,
+    mut warned: Warned,
+) {
     let (changed, mut changes) = tokio::sync::mpsc::channel::<()>(1);
     // notify calls back on its own thread; a full channel means a reload is already due.
     // Reading the files is an event too (access): only writes, creations and removals count.
@@ -99,6 +105,7 @@ pub async fn follow(dir: PathBuf, cell: Arc<CatalogCell>, mut current: Config, m
         }
         warned.held = held;
         cell.set(catalog);
+        super::replays::sync(&pool, &next.replays).await;
         current = next;
     }
 }
@@ -150,6 +157,12 @@ pub fn changes_between(old: &Config, new: &Config) -> Vec<String> {
                 &config.secrets,
             );
             all.insert(("subscription", namespace, sub.name_any()), entry);
+        }
+        for replay in &config.replays {
+            let namespace = replay.namespace().unwrap_or_default();
+            let spec = serde_json::to_value(&replay.spec).unwrap_or_default();
+            let entry = compared(spec, &namespace, std::iter::empty(), &config.secrets);
+            all.insert(("replay", namespace, replay.name_any()), entry);
         }
         all
     };

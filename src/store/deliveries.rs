@@ -33,6 +33,8 @@ pub struct Claimed {
     pub content_type: Option<String>,
     pub received_at: DateTime<Utc>,
     pub event_id: Uuid,
+    /// Its key, when its target delivers in order.
+    pub ordering_key: Option<String>,
 }
 
 impl Claimed {
@@ -77,13 +79,17 @@ pub async fn waiting_targets<'e>(
     sqlx::query_as(
         r#"
         WITH RECURSIVE waiting AS (
+            -- Deliveries parked at 'infinity' (dead heads blocking their ordering key) are not
+            -- waiting for anything a dispatcher can do.
             (SELECT namespace, target_kind, target, next_attempt_at FROM delivery_queue
+             WHERE next_attempt_at < 'infinity'
              ORDER BY namespace, target_kind, target, next_attempt_at
              LIMIT 1)
             UNION ALL
             SELECT next.* FROM waiting w CROSS JOIN LATERAL (
                 SELECT namespace, target_kind, target, next_attempt_at FROM delivery_queue q
                 WHERE (q.namespace, q.target_kind, q.target) > (w.namespace, w.target_kind, w.target)
+                  AND q.next_attempt_at < 'infinity'
                 ORDER BY namespace, target_kind, target, next_attempt_at
                 LIMIT 1
             ) next
@@ -111,26 +117,96 @@ pub struct Take {
     /// fast target's deliveries are retaken soon after their worker dies, whatever the
     /// slowest target allows.
     pub lease: Duration,
+    /// The target has `ordering`: its keyed deliveries go one at a time per key.
+    pub ordered: bool,
 }
 
 /// Claims due deliveries, up to a number per target, oldest first within each target, skipping
 /// rows other workers hold and targets paused at runtime. Each target's rows are read through
 /// its own range of `delivery_queue_waiting`, so a claim reads about as many rows as it takes.
-pub async fn claim<'e>(executor: impl sqlx::PgExecutor<'e>, wanted: &[Take]) -> sqlx::Result<Vec<Claimed>> {
-    let column = |f: fn(&TargetKey) -> &str| wanted.iter().map(|w| f(&w.target)).collect::<Vec<_>>();
-    sqlx::query_as(
+/// Targets with `ordering` are claimed by [`claim_heads`].
+pub async fn claim(pool: &PgPool, wanted: &[Take]) -> sqlx::Result<Vec<Claimed>> {
+    let (ordered, unordered): (Vec<&Take>, Vec<&Take>) = wanted.iter().partition(|t| t.ordered);
+    let mut claimed = if unordered.is_empty() {
+        Vec::new()
+    } else {
+        claim_unordered(pool, &unordered).await?
+    };
+    for take in ordered {
+        claimed.extend(claim_heads(pool, take).await?);
+    }
+    Ok(claimed)
+}
+
+/// The end of both claim statements: the rows of `due` get their lease (as per `wanted`) and
+/// come back with their events.
+const CLAIM_AND_READ: &str = r#"
+    claimed AS (
+        UPDATE delivery_queue q
+        SET next_attempt_at = now() + interval '1 millisecond' * (
+                SELECT w.lease_ms FROM wanted w
+                WHERE w.namespace = q.namespace AND w.target_kind = q.target_kind AND w.target = q.target
+            ),
+            claimed = true, attempts = q.attempts + 1
+        WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
+        RETURNING q.delivery_id, q.next_attempt_at, q.attempts, q.ordering_key
+    )
+    SELECT d.id, d.namespace, d.target_kind, d.target, c.attempts - 1 AS attempts,
+           c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
+           d.event_id, c.ordering_key
+    FROM claimed c
+    CROSS JOIN LATERAL (
+        SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = c.delivery_id OFFSET 0
+    ) d
+    CROSS JOIN LATERAL (
+        SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at
+        FROM events WHERE id = d.event_id OFFSET 0
+    ) e
+"#;
+
+/// The targets of a claim, with what each asks; those paused at runtime drop out.
+const WANTED: &str = r#"
+    wanted AS (
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+            AS w (namespace, target_kind, target, take, lease_ms)
+        WHERE (SELECT t.paused_reason FROM target_states t
+               WHERE t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target)
+              IS NULL
+    )
+"#;
+
+fn bind_wanted<'q>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, Claimed, sqlx::postgres::PgArguments>,
+    wanted: &[&Take],
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Claimed, sqlx::postgres::PgArguments> {
+    let column = |f: fn(&TargetKey) -> &str| {
+        wanted
+            .iter()
+            .map(|w| f(&w.target).to_owned())
+            .collect::<Vec<String>>()
+    };
+    query
+        .bind(column(|k| &k.namespace))
+        .bind(column(|k| k.kind.as_str()))
+        .bind(column(|k| &k.name))
+        .bind(wanted.iter().map(|w| w.count as i64).collect::<Vec<_>>())
+        .bind(
+            wanted
+                .iter()
+                .map(|w| i64::try_from(w.lease.as_millis()).unwrap_or(i64::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(wanted.iter().map(|w| w.count as i64).sum::<i64>())
+}
+
+async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Claimed>> {
+    let sql = format!(
         r#"
         -- Prepared once and run with its cached plan, so every table is read by lookups the
         -- statement spells out, whatever the statistics were when it was planned: per wanted
         -- target (a subquery and a LATERAL with LIMIT), by an array of keys, and per claimed
         -- row (LATERAL with OFFSET 0, which keeps the planner from turning it into a join).
-        WITH wanted AS (
-            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
-                AS w (namespace, target_kind, target, take, lease_ms)
-            WHERE (SELECT t.paused_reason FROM target_states t
-                   WHERE t.namespace = w.namespace AND t.target_kind = w.target_kind AND t.target = w.target)
-                  IS NULL
-        ), due AS (
+        WITH {WANTED}, due AS (
             SELECT q.delivery_id FROM wanted w CROSS JOIN LATERAL (
                 SELECT delivery_id FROM delivery_queue q
                 WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
@@ -140,42 +216,62 @@ pub async fn claim<'e>(executor: impl sqlx::PgExecutor<'e>, wanted: &[Take]) -> 
                 FOR UPDATE SKIP LOCKED
             ) q
             LIMIT $6
-        ), claimed AS (
-            UPDATE delivery_queue q
-            SET next_attempt_at = now() + interval '1 millisecond' * (
-                    SELECT w.lease_ms FROM wanted w
-                    WHERE w.namespace = q.namespace AND w.target_kind = q.target_kind AND w.target = q.target
-                ),
-                claimed = true, attempts = q.attempts + 1
-            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
-            RETURNING q.delivery_id, q.next_attempt_at, q.attempts
-        )
-        SELECT d.id, d.namespace, d.target_kind, d.target, c.attempts - 1 AS attempts,
-               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
-               d.event_id
-        FROM claimed c
-        CROSS JOIN LATERAL (
-            SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = c.delivery_id OFFSET 0
-        ) d
-        CROSS JOIN LATERAL (
-            SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at
-            FROM events WHERE id = d.event_id OFFSET 0
-        ) e
-        "#,
-    )
-    .bind(column(|k| &k.namespace))
-    .bind(column(|k| k.kind.as_str()))
-    .bind(column(|k| &k.name))
-    .bind(wanted.iter().map(|w| w.count as i64).collect::<Vec<_>>())
-    .bind(
-        wanted
-            .iter()
-            .map(|w| i64::try_from(w.lease.as_millis()).unwrap_or(i64::MAX))
-            .collect::<Vec<_>>(),
-    )
-    .bind(wanted.iter().map(|w| w.count as i64).sum::<i64>())
-    .fetch_all(executor)
-    .await
+        ), {CLAIM_AND_READ}"#
+    );
+    bind_wanted(sqlx::query_as(&sql), wanted).fetch_all(pool).await
+}
+
+/// Claims for a target with `ordering`: each key's head (its earliest queued delivery, when it
+/// is due and no delivery of the key is being sent), found key by key through
+/// `delivery_queue_ordered` (a loose index scan, so a deep backlog per key costs nothing here),
+/// and its unordered deliveries (null key) as any target's.
+pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed>> {
+    let sql = format!(
+        r#"
+        WITH RECURSIVE {WANTED}, keys AS (
+            (SELECT q.ordering_key FROM delivery_queue q, wanted w
+             WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
+               AND q.ordering_key IS NOT NULL
+             ORDER BY q.ordering_key LIMIT 1)
+            UNION ALL
+            SELECT (SELECT q.ordering_key FROM delivery_queue q
+                    WHERE q.namespace = $1[1] AND q.target_kind = $2[1] AND q.target = $3[1]
+                      AND q.ordering_key > k.ordering_key
+                    ORDER BY q.ordering_key LIMIT 1)
+            FROM keys k WHERE k.ordering_key IS NOT NULL
+        ), heads AS (
+            SELECT h.delivery_id FROM keys k CROSS JOIN LATERAL (
+                SELECT q.delivery_id, q.next_attempt_at FROM delivery_queue q
+                WHERE q.namespace = $1[1] AND q.target_kind = $2[1] AND q.target = $3[1]
+                  AND q.ordering_key = k.ordering_key
+                ORDER BY q.position LIMIT 1
+            ) h
+            WHERE k.ordering_key IS NOT NULL AND h.next_attempt_at <= now()
+              -- One of the key stored later may be out already, when the head's transaction
+              -- committed after it was claimed (delivery_queue_claimed_keys holds few rows).
+              AND NOT EXISTS (
+                  SELECT 1 FROM delivery_queue p
+                  WHERE p.namespace = $1[1] AND p.target_kind = $2[1] AND p.target = $3[1]
+                    AND p.ordering_key = k.ordering_key AND p.claimed AND p.next_attempt_at > now()
+              )
+            LIMIT $6
+        ), loose AS (
+            SELECT q.delivery_id FROM wanted w CROSS JOIN LATERAL (
+                SELECT delivery_id FROM delivery_queue q
+                WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
+                  AND q.ordering_key IS NULL AND q.next_attempt_at <= now()
+                ORDER BY q.next_attempt_at
+                LIMIT w.take
+            ) q
+        ), due AS (
+            SELECT delivery_id FROM delivery_queue
+            WHERE delivery_id = ANY (ARRAY(SELECT delivery_id FROM heads UNION ALL SELECT delivery_id FROM loose))
+              AND next_attempt_at <= now()
+            LIMIT $6
+            FOR UPDATE SKIP LOCKED
+        ), {CLAIM_AND_READ}"#
+    );
+    bind_wanted(sqlx::query_as(&sql), &[take]).fetch_all(pool).await
 }
 
 /// One HTTP attempt, as recorded.
@@ -211,6 +307,9 @@ pub struct AttemptRecord {
     pub attempt: Attempt,
     pub after: After,
     pub last_error: Option<String>,
+    /// Dead, of a target with `ordering.onDead: block`: it stays queued, parked, and blocks its
+    /// key until it is redelivered or skipped.
+    pub blocks_key: bool,
 }
 
 /// Attempts finishing together share a commit.
@@ -251,9 +350,10 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         WITH record AS (
             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int2[], $6::text[],
                                  $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[],
-                                 $13::timestamptz[])
+                                 $13::timestamptz[], $14::bool[])
                 AS r (delivery_id, number, started_at, duration_ms, status_code, error_class, error,
-                      response_headers, response_body, status, next_attempt_at, last_error, lease_until)
+                      response_headers, response_body, status, next_attempt_at, last_error, lease_until,
+                      blocks_key)
         ), attempt AS (
             INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
                                   error_class, error, response_headers, response_body)
@@ -263,6 +363,12 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ), finished AS (
             DELETE FROM delivery_queue q USING record r
             WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status <> 'failed'
+              AND NOT r.blocks_key
+            RETURNING q.delivery_id, r.lease_until
+        ), blocking AS (
+            UPDATE delivery_queue q SET next_attempt_at = 'infinity', claimed = false
+            FROM record r
+            WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.blocks_key
             RETURNING q.delivery_id, r.lease_until
         ), retrying AS (
             UPDATE delivery_queue q SET next_attempt_at = r.next_attempt_at, claimed = false
@@ -270,7 +376,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status = 'failed'
             RETURNING q.delivery_id, r.lease_until
         ), moved AS (
-            SELECT * FROM finished UNION ALL SELECT * FROM retrying
+            SELECT * FROM finished UNION ALL SELECT * FROM retrying UNION ALL SELECT * FROM blocking
         )
         -- Only the outcome of the claim that held the queue row: a batch may also carry a late
         -- outcome of an expired claim on the same delivery.
@@ -303,6 +409,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     )
     .bind(column(|r| r.last_error.as_deref()))
     .bind(records.iter().map(|r| r.lease_until).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.blocks_key).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

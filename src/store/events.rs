@@ -33,6 +33,8 @@ pub struct NewDelivery {
     pub target: String,
     /// Why its filter failed for this event: recorded as `filtered_error`, never queued.
     pub filter_error: Option<String>,
+    /// The key its target's `ordering` gave the event; `None`: unordered.
+    pub ordering_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,14 +92,16 @@ async fn insert_events<'e>(
     let deliveries = order
         .iter()
         .flat_map(|e| e.deliveries.iter().map(move |d| (e.id, d)));
-    let (mut delivery_events, mut delivery_ids, mut kinds, mut targets, mut filter_errors) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut delivery_events, mut delivery_ids, mut kinds, mut targets) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut filter_errors, mut ordering_keys) = (Vec::new(), Vec::new());
     for (event, d) in deliveries {
         delivery_events.push(event);
         delivery_ids.push(d.id);
         kinds.push(d.target_kind.as_str());
         targets.push(d.target.as_str());
         filter_errors.push(d.filter_error.as_deref());
+        ordering_keys.push(d.ordering_key.as_deref());
     }
     let (inserted, _): (Vec<Uuid>, bool) = sqlx::query_as(
         r#"
@@ -110,16 +114,21 @@ async fn insert_events<'e>(
             ON CONFLICT DO NOTHING
             RETURNING id, namespace
         ), delivery AS (
-            INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, last_error)
+            INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, last_error,
+                                    ordering_key, position)
             SELECT d.id, event.id, event.namespace, d.kind, d.target,
-                   CASE WHEN d.filter_error IS NULL THEN 'pending' ELSE 'filtered_error' END, d.filter_error
-            FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[], $15::text[])
-                 AS d (event_id, id, kind, target, filter_error)
+                   CASE WHEN d.filter_error IS NULL THEN 'pending' ELSE 'filtered_error' END, d.filter_error,
+                   d.ordering_key,
+                   CASE WHEN d.ordering_key IS NOT NULL THEN nextval('delivery_position') END
+            FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[], $15::text[], $16::text[])
+                 AS d (event_id, id, kind, target, filter_error, ordering_key)
             JOIN event ON event.id = d.event_id
-            RETURNING id, namespace, target_kind, target, status
+            RETURNING id, namespace, target_kind, target, status, ordering_key, position
         ), queued AS (
-            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
-            SELECT id, namespace, target_kind, target, now() FROM delivery WHERE status = 'pending'
+            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
+                                        ordering_key, position)
+            SELECT id, namespace, target_kind, target, now(), ordering_key, position
+            FROM delivery WHERE status = 'pending'
         ), targets AS (
             SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
             FROM delivery WHERE status = 'pending'
@@ -152,6 +161,7 @@ async fn insert_events<'e>(
             .collect::<Vec<_>>(),
     )
     .bind(filter_errors)
+    .bind(ordering_keys)
     .fetch_one(executor)
     .await?;
     Ok(events

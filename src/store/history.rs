@@ -118,6 +118,10 @@ pub struct DeliveryDetail {
     /// When it is sent next; none while it is being sent or once it is finished.
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// Its key, when its target delivers in order.
+    pub ordering_key: Option<String>,
+    /// Dead, and holding its ordering key until it is redelivered or skipped.
+    pub blocks_key: bool,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -152,9 +156,9 @@ pub async fn event(
         "SELECT d.id, d.target_kind, d.target,
                 CASE WHEN q.claimed AND q.next_attempt_at > now() THEN 'in_flight' ELSE d.status END AS status,
                 d.attempts,
-                CASE WHEN NOT (q.claimed AND q.next_attempt_at > now()) THEN q.next_attempt_at END
-                    AS next_attempt_at,
-                d.last_error
+                CASE WHEN NOT (q.claimed AND q.next_attempt_at > now()) AND q.next_attempt_at < 'infinity'
+                     THEN q.next_attempt_at END AS next_attempt_at,
+                d.last_error, d.ordering_key, coalesce(q.next_attempt_at = 'infinity', false) AS blocks_key
          FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
          WHERE d.event_id = $1 ORDER BY d.target_kind, d.target",
     )
@@ -188,6 +192,38 @@ pub async fn redeliver(pool: &PgPool, delivery_id: Uuid, allowed: Option<&[Strin
     Ok(requeue(pool, &ids).await? > 0)
 }
 
+/// Lets a key blocked by a dead delivery (`ordering.onDead: block`) go on without it: the dead
+/// delivery leaves the queue, kept as dead, and the key's next delivery goes. Whether it was
+/// blocking.
+pub async fn skip_blocked(
+    pool: &PgPool,
+    delivery_id: Uuid,
+    allowed: Option<&[String]>,
+) -> sqlx::Result<bool> {
+    let skipped = sqlx::query(
+        "WITH skipped AS (
+             DELETE FROM delivery_queue q
+             WHERE q.delivery_id = $1 AND q.next_attempt_at = 'infinity' AND q.ordering_key IS NOT NULL
+               AND ($2::text[] IS NULL OR q.namespace = ANY ($2))
+             RETURNING delivery_id
+         )
+         UPDATE deliveries SET last_error = last_error || ' (skipped: its key went on without it)', updated_at = now()
+         WHERE id IN (SELECT delivery_id FROM skipped)",
+    )
+    .bind(delivery_id)
+    .bind(allowed)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if skipped > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::events::DELIVERIES_CHANNEL)
+            .execute(pool)
+            .await?;
+    }
+    Ok(skipped > 0)
+}
+
 /// Sends every dead delivery of a target (since a time) again; returns how many.
 pub async fn redeliver_dead(
     pool: &PgPool,
@@ -214,30 +250,49 @@ async fn requeue(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let requeued = sqlx::query(
+    let mut tx = pool.begin().await?;
+    let requeued = requeue_in(&mut tx, ids, None).await?;
+    if requeued > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::events::DELIVERIES_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(requeued)
+}
+
+/// [`requeue`] inside a caller's transaction, without the wake-up; `replay` marks the
+/// deliveries as that replay's.
+pub(super) async fn requeue_in(
+    tx: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+    replay: Option<Uuid>,
+) -> sqlx::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query(
         "WITH queued AS (
-             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts)
-             -- Numbered after every attempt recorded, also one whose claim had expired.
+             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
+                                         ordering_key, position)
+             -- Numbered after every attempt recorded, also one whose claim had expired; in its
+             -- key's order at the place it had.
              SELECT d.id, d.namespace, d.target_kind, d.target, now(),
-                    GREATEST(d.attempts, (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id))
+                    GREATEST(d.attempts, (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id)),
+                    d.ordering_key, d.position
              FROM deliveries d WHERE d.id = ANY ($1)
              ON CONFLICT (delivery_id) DO UPDATE SET next_attempt_at = now(), claimed = false
                  WHERE NOT (delivery_queue.claimed AND delivery_queue.next_attempt_at > now())
              RETURNING delivery_id
          )
-         UPDATE deliveries SET status = 'pending', updated_at = now()
+         UPDATE deliveries SET status = 'pending', updated_at = now(), replay_id = COALESCE($2, replay_id)
          WHERE id IN (SELECT delivery_id FROM queued)",
     )
     .persistent(false)
     .bind(ids)
-    .execute(pool)
+    .bind(replay)
+    .execute(&mut *tx)
     .await?
-    .rows_affected();
-    if requeued > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(super::events::DELIVERIES_CHANNEL)
-            .execute(pool)
-            .await?;
-    }
-    Ok(requeued)
+    .rows_affected())
 }

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod events;
 pub mod group_commit;
 pub mod history;
+pub mod replays;
 pub mod retention;
 pub mod sessions;
 pub mod stats;

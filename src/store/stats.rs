@@ -45,6 +45,11 @@ pub struct TargetStats {
     pub last_failure_reason: Option<String>,
     pub circuit: Option<String>,
     pub paused_reason: Option<String>,
+    /// Ordering keys held by a dead delivery (`ordering.onDead: block`), now.
+    pub blocked_keys: i64,
+    /// Deliveries created in the window without an ordering key (null or failing), of any
+    /// target; meaningful for targets with `ordering`.
+    pub unordered: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -52,6 +57,8 @@ struct WindowRow {
     succeeded: i64,
     dead: i64,
     pending: i64,
+    blocked_keys: i64,
+    unordered: i64,
     p95: Option<f64>,
     last_success: Option<DateTime<Utc>>,
     last_failure: Option<DateTime<Utc>>,
@@ -62,7 +69,7 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
     let since = Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
     let row: WindowRow = sqlx::query_as(
         "WITH target_deliveries AS (
-             SELECT id, status, updated_at FROM deliveries
+             SELECT id, status, updated_at, created_at, ordering_key FROM deliveries
              WHERE namespace = $1 AND target_kind = $2 AND target = $3
          ), recent AS (
              SELECT a.* FROM attempts a JOIN target_deliveries d ON d.id = a.delivery_id
@@ -73,6 +80,10 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
              (SELECT count(*) FROM target_deliveries WHERE status = 'dead' AND updated_at >= $4) AS dead,
              (SELECT count(*) FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = $3)
                  AS pending,
+             (SELECT count(*) FROM delivery_queue
+              WHERE namespace = $1 AND target_kind = $2 AND target = $3
+                AND ordering_key IS NOT NULL AND next_attempt_at = 'infinity') AS blocked_keys,
+             (SELECT count(*) FROM target_deliveries WHERE ordering_key IS NULL AND created_at >= $4) AS unordered,
              (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM recent) AS p95,
              (SELECT max(started_at) FROM recent WHERE status_code BETWEEN 200 AND 299) AS last_success,
              (SELECT max(started_at) FROM recent WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
@@ -123,6 +134,8 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
         succeeded: row.succeeded,
         dead: row.dead,
         pending: row.pending,
+        blocked_keys: row.blocked_keys,
+        unordered: row.unordered,
         p95_latency_ms: row.p95.map(|ms| ms.round() as i64),
         last_success_time: row.last_success,
         last_failure_time: row.last_failure,

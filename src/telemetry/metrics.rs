@@ -71,6 +71,8 @@ pub struct Metrics {
     pub deliveries_held: Family<HeldLabels, Gauge>,
     /// Events a target's `filter` skipped, and deliveries ended by a failing expression.
     pub deliveries_filtered: Family<FilteredLabels, Counter>,
+    /// Deliveries of targets with `ordering` whose key was null or failed: sent unordered.
+    pub deliveries_unordered: Family<TargetLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -161,9 +163,16 @@ impl Metrics {
             "Events a target's CEL filter skipped (outcome skipped), and deliveries ended unsent because a CEL expression failed for the event (outcome filtered_error)",
             deliveries_filtered.clone(),
         );
+        let deliveries_unordered = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "deliveries_unordered",
+            "Deliveries to a target with ordering whose key was null or failed for the event, so they go unordered",
+            deliveries_unordered.clone(),
+        );
         Self {
             registry,
             deliveries_filtered,
+            deliveries_unordered,
             secrets_unresolved,
             deliveries_held,
             ingest_requests,

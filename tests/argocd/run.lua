@@ -19,6 +19,12 @@ local cases = {
       conditions = { cond("Ready", "True", "Ready", "delivering"), cond("Healthy", "False", "CircuitOpen", "circuit open") } } } },
   { "paused", { metadata = { generation = 3 }, status = { observedGeneration = 3,
       conditions = { cond("Ready", "True", "Ready", "delivering"), cond("Healthy", "False", "Paused", "spec.paused is true") } } } },
+  { "replay-enqueuing", { metadata = { generation = 1 }, status = { observedGeneration = 1,
+      conditions = { cond("Complete", "False", "Enqueuing", "matched 10"), cond("Failed", "False", "Enqueuing", "") } } } },
+  { "replay-complete", { metadata = { generation = 1 }, status = { observedGeneration = 1,
+      conditions = { cond("Complete", "True", "Delivered", "matched 10"), cond("Failed", "False", "Delivered", "") } } } },
+  { "replay-failed", { metadata = { generation = 1 }, status = { observedGeneration = 1,
+      conditions = { cond("Complete", "False", "Failed", "x"), cond("Failed", "True", "Failed", "subscription crm is not configured") } } } },
 }
 for _, case in ipairs(cases) do
   obj = case[2]

@@ -29,7 +29,12 @@ pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// What the sink answered (or began to).
+    pub reply: Reply,
 }
+
+/// Chooses the answer to a request from its body (see [`Sink::answer_with`]).
+pub type Chooser = Arc<dyn Fn(&[u8]) -> Reply + Send + Sync>;
 
 impl Received {
     pub fn header(&self, name: &str) -> &str {
@@ -44,6 +49,7 @@ impl Received {
 struct SinkState {
     scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
     always: Mutex<HashMap<String, Reply>>,
+    choosers: Mutex<HashMap<String, Chooser>>,
     received: Mutex<HashMap<String, Vec<Received>>>,
     arrived: Notify,
 }
@@ -59,27 +65,36 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state
-        .received
-        .lock()
-        .unwrap()
-        .entry(path.clone())
-        .or_default()
-        .push(Received {
+    let reply = {
+        // Chosen and recorded under one lock, so the record's order is the order of answers.
+        let mut received = state.received.lock().unwrap();
+        let scripted = state
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&path)
+            .and_then(VecDeque::pop_front);
+        let chosen = || {
+            state
+                .choosers
+                .lock()
+                .unwrap()
+                .get(&path)
+                .map(|choose| choose(&body))
+        };
+        let reply = scripted
+            .or_else(chosen)
+            .or_else(|| state.always.lock().unwrap().get(&path).cloned())
+            .unwrap_or(Reply::Status(200));
+        received.entry(path.clone()).or_default().push(Received {
             headers,
             body,
             at: Instant::now(),
+            reply: reply.clone(),
         });
+        reply
+    };
     state.arrived.notify_waiters();
-    let scripted = state
-        .scripts
-        .lock()
-        .unwrap()
-        .get_mut(&path)
-        .and_then(VecDeque::pop_front);
-    let reply = scripted
-        .or_else(|| state.always.lock().unwrap().get(&path).cloned())
-        .unwrap_or(Reply::Status(200));
     match reply {
         Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
         Reply::WithHeader(code, name, value) => {
@@ -119,6 +134,15 @@ impl Sink {
             .lock()
             .unwrap()
             .insert(path.to_owned(), replies.into());
+    }
+
+    /// Answers each request to `path` as `choose` says from its body (after any script).
+    pub fn answer_with(&self, path: &str, choose: Chooser) {
+        self.state
+            .choosers
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), choose);
     }
 
     pub fn always(&self, path: &str, reply: Reply) {

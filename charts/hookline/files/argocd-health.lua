@@ -1,7 +1,8 @@
--- Argo CD health check for hookline.dev WebhookSource and WebhookSubscription.
+-- Argo CD health check for hookline.dev WebhookSource, WebhookSubscription and WebhookReplay.
 -- Healthy: the controller has seen the current generation, Ready is True and, for
 -- subscriptions, Healthy is True. Degraded: Ready or Healthy is False (the reason says why).
 -- Suspended: the target is paused. Progressing: the controller has not caught up yet.
+-- A replay: Healthy once Complete, Degraded when Failed, Progressing until then.
 local hs = { status = "Progressing", message = "Waiting for the Hookline controller" }
 if obj.status == nil then
   return hs
@@ -11,16 +12,28 @@ if generation ~= nil and obj.status.observedGeneration ~= generation then
   hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
   return hs
 end
-local ready, healthy
+local ready, healthy, complete, failed
 for _, condition in ipairs(obj.status.conditions or {}) do
   if condition.type == "Ready" then ready = condition end
   if condition.type == "Healthy" then healthy = condition end
-end
-if ready == nil then
-  return hs
+  if condition.type == "Complete" then complete = condition end
+  if condition.type == "Failed" then failed = condition end
 end
 local function describe(condition)
   return (condition.reason or "Unknown") .. ": " .. (condition.message or "")
+end
+if failed ~= nil and failed.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(failed)
+  return hs
+end
+if complete ~= nil then
+  hs.status = (complete.status == "True") and "Healthy" or "Progressing"
+  hs.message = describe(complete)
+  return hs
+end
+if ready == nil then
+  return hs
 end
 if ready.status ~= "True" then
   hs.status = "Degraded"

@@ -171,6 +171,17 @@ pub(in crate::gateway) async fn event(
                 @let tried: Vec<&history::AttemptDetail> = attempts.iter().filter(|a| a.delivery_id == delivery.id).collect();
                 (charts::timeline(event.received_at, &tried, delivery.next_attempt_at))
                 @if let Some(error) = &delivery.last_error { p { "Last error: " (error) } }
+                @if let Some(key) = &delivery.ordering_key {
+                    p { "Ordering key: " code { (key) }
+                        @if delivery.blocks_key { strong { " — blocks its key: later deliveries with this key wait until this one is retried or skipped" } } }
+                }
+                @if delivery.blocks_key {
+                    form.inline method="post" action={ "/ui/deliveries/" (delivery.id) "/skip" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="event" value=(event.id);
+                        button type="submit" { "Skip (let the key go on)" }
+                    }
+                }
                 @if let Some(sent) = transformed(delivery) {
                     details.transformed open {
                         summary { "Body sent: the payload above through this target's transform, as configured now" }
@@ -208,24 +219,32 @@ pub(in crate::gateway) async fn event(
 }
 
 #[derive(Deserialize)]
-pub(in crate::gateway) struct RedeliverForm {
+pub(in crate::gateway) struct DeliveryForm {
     csrf: String,
     event: Uuid,
 }
 
-pub(in crate::gateway) async fn redeliver(
+/// `POST /ui/deliveries/{id}/{action}`: `redeliver` (send it again) or `skip` (a dead delivery
+/// stops blocking its ordering key); back to the event's page.
+pub(in crate::gateway) async fn delivery_action(
     State(gateway): State<Arc<Gateway>>,
     viewer: Viewer,
-    Path(id): Path<Uuid>,
-    Form(form): Form<RedeliverForm>,
+    Path((id, action)): Path<(Uuid, String)>,
+    Form(form): Form<DeliveryForm>,
 ) -> Response {
     if let Some(refusal) = viewer.refuse_forged(&form.csrf) {
         return refusal;
     }
-    if let Err(err) = history::redeliver(&gateway.pool, id, viewer.access.namespaces()).await {
+    let allowed = viewer.access.namespaces();
+    let done = match action.as_str() {
+        "redeliver" => history::redeliver(&gateway.pool, id, allowed).await,
+        "skip" => history::skip_blocked(&gateway.pool, id, allowed).await,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    if let Err(err) = done {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("could not queue the redelivery: {err}"),
+            format!("could not {action} the delivery: {err}"),
         )
             .into_response();
     }

@@ -7,12 +7,14 @@
 
 mod events;
 mod overview;
+mod replays;
 mod sources;
 mod targets;
 mod verify;
 
-pub(super) use events::{event, events, redeliver};
+pub(super) use events::{delivery_action, event, events};
 pub(super) use overview::overview;
+pub(super) use replays::{replays, start_replay};
 pub(super) use sources::{send_sample, sources};
 pub(super) use targets::{target_action, targets};
 pub(super) use verify::verify_examples;
@@ -132,7 +134,7 @@ fn page(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     strong { "Hookline" }
-                    nav { a href="/ui/overview" { "Overview" } " · " a href="/ui/events" { "Webhook log" } " · " a href="/ui/sources" { "Sources" } " · " a href="/ui/targets" { "Targets" } " · " a href="/ui/verify" { "Verifying signatures" } }
+                    nav { a href="/ui/overview" { "Overview" } " · " a href="/ui/events" { "Webhook log" } " · " a href="/ui/sources" { "Sources" } " · " a href="/ui/targets" { "Targets" } " · " a href="/ui/replays" { "Replays" } " · " a href="/ui/verify" { "Verifying signatures" } }
                 }
                 main { h1 { (title) } (body) }
                 footer { form.inline method="post" action="/ui/logout" { button.logout type="submit" { "Sign out" } } }

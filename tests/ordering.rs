@@ -1,0 +1,231 @@
+//! Ordered delivery per key as it runs in production: two `hookline standalone` processes on
+//! one Postgres, a real sink that fails at random, and a SIGKILL in the middle.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use serde_json::{Value, json};
+use support::process::{GatewayProcess, start_standalone};
+use support::sink::{Received, Reply, Sink};
+
+const TOKEN: &str = "ordering-test-token";
+const KEYS: usize = 20;
+const PER_KEY: usize = 100;
+
+fn config_dir(url: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hookline-ordering-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: shop}}\n\
+             stringData: {{secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n---\n\
+             apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: ledger, namespace: shop}}\n\
+             spec:\n  url: '{url}'\n  events: ['*']\n  allowPrivateNetworks: true\n  secretRef: {{name: signing, key: secret}}\n\
+             \x20 ordering: {{key: data.account, onDead: block}}\n  timeout: 1s\n  maxInFlight: 16\n\
+             \x20 retryPolicy: {{maxAttempts: 40, schedule: [20ms]}}\n  rateLimit: {{perSecond: 2000, burst: 100}}\n\
+             \x20 circuitBreaker: {{failureThreshold: 1000, resetTimeout: 1s}}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Publishes through `first`, or through `second` when `first` is gone; the event's own id
+/// makes a retry of a stored event a duplicate.
+async fn publish(client: &reqwest::Client, bases: &[String; 2], first: usize, account: &str, n: usize) {
+    let body =
+        json!({"id": format!("{account}-{n}"), "type": "ledger.entry", "data": {"account": account, "n": n}});
+    for base in [&bases[first], &bases[1 - first]] {
+        let sent = client
+            .post(format!("{base}/v1/namespaces/shop/events"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            assert!(response.status().is_success(), "publish: {}", response.status());
+            return;
+        }
+    }
+    panic!("neither gateway took {account}-{n}");
+}
+
+/// Each request's account and number, with whether the sink answered it 200 in time.
+fn entries(received: &[Received]) -> Vec<(String, u64, bool)> {
+    received
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            let ok = matches!(r.reply, Reply::Status(200));
+            (
+                body["data"]["account"].as_str().unwrap().to_owned(),
+                body["data"]["n"].as_u64().unwrap(),
+                ok,
+            )
+        })
+        .collect()
+}
+
+/// Per account, the numbers in the order they were first received successfully.
+fn first_successes(received: &[Received]) -> HashMap<String, Vec<u64>> {
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    for (account, n, ok) in entries(received) {
+        let seen = order.entry(account).or_default();
+        if ok && !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    order
+}
+
+fn successes(sink: &Sink) -> usize {
+    first_successes(&sink.received("ledger"))
+        .values()
+        .map(Vec::len)
+        .sum()
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
+    let sink = Sink::start().await;
+    // Random failures: 8% answered 500, 2% answered after the 1 s timeout. The poison account
+    // always fails: its first event goes dead and blocks the account.
+    sink.answer_with(
+        "ledger",
+        Arc::new(|body: &[u8]| {
+            let body: Value = serde_json::from_slice(body).unwrap_or_default();
+            if body["data"]["account"] == "poison" {
+                return Reply::Status(500);
+            }
+            match rand::rng().random_range(0..100) {
+                0..8 => Reply::Status(500),
+                8..10 => Reply::Slow(Duration::from_millis(1500)),
+                _ => Reply::Status(200),
+            }
+        }),
+    );
+    let database_url = support::fresh_database().await;
+    let config = config_dir(&sink.url("ledger"));
+    let env = [("HOOKLINE_PUBLISH_TOKEN", TOKEN)];
+    let mut a: Option<GatewayProcess> = Some(start_standalone(&config, &database_url, &env).await);
+    let b = start_standalone(&config, &database_url, &env).await;
+    let bases = [a.as_ref().unwrap().base.clone(), b.base.clone()];
+    let client = reqwest::Client::new();
+
+    // The poison account's first event, then more of it behind.
+    for n in 0..3 {
+        publish(&client, &bases, 1, "poison", n).await;
+    }
+    // Twenty accounts, each published in order, alternating between the gateways.
+    let publishers: Vec<_> = (0..KEYS)
+        .map(|k| {
+            let (client, bases) = (client.clone(), bases.clone());
+            tokio::spawn(async move {
+                for n in 0..PER_KEY {
+                    publish(&client, &bases, (k + n) % 2, &format!("account-{k}"), n).await;
+                }
+            })
+        })
+        .collect();
+
+    // SIGKILL one gateway mid-run; the other takes over its claims when their leases end.
+    wait_until("a third delivered", Duration::from_secs(120), || {
+        successes(&sink) >= KEYS * PER_KEY / 3
+    })
+    .await;
+    let killed = a.take().unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(killed.child.id() as i32, libc::SIGKILL) };
+    drop(killed);
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    wait_until("every account delivered", Duration::from_secs(180), || {
+        successes(&sink) >= KEYS * PER_KEY
+    })
+    .await;
+
+    // Strict order of first successful receipt, per account.
+    let order = first_successes(&sink.received("ledger"));
+    for k in 0..KEYS {
+        let account = format!("account-{k}");
+        assert_eq!(
+            order.get(&account).cloned().unwrap_or_default(),
+            (0..PER_KEY as u64).collect::<Vec<_>>(),
+            "{account} in order"
+        );
+    }
+    let failures = entries(&sink.received("ledger"))
+        .iter()
+        .filter(|(account, _, ok)| account != "poison" && !ok)
+        .count();
+    assert!(failures > 0, "the sink failed some requests");
+
+    // The poison account: its first event is dead and blocks the rest, which never went out,
+    // while every other account finished.
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let poison = |n: u64| {
+        entries(&sink.received("ledger"))
+            .iter()
+            .filter(|(account, m, _)| account == "poison" && *m == n)
+            .count()
+    };
+    assert_eq!(poison(0), 40, "every attempt of the dead head");
+    assert_eq!(
+        (poison(1), poison(2)),
+        (0, 0),
+        "the key waits behind its dead head"
+    );
+    let admin = std::fs::read_to_string(b.state.join("admin-token")).unwrap();
+    let targets: Value = client
+        .get(format!("{}/admin/v1/targets", b.base))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(targets["items"][0]["blockedKeys"], 1, "{targets}");
+    let dead: String = sqlx::query_scalar(
+        "SELECT id::text FROM deliveries WHERE status = 'dead' AND ordering_key = 'poison'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    // Skipped: the account goes on, in order, without its dead head.
+    sink.answer_with("ledger", Arc::new(|_: &[u8]| Reply::Status(200)));
+    let skipped = client
+        .post(format!("{}/admin/v1/deliveries/{dead}/skip", b.base))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(skipped.status(), 200);
+    wait_until("the poison account's rest", Duration::from_secs(30), || {
+        poison(2) == 1
+    })
+    .await;
+    assert_eq!(first_successes(&sink.received("ledger"))["poison"], [1, 2]);
+    let status: String = sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1::uuid")
+        .bind(&dead)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "dead", "a skipped delivery stays dead");
+    let _ = std::fs::remove_dir_all(&config);
+}
