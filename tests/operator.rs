@@ -935,6 +935,15 @@ spec:
     );
     let described = kubectl(&["describe", "whreplay", "even-orders", "-n", &app]);
     assert!(described.contains("ReplayComplete"), "{described}");
+    // The new fields explain themselves.
+    for (field, says) in [
+        ("whreplay.spec.statuses", "Only events whose delivery"),
+        ("whsub.spec.filter", "A CEL expression that"),
+        ("whsub.spec.ordering.onDead", "What a delivery that"),
+    ] {
+        let explained = kubectl(&["explain", field]);
+        assert!(explained.contains(says), "kubectl explain {field}: {explained}");
+    }
 
     // A slow replay of the whole window, deleted after a few batches: nothing more goes out.
     let slow = format!(

@@ -453,6 +453,53 @@ async fn a_replay_file_sends_a_window_again_and_the_admin_api_counts_one() {
     assert_eq!(refused.status(), 422);
     assert_eq!(sink.received("crm").len(), 5, "nothing more was sent");
 
+    // The console's form starts one too ("replay this window to this target"), and lists all.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = client
+        .get(format!("{}/ui/replays", gateway.base))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        form.contains("Replay a time window to a target") && form.contains("default|subscription|crm"),
+        "{form}"
+    );
+    let posted = no_redirects
+        .post(format!("{}/ui/replays", gateway.base))
+        .bearer_auth(token.trim())
+        .form(&[
+            ("csrf", ""),
+            ("target", "default|subscription|crm"),
+            ("from", &from.to_rfc3339()),
+            ("to", &to.to_rfc3339()),
+            ("filter", "data.n == 3"),
+            ("dry_run", "true"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 303, "{:?}", posted.text().await);
+    let page = client
+        .get(format!("{}/ui/replays", gateway.base))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("late-crm") && page.contains("count-all") && page.contains("(dry run)"),
+        "{page}"
+    );
+
     // The file removed, its replay is forgotten.
     write(
         "crm.yaml",
@@ -476,7 +523,11 @@ async fn a_replay_file_sends_a_window_again_and_the_admin_api_counts_one() {
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names, ["count-all"]);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names.contains(&"count-all".to_owned()) && !names.contains(&"late-crm".to_owned()),
+        "{names:?}"
+    );
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }

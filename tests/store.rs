@@ -469,6 +469,7 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         after,
         last_error: None,
         blocks_key: false,
+        hand_over: None,
     };
     let status = || async {
         sqlx::query_as::<_, (String, i32, i64)>(
@@ -523,6 +524,7 @@ fn succeeded(
         after,
         last_error: None,
         blocks_key: false,
+        hand_over: None,
     }
 }
 
@@ -584,11 +586,24 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         .expect("retry");
     let again = claim(&pool, &take()).await.expect("claim");
     assert_eq!(external(&again).await, ["evt_0"], "the head again, not the next");
-    record_attempts(&pool, &[succeeded(&again[0], After::Succeeded)])
-        .await
-        .expect("record");
-    let next = claim(&pool, &take()).await.expect("claim");
+    // Recording the head's success claims the key's next one in the same statement.
+    let handed = record_attempts(
+        &pool,
+        &[hookline::store::deliveries::AttemptRecord {
+            hand_over: Some(lease),
+            ..succeeded(&again[0], After::Succeeded)
+        }],
+    )
+    .await
+    .expect("record");
+    assert_eq!(handed.len(), 1);
+    assert_eq!(handed[0].after, again[0].id);
+    let next: Vec<_> = handed.into_iter().map(|h| h.claimed).collect();
     assert_eq!(external(&next).await, ["evt_1"]);
+    assert!(
+        claim(&pool, &take()).await.expect("claim").is_empty(),
+        "handed over: out already"
+    );
     // Dead, blocking: k's later deliveries stay where they are.
     record_attempts(
         &pool,
@@ -796,6 +811,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
                     after: After::Succeeded,
                     last_error: None,
                     blocks_key: false,
+                    hand_over: None,
                 })
                 .collect();
             record_attempts(&pool, &records).await.expect("record");

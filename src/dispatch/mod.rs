@@ -276,7 +276,7 @@ impl Dispatcher {
             }
             due.push(Share {
                 key: key.clone(),
-                lease: configured.spec.attempt_timeout() + self.options.lease_margin,
+                lease: self.lease_for(configured),
                 runtime,
                 room,
                 take: 0,
@@ -363,7 +363,11 @@ impl Dispatcher {
             let holding = Holding::new(self.clone());
             let held = Held::new(runtime.clone(), self.wake.clone(), claimed_at + *lease);
             tokio::spawn(async move {
-                holding.dispatcher.deliver(delivery, key, held).await;
+                // An ordered delivery may hand over to its key's next one: sent by this task too.
+                let mut next = Some((delivery, key, held));
+                while let Some((delivery, key, held)) = next {
+                    next = holding.dispatcher.deliver(delivery, key, held).await;
+                }
                 drop(holding);
             });
         }
@@ -375,16 +379,25 @@ impl Dispatcher {
         Claim::Started
     }
 
-    /// One claimed delivery: admitted, sent, settled, recorded; or given back unsent.
-    async fn deliver(&self, delivery: Claimed, key: TargetKey, held: Held) {
+    /// One claimed delivery: admitted, sent, settled, recorded; or given back unsent. An
+    /// ordered one that finishes may come back with its key's next delivery, claimed.
+    async fn deliver(
+        &self,
+        delivery: Claimed,
+        key: TargetKey,
+        held: Held,
+    ) -> Option<(Claimed, TargetKey, Held)> {
         let catalog = self.catalog.get();
         let target = catalog.target(&key);
         let runtime = held.runtime.clone();
         let permit = match self.admit(&key, target, &runtime, &held).await {
             Ok(permit) => permit,
-            Err(release) => return self.release(&delivery, &key, release).await,
+            Err(release) => {
+                self.release(&delivery, &key, release).await;
+                return None;
+            }
         };
-        let Some(target) = target else { return }; // admitted targets are configured
+        let target = target?; // admitted targets are configured
         let mut delivery = delivery;
         if let Some(transform) = &target.expressions.transform {
             match self.transformed(transform, &delivery).await {
@@ -395,7 +408,8 @@ impl Dispatcher {
                 Err(why) => {
                     drop(permit);
                     drop(held);
-                    return self.end_unsent(&delivery, &key, &why).await;
+                    self.end_unsent(&delivery, &key, &why).await;
+                    return None;
                 }
             }
         }
@@ -431,20 +445,23 @@ impl Dispatcher {
             },
             Utc::now(),
         );
-        let blocks_key_when_dead = target
-            .spec
-            .ordering
-            .as_ref()
-            .is_some_and(|o| o.on_dead == OnDead::Block);
-        self.record(
-            delivery,
-            &key,
-            &runtime,
-            sent.attempt,
-            settlement,
-            blocks_key_when_dead,
-        )
-        .await;
+        let lease = self.lease_for(target);
+        let order = target.spec.ordering.as_ref().map(|o| KeyOrder {
+            blocks_when_dead: o.on_dead == OnDead::Block,
+            lease,
+        });
+        // Taken before the successor's lease starts, so the hold ends no later than it.
+        let recorded_at = Instant::now();
+        let next = self
+            .record(delivery, &key, &runtime, sent.attempt, settlement, order)
+            .await?;
+        let held = Held::new(runtime, self.wake.clone(), recorded_at + lease);
+        Some((next, key, held))
+    }
+
+    /// How long a claim holds a target's delivery: its attempt timeout and the margin.
+    fn lease_for(&self, target: &Target) -> Duration {
+        target.spec.attempt_timeout() + self.options.lease_margin
     }
 
     /// The body a target's transform builds for a delivery, and its content type.
@@ -484,7 +501,8 @@ impl Dispatcher {
         }
     }
 
-    /// Carries out a settlement: metrics, the breaker, a pause, and the attempt's record.
+    /// Carries out a settlement: metrics, the breaker, a pause, and the attempt's record; for an
+    /// ordered delivery that finished, the key's next one when the record claimed it.
     async fn record(
         &self,
         delivery: Claimed,
@@ -492,8 +510,8 @@ impl Dispatcher {
         runtime: &TargetRuntime,
         attempt: deliveries::Attempt,
         settlement: Settlement,
-        blocks_key_when_dead: bool,
-    ) {
+        order: Option<KeyOrder>,
+    ) -> Option<Claimed> {
         let labels = target_label(key);
         self.metrics
             .delivery_duration
@@ -519,8 +537,10 @@ impl Dispatcher {
             let _ = deliveries::pause_target(&self.pool, key, reason).await;
         }
         let after = settlement.after;
-        let ordered = delivery.ordering_key.is_some();
-        let blocks_key = ordered && after == After::Dead && blocks_key_when_dead;
+        // Of an ordered delivery (its key and the target's ordering).
+        let order = order.filter(|_| delivery.ordering_key.is_some());
+        let blocks_key = after == After::Dead && order.as_ref().is_some_and(|o| o.blocks_when_dead);
+        let finished = !matches!(after, After::RetryAt(_)) && !blocks_key;
         let record = AttemptRecord {
             delivery: delivery.id,
             lease_until: delivery.lease_until,
@@ -529,14 +549,19 @@ impl Dispatcher {
             after,
             last_error: settlement.failure.clone(),
             blocks_key,
+            hand_over: order.as_ref().filter(|_| finished).map(|o| o.lease),
         };
-        if let Err(err) = self.recorder.submit(record).await {
-            // The lease expires and the delivery is sent again: at-least-once.
-            tracing::warn!(delivery = %delivery.id, "cannot record attempt: {err}");
-            return;
-        }
-        if ordered && !blocks_key && !matches!(after, After::RetryAt(_)) {
-            // The key's next delivery is its head now: claim it without waiting for a scan.
+        let handed = match self.recorder.submit(record).await {
+            Ok(handed) => handed,
+            Err(err) => {
+                // The lease expires and the delivery is sent again: at-least-once.
+                tracing::warn!(delivery = %delivery.id, "cannot record attempt: {err}");
+                return None;
+            }
+        };
+        if order.is_some() && finished && handed.is_none() {
+            // Nothing was due to hand over to: the next head is for a claim (a retry's time, a
+            // release, a new event) to find without waiting for a scan.
             self.agenda().note(key.clone(), Utc::now());
             self.wake.notify_one();
         }
@@ -555,6 +580,8 @@ impl Dispatcher {
                 );
             }
         }
+        // Sent by the same task, in the same place in `holding` as the delivery before it.
+        handed
     }
 
     async fn record_breaker(&self, key: &TargetKey, runtime: &TargetRuntime, success: bool) {
@@ -599,6 +626,14 @@ impl Dispatcher {
             Err(err) => tracing::warn!(delivery = %delivery.id, "cannot release delivery: {err}"),
         }
     }
+}
+
+/// What recording a delivery of an ordered target needs to know of its ordering.
+struct KeyOrder {
+    /// `onDead: block`.
+    blocks_when_dead: bool,
+    /// How long the key's next delivery is claimed for when it is handed over.
+    lease: Duration,
 }
 
 /// A delivery counted in the process's `holding` until its task ends, also when it panics.

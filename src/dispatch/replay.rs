@@ -17,7 +17,8 @@ use crate::store::replays::{self, Batch, Finished, Leased, ReplayDelivery, Windo
 
 /// How often the worker looks for work: the replay rate's unit.
 const TICK: Duration = Duration::from_secs(1);
-/// How long a worker holds a replay: past a tick, so a crashed worker's replay moves on soon.
+/// How long a worker holds a replay for one step (each step gives it back); a crashed worker's
+/// replay moves on after this.
 const LEASE: Duration = Duration::from_secs(10);
 /// Replays moved on per tick and worker at most.
 const REPLAYS_PER_TICK: i64 = 16;

@@ -310,6 +310,10 @@ pub struct AttemptRecord {
     /// Dead, of a target with `ordering.onDead: block`: it stays queued, parked, and blocks its
     /// key until it is redelivered or skipped.
     pub blocks_key: bool,
+    /// Ordered and finished: the key's next delivery, when due, is claimed in the same
+    /// statement for this long and handed to the recorder's caller (no claim round trip between
+    /// one delivery of a key and the next).
+    pub hand_over: Option<Duration>,
 }
 
 /// Attempts finishing together share a commit.
@@ -324,18 +328,35 @@ pub struct RecordAttempts;
 
 impl BatchWrite for RecordAttempts {
     type Item = AttemptRecord;
-    type Output = ();
+    /// The key's next delivery, claimed (see [`AttemptRecord::hand_over`]).
+    type Output = Option<Claimed>;
 
-    async fn write(&self, pool: &PgPool, items: &[AttemptRecord]) -> sqlx::Result<Vec<()>> {
-        record_attempts(pool, items).await?;
-        Ok(vec![(); items.len()])
+    async fn write(&self, pool: &PgPool, items: &[AttemptRecord]) -> sqlx::Result<Vec<Option<Claimed>>> {
+        let mut handed = record_attempts(pool, items).await?;
+        Ok(items
+            .iter()
+            .map(|item| {
+                let at = handed.iter().position(|h| h.after == item.delivery)?;
+                Some(handed.swap_remove(at).claimed)
+            })
+            .collect())
     }
+}
+
+/// A delivery claimed by [`record_attempts`] as the successor of `after` in its key.
+#[derive(Debug, sqlx::FromRow)]
+pub struct HandedOver {
+    pub after: Uuid,
+    #[sqlx(flatten)]
+    pub claimed: Claimed,
 }
 
 /// Records attempts and moves their deliveries on, in one statement: a finished delivery leaves
 /// the queue, a retried one waits there again. Attempts are always kept as history; the queue
 /// and the status move only where the claim still holds (see [`AttemptRecord::lease_until`]).
-pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::Result<()> {
+/// Ordered deliveries that finish hand over to their key's next one (see
+/// [`AttemptRecord::hand_over`]); those are returned, claimed.
+pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::Result<Vec<HandedOver>> {
     // In id order, so concurrent batches lock rows in the same order.
     let mut records: Vec<&AttemptRecord> = records.iter().collect();
     records.sort_by_key(|r| r.delivery);
@@ -345,15 +366,15 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         After::RetryAt(_) => "failed",
         After::Dead => "dead",
     };
-    sqlx::query(
+    sqlx::query_as(
         r#"
         WITH record AS (
             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int2[], $6::text[],
                                  $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[],
-                                 $13::timestamptz[], $14::bool[])
+                                 $13::timestamptz[], $14::bool[], $15::bigint[])
                 AS r (delivery_id, number, started_at, duration_ms, status_code, error_class, error,
                       response_headers, response_body, status, next_attempt_at, last_error, lease_until,
-                      blocks_key)
+                      blocks_key, hand_over_ms)
         ), attempt AS (
             INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
                                   error_class, error, response_headers, response_body)
@@ -364,7 +385,8 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             DELETE FROM delivery_queue q USING record r
             WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status <> 'failed'
               AND NOT r.blocks_key
-            RETURNING q.delivery_id, r.lease_until
+            RETURNING q.delivery_id, r.lease_until, q.namespace, q.target_kind, q.target, q.ordering_key,
+                      r.hand_over_ms
         ), blocking AS (
             UPDATE delivery_queue q SET next_attempt_at = 'infinity', claimed = false
             FROM record r
@@ -376,14 +398,60 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status = 'failed'
             RETURNING q.delivery_id, r.lease_until
         ), moved AS (
-            SELECT * FROM finished UNION ALL SELECT * FROM retrying UNION ALL SELECT * FROM blocking
+            SELECT delivery_id, lease_until FROM finished
+            UNION ALL SELECT * FROM retrying UNION ALL SELECT * FROM blocking
+        ), outcome AS (
+            -- Only the outcome of the claim that held the queue row: a batch may also carry a
+            -- late outcome of an expired claim on the same delivery.
+            UPDATE deliveries d
+            SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
+            FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
+            WHERE d.id = r.delivery_id
+        ), successor AS (
+            -- The key's next delivery (the finished one is still visible here, so left out), when
+            -- it is due, none of the key is out but the finished one, and the target is not
+            -- paused: what a claim of the key's head would take.
+            SELECT f.delivery_id AS after, n.delivery_id, f.hand_over_ms
+            FROM finished f CROSS JOIN LATERAL (
+                SELECT q.delivery_id, q.next_attempt_at FROM delivery_queue q
+                WHERE q.namespace = f.namespace AND q.target_kind = f.target_kind AND q.target = f.target
+                  AND q.ordering_key = f.ordering_key AND q.delivery_id <> f.delivery_id
+                ORDER BY q.position LIMIT 1
+            ) n
+            WHERE f.hand_over_ms IS NOT NULL AND f.ordering_key IS NOT NULL AND n.next_attempt_at <= now()
+              AND NOT EXISTS (
+                  SELECT 1 FROM delivery_queue p
+                  WHERE p.namespace = f.namespace AND p.target_kind = f.target_kind AND p.target = f.target
+                    AND p.ordering_key = f.ordering_key AND p.claimed AND p.next_attempt_at > now()
+                    AND p.delivery_id <> f.delivery_id
+              )
+              AND NOT EXISTS (
+                  SELECT 1 FROM target_states t
+                  WHERE t.namespace = f.namespace AND t.target_kind = f.target_kind AND t.target = f.target
+                    AND t.paused_reason IS NOT NULL
+              )
+        ), handed AS (
+            -- By an array of ids, as the claim does: a lookup per row, whatever the estimates.
+            UPDATE delivery_queue q
+            SET next_attempt_at = now() + interval '1 millisecond' * (
+                    SELECT s.hand_over_ms FROM successor s WHERE s.delivery_id = q.delivery_id
+                ),
+                claimed = true, attempts = q.attempts + 1
+            -- Rechecked on the row as it is when locked: another claimer may have taken it.
+            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM successor)) AND q.next_attempt_at <= now()
+            RETURNING q.delivery_id, q.next_attempt_at, q.attempts, q.ordering_key
         )
-        -- Only the outcome of the claim that held the queue row: a batch may also carry a late
-        -- outcome of an expired claim on the same delivery.
-        UPDATE deliveries d
-        SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
-        FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
-        WHERE d.id = r.delivery_id
+        SELECT (SELECT s.after FROM successor s WHERE s.delivery_id = h.delivery_id) AS after, d.id, d.namespace, d.target_kind, d.target, h.attempts - 1 AS attempts,
+               h.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
+               d.event_id, h.ordering_key
+        FROM handed h
+        CROSS JOIN LATERAL (
+            SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = h.delivery_id OFFSET 0
+        ) d
+        CROSS JOIN LATERAL (
+            SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at
+            FROM events WHERE id = d.event_id OFFSET 0
+        ) e
         "#,
     )
     // Planned when it runs (see `store::connect_lazy`).
@@ -410,9 +478,17 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     .bind(column(|r| r.last_error.as_deref()))
     .bind(records.iter().map(|r| r.lease_until).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.blocks_key).collect::<Vec<_>>())
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(
+        records
+            .iter()
+            .map(|r| {
+                r.hand_over
+                    .map(|lease| i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+            })
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Ends a claimed delivery without an attempt, as `filtered_error` with the reason (a

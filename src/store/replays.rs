@@ -358,7 +358,9 @@ pub async fn advance(pool: &PgPool, replay: &Leased, batch: &Batch) -> sqlx::Res
     sqlx::query(
         "UPDATE replays SET cursor_at = COALESCE($2, cursor_at), cursor_id = COALESCE($3, cursor_id),
                 matched = matched + $4, enqueued = enqueued + $5, state = $6, message = $7,
-                finished_at = CASE WHEN $6 = 'running' THEN NULL ELSE now() END
+                finished_at = CASE WHEN $6 = 'running' THEN NULL ELSE now() END,
+                -- The lease covers one step: the next may be any worker's.
+                lease_until = NULL
          WHERE id = $1",
     )
     .bind(replay.id)
