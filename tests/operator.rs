@@ -138,7 +138,7 @@ apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
 metadata: {{ name: crm }}
 spec: {{ url: '{crm}', events: ['invoice.*'], allowPrivateNetworks: true, filter: "data.object.id == 'in_1'",
-         ordering: {{ key: data.object.customer }} }}
+         ordering: {{ key: data.object.customer }}, format: cloudevents-binary }}
 ---
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
@@ -285,7 +285,12 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
     verifier
         .verify(&got[0].headers, &got[0].body, now)
         .expect("the handler can verify the delivery");
-    sink.wait_for("crm", 1, Duration::from_secs(30)).await;
+    let crm = sink.wait_for("crm", 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        crm[0].header("ce-source"),
+        format!("/namespaces/{app}/sources/stripe"),
+        "a CloudEvent"
+    );
     // The invoice has no customer: its key fails, it goes unordered, and the status says so.
     eventually(
         "crm's status to count the unordered delivery",
@@ -940,6 +945,7 @@ spec:
         ("whreplay.spec.statuses", "Only events whose delivery"),
         ("whsub.spec.filter", "A CEL expression that"),
         ("whsub.spec.ordering.onDead", "What a delivery that"),
+        ("whsub.spec.format", "How deliveries are framed"),
     ] {
         let explained = kubectl(&["explain", field]);
         assert!(explained.contains(says), "kubectl explain {field}: {explained}");

@@ -41,6 +41,12 @@ pub struct DeliveryTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub transform: Option<String>,
+    /// How deliveries are framed: `standard-webhooks` (the event's body), or a CloudEvent per
+    /// the CloudEvents HTTP binding, `cloudevents-binary` (attributes in `ce-*` headers, the
+    /// data as the body) or `cloudevents-structured` (one `application/cloudevents+json`
+    /// document). `ce-id` is the stable webhook-id. Every format is signed per Standard Webhooks.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: DeliveryFormat,
     /// Deliver events that share a key one at a time, in the order they were stored; events
     /// with different keys go in parallel (up to maxInFlight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +77,23 @@ pub struct DeliveryTarget {
     /// Stop delivering; events keep queueing and are delivered when unpaused.
     #[serde(default)]
     pub paused: bool,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// How a delivery is framed on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryFormat {
+    /// The event's body (or the transform's), with `webhook-*` headers.
+    #[default]
+    StandardWebhooks,
+    /// CloudEvents binary mode: `ce-*` headers, the data as the body.
+    CloudeventsBinary,
+    /// CloudEvents structured mode: one `application/cloudevents+json` document.
+    CloudeventsStructured,
 }
 
 /// Ordered delivery per key.

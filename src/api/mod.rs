@@ -14,7 +14,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use delivery::{
-    CircuitBreaker, DeliveryTarget, ExponentialBackoff, OnDead, Ordering, RateLimit, RetryPolicy,
+    CircuitBreaker, DeliveryFormat, DeliveryTarget, ExponentialBackoff, OnDead, Ordering, RateLimit,
+    RetryPolicy,
 };
 pub use duration::Duration;
 pub use replay::{ReplayStatusFilter, ReplayTarget, WebhookReplay, WebhookReplaySpec, WebhookReplayStatus};

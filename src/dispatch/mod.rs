@@ -8,6 +8,7 @@ mod admit;
 mod agenda;
 mod breaker;
 mod depth;
+pub mod framing;
 mod policy;
 pub mod replay;
 mod sender;
@@ -25,7 +26,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{CircuitState, OnDead, TargetKey};
+use crate::api::{CircuitState, DeliveryFormat, OnDead, TargetKey};
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::expression::{Expression, Variables};
 use crate::catalog::{CatalogCell, Target};
@@ -413,6 +414,18 @@ impl Dispatcher {
                 }
             }
         }
+        // Standard Webhooks sends the body as it is: no copy on the common path.
+        let mut format_headers = Vec::new();
+        if target.spec.format != DeliveryFormat::StandardWebhooks {
+            let framed = framing::frame(
+                target.spec.format,
+                &delivery,
+                target.expressions.transform.is_some(),
+            );
+            delivery.body = framed.body;
+            delivery.content_type = Some(framed.content_type);
+            format_headers = framed.headers;
+        }
         let client = if target.allow_private_networks {
             &self.http_private
         } else {
@@ -424,6 +437,7 @@ impl Dispatcher {
             target.spec.attempt_timeout(),
             &delivery,
             &permit.keys,
+            &format_headers,
         )
         .await;
         // The cap and the room are about requests to the target; recording happens outside.

@@ -52,8 +52,13 @@ fn error_class(err: &reqwest::Error) -> &'static str {
     if err.is_connect() { "connect" } else { "http" }
 }
 
-/// The outbound headers of one attempt.
-pub fn signed_headers(delivery: &Claimed, keys: &[SigningKey], timestamp: i64) -> HeaderMap {
+/// The outbound headers of one attempt: the format's (`extra`), then the signature's.
+pub fn signed_headers(
+    delivery: &Claimed,
+    keys: &[SigningKey],
+    timestamp: i64,
+    extra: &[(&'static str, String)],
+) -> HeaderMap {
     let msg_id = delivery.id.to_string();
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: &str| {
@@ -61,6 +66,9 @@ pub fn signed_headers(delivery: &Claimed, keys: &[SigningKey], timestamp: i64) -
             headers.insert(name, value);
         }
     };
+    for (name, value) in extra {
+        put(name, value);
+    }
     put(
         "content-type",
         delivery.content_type.as_deref().unwrap_or("application/json"),
@@ -96,6 +104,7 @@ pub async fn send(
     timeout: Duration,
     delivery: &Claimed,
     keys: &[SigningKey],
+    extra_headers: &[(&'static str, String)],
 ) -> Sent {
     let started_at = Utc::now();
     let started = Instant::now();
@@ -105,7 +114,7 @@ pub async fn send(
     let request = client
         .post(url)
         .timeout(timeout)
-        .headers(signed_headers(delivery, keys, timestamp))
+        .headers(signed_headers(delivery, keys, timestamp, extra_headers))
         .body(delivery.body.clone());
     let mut attempt = Attempt {
         started_at,

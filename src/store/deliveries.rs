@@ -229,9 +229,11 @@ pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed
     let sql = format!(
         r#"
         WITH RECURSIVE {WANTED}, keys AS (
-            (SELECT q.ordering_key FROM delivery_queue q, wanted w
-             WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
-               AND q.ordering_key IS NOT NULL
+            -- Spelled with the parameters, not a join with `wanted`: read off the index in key
+            -- order, not every queued row sorted. (A paused target has no `wanted` row.)
+            (SELECT q.ordering_key FROM delivery_queue q
+             WHERE q.namespace = $1[1] AND q.target_kind = $2[1] AND q.target = $3[1]
+               AND q.ordering_key IS NOT NULL AND EXISTS (SELECT 1 FROM wanted)
              ORDER BY q.ordering_key LIMIT 1)
             UNION ALL
             SELECT (SELECT q.ordering_key FROM delivery_queue q
@@ -248,11 +250,13 @@ pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed
             ) h
             WHERE k.ordering_key IS NOT NULL AND h.next_attempt_at <= now()
               -- One of the key stored later may be out already, when the head's transaction
-              -- committed after it was claimed (delivery_queue_claimed_keys holds few rows).
+              -- committed after it was claimed. A probe per key (OFFSET 0 keeps it one, rather
+              -- than a join that reads every claimed row of the target per key).
               AND NOT EXISTS (
                   SELECT 1 FROM delivery_queue p
                   WHERE p.namespace = $1[1] AND p.target_kind = $2[1] AND p.target = $3[1]
                     AND p.ordering_key = k.ordering_key AND p.claimed AND p.next_attempt_at > now()
+                  OFFSET 0
               )
             LIMIT $6
         ), loose AS (
@@ -424,6 +428,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                   WHERE p.namespace = f.namespace AND p.target_kind = f.target_kind AND p.target = f.target
                     AND p.ordering_key = f.ordering_key AND p.claimed AND p.next_attempt_at > now()
                     AND p.delivery_id <> f.delivery_id
+                  OFFSET 0 -- a probe per key, as in claim_heads
               )
               AND NOT EXISTS (
                   SELECT 1 FROM target_states t

@@ -7,4 +7,4 @@ let input = "";
 for await (const chunk of process.stdin) input += chunk;
 const { secret, headers, body } = JSON.parse(input);
 const payload = new Webhook(secret).verify(body, headers);
-process.stdout.write(JSON.stringify(payload));
+process.stdout.write(JSON.stringify(payload ?? null));
