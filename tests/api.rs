@@ -82,6 +82,7 @@ spec:
 }
 
 const SOURCE_HEAD: &str = "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: { name: bad }\n";
+const REPLAY_HEAD: &str = "apiVersion: hookline.dev/v1alpha1\nkind: WebhookReplay\nmetadata: { name: bad }\n";
 const SUB_HEAD: &str =
     "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: { name: bad }\n";
 
@@ -226,6 +227,34 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
             "a retry delay of two days",
             sub("  url: https://x.example/h\n  events: ['*']\n  retryPolicy: { schedule: [5s, 48h] }\n"),
             "spec.retryPolicy.schedule[1]: Invalid value: \"string\": must be at most 24h",
+        ),
+        (
+            "a header Hookline sets itself",
+            sub(
+                "  url: https://x.example/h\n  events: ['*']\n  headers: [{ name: Webhook-Signature, value: forged }]\n",
+            ),
+            "is a header Hookline sets itself",
+        ),
+        (
+            "a header with a value and a Secret",
+            sub(
+                "  url: https://x.example/h\n  events: ['*']\n  headers: [{ name: X-Api-Key, value: a, valueFrom: { secretKeyRef: { name: s, key: k } } }]\n",
+            ),
+            "set value or valueFrom, not both",
+        ),
+        (
+            "a replay window that ends before it starts",
+            format!(
+                "{REPLAY_HEAD}spec:\n  target: {{ subscription: crm }}\n  from: '2026-12-01T10:00:00Z'\n  to: '2026-12-01T09:00:00Z'\n"
+            ),
+            "spec.from must be before spec.to",
+        ),
+        (
+            "a replay to a subscription and a handler",
+            format!(
+                "{REPLAY_HEAD}spec:\n  target: {{ subscription: crm, source: stripe, handler: api }}\n  from: '2026-12-01T09:00:00Z'\n  to: '2026-12-01T10:00:00Z'\n"
+            ),
+            "set subscription, or source and handler",
         ),
         (
             "a circuit open for a day",

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -139,42 +137,6 @@ async fn filters_select_exactly_the_matching_events() {
     }
 }
 
-/// Verifies a received request with the official Standard Webhooks library; its payload.
-fn verify_with_the_official_library(
-    request: &support::sink::Received,
-    secret: &str,
-) -> Result<Value, String> {
-    let headers: serde_json::Map<String, Value> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
-        .collect();
-    let input = json!({"secret": secret, "headers": headers, "body": String::from_utf8_lossy(&request.body)});
-    let script = support::repo_path("tests/peers/verify-standard-webhooks.mjs");
-    assert!(
-        support::repo_path("tests/peers/node_modules/standardwebhooks").exists(),
-        "the official library is installed by hack/test (npm ci --prefix tests/peers)"
-    );
-    let mut child = Command::new("node")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    Ok(serde_json::from_slice(&output.stdout).expect("the payload as JSON"))
-}
-
 #[tokio::test]
 async fn transforms_build_the_body_sent_and_the_signature_covers_it() {
     let slack = r#", transform: "{'text': 'Order ' + string(data.n) + ' paid: ' + string(data.amount) + ' EUR', 'order': data.n}""#;
@@ -200,11 +162,11 @@ async fn transforms_build_the_body_sent_and_the_signature_covers_it() {
         .unwrap();
     let got = h.sink.wait_for("slack", 1, Duration::from_secs(10)).await;
     assert_eq!(got[0].header("content-type"), "application/json");
-    let payload =
-        verify_with_the_official_library(&got[0], SUB_SECRET).expect("the official library verifies it");
+    let payload = support::peers::verify_standard_webhooks(&got[0], SUB_SECRET)
+        .expect("the official library verifies it");
     assert_eq!(payload, json!({"text": "Order 7 paid: 1250 EUR", "order": 7}));
     assert!(
-        verify_with_the_official_library(&got[0], "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").is_err(),
+        support::peers::verify_standard_webhooks(&got[0], "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").is_err(),
         "and refuses another secret"
     );
     // The event store keeps what was published.

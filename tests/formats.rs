@@ -4,45 +4,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::harness::{SECRET, SUB_SECRET, harness, subscription};
-use support::sink::Received;
-
-/// Runs a script of tests/peers on the request the sink received; its JSON output.
-fn peer(script: &str, request: &Received, secret: Option<&str>) -> Result<Value, String> {
-    assert!(
-        support::repo_path("tests/peers/node_modules/cloudevents").exists(),
-        "the official libraries are installed by hack/test (npm ci --prefix tests/peers)"
-    );
-    let headers: serde_json::Map<String, Value> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
-        .collect();
-    let input = json!({"secret": secret, "headers": headers, "body": String::from_utf8_lossy(&request.body)});
-    let mut child = Command::new("node")
-        .arg(support::repo_path(&format!("tests/peers/{script}")))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    Ok(serde_json::from_slice(&output.stdout).expect("JSON from the peer"))
-}
+use support::peers;
 
 #[tokio::test]
 async fn cloudevents_parse_with_the_official_sdk_and_stay_signed() {
@@ -66,7 +32,7 @@ async fn cloudevents_parse_with_the_official_sdk_and_stay_signed() {
     ] {
         let got = h.sink.wait_for(path, 1, Duration::from_secs(10)).await;
         let request = &got[0];
-        let event = peer("parse-cloudevent.mjs", request, None).unwrap_or_else(|why| panic!("{path}: {why}"));
+        let event = peers::parse_cloudevent(request).unwrap_or_else(|why| panic!("{path}: {why}"));
         assert_eq!(
             event["id"],
             request.header("webhook-id"),
@@ -78,15 +44,10 @@ async fn cloudevents_parse_with_the_official_sdk_and_stay_signed() {
         assert!(event["time"].as_str().unwrap().ends_with('Z'), "{path}: {event}");
         assert_eq!(event["data"], data, "{path}: {event}");
         // Still signed per Standard Webhooks, over the body as sent.
-        peer("verify-standard-webhooks.mjs", request, Some(SUB_SECRET))
+        peers::verify_standard_webhooks(request, SUB_SECRET)
             .unwrap_or_else(|why| panic!("{path}: the signature verifies: {why}"));
         assert!(
-            peer(
-                "verify-standard-webhooks.mjs",
-                request,
-                Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
-            )
-            .is_err(),
+            peers::verify_standard_webhooks(request, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").is_err(),
             "{path}: and not with another secret"
         );
     }

@@ -125,6 +125,11 @@ kind: Secret
 metadata: {{ name: stripe-webhook }}
 stringData: {{ signing-secret: {STRIPE_SECRET}, unrelated: not-for-the-gateway }}
 ---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: crm-api }}
+stringData: {{ token: crm-api-token-from-a-secret }}
+---
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSource
 metadata: {{ name: stripe }}
@@ -138,7 +143,8 @@ apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
 metadata: {{ name: crm }}
 spec: {{ url: '{crm}', events: ['invoice.*'], allowPrivateNetworks: true, filter: "data.object.id == 'in_1'",
-         ordering: {{ key: data.object.customer }}, format: cloudevents-binary }}
+         ordering: {{ key: data.object.customer }}, format: cloudevents-binary,
+         headers: [{{ name: X-Api-Key, valueFrom: {{ secretKeyRef: {{ name: crm-api, key: token }} }} }}] }}
 ---
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
@@ -290,6 +296,11 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
         crm[0].header("ce-source"),
         format!("/namespaces/{app}/sources/stripe"),
         "a CloudEvent"
+    );
+    assert_eq!(
+        crm[0].header("x-api-key"),
+        "crm-api-token-from-a-secret",
+        "the header from a Secret, mirrored"
     );
     // The invoice has no customer: its key fails, it goes unordered, and the status says so.
     eventually(

@@ -27,8 +27,8 @@ fn config_dir(url: &str) -> std::path::PathBuf {
              apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: ledger, namespace: shop}}\n\
              spec:\n  url: '{url}'\n  events: ['*']\n  allowPrivateNetworks: true\n  secretRef: {{name: signing, key: secret}}\n\
              \x20 ordering: {{key: data.account, onDead: block}}\n  timeout: 1s\n  maxInFlight: 16\n\
-             \x20 retryPolicy: {{maxAttempts: 40, schedule: [20ms]}}\n  rateLimit: {{perSecond: 2000, burst: 100}}\n\
-             \x20 circuitBreaker: {{failureThreshold: 1000, resetTimeout: 1s}}\n"
+             \x20 retryPolicy: {{maxAttempts: 40, schedule: [20ms]}}\n  rateLimit: {{perSecond: 400, burst: 20}}\n\
+             \x20 circuitBreaker: {{failureThreshold: 5, resetTimeout: 1s}}\n"
         ),
     )
     .unwrap();
@@ -149,6 +149,7 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
     let killed = a.take().unwrap();
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(killed.child.id() as i32, libc::SIGKILL) };
+    let opened_before_the_kill = killed.log.count("circuit open");
     drop(killed);
     for publisher in publishers {
         publisher.await.unwrap();
@@ -173,6 +174,12 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
         .filter(|(account, _, ok)| account != "poison" && !ok)
         .count();
     assert!(failures > 0, "the sink failed some requests");
+    // Order held while the breaker held deliveries back (the poison account's failures open it)
+    // and the rate limit paced them.
+    assert!(
+        opened_before_the_kill + b.log.count("circuit open") > 0,
+        "the circuit opened during the run"
+    );
 
     // The poison account: its first event is dead and blocks the rest, which never went out,
     // while every other account finished.
@@ -189,16 +196,7 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
         (0, 0),
         "the key waits behind its dead head"
     );
-    let admin = std::fs::read_to_string(b.state.join("admin-token")).unwrap();
-    let targets: Value = client
-        .get(format!("{}/admin/v1/targets", b.base))
-        .bearer_auth(admin.trim())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let targets: Value = serde_json::from_str(&b.admin_get("/admin/v1/targets").await).unwrap();
     assert_eq!(targets["items"][0]["blockedKeys"], 1, "{targets}");
     let dead: String = sqlx::query_scalar(
         "SELECT id::text FROM deliveries WHERE status = 'dead' AND ordering_key = 'poison'",
@@ -211,7 +209,7 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
     sink.answer_with("ledger", Arc::new(|_: &[u8]| Reply::Status(200)));
     let skipped = client
         .post(format!("{}/admin/v1/deliveries/{dead}/skip", b.base))
-        .bearer_auth(admin.trim())
+        .bearer_auth(b.admin_token())
         .send()
         .await
         .unwrap();

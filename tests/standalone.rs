@@ -386,17 +386,9 @@ async fn a_replay_file_sends_a_window_again_and_the_admin_api_counts_one() {
         )
         .await;
 
-    let token = std::fs::read_to_string(gateway.state.join("admin-token")).unwrap();
+    let token = gateway.admin_token();
     let replays = async || -> serde_json::Value {
-        client
-            .get(format!("{}/admin/v1/replays", gateway.base))
-            .bearer_auth(token.trim())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        serde_json::from_str(&gateway.admin_get("/admin/v1/replays").await).unwrap()
     };
     let listed = replays().await;
     let late = &listed["items"][0];

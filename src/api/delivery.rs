@@ -41,6 +41,12 @@ pub struct DeliveryTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub transform: Option<String>,
+    /// Request headers sent with every delivery, such as an API key the endpoint expects, in the
+    /// shape of a container's `env`: a `value`, or `valueFrom.secretKeyRef`. Values from Secrets
+    /// are never shown in status, logs or the console.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub headers: Vec<RequestHeader>,
     /// How deliveries are framed: `standard-webhooks` (the event's body), or a CloudEvent per
     /// the CloudEvents HTTP binding, `cloudevents-binary` (attributes in `ce-*` headers, the
     /// data as the body) or `cloudevents-structured` (one `application/cloudevents+json`
@@ -77,6 +83,36 @@ pub struct DeliveryTarget {
     /// Stop delivering; events keep queueing and are delivered when unpaused.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// One request header of every delivery: a fixed `value`, or one read from a Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)")
+    .message("set value or valueFrom, not both"))]
+pub struct RequestHeader {
+    /// The header's name. Not one Hookline sets itself: content-type, content-length, host,
+    /// user-agent, webhook-*, ce-*, hookline-*.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9_.-]*$')")
+        .message("must be an HTTP header name, such as X-Api-Key"))]
+    #[x_kube(validation = Rule::new("!(self.lowerAscii() in ['content-type', 'content-length', 'host', 'user-agent', 'transfer-encoding', 'connection'] || self.lowerAscii().startsWith('webhook-') || self.lowerAscii().startsWith('ce-') || self.lowerAscii().startsWith('hookline-'))")
+        .message("is a header Hookline sets itself (content-type, content-length, host, user-agent, webhook-*, ce-*, hookline-*)"))]
+    pub name: String,
+    /// A fixed value (shown in the resource: for secrets, use valueFrom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<HeaderValueSource>,
+}
+
+/// Where a header's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderValueSource {
+    /// A key of a Secret in the resource's namespace.
+    pub secret_key_ref: SecretKeyRef,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -230,6 +266,13 @@ fn default_half_open_requests() -> u32 {
 }
 
 impl DeliveryTarget {
+    /// The Secrets its headers read.
+    pub fn header_secrets(&self) -> impl Iterator<Item = &SecretKeyRef> {
+        self.headers
+            .iter()
+            .filter_map(|h| h.value_from.as_ref().map(|v| &v.secret_key_ref))
+    }
+
     /// The attempt timeout, never past [`MAX_TIMEOUT`] (admission refuses more; this holds for
     /// configuration that never met it).
     pub fn attempt_timeout(&self) -> std::time::Duration {

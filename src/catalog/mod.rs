@@ -52,6 +52,12 @@ pub enum SecretUnavailable {
     },
     #[error("waiting for the controller to generate the signing secret")]
     NotGeneratedYet,
+    #[error("Secret {namespace}/{name} key {key:?} is not a valid header value (a control character?)")]
+    NotAHeaderValue {
+        namespace: String,
+        name: String,
+        key: String,
+    },
 }
 
 impl Secrets {
@@ -105,6 +111,8 @@ pub struct Target {
     pub allow_private_networks: bool,
     /// `filter`, `transform` and `ordering.key`, compiled.
     pub expressions: TargetExpressions,
+    /// The request headers of `spec.headers`, resolved, or the first that does not resolve.
+    pub headers: Result<Vec<(http::HeaderName, http::HeaderValue)>, SecretUnavailable>,
     patterns: Vec<WildMatch>,
     /// Subscriptions only: the sources it takes events from (empty: all, and published ones).
     sources: Vec<String>,
@@ -130,12 +138,14 @@ impl Target {
             (Some(reference), _) => Some(resolve_signing(secrets, &key.namespace, &reference)),
         };
         let expressions = TargetExpressions::of(&spec);
+        let headers = resolve_headers(secrets, &key.namespace, &spec);
         Self {
             allow_private_networks: key.kind == TargetKind::Handler,
             key,
             spec,
             signing,
             expressions,
+            headers,
             patterns,
             sources,
         }
@@ -179,6 +189,47 @@ pub enum Selection {
     Skip,
     /// The filter failed for this event: recorded as `filtered_error` with the reason.
     Failed(String),
+}
+
+/// The request headers of a target, their values read from Secrets where they say so. Names
+/// were checked at admission.
+fn resolve_headers(
+    secrets: &Secrets,
+    namespace: &str,
+    spec: &DeliveryTarget,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, SecretUnavailable> {
+    spec.headers
+        .iter()
+        .filter_map(|header| {
+            let name = http::HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+            let value = match (&header.value, &header.value_from) {
+                (Some(value), _) => http::HeaderValue::from_str(value).ok(),
+                (None, Some(source)) => {
+                    let reference = &source.secret_key_ref;
+                    let text = match secrets.resolve(namespace, reference) {
+                        Ok(text) => text,
+                        Err(problem) => return Some(Err(problem)),
+                    };
+                    match http::HeaderValue::from_str(&text) {
+                        // Kept out of Debug output and HTTP/2 header compression tables.
+                        Ok(mut value) => {
+                            value.set_sensitive(true);
+                            Some(value)
+                        }
+                        Err(_) => {
+                            return Some(Err(SecretUnavailable::NotAHeaderValue {
+                                namespace: namespace.to_owned(),
+                                name: reference.name.clone(),
+                                key: reference.key.clone(),
+                            }));
+                        }
+                    }
+                }
+                (None, None) => None,
+            }?;
+            Some(Ok((name, value)))
+        })
+        .collect()
 }
 
 /// Signing keys from a Secret value (see [`standard_webhooks::decode_secrets`]).
@@ -513,6 +564,55 @@ mod tests {
                 .next()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn headers_resolve_from_secrets_or_name_the_missing_one() {
+        let sub: WebhookSubscription = serde_yaml::from_str(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: crm, namespace: billing}\n\
+             spec: {url: 'https://x.example/', events: ['*'], headers: [{name: X-Api-Key, valueFrom: {secretKeyRef: {name: api, key: token}}}, {name: X-Team, value: billing}]}",
+        )
+        .unwrap();
+        let mut secrets = Secrets::default();
+        let missing = Catalog::build(
+            &[],
+            std::slice::from_ref(&sub),
+            &secrets,
+            GeneratedSecrets::InDatabase,
+        );
+        let target = missing.targets().next().unwrap();
+        assert_eq!(
+            target.headers.as_ref().unwrap_err().to_string(),
+            "Secret billing/api not found"
+        );
+        secrets.insert(
+            "billing",
+            "api",
+            BTreeMap::from([("token".to_owned(), b"s3cret\n".to_vec())]),
+        );
+        let resolved = Catalog::build(&[], &[sub], &secrets, GeneratedSecrets::InDatabase);
+        let headers = resolved
+            .targets()
+            .next()
+            .unwrap()
+            .headers
+            .as_ref()
+            .unwrap()
+            .clone();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(
+            (headers[0].0.as_str(), headers[0].1.to_str().unwrap()),
+            ("x-api-key", "s3cret")
+        );
+        assert!(
+            headers[0].1.is_sensitive(),
+            "a Secret's value is marked sensitive"
+        );
+        assert!(
+            !format!("{:?}", headers[0].1).contains("s3cret"),
+            "and kept out of Debug"
+        );
+        assert_eq!(headers[1].1, "billing");
     }
 
     #[test]

@@ -362,7 +362,16 @@ async fn in_use_secrets(
                     Some(reference) => reference.clone(),
                     None => generated(secrets::generated_name(&[&source.name_any(), &handler.name])),
                 });
-            for reference in spec.verification_secrets().cloned().chain(handlers) {
+            let headers = spec
+                .handlers
+                .iter()
+                .flat_map(|handler| handler.target.header_secrets().cloned());
+            for reference in spec
+                .verification_secrets()
+                .cloned()
+                .chain(handlers)
+                .chain(headers)
+            {
                 in_use.insert((namespace.clone(), reference.name, reference.key));
             }
         }
@@ -374,6 +383,9 @@ async fn in_use_secrets(
                 Some(reference) => reference.clone(),
                 None => generated(secrets::generated_name(&[&sub.name_any()])),
             };
+            for header in sub.spec.target.header_secrets() {
+                in_use.insert((namespace.clone(), header.name.clone(), header.key.clone()));
+            }
             in_use.insert((namespace, reference.name, reference.key));
         }
     }

@@ -142,6 +142,32 @@ pub fn mirror_name(namespace: &str, name: &str, key: &str) -> String {
 
 /// Copies one referenced key into the gateway's namespace, and nothing else of its Secret
 /// (server-side apply: unchanged copies are not rewritten).
+/// Mirrors the Secret keys a target's headers read (`valueFrom.secretKeyRef`); the first that
+/// cannot be read, as a problem naming the header (never the value).
+pub async fn mirror_header_secrets(
+    client: &Client,
+    namespace: &str,
+    gateway_namespace: &str,
+    target: &crate::api::DeliveryTarget,
+) -> Result<Option<SecretProblem>, kube::Error> {
+    let mut first = None;
+    for header in &target.headers {
+        let Some(source) = &header.value_from else {
+            continue;
+        };
+        match read(client, namespace, &source.secret_key_ref).await {
+            Ok((_, secret)) => mirror(client, gateway_namespace, &secret).await?,
+            Err(problem) => {
+                first.get_or_insert(SecretProblem {
+                    reason: problem.reason,
+                    message: format!("header {}: {}", header.name, problem.message),
+                });
+            }
+        }
+    }
+    Ok(first)
+}
+
 pub async fn mirror(client: &Client, gateway_namespace: &str, origin: &ReadKey) -> Result<(), kube::Error> {
     let SecretKeyRef {
         name: origin_name,

@@ -147,6 +147,14 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
                 Some(reference.name)
             }
         };
+        if let Some(problem) =
+            secrets::mirror_header_secrets(client, &namespace, &ctx.options.namespace, target).await?
+        {
+            secret_problem.get_or_insert(SecretProblem {
+                message: format!("handler {}: {}", handler.name, problem.message),
+                ..problem
+            });
+        }
         if let Some(problem) = TargetExpressions::of(target).problem() {
             expression_problem.get_or_insert(format!("handler {}: {problem}", handler.name));
         }

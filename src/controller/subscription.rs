@@ -64,7 +64,7 @@ async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<Subscription
             (reference, Some(generated))
         }
     };
-    let secret_problem = match secrets::read(client, &namespace, &reference).await {
+    let mut secret_problem = match secrets::read(client, &namespace, &reference).await {
         Ok((value, secret)) => {
             secrets::mirror(client, &ctx.options.namespace, &secret).await?;
             standard_webhooks::decode_secrets(&value)
@@ -76,6 +76,11 @@ async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<Subscription
         }
         Err(problem) => Some(problem),
     };
+    if let Some(problem) =
+        secrets::mirror_header_secrets(client, &namespace, &ctx.options.namespace, &spec.target).await?
+    {
+        secret_problem.get_or_insert(problem);
+    }
     let key = TargetKey::subscription(&namespace, &name);
     Ok(SubscriptionFacts {
         generation: sub.metadata.generation,

@@ -437,6 +437,8 @@ impl Dispatcher {
             target.spec.attempt_timeout(),
             &delivery,
             &permit.keys,
+            // Held while they do not resolve (`hold::configured`): admitted, they do.
+            target.headers.as_deref().unwrap_or_default(),
             &format_headers,
         )
         .await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::catalog::egress::{EgressResolver, EgressRules};
 use crate::store::deliveries::{Attempt, Claimed};
@@ -52,15 +52,20 @@ fn error_class(err: &reqwest::Error) -> &'static str {
     if err.is_connect() { "connect" } else { "http" }
 }
 
-/// The outbound headers of one attempt: the format's (`extra`), then the signature's.
+/// The outbound headers of one attempt: the target's own (`custom`), then the format's
+/// (`extra`), then the signature's, so none of Hookline's can be replaced.
 pub fn signed_headers(
     delivery: &Claimed,
     keys: &[SigningKey],
     timestamp: i64,
+    custom: &[(HeaderName, HeaderValue)],
     extra: &[(&'static str, String)],
 ) -> HeaderMap {
     let msg_id = delivery.id.to_string();
     let mut headers = HeaderMap::new();
+    for (name, value) in custom {
+        headers.insert(name.clone(), value.clone());
+    }
     let mut put = |name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
@@ -104,6 +109,7 @@ pub async fn send(
     timeout: Duration,
     delivery: &Claimed,
     keys: &[SigningKey],
+    custom_headers: &[(HeaderName, HeaderValue)],
     extra_headers: &[(&'static str, String)],
 ) -> Sent {
     let started_at = Utc::now();
@@ -114,7 +120,13 @@ pub async fn send(
     let request = client
         .post(url)
         .timeout(timeout)
-        .headers(signed_headers(delivery, keys, timestamp, extra_headers))
+        .headers(signed_headers(
+            delivery,
+            keys,
+            timestamp,
+            custom_headers,
+            extra_headers,
+        ))
         .body(delivery.body.clone());
     let mut attempt = Attempt {
         started_at,

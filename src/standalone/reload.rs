@@ -137,11 +137,13 @@ pub fn changes_between(old: &Config, new: &Config) -> Vec<String> {
         let mut all = BTreeMap::new();
         for source in &config.sources {
             let namespace = source.namespace().unwrap_or_default();
-            let handlers = source
-                .spec
-                .handlers
-                .iter()
-                .filter_map(|h| h.target.secret_ref.as_ref());
+            let handlers = source.spec.handlers.iter().flat_map(|h| {
+                h.target
+                    .secret_ref
+                    .as_ref()
+                    .into_iter()
+                    .chain(h.target.header_secrets())
+            });
             let references = source.spec.verification_secrets().chain(handlers);
             let spec = serde_json::to_value(&source.spec).unwrap_or_default();
             let entry = compared(spec, &namespace, references, &config.secrets);
@@ -153,7 +155,11 @@ pub fn changes_between(old: &Config, new: &Config) -> Vec<String> {
             let entry = compared(
                 spec,
                 &namespace,
-                sub.spec.target.secret_ref.iter(),
+                sub.spec
+                    .target
+                    .secret_ref
+                    .iter()
+                    .chain(sub.spec.target.header_secrets()),
                 &config.secrets,
             );
             all.insert(("subscription", namespace, sub.name_any()), entry);

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 pub mod harness;
+pub mod peers;
 pub mod process;
 pub mod sink;
 

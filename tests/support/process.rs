@@ -7,13 +7,17 @@ use std::time::{Duration, Instant};
 /// What a process logs to stderr, line by line, as the person who started it reads it: JSON
 /// lines (stderr is not a terminal) are shown as their message.
 #[derive(Clone, Default)]
-pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub struct Log(
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The lines as written, every field included.
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+);
 
 impl Log {
     /// Reads `stderr` until it closes, echoing each line to the test's output.
     pub fn capture(stderr: impl std::io::Read + Send + 'static, name: &'static str) -> Self {
         let log = Self::default();
-        let lines = log.0.clone();
+        let (messages, raw) = (log.0.clone(), log.1.clone());
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -21,11 +25,21 @@ impl Log {
                 let message = serde_json::from_str::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|v| v["message"].as_str().map(str::to_owned))
-                    .unwrap_or(line);
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+                    .unwrap_or_else(|| line.clone());
+                messages.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+                raw.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
         log
+    }
+
+    /// Whether any line, with all its fields, holds `needle`.
+    pub fn anywhere(&self, needle: &str) -> bool {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.contains(needle))
     }
 
     /// The first line containing `needle`.
@@ -78,6 +92,29 @@ pub struct GatewayProcess {
     pub log: Log,
     /// Its state directory (the generated admin token is there).
     pub state: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    /// The admin token the process generated (no token was configured).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state.join("admin-token"))
+            .expect("the generated admin token")
+            .trim()
+            .to_owned()
+    }
+
+    /// `GET path` with the admin token; the body as text.
+    pub async fn admin_get(&self, path: &str) -> String {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .expect("admin request")
+            .text()
+            .await
+            .expect("admin answer")
+    }
 }
 
 impl Drop for GatewayProcess {
