@@ -103,11 +103,14 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
     let sink = Sink::start().await;
     // Random failures: 8% answered 500, 2% answered after the 1 s timeout. The poison account
     // always fails: its first event goes dead and blocks the account.
+    // The first second and a half, every request fails: the circuit breaker (threshold 5) opens
+    // for sure and holds deliveries back while order must hold.
+    let outage_until = Instant::now() + Duration::from_millis(1500);
     sink.answer_with(
         "ledger",
-        Arc::new(|body: &[u8]| {
+        Arc::new(move |body: &[u8]| {
             let body: Value = serde_json::from_slice(body).unwrap_or_default();
-            if body["data"]["account"] == "poison" {
+            if body["data"]["account"] == "poison" || Instant::now() < outage_until {
                 return Reply::Status(500);
             }
             match rand::rng().random_range(0..100) {
@@ -174,8 +177,7 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
         .filter(|(account, _, ok)| account != "poison" && !ok)
         .count();
     assert!(failures > 0, "the sink failed some requests");
-    // Order held while the breaker held deliveries back (the poison account's failures open it)
-    // and the rate limit paced them.
+    // Order held while the breaker held deliveries back and the rate limit paced them.
     assert!(
         opened_before_the_kill + b.log.count("circuit open") > 0,
         "the circuit opened during the run"
