@@ -26,10 +26,9 @@ const TYPICAL: Sizes = Sizes {
 /// Longest expression source accepted (the CRD says the same).
 pub const MAX_SOURCE_LENGTH: usize = 4096;
 
-/// A compiled expression and its source.
+/// A compiled expression.
 #[derive(Debug)]
 pub struct Expression {
-    source: String,
     program: Program,
 }
 
@@ -57,10 +56,7 @@ impl Expression {
         }
         let program = Program::compile(source).map_err(|errors| errors.to_string().trim().to_owned())?;
         unsupported(program.expression())?;
-        let expression = Self {
-            source: source.to_owned(),
-            program,
-        };
+        let expression = Self { program };
         let typical = expression.estimate(TYPICAL);
         if typical > COST_LIMIT {
             return Err(format!(
@@ -69,10 +65,6 @@ impl Expression {
             ));
         }
         Ok(expression)
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// Whether the expression reads a variable (so callers fetch only what is read).
@@ -291,10 +283,6 @@ impl Variables {
             data,
             sizes,
         }
-    }
-
-    pub fn sizes(&self) -> Sizes {
-        self.sizes
     }
 }
 

@@ -126,7 +126,8 @@ pub(in crate::gateway) async fn event(
     let csrf = viewer.csrf();
     let held = holds::of_deliveries(&gateway, &event.namespace, &deliveries).await;
     let catalog = gateway.catalog();
-    let variables = Variables::new(&event.event_type, &event.source, &event.headers, &event.body);
+    // Parsed once, and only when a delivery's target has a transform to show.
+    let variables = std::cell::OnceCell::new();
     let transformed = |delivery: &history::DeliveryDetail| -> Option<Result<String, String>> {
         let key = TargetKey {
             namespace: event.namespace.clone(),
@@ -136,7 +137,9 @@ pub(in crate::gateway) async fn event(
         let transform = catalog.target(&key)?.expressions.transform.as_ref()?;
         Some(
             transform
-                .render(&variables)
+                .render(variables.get_or_init(|| {
+                    Variables::new(&event.event_type, &event.source, &event.headers, &event.body)
+                }))
                 .map(|(body, _)| pretty(&payload(&body)))
                 .map_err(|why| why.to_string()),
         )
