@@ -64,8 +64,8 @@ async fn headers_from_secrets_arrive_and_appear_nowhere_else() {
 
     let targets = gateway.admin_get("/admin/v1/targets").await;
     assert!(
-        targets.contains("header_secret_unavailable")
-            && targets.contains("Secret default/no-such-secret not found"),
+        targets.contains("endpoint_secret_unavailable")
+            && targets.contains("header X-Api-Key: Secret default/no-such-secret not found"),
         "the missing Secret holds its target, named: {targets}"
     );
     let id = published["id"].as_str().unwrap();

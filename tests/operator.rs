@@ -153,6 +153,11 @@ spec: {{ url: '{crm}', events: ['*'], allowPrivateNetworks: true, filter: "data.
 ---
 apiVersion: hookline.dev/v1alpha1
 kind: WebhookSubscription
+metadata: {{ name: bad-ca }}
+spec: {{ url: 'https://crm.example.test/hooks', events: ['*'], tls: {{ caBundleRef: {{ name: crm-api, key: token }} }} }}
+---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
 metadata: {{ name: failing }}
 spec:
   url: '{failing}'
@@ -225,6 +230,18 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
     )
     .await;
     assert!(described.contains("filter: ERROR: <input>:1:"), "{described}");
+    // A CA bundle that holds no certificate: the controller reads it as the gateway will.
+    let bad_ca = eventually("bad-ca to be SecretInvalid", Duration::from_secs(30), async || {
+        let status = subscriptions.get("bad-ca").await.ok()?.status?;
+        condition(&status.conditions, "SecretResolved").filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert_eq!(bad_ca.1, "SecretInvalid");
+    let described = kubectl(&["describe", "whsub", "bad-ca", "-n", &app]);
+    assert!(
+        described.contains("tls CA bundle: Secret") && described.contains("holds no PEM certificate"),
+        "{described}"
+    );
 
     // A Stripe-signed invoice.paid through the gateway (retried until the gateway has seen the
     // mirrored secret).

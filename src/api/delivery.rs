@@ -5,7 +5,13 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 use super::duration::Duration;
-use super::secret_ref::SecretKeyRef;
+use super::secret_ref::{SecretKeyRef, SecretRef};
+
+/// The keys of a `kubernetes.io/tls` Secret.
+pub const TLS_CERTIFICATE_KEY: &str = "tls.crt";
+pub const TLS_PRIVATE_KEY_KEY: &str = "tls.key";
+/// Admission rule of the resources that embed a target: `tls` needs an https:// URL.
+pub const TLS_NEEDS_HTTPS: &str = "!has(self.tls) || self.url.startsWith('https://')";
 
 /// The longest timeout of one attempt.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
@@ -47,6 +53,14 @@ pub struct DeliveryTarget {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub headers: Vec<RequestHeader>,
+    /// TLS to the endpoint beyond the defaults (https:// URLs only): a client certificate for
+    /// mutual TLS, the CA that signs the endpoint's certificate, the name that certificate is
+    /// verified against. Secrets are read again when they change (cert-manager's renewals apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EndpointTls>,
+    /// How Hookline authenticates to the endpoint besides the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<EndpointAuth>,
     /// How deliveries are framed: `standard-webhooks` (the event's body), or a CloudEvent per
     /// the CloudEvents HTTP binding, `cloudevents-binary` (attributes in `ce-*` headers, the
     /// data as the body) or `cloudevents-structured` (one `application/cloudevents+json`
@@ -113,6 +127,62 @@ pub struct RequestHeader {
 pub struct HeaderValueSource {
     /// A key of a Secret in the resource's namespace.
     pub secret_key_ref: SecretKeyRef,
+}
+
+/// TLS settings of one endpoint. Set at least one field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.clientCertificateRef) || has(self.caBundleRef) || has(self.serverName)")
+    .message("set clientCertificateRef, caBundleRef or serverName"))]
+pub struct EndpointTls {
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`, PEM, as cert-manager writes
+    /// them) whose certificate Hookline presents to the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_ref: Option<SecretRef>,
+    /// A Secret key holding the PEM certificates of the CAs that sign the endpoint's
+    /// certificate. They replace the public roots for this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_ref: Option<SecretKeyRef>,
+    /// The DNS name the endpoint's certificate must carry when it is not the URL's host (for
+    /// example when the URL names an IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("must be a DNS name in lowercase, such as billing.internal"))]
+    pub server_name: Option<String>,
+}
+
+/// Authentication to an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAuth {
+    /// An OAuth2 access token from the client credentials grant, sent as
+    /// `Authorization: Bearer`. It is reused until it expires, and fetched again once when the
+    /// endpoint answers 401.
+    pub oauth2: OAuth2ClientCredentials,
+}
+
+/// The OAuth2 client credentials grant (RFC 6749 section 4.4). The client authenticates to the
+/// token endpoint with HTTP Basic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2ClientCredentials {
+    /// The token endpoint, an absolute http:// or https:// URL. It is reached under the same
+    /// egress policy as the endpoint.
+    #[serde(rename = "tokenURL")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''")
+        .message("must be an absolute http:// or https:// URL, such as https://auth.example.com/oauth/token"))]
+    pub token_url: String,
+    /// The Secret key holding the client id.
+    pub client_id_ref: SecretKeyRef,
+    /// The Secret key holding the client secret.
+    pub client_secret_ref: SecretKeyRef,
+    /// Scopes asked for, sent space-separated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(s, !s.contains(' '))").message("a scope has no spaces"))]
+    pub scopes: Vec<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -266,11 +336,39 @@ fn default_half_open_requests() -> u32 {
 }
 
 impl DeliveryTarget {
-    /// The Secrets its headers read.
-    pub fn header_secrets(&self) -> impl Iterator<Item = &SecretKeyRef> {
-        self.headers
+    /// The Secret keys it reads to reach its endpoint (headers, TLS, OAuth2), each with the
+    /// setting that names it, for messages: `header X-Api-Key`, `tls client certificate`, …
+    pub fn endpoint_secrets(&self) -> Vec<(String, SecretKeyRef)> {
+        let mut secrets: Vec<(String, SecretKeyRef)> = self
+            .headers
             .iter()
-            .filter_map(|h| h.value_from.as_ref().map(|v| &v.secret_key_ref))
+            .filter_map(|h| {
+                let source = h.value_from.as_ref()?;
+                Some((format!("header {}", h.name), source.secret_key_ref.clone()))
+            })
+            .collect();
+        if let Some(tls) = &self.tls {
+            if let Some(certificate) = &tls.client_certificate_ref {
+                for key in [TLS_CERTIFICATE_KEY, TLS_PRIVATE_KEY_KEY] {
+                    let reference = SecretKeyRef {
+                        name: certificate.name.clone(),
+                        key: key.to_owned(),
+                    };
+                    secrets.push(("tls client certificate".to_owned(), reference));
+                }
+            }
+            if let Some(ca) = &tls.ca_bundle_ref {
+                secrets.push(("tls CA bundle".to_owned(), ca.clone()));
+            }
+        }
+        if let Some(EndpointAuth { oauth2 }) = &self.auth {
+            secrets.push(("oauth2 client id".to_owned(), oauth2.client_id_ref.clone()));
+            secrets.push((
+                "oauth2 client secret".to_owned(),
+                oauth2.client_secret_ref.clone(),
+            ));
+        }
+        secrets
     }
 
     /// The attempt timeout, never past [`MAX_TIMEOUT`] (admission refuses more; this holds for

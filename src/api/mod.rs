@@ -14,12 +14,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use delivery::{
-    CircuitBreaker, DeliveryFormat, DeliveryTarget, ExponentialBackoff, OnDead, Ordering, RateLimit,
-    RetryPolicy,
+    CircuitBreaker, DeliveryFormat, DeliveryTarget, EndpointAuth, EndpointTls, ExponentialBackoff,
+    OAuth2ClientCredentials, OnDead, Ordering, RateLimit, RetryPolicy,
 };
 pub use duration::Duration;
 pub use replay::{ReplayStatusFilter, ReplayTarget, WebhookReplay, WebhookReplaySpec, WebhookReplayStatus};
-pub use secret_ref::SecretKeyRef;
+pub use secret_ref::{SecretKeyRef, SecretRef};
 pub use source::{
     GenericHmac, Handler, HandlerStatus, Provider, WebhookSource, WebhookSourceSpec, WebhookSourceStatus,
 };

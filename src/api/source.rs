@@ -168,6 +168,7 @@ pub enum SignatureEncoding {
 /// signed by Hookline per Standard Webhooks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(crate::api::delivery::TLS_NEEDS_HTTPS).message("tls applies to https:// URLs only"))]
 pub struct Handler {
     /// Name, unique within the source.
     #[schemars(length(min = 1, max = 63))]

@@ -27,6 +27,7 @@ use super::status::TargetHealth;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(crate::api::delivery::TLS_NEEDS_HTTPS).message("tls applies to https:// URLs only"))]
 pub struct WebhookSubscriptionSpec {
     #[serde(flatten)]
     pub target: DeliveryTarget,

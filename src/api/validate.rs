@@ -199,6 +199,40 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_tls_and_oauth2_are_checked_at_admission() {
+        let object = json!({"kind": "WebhookSubscription", "spec": {
+            "url": "http://x.example/h", "events": ["*"],
+            "tls": {},
+            "auth": {"oauth2": {"tokenURL": "ftp://auth.example/token", "scopes": ["a b"],
+                     "clientIdRef": {"name": "o", "key": "id"}, "clientSecretRef": {"name": "o", "key": "secret"}}},
+        }});
+        let problems = validate("WebhookSubscription", &object).unwrap_err().join("\n");
+        for expected in [
+            "tls applies to https:// URLs only",
+            "set clientCertificateRef, caBundleRef or serverName",
+            "must be an absolute http:// or https:// URL, such as https://auth.example.com/oauth/token",
+            "a scope has no spaces",
+        ] {
+            assert!(problems.contains(expected), "{expected}: {problems}");
+        }
+        let handler = source(
+            json!({"provider": "stripe", "secretRef": {"name": "s", "key": "k"},
+            "handlers": [{"name": "h", "url": "http://api/h", "events": ["*"],
+                          "tls": {"serverName": "api.internal"}}]}),
+        );
+        let problems = validate("WebhookSource", &handler).unwrap_err().join("\n");
+        assert!(
+            problems.contains("tls applies to https:// URLs only"),
+            "{problems}"
+        );
+        let fine = json!({"kind": "WebhookSubscription", "spec": {
+            "url": "https://10.0.0.7/h", "events": ["*"],
+            "tls": {"clientCertificateRef": {"name": "client-tls"}, "serverName": "billing.internal"},
+        }});
+        assert_eq!(validate("WebhookSubscription", &fine), Ok(()));
+    }
+
+    #[test]
     fn subscription_rules_apply() {
         let object = json!({"kind": "WebhookSubscription", "spec": {
             "url": "https://x.example/h", "events": [],

@@ -17,8 +17,9 @@ pub enum Hold {
     CircuitOpen,
     /// A `secretRef` that does not resolve.
     SigningSecret(String),
-    /// A header's `valueFrom.secretKeyRef` that does not resolve.
-    HeaderSecret(String),
+    /// A Secret its endpoint settings read (headers, TLS, OAuth2) that does not resolve or
+    /// holds something unusable.
+    EndpointSecret(String),
     /// The egress policy refuses the URL.
     Egress(EgressRefusal),
     /// A `transform` or `ordering.key` that does not compile: sending without it would send
@@ -34,7 +35,7 @@ impl Hold {
             Self::PausedAtRuntime(_) => "paused_at_runtime",
             Self::CircuitOpen => "circuit_open",
             Self::SigningSecret(_) => "signing_secret_unavailable",
-            Self::HeaderSecret(_) => "header_secret_unavailable",
+            Self::EndpointSecret(_) => "endpoint_secret_unavailable",
             Self::Egress(EgressRefusal::PrivateNotAllowed(_)) => "private_network_not_allowed",
             Self::Egress(EgressRefusal::Forbidden(_)) => "url_not_allowed",
             Self::ExpressionInvalid(_) => "expression_invalid",
@@ -45,7 +46,7 @@ impl Hold {
     pub fn recheck_after(&self) -> Duration {
         match self {
             Self::Paused | Self::PausedAtRuntime(_) => Duration::from_secs(30),
-            Self::CircuitOpen | Self::SigningSecret(_) | Self::HeaderSecret(_) => Duration::from_secs(5),
+            Self::CircuitOpen | Self::SigningSecret(_) | Self::EndpointSecret(_) => Duration::from_secs(5),
             Self::Egress(_) => Duration::from_secs(60),
             Self::ExpressionInvalid(_) => Duration::from_secs(10),
         }
@@ -62,7 +63,7 @@ impl std::fmt::Display for Hold {
                 "circuit open: the endpoint failed too often; deliveries wait for the next probe"
             ),
             Self::SigningSecret(problem) => write!(f, "no signing secret: {problem}"),
-            Self::HeaderSecret(problem) => write!(f, "a header's secret does not resolve: {problem}"),
+            Self::EndpointSecret(problem) => write!(f, "cannot reach the endpoint as configured: {problem}"),
             Self::Egress(EgressRefusal::PrivateNotAllowed(why)) => {
                 write!(f, "{why}; set allowPrivateNetworks: true to allow it")
             }
@@ -81,8 +82,8 @@ pub fn configured(target: &Target, egress: Option<EgressRefusal>) -> Option<Hold
     if let Some(Err(problem)) = &target.signing {
         return Some(Hold::SigningSecret(problem.to_string()));
     }
-    if let Err(problem) = &target.headers {
-        return Some(Hold::HeaderSecret(problem.to_string()));
+    if let Err(problem) = &target.endpoint {
+        return Some(Hold::EndpointSecret(problem.to_string()));
     }
     // A filter that does not compile is settled at ingest (`filtered_error`), not held.
     if let Some(problem) = target.expressions.problems.iter().find(|p| p.field != "filter") {

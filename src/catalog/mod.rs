@@ -5,6 +5,7 @@
 
 mod cell;
 pub mod egress;
+pub mod endpoint;
 pub mod expression;
 pub mod hold;
 pub mod reflect;
@@ -20,6 +21,7 @@ use crate::api::{
 };
 use crate::verify::{SecretError, SigningKey, SourceVerifier, standard_webhooks};
 pub use cell::CatalogCell;
+use endpoint::{Endpoint, EndpointProblem};
 use expression::{TargetExpressions, Variables};
 
 /// Secret values by namespace, Secret name and key.
@@ -52,11 +54,12 @@ pub enum SecretUnavailable {
     },
     #[error("waiting for the controller to generate the signing secret")]
     NotGeneratedYet,
-    #[error("Secret {namespace}/{name} key {key:?} is not a valid header value (a control character?)")]
-    NotAHeaderValue {
+    #[error("Secret {namespace}/{name} key {key:?} {why}")]
+    Invalid {
         namespace: String,
         name: String,
         key: String,
+        why: String,
     },
 }
 
@@ -111,8 +114,8 @@ pub struct Target {
     pub allow_private_networks: bool,
     /// `filter`, `transform` and `ordering.key`, compiled.
     pub expressions: TargetExpressions,
-    /// The request headers of `spec.headers`, resolved, or the first that does not resolve.
-    pub headers: Result<Vec<(http::HeaderName, http::HeaderValue)>, SecretUnavailable>,
+    /// Its headers, TLS and OAuth2 settings, resolved, or the first that does not resolve.
+    pub endpoint: Result<Endpoint, EndpointProblem>,
     patterns: Vec<WildMatch>,
     /// Subscriptions only: the sources it takes events from (empty: all, and published ones).
     sources: Vec<String>,
@@ -138,14 +141,14 @@ impl Target {
             (Some(reference), _) => Some(resolve_signing(secrets, &key.namespace, &reference)),
         };
         let expressions = TargetExpressions::of(&spec);
-        let headers = resolve_headers(secrets, &key.namespace, &spec);
+        let endpoint = endpoint::resolve(secrets, &key.namespace, &spec);
         Self {
             allow_private_networks: key.kind == TargetKind::Handler,
             key,
             spec,
             signing,
             expressions,
-            headers,
+            endpoint,
             patterns,
             sources,
         }
@@ -189,47 +192,6 @@ pub enum Selection {
     Skip,
     /// The filter failed for this event: recorded as `filtered_error` with the reason.
     Failed(String),
-}
-
-/// The request headers of a target, their values read from Secrets where they say so. Names
-/// were checked at admission.
-fn resolve_headers(
-    secrets: &Secrets,
-    namespace: &str,
-    spec: &DeliveryTarget,
-) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, SecretUnavailable> {
-    spec.headers
-        .iter()
-        .filter_map(|header| {
-            let name = http::HeaderName::from_bytes(header.name.as_bytes()).ok()?;
-            let value = match (&header.value, &header.value_from) {
-                (Some(value), _) => http::HeaderValue::from_str(value).ok(),
-                (None, Some(source)) => {
-                    let reference = &source.secret_key_ref;
-                    let text = match secrets.resolve(namespace, reference) {
-                        Ok(text) => text,
-                        Err(problem) => return Some(Err(problem)),
-                    };
-                    match http::HeaderValue::from_str(&text) {
-                        // Kept out of Debug output and HTTP/2 header compression tables.
-                        Ok(mut value) => {
-                            value.set_sensitive(true);
-                            Some(value)
-                        }
-                        Err(_) => {
-                            return Some(Err(SecretUnavailable::NotAHeaderValue {
-                                namespace: namespace.to_owned(),
-                                name: reference.name.clone(),
-                                key: reference.key.clone(),
-                            }));
-                        }
-                    }
-                }
-                (None, None) => None,
-            }?;
-            Some(Ok((name, value)))
-        })
-        .collect()
 }
 
 /// Signing keys from a Secret value (see [`standard_webhooks::decode_secrets`]).
@@ -582,8 +544,8 @@ mod tests {
         );
         let target = missing.targets().next().unwrap();
         assert_eq!(
-            target.headers.as_ref().unwrap_err().to_string(),
-            "Secret billing/api not found"
+            target.endpoint.as_ref().unwrap_err().to_string(),
+            "header X-Api-Key: Secret billing/api not found"
         );
         secrets.insert(
             "billing",
@@ -595,9 +557,10 @@ mod tests {
             .targets()
             .next()
             .unwrap()
-            .headers
+            .endpoint
             .as_ref()
             .unwrap()
+            .headers
             .clone();
         assert_eq!(headers.len(), 2);
         assert_eq!(

@@ -362,15 +362,15 @@ async fn in_use_secrets(
                     Some(reference) => reference.clone(),
                     None => generated(secrets::generated_name(&[&source.name_any(), &handler.name])),
                 });
-            let headers = spec
+            let endpoints = spec
                 .handlers
                 .iter()
-                .flat_map(|handler| handler.target.header_secrets().cloned());
+                .flat_map(|handler| handler.target.endpoint_secrets().into_iter().map(|(_, r)| r));
             for reference in spec
                 .verification_secrets()
                 .cloned()
                 .chain(handlers)
-                .chain(headers)
+                .chain(endpoints)
             {
                 in_use.insert((namespace.clone(), reference.name, reference.key));
             }
@@ -383,8 +383,8 @@ async fn in_use_secrets(
                 Some(reference) => reference.clone(),
                 None => generated(secrets::generated_name(&[&sub.name_any()])),
             };
-            for header in sub.spec.target.header_secrets() {
-                in_use.insert((namespace.clone(), header.name.clone(), header.key.clone()));
+            for (_, reference) in sub.spec.target.endpoint_secrets() {
+                in_use.insert((namespace.clone(), reference.name, reference.key));
             }
             in_use.insert((namespace, reference.name, reference.key));
         }

@@ -12,6 +12,8 @@ use kube::{Api, Client};
 use sha2::Digest;
 
 use crate::api::{GENERATED_SECRET_KEY, SecretKeyRef};
+use crate::catalog::Secrets;
+use crate::catalog::endpoint;
 use crate::catalog::reflect::{
     MIRROR_KEY_ANNOTATION, MIRROR_LABEL, MIRROR_NAME_ANNOTATION, MIRROR_NAMESPACE_ANNOTATION,
 };
@@ -140,34 +142,46 @@ pub fn mirror_name(namespace: &str, name: &str, key: &str) -> String {
     format!("hookline-mirror-{hash}")
 }
 
-/// Copies one referenced key into the gateway's namespace, and nothing else of its Secret
-/// (server-side apply: unchanged copies are not rewritten).
-/// Mirrors the Secret keys a target's headers read (`valueFrom.secretKeyRef`); the first that
-/// cannot be read, as a problem naming the header (never the value).
-pub async fn mirror_header_secrets(
+/// Mirrors the Secret keys a target reads to reach its endpoint (headers, TLS, OAuth2), and
+/// checks them as the gateway will use them: the first key that cannot be read, or the first
+/// setting whose material is unusable (a certificate that does not parse), as a problem naming
+/// the setting (never a value).
+pub async fn mirror_endpoint_secrets(
     client: &Client,
     namespace: &str,
     gateway_namespace: &str,
     target: &crate::api::DeliveryTarget,
 ) -> Result<Option<SecretProblem>, kube::Error> {
     let mut first = None;
-    for header in &target.headers {
-        let Some(source) = &header.value_from else {
-            continue;
-        };
-        match read(client, namespace, &source.secret_key_ref).await {
-            Ok((_, secret)) => mirror(client, gateway_namespace, &secret).await?,
+    let mut values = Secrets::default();
+    for (setting, reference) in target.endpoint_secrets() {
+        match read(client, namespace, &reference).await {
+            Ok((_, secret)) => {
+                mirror(client, gateway_namespace, &secret).await?;
+                let data = BTreeMap::from([(reference.key.clone(), secret.value.0.clone())]);
+                values.insert(namespace, &reference.name, data);
+            }
             Err(problem) => {
                 first.get_or_insert(SecretProblem {
                     reason: problem.reason,
-                    message: format!("header {}: {}", header.name, problem.message),
+                    message: format!("{setting}: {}", problem.message),
                 });
             }
         }
     }
-    Ok(first)
+    if first.is_some() {
+        return Ok(first);
+    }
+    Ok(endpoint::resolve(&values, namespace, target)
+        .err()
+        .map(|problem| SecretProblem {
+            reason: "SecretInvalid",
+            message: problem.to_string(),
+        }))
 }
 
+/// Copies one referenced key into the gateway's namespace, and nothing else of its Secret
+/// (server-side apply: unchanged copies are not rewritten).
 pub async fn mirror(client: &Client, gateway_namespace: &str, origin: &ReadKey) -> Result<(), kube::Error> {
     let SecretKeyRef {
         name: origin_name,

@@ -148,7 +148,7 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
             }
         };
         if let Some(problem) =
-            secrets::mirror_header_secrets(client, &namespace, &ctx.options.namespace, target).await?
+            secrets::mirror_endpoint_secrets(client, &namespace, &ctx.options.namespace, target).await?
         {
             secret_problem.get_or_insert(SecretProblem {
                 message: format!("handler {}: {}", handler.name, problem.message),

@@ -77,7 +77,7 @@ async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<Subscription
         Err(problem) => Some(problem),
     };
     if let Some(problem) =
-        secrets::mirror_header_secrets(client, &namespace, &ctx.options.namespace, &spec.target).await?
+        secrets::mirror_endpoint_secrets(client, &namespace, &ctx.options.namespace, &spec.target).await?
     {
         secret_problem.get_or_insert(problem);
     }

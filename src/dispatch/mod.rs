@@ -8,7 +8,9 @@ mod admit;
 mod agenda;
 mod breaker;
 mod depth;
+mod endpoint;
 pub mod framing;
+mod oauth2;
 mod policy;
 pub mod replay;
 mod sender;
@@ -37,6 +39,7 @@ use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{AttemptLabels, FilteredLabels, TargetLabels};
 use admit::Release;
 use agenda::Agenda;
+use endpoint::Clients;
 use settle::{Outcome, Settlement, Terms, later, settle};
 use targets::{Held, TargetRuntime, Targets};
 
@@ -79,10 +82,8 @@ pub struct Dispatcher {
     pool: PgPool,
     catalog: Arc<CatalogCell>,
     metrics: Arc<Metrics>,
-    /// For targets that may reach private and cluster addresses (handlers, opted-in
-    /// subscriptions), and for the others: each resolves through the egress policy.
-    http_private: reqwest::Client,
-    http_public: reqwest::Client,
+    /// The HTTP clients and OAuth2 tokens deliveries go out with.
+    clients: Clients,
     /// Egress verdicts on target URLs, checked before each delivery.
     egress: EgressCache,
     options: DispatchOptions,
@@ -121,8 +122,7 @@ impl Dispatcher {
             pool,
             catalog,
             metrics,
-            http_private: sender::http_client(true, options.egress.clone()),
-            http_public: sender::http_client(false, options.egress.clone()),
+            clients: Clients::new(options.egress.clone()),
             egress: EgressCache::new(options.egress.clone()),
             holding: AtomicUsize::new(0),
             options,
@@ -426,22 +426,14 @@ impl Dispatcher {
             delivery.content_type = Some(framed.content_type);
             format_headers = framed.headers;
         }
-        let client = if target.allow_private_networks {
-            &self.http_private
-        } else {
-            &self.http_public
+        // Held while it does not resolve (`hold::configured`): admitted, it does.
+        let Ok(endpoint) = &target.endpoint else {
+            return None;
         };
-        let sent = sender::send(
-            client,
-            &target.spec.url,
-            target.spec.attempt_timeout(),
-            &delivery,
-            &permit.keys,
-            // Held while they do not resolve (`hold::configured`): admitted, they do.
-            target.headers.as_deref().unwrap_or_default(),
-            &format_headers,
-        )
-        .await;
+        let sent = self
+            .clients
+            .send(&key, target, endpoint, &delivery, &permit.keys, &format_headers)
+            .await;
         // The cap and the room are about requests to the target; recording happens outside.
         runtime.depth.sent();
         drop(permit);

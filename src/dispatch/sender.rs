@@ -1,18 +1,16 @@
 //! One HTTP attempt: sign per Standard Webhooks, POST with the target's timeout, and keep what
 //! came back (status, a few headers, the first KiB of the body) or how it failed.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::catalog::egress::{EgressResolver, EgressRules};
 use crate::store::deliveries::{Attempt, Claimed};
 use crate::verify::{SigningKey, standard_webhooks};
 
 const RESPONSE_BODY_LIMIT: usize = 1024;
-const USER_AGENT: &str = concat!("hookline/", env!("CARGO_PKG_VERSION"));
+pub(super) const USER_AGENT: &str = concat!("hookline/", env!("CARGO_PKG_VERSION"));
 
 /// Response headers worth keeping in the attempt log.
 const KEPT_HEADERS: [&str; 4] = ["content-type", "retry-after", "location", "x-request-id"];
@@ -20,21 +18,6 @@ const KEPT_HEADERS: [&str; 4] = ["content-type", "retry-after", "location", "x-r
 pub struct Sent {
     pub attempt: Attempt,
     pub retry_after: Option<String>,
-}
-
-/// Client shared by every delivery to targets with the same egress permission: no redirects (a
-/// 3xx is the receiver's answer), rustls, and host names resolved through the egress policy.
-pub fn http_client(allow_private_networks: bool, rules: Arc<EgressRules>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(EgressResolver {
-            allow_private_networks,
-            rules,
-        }))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(USER_AGENT)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .expect("HTTP client configuration is static")
 }
 
 fn error_class(err: &reqwest::Error) -> &'static str {

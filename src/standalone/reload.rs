@@ -119,7 +119,7 @@ struct Compared {
 fn compared<'a>(
     spec: Value,
     namespace: &str,
-    references: impl Iterator<Item = &'a SecretKeyRef>,
+    references: impl Iterator<Item = SecretKeyRef> + 'a,
     secrets: &Secrets,
 ) -> Compared {
     Compared {
@@ -140,11 +140,11 @@ pub fn changes_between(old: &Config, new: &Config) -> Vec<String> {
             let handlers = source.spec.handlers.iter().flat_map(|h| {
                 h.target
                     .secret_ref
-                    .as_ref()
+                    .clone()
                     .into_iter()
-                    .chain(h.target.header_secrets())
+                    .chain(h.target.endpoint_secrets().into_iter().map(|(_, r)| r))
             });
-            let references = source.spec.verification_secrets().chain(handlers);
+            let references = source.spec.verification_secrets().cloned().chain(handlers);
             let spec = serde_json::to_value(&source.spec).unwrap_or_default();
             let entry = compared(spec, &namespace, references, &config.secrets);
             all.insert(("source", namespace, source.name_any()), entry);
@@ -158,8 +158,9 @@ pub fn changes_between(old: &Config, new: &Config) -> Vec<String> {
                 sub.spec
                     .target
                     .secret_ref
-                    .iter()
-                    .chain(sub.spec.target.header_secrets()),
+                    .clone()
+                    .into_iter()
+                    .chain(sub.spec.target.endpoint_secrets().into_iter().map(|(_, r)| r)),
                 &config.secrets,
             );
             all.insert(("subscription", namespace, sub.name_any()), entry);
