@@ -231,10 +231,14 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
     .await;
     assert!(described.contains("filter: ERROR: <input>:1:"), "{described}");
     // A CA bundle that holds no certificate: the controller reads it as the gateway will.
-    let bad_ca = eventually("bad-ca to be SecretInvalid", Duration::from_secs(30), async || {
-        let status = subscriptions.get("bad-ca").await.ok()?.status?;
-        condition(&status.conditions, "SecretResolved").filter(|(s, _)| s == "False")
-    })
+    let bad_ca = eventually(
+        "bad-ca to be SecretInvalid",
+        Duration::from_secs(30),
+        async || {
+            let status = subscriptions.get("bad-ca").await.ok()?.status?;
+            condition(&status.conditions, "SecretResolved").filter(|(s, _)| s == "False")
+        },
+    )
     .await;
     assert_eq!(bad_ca.1, "SecretInvalid");
     let described = kubectl(&["describe", "whsub", "bad-ca", "-n", &app]);
