@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogCell, reflect};
 use crate::dispatch::{DispatchOptions, Dispatcher};
-use crate::gateway::{Gateway, GatewayOptions};
+use crate::gateway::{Gateway, GatewayOptions, notices};
 use crate::telemetry::Metrics;
 
 /// How often retention looks for history past its age.
@@ -81,6 +81,7 @@ pub struct Node {
     dispatching: JoinHandle<()>,
     retention: JoinHandle<()>,
     replaying: JoinHandle<()>,
+    publishing_notices: JoinHandle<()>,
 }
 
 impl Node {
@@ -110,13 +111,17 @@ impl Node {
         let admin_addr = operators.as_ref().map(TcpListener::local_addr).transpose()?;
         let catalog = CatalogCell::new();
         let metrics = Arc::new(Metrics::new());
+        // Operational events from the dispatcher and the console, published by the gateway.
+        let (notices, to_publish) = tokio::sync::mpsc::channel(notices::QUEUE);
         let gateway = Gateway::new(
             pool.clone(),
             catalog.clone(),
             metrics.clone(),
             options.http,
             options.dispatch.egress.clone(),
+            notices.clone(),
         );
+        let publishing_notices = tokio::spawn(notices::publish_all(gateway.clone(), to_publish));
         // Stopping: first unready (still serving), then the listener and the dispatcher together.
         let stop = CancellationToken::new();
         tokio::spawn({
@@ -157,7 +162,14 @@ impl Node {
             catalog.clone(),
             stop.clone(),
         ));
-        let dispatcher = Dispatcher::new(pool.clone(), catalog.clone(), metrics, options.dispatch, stop);
+        let dispatcher = Dispatcher::new(
+            pool.clone(),
+            catalog.clone(),
+            metrics,
+            options.dispatch,
+            notices,
+            stop,
+        );
         let dispatching = tokio::spawn(dispatcher.run(options.stopping.drain));
         match admin_addr {
             Some(admin) => {
@@ -174,6 +186,7 @@ impl Node {
             dispatching,
             retention,
             replaying,
+            publishing_notices,
         })
     }
 
@@ -183,6 +196,8 @@ impl Node {
         let served = self.serving.await;
         let dispatched = self.dispatching.await;
         self.retention.abort();
+        // Notices not yet published are dropped with the node (they are best-effort).
+        self.publishing_notices.abort();
         // A batch cut short is not applied (one transaction); its replay goes on from its cursor.
         self.replaying.abort();
         self.pool.close().await;

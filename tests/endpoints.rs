@@ -17,6 +17,7 @@ use axum::response::IntoResponse;
 use rcgen::{CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair};
 use serde_json::{Value, json};
 use support::process::{GatewayProcess, start_standalone_with};
+use support::wait_until;
 use tokio_rustls::rustls;
 
 const TOKEN: &str = "endpoints-publish-token";
@@ -56,14 +57,6 @@ async fn publish(gateway: &GatewayProcess, event_type: &str, n: usize) -> String
     assert!(response.status().is_success(), "publish: {}", response.status());
     let body: Value = response.json().await.unwrap();
     body["id"].as_str().unwrap().to_owned()
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The last attempt of an event's delivery to a subscription, as the admin API shows it, once

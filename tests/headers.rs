@@ -90,7 +90,7 @@ async fn headers_from_secrets_arrive_and_appear_nowhere_else() {
     assert!(
         gateway
             .log
-            .find("a header's secret does not resolve: Secret default/no-such-secret not found")
+            .find("cannot reach the endpoint as configured: header X-Api-Key: Secret default/no-such-secret not found")
             .is_some(),
         "the held target is said at start"
     );

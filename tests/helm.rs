@@ -151,6 +151,30 @@ fn the_chart_gives_its_image_and_pull_policy_to_the_gateway() {
         output.contains("- name: HOOKLINE_GATEWAY_IMAGE_PULL_POLICY\n              value: Never"),
         "{output}"
     );
+    let (ok, traced) = run(
+        "helm",
+        &[
+            "template",
+            "t",
+            &chart(),
+            &kube_version(),
+            "--set",
+            "tracing.otlpEndpoint=http://otel-collector.observability:4318",
+            "--set",
+            "tracing.env[0].name=OTEL_TRACES_SAMPLER,tracing.env[0].value=parentbased_traceidratio",
+            "--show-only",
+            "templates/controller.yaml",
+        ],
+        None,
+    );
+    assert!(ok, "{traced}");
+    assert!(
+        traced.contains(
+            "- name: OTEL_EXPORTER_OTLP_ENDPOINT\n              value: \"http://otel-collector.observability:4318\""
+        ) && traced.contains("- name: OTEL_TRACES_SAMPLER\n              value: parentbased_traceidratio"),
+        "the controller gets the OTEL_* settings it passes on to the gateway: {traced}"
+    );
+    assert!(!output.contains("OTEL_"), "no tracing unless asked for: {output}");
     let gateway_sa = output
         .split("---")
         .find(|d| d.contains("kind: ServiceAccount") && d.contains("name: hookline-gateway\n"))

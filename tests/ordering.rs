@@ -11,6 +11,7 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use support::process::{GatewayProcess, start_standalone};
 use support::sink::{Received, Reply, Sink};
+use support::wait_until;
 
 const TOKEN: &str = "ordering-test-token";
 const KEYS: usize = 20;
@@ -88,14 +89,6 @@ fn successes(sink: &Sink) -> usize {
         .values()
         .map(Vec::len)
         .sum()
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

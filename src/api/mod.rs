@@ -2,6 +2,7 @@
 
 pub mod delivery;
 pub mod duration;
+pub mod notice;
 pub mod replay;
 pub mod secret_ref;
 pub mod source;

@@ -162,6 +162,15 @@ impl Target {
         }
     }
 
+    /// Whether one of its `events` patterns names operational events (`hookline.…`): only
+    /// those get them, not a catch-all `*`.
+    pub fn asks_for_operational_events(&self) -> bool {
+        self.spec
+            .events
+            .iter()
+            .any(|p| p.starts_with(crate::api::notice::PREFIX))
+    }
+
     pub fn accepts(&self, event_type: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(event_type))
     }

@@ -124,6 +124,13 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--gateway-resources is not JSON: {e}"))?,
             egress: egress.clone(),
             watch_namespaces: args.watch.watch_namespaces.clone(),
+            // The gateway exports traces where the controller was told to (the chart's
+            // `tracing` values), sorted so the Deployment does not change between restarts.
+            otel_env: std::env::vars()
+                .filter(|(name, _)| name.starts_with("OTEL_"))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect(),
         })
     };
     let identity = args.identity.unwrap_or_else(|| {

@@ -24,11 +24,12 @@ pub fn read_token(
 }
 
 pub fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    hookline::telemetry::init_logging();
+    let traces = hookline::telemetry::init();
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(future);
     // A blocking task still running (a DNS lookup, a request to an API server that does not
     // answer) must not keep a stopped process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    traces.shutdown();
     result
 }

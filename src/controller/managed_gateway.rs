@@ -46,6 +46,8 @@ pub struct GatewaySettings {
     pub egress: EgressRules,
     /// The namespaces the gateway serves (the controller's own); every one when empty.
     pub watch_namespaces: Vec<String>,
+    /// OpenTelemetry settings (`OTEL_*` variables, the controller's own) the gateway runs with.
+    pub otel_env: Vec<(String, String)>,
 }
 
 fn labels() -> BTreeMap<&'static str, &'static str> {
@@ -74,6 +76,9 @@ pub fn deployment(namespace: &str, settings: &GatewaySettings, with_replicas: bo
     }
     if let Some(token) = &settings.admin_token_secret {
         env.push(secret_env("HOOKLINE_ADMIN_TOKEN", token));
+    }
+    for (name, value) in &settings.otel_env {
+        env.push(json!({"name": name, "value": value}));
     }
     let mut args: Vec<&str> = vec![
         "gateway",
@@ -265,6 +270,10 @@ mod tests {
                 allow: vec![],
             },
             watch_namespaces: vec!["shop".into(), "billing".into()],
+            otel_env: vec![(
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                "http://collector:4318".into(),
+            )],
         }
     }
 
@@ -302,6 +311,12 @@ mod tests {
         assert!(args.contains(&"--egress-deny=10.0.0.0/8,fd00::/8"), "{args:?}");
         assert!(!args.iter().any(|a| a.starts_with("--egress-allow")), "{args:?}");
         assert!(args.contains(&"--watch-namespaces=shop,billing"), "{args:?}");
+        let exported = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT" && e["value"] == "http://collector:4318");
+        assert!(exported, "the controller's OTEL_* settings: {}", container["env"]);
         let ports = service("hookline-system", &settings())["spec"]["ports"].clone();
         assert_eq!(ports[1]["name"], "admin", "{ports}");
     }

@@ -41,9 +41,13 @@ impl Breaker {
         }
     }
 
-    #[cfg(test)]
     pub fn state(&self) -> CircuitState {
         self.state
+    }
+
+    /// Failed attempts in a row while closed (what opened it, once open).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
     }
 
     pub fn admit(&mut self, now: Instant) -> Admission {

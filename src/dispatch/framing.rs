@@ -112,6 +112,8 @@ mod tests {
             received_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             event_id: uuid::Uuid::nil(),
             ordering_key: None,
+            traceparent: None,
+            tracestate: None,
         }
     }
 

@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::notice::{self, Happened, Notice, Recovery};
 use crate::api::{CircuitState, DeliveryFormat, OnDead, TargetKey};
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::expression::{Expression, Variables};
@@ -37,11 +38,13 @@ use crate::store::deliveries::{self, After, AttemptRecord, AttemptRecorder, Clai
 use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{AttemptLabels, FilteredLabels, TargetLabels};
+use crate::telemetry::traces::TraceContext;
 use admit::Release;
 use agenda::Agenda;
 use endpoint::Clients;
 use settle::{Outcome, Settlement, Terms, later, settle};
 use targets::{Held, TargetRuntime, Targets};
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct DispatchOptions {
@@ -100,6 +103,8 @@ pub struct Dispatcher {
     recorder: AttemptRecorder,
     /// Attempts per target and minute, for the console's pictures.
     activity: MinuteCounter,
+    /// Operational events for the gateway to publish.
+    notices: mpsc::Sender<Notice>,
 }
 
 fn target_label(key: &TargetKey) -> TargetLabels {
@@ -115,6 +120,7 @@ impl Dispatcher {
         catalog: Arc<CatalogCell>,
         metrics: Arc<Metrics>,
         options: DispatchOptions,
+        notices: mpsc::Sender<Notice>,
         stop: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -132,6 +138,7 @@ impl Dispatcher {
             stop,
             agenda: Mutex::new(Agenda::default()),
             activity: MinuteCounter::default(),
+            notices,
         })
     }
 
@@ -399,6 +406,38 @@ impl Dispatcher {
             }
         };
         let target = target?; // admitted targets are configured
+        let span = crate::trace_span!(
+            "deliver",
+            otel.name = %format_args!("deliver {}", key.label()),
+            otel.status_code = tracing::field::Empty,
+            hookline.namespace = %key.namespace,
+            hookline.target = %key.label(),
+            hookline.event_id = %delivery.event_id,
+            hookline.delivery_id = %delivery.id,
+            hookline.attempt = delivery.attempts + 1,
+            hookline.outcome = tracing::field::Empty,
+        );
+        let trace = TraceContext {
+            traceparent: delivery.traceparent.clone(),
+            tracestate: delivery.tracestate.clone(),
+        };
+        trace.adopt(&span);
+        self.attempt(delivery, key, target, permit, held, &trace)
+            .instrument(span)
+            .await
+    }
+
+    /// The attempt of an admitted delivery: transformed, framed, sent, settled and recorded.
+    async fn attempt(
+        &self,
+        delivery: Claimed,
+        key: TargetKey,
+        target: &Target,
+        permit: admit::Permit<'_>,
+        held: Held,
+        trace: &TraceContext,
+    ) -> Option<(Claimed, TargetKey, Held)> {
+        let runtime = held.runtime.clone();
         let mut delivery = delivery;
         if let Some(transform) = &target.expressions.transform {
             match self.transformed(transform, &delivery).await {
@@ -430,10 +469,22 @@ impl Dispatcher {
         let Ok(endpoint) = &target.endpoint else {
             return None;
         };
+        let send_span = crate::trace_span!(
+            "send",
+            otel.kind = "client",
+            http.request.method = "POST",
+            http.response.status_code = tracing::field::Empty,
+        );
+        // The receiver continues the trace from this request.
+        format_headers.extend(TraceContext::of(&send_span, trace).headers());
         let sent = self
             .clients
             .send(&key, target, endpoint, &delivery, &permit.keys, &format_headers)
+            .instrument(send_span.clone())
             .await;
+        if let Some(code) = sent.attempt.status_code {
+            send_span.record("http.response.status_code", code);
+        }
         // The cap and the room are about requests to the target; recording happens outside.
         runtime.depth.sent();
         drop(permit);
@@ -458,10 +509,23 @@ impl Dispatcher {
             blocks_when_dead: o.on_dead == OnDead::Block,
             lease,
         });
+        let span = tracing::Span::current();
+        span.record(
+            "hookline.outcome",
+            match settlement.after {
+                After::Succeeded => "succeeded",
+                After::RetryAt(_) => "retry",
+                After::Dead => "dead",
+            },
+        );
+        if !settlement.succeeded {
+            span.record("otel.status_code", "error");
+        }
         // Taken before the successor's lease starts, so the hold ends no later than it.
         let recorded_at = Instant::now();
         let next = self
             .record(delivery, &key, &runtime, sent.attempt, settlement, order)
+            .instrument(crate::trace_span!("record"))
             .await?;
         let held = Held::new(runtime, self.wake.clone(), recorded_at + lease);
         Some((next, key, held))
@@ -537,12 +601,20 @@ impl Dispatcher {
                 .to_owned(),
             })
             .inc();
-        self.record_breaker(key, runtime, settlement.succeeded).await;
+        self.record_breaker(key, runtime, settlement.succeeded, settlement.failure.as_deref())
+            .await;
         self.activity
             .count(key, attempt.started_at, attempt.duration_ms, settlement.succeeded);
         if let Some(reason) = &settlement.pause {
             tracing::warn!(namespace = %key.namespace, target = %labels.target, "pausing target: {reason}");
-            let _ = deliveries::pause_target(&self.pool, key, reason).await;
+            if deliveries::pause_target(&self.pool, key, reason).await.is_ok() {
+                self.notify(
+                    key,
+                    Happened::Paused {
+                        reason: reason.clone(),
+                    },
+                );
+            }
         }
         let after = settlement.after;
         // Of an ordered delivery (its key and the target's ordering).
@@ -581,6 +653,19 @@ impl Dispatcher {
             }
             After::Dead => {
                 self.metrics.deliveries_dead.get_or_create(&labels).inc();
+                // Not for an operational event itself: one failing watcher cannot set off another.
+                if !delivery.event_type.starts_with(notice::PREFIX) {
+                    self.notify(
+                        key,
+                        Happened::DeliveryDead {
+                            delivery: delivery.id,
+                            event: delivery.event_id,
+                            event_type: delivery.event_type.clone(),
+                            attempts: delivery.attempts + 1,
+                            last_error: settlement.failure.clone(),
+                        },
+                    );
+                }
                 tracing::warn!(
                     namespace = %key.namespace, target = %labels.target, delivery = %delivery.id,
                     attempts = delivery.attempts + 1,
@@ -592,12 +677,20 @@ impl Dispatcher {
         handed
     }
 
-    async fn record_breaker(&self, key: &TargetKey, runtime: &TargetRuntime, success: bool) {
-        let (changed, reopen) = {
+    async fn record_breaker(
+        &self,
+        key: &TargetKey,
+        runtime: &TargetRuntime,
+        success: bool,
+        failure: Option<&str>,
+    ) {
+        let (before, changed, reopen, failures) = {
             let mut flow = runtime.flow();
             let now = Instant::now();
+            let before = flow.breaker.state();
             let changed = flow.breaker.record(success, now);
-            (changed, flow.breaker.reopens_in(now))
+            let failures = flow.breaker.consecutive_failures();
+            (before, changed, flow.breaker.reopens_in(now), failures)
         };
         let Some(state) = changed else { return };
         let name = match state {
@@ -615,9 +708,41 @@ impl Dispatcher {
                 CircuitState::HalfOpen => 1,
                 CircuitState::Open => 2,
             });
-        let _ = deliveries::set_circuit(&self.pool, key, name).await;
+        // Told once per opening and closing, by the replica that changed the shared state: a
+        // failed probe (half-open to open) is the same opening.
+        let shared_state_changed = deliveries::set_circuit(&self.pool, key, name)
+            .await
+            .unwrap_or(false);
+        match (before, state) {
+            (CircuitState::Closed, CircuitState::Open) if shared_state_changed => {
+                self.notify(
+                    key,
+                    Happened::CircuitOpened {
+                        failures,
+                        last_error: failure.map(str::to_owned),
+                    },
+                );
+            }
+            (CircuitState::HalfOpen, CircuitState::Closed) if shared_state_changed => {
+                self.notify(
+                    key,
+                    Happened::Recovered {
+                        from: Recovery::CircuitClosed,
+                    },
+                );
+            }
+            _ => {}
+        }
         if let Some(wait) = reopen {
             let _ = deliveries::defer_target(&self.pool, key, later(Utc::now(), wait)).await;
+        }
+    }
+
+    /// Hands an operational event to the gateway that publishes it. Never waits: with the queue
+    /// full (a storm of failures), the notice is dropped.
+    fn notify(&self, key: &TargetKey, what: Happened) {
+        if self.notices.try_send(Notice::new(key.clone(), what)).is_err() {
+            tracing::debug!(target = %key.label(), "notice dropped: the queue is full");
         }
     }
 

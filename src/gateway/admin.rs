@@ -2,6 +2,7 @@
 //! the event log with filters and cursor pagination, one event with its payload, deliveries
 //! and every attempt (signature headers redacted), and redelivery. Bearer-token auth.
 
+use crate::api::notice::{Happened, Recovery};
 use std::sync::Arc;
 
 use axum::Json;
@@ -262,15 +263,28 @@ pub(super) async fn act_on_target(
             json!({"redelivered": count})
         }
         Act::Pause => {
-            crate::store::deliveries::pause_target(&gateway.pool, &key, "paused from the console")
+            let reason = "paused from the console";
+            crate::store::deliveries::pause_target(&gateway.pool, &key, reason)
                 .await
                 .map_err(unavailable)?;
+            gateway.notify(
+                &key,
+                Happened::Paused {
+                    reason: reason.to_owned(),
+                },
+            );
             json!({"paused": true})
         }
         Act::Resume => {
             crate::store::deliveries::resume_target(&gateway.pool, &key)
                 .await
                 .map_err(unavailable)?;
+            gateway.notify(
+                &key,
+                Happened::Recovered {
+                    from: Recovery::Resumed,
+                },
+            );
             json!({"paused": false})
         }
         Act::SendTest => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::api::TargetKey;
 use crate::catalog::expression::Variables;
 use crate::catalog::{Catalog, Selection, Source};
 use crate::store::events::NewDelivery;
@@ -19,6 +20,9 @@ pub(super) struct Arriving<'a> {
     pub event_type: &'a str,
     pub headers: &'a serde_json::Value,
     pub body: &'a [u8],
+    /// For an operational event, the target it is about: it goes only to targets that ask for
+    /// operational events by name, and never to that one.
+    pub about: Option<&'a TargetKey>,
 }
 
 pub(super) fn deliveries(catalog: &Catalog, metrics: &Metrics, event: &Arriving<'_>) -> Vec<NewDelivery> {
@@ -38,6 +42,11 @@ pub(super) fn deliveries(catalog: &Catalog, metrics: &Metrics, event: &Arriving<
     };
     let mut deliveries = Vec::new();
     for target in catalog.targets_for(event.namespace, event.source, event.event_type) {
+        if let Some(about) = event.about
+            && (target.key == *about || !target.asks_for_operational_events())
+        {
+            continue;
+        }
         let filter_error = match target.select(&mut variables) {
             Selection::Deliver => None,
             Selection::Skip => {

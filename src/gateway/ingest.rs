@@ -22,6 +22,8 @@ use super::refusal::Refusal;
 use crate::catalog::Source;
 use crate::store::events::{NewEvent, Stored};
 use crate::telemetry::metrics::{IngestLabels, SourceLabels};
+use crate::telemetry::traces::TraceContext;
+use tracing::Instrument;
 
 pub const DUPLICATE_HEADER: &str = "hookline-duplicate";
 
@@ -52,7 +54,21 @@ pub(super) async fn receive(
         let message = format!("no WebhookSource {namespace}/{source_name}");
         return Refusal::new(StatusCode::NOT_FOUND, "unknown_source", message).into_response();
     };
-    let (outcome, response) = match handle(&gateway, &catalog, &source, peer.ip(), request).await {
+    let span = crate::trace_span!(
+        "ingest",
+        otel.name = %format_args!("ingest {namespace}/{source_name}"),
+        otel.kind = "server",
+        hookline.namespace = %namespace,
+        hookline.source = %source_name,
+        hookline.provider = provider_label(&source),
+        hookline.event_id = tracing::field::Empty,
+        hookline.outcome = tracing::field::Empty,
+    );
+    TraceContext::from_headers(request.headers()).adopt(&span);
+    let handled = handle(&gateway, &catalog, &source, peer.ip(), request)
+        .instrument(span.clone())
+        .await;
+    let (outcome, response) = match handled {
         Ok(accepted) => accepted,
         Err(refusal) => {
             // Refusals of the request itself, not our own failures (secret or storage
@@ -63,6 +79,7 @@ pub(super) async fn receive(
             (refusal.reason, refusal.into_response())
         }
     };
+    span.record("hookline.outcome", outcome);
     count(
         &gateway,
         &namespace,
@@ -175,7 +192,11 @@ async fn handle(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let event = match verifier.verify(&parts.headers, &body, now) {
+    let verified = {
+        let _verifying = crate::trace_span!("verify").entered();
+        verifier.verify(&parts.headers, &body, now)
+    };
+    let event = match verified {
         Ok(event) => event,
         Err(rejection) => {
             let status = if rejection.reason() == "invalid_payload" {
@@ -187,7 +208,14 @@ async fn handle(
         }
     };
 
-    let headers = headers_json(&parts.headers);
+    let mut headers = headers_json(&parts.headers);
+    // A request without a trace context: its deliveries join the trace ingest started.
+    let trace = TraceContext::from_headers(&parts.headers);
+    if trace.traceparent.is_none() {
+        for (name, value) in TraceContext::of(&tracing::Span::current(), &trace).headers() {
+            headers[name] = value.into();
+        }
+    }
     let deliveries = fan_out::deliveries(
         catalog,
         &gateway.metrics,
@@ -197,6 +225,7 @@ async fn handle(
             event_type: &event.event_type,
             headers: &headers,
             body: &body,
+            about: None,
         },
     );
     let event_id = Uuid::now_v7();
@@ -216,7 +245,13 @@ async fn handle(
         namespace: source.namespace.clone(),
         source: source.name.clone(),
     };
-    match gateway.events.submit(new_event).await {
+    tracing::Span::current().record("hookline.event_id", tracing::field::display(&event_id));
+    let stored = gateway
+        .events
+        .submit(new_event)
+        .instrument(crate::trace_span!("store"))
+        .await;
+    match stored {
         Ok(Stored::New { deliveries }) => {
             gateway.metrics.events_stored.get_or_create(&labels).inc();
             // Debug: every stored event is in the delivery log and the metrics already, and a

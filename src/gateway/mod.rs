@@ -6,6 +6,7 @@ mod charts;
 mod fan_out;
 mod holds;
 mod ingest;
+pub mod notices;
 mod publish;
 pub mod refusal;
 mod replays;
@@ -27,9 +28,12 @@ use axum::routing::{get, post};
 use ipnet::IpNet;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tower_http::normalize_path::NormalizePath;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::api::TargetKey;
+use crate::api::notice::{Happened, Notice};
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{Catalog, CatalogCell};
 use crate::store::events::{EventWriter, event_writer};
@@ -67,6 +71,8 @@ pub struct Gateway {
     sign_in_code: Mutex<Option<String>>,
     /// Egress verdicts on target URLs, under the dispatcher's rules: why a target is held.
     egress: EgressCache,
+    /// Operational events to publish (see `notices`), from the console's pause and resume.
+    notices: mpsc::Sender<Notice>,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -220,6 +226,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         options: GatewayOptions,
         egress: Arc<EgressRules>,
+        notices: mpsc::Sender<Notice>,
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
@@ -237,7 +244,15 @@ impl Gateway {
             sign_in_failures: session::SignInLimiter::default(),
             sign_in_code: Mutex::new(options.sign_in_code),
             egress: EgressCache::new(egress),
+            notices,
         })
+    }
+
+    /// Hands an operational event to the publisher, never waiting (see `Dispatcher::notify`).
+    fn notify(&self, key: &TargetKey, what: Happened) {
+        if self.notices.try_send(Notice::new(key.clone(), what)).is_err() {
+            tracing::debug!(target = %key.label(), "notice dropped: the queue is full");
+        }
     }
 
     /// From now on `/readyz` answers 503; requests are still served until the server stops.

@@ -3,8 +3,10 @@
 //! and body for 24 hours; the event and its deliveries are written in one transaction and
 //! answered only after it commits.
 
+use crate::telemetry::traces::TraceContext;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -77,6 +79,24 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let span = crate::trace_span!(
+        "publish",
+        otel.name = %format_args!("publish {namespace}"),
+        otel.kind = "server",
+        hookline.namespace = %namespace,
+    );
+    TraceContext::from_headers(&headers).adopt(&span);
+    publish_traced(gateway, namespace, headers, body)
+        .instrument(span)
+        .await
+}
+
+async fn publish_traced(
+    gateway: Arc<Gateway>,
+    namespace: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(refusal) = authorize(&gateway, &headers, &namespace) {
         return refusal.into_response();
     }
@@ -130,7 +150,12 @@ pub(super) async fn publish(
         "data": request.data,
     });
     let catalog = gateway.catalog();
-    let headers = json!({"content-type": "application/json"});
+    // Where its deliveries belong: the publish span, or the caller's trace when not exporting.
+    let trace = TraceContext::of(&tracing::Span::current(), &TraceContext::from_headers(&headers));
+    let mut headers = json!({"content-type": "application/json"});
+    for (name, value) in trace.headers() {
+        headers[name] = value.into();
+    }
     let envelope: Bytes = envelope.to_string().into();
     let deliveries = fan_out::deliveries(
         &catalog,
@@ -141,6 +166,7 @@ pub(super) async fn publish(
             event_type: &request.event_type,
             headers: &headers,
             body: &envelope,
+            about: None,
         },
     );
     let delivery_count = deliveries.len() as u64;
@@ -169,7 +195,12 @@ pub(super) async fn publish(
     // Without a key the event shares commits with others; with one, the key and the event
     // are written in one transaction of their own.
     let stored = match &idempotency {
-        None => gateway.events.submit(event).await.map(Published::Stored),
+        None => gateway
+            .events
+            .submit(event)
+            .instrument(crate::trace_span!("store"))
+            .await
+            .map(Published::Stored),
         Some(idempotency) => store_published(&gateway.pool, &event, idempotency, IDEMPOTENCY_TTL)
             .await
             .map_err(Arc::new),

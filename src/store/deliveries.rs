@@ -35,6 +35,9 @@ pub struct Claimed {
     pub event_id: Uuid,
     /// Its key, when its target delivers in order.
     pub ordering_key: Option<String>,
+    /// The W3C trace context stored with its event.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 impl Claimed {
@@ -153,13 +156,15 @@ const CLAIM_AND_READ: &str = r#"
     )
     SELECT d.id, d.namespace, d.target_kind, d.target, c.attempts - 1 AS attempts,
            c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
+           e.traceparent, e.tracestate,
            d.event_id, c.ordering_key
     FROM claimed c
     CROSS JOIN LATERAL (
         SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = c.delivery_id OFFSET 0
     ) d
     CROSS JOIN LATERAL (
-        SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at
+        SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at,
+                   headers ->> 'traceparent' AS traceparent, headers ->> 'tracestate' AS tracestate
         FROM events WHERE id = d.event_id OFFSET 0
     ) e
 "#;
@@ -448,13 +453,15 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         )
         SELECT (SELECT s.after FROM successor s WHERE s.delivery_id = h.delivery_id) AS after, d.id, d.namespace, d.target_kind, d.target, h.attempts - 1 AS attempts,
                h.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
+           e.traceparent, e.tracestate,
                d.event_id, h.ordering_key
         FROM handed h
         CROSS JOIN LATERAL (
             SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = h.delivery_id OFFSET 0
         ) d
         CROSS JOIN LATERAL (
-            SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at
+            SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at,
+                   headers ->> 'traceparent' AS traceparent, headers ->> 'tracestate' AS tracestate
             FROM events WHERE id = d.event_id OFFSET 0
         ) e
         "#,
@@ -574,9 +581,10 @@ pub async fn defer_target(pool: &PgPool, target: &TargetKey, until: DateTime<Utc
 }
 
 /// Records a target's circuit state (for status and other replicas' information), and each
-/// change in its history (`circuit_changes`, for the console's picture).
-pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sqlx::Result<()> {
-    sqlx::query(
+/// change in its history (`circuit_changes`, for the console's picture); whether the recorded
+/// state changed.
+pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sqlx::Result<bool> {
+    let changed = sqlx::query(
         "WITH changed AS (
              INSERT INTO target_states (namespace, target_kind, target, circuit, circuit_since)
              VALUES ($1, $2, $3, $4, now())
@@ -595,7 +603,7 @@ pub async fn set_circuit(pool: &PgPool, target: &TargetKey, circuit: &str) -> sq
     .bind(circuit)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(changed.rows_affected() > 0)
 }
 
 /// Pauses a target for every replica (the endpoint answered 410 Gone, or an operator asked).
