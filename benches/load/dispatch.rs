@@ -10,10 +10,12 @@ pub(crate) async fn measure(bench: &Bench, scale: Scale) -> anyhow::Result<()> {
     bench
         .preload(scale.dispatch_backlog, &[HANDLER_TARGET], false)
         .await?;
-    let before = bench.table_writes().await?;
+    let before = bench.snapshot().await?;
     let per_s = bench.drain(&[HANDLER_TARGET], scale.dispatch_backlog).await?;
     report("dispatch_per_s", per_s, "deliveries/s");
-    bench.report_table_writes(&before, scale.dispatch_backlog).await?;
+    bench
+        .report_costs("dispatch", &before, scale.dispatch_backlog, "delivery")
+        .await?;
     Ok(())
 }
 

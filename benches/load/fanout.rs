@@ -9,14 +9,19 @@ use crate::{Scale, progress, report};
 
 pub(crate) async fn measure(bench: &Bench, scale: Scale) -> anyhow::Result<()> {
     bench.reset().await?;
-    let before = bench.table_writes().await?;
+    let before = bench.snapshot().await?;
     report(
         "fanout_per_s",
         bench.fanout(scale.fanout_events).await?,
         "deliveries/s",
     );
     bench
-        .report_table_writes(&before, scale.fanout_events * FANOUT_SUBSCRIPTIONS as u64)
+        .report_costs(
+            "fanout",
+            &before,
+            scale.fanout_events * FANOUT_SUBSCRIPTIONS as u64,
+            "delivery",
+        )
         .await?;
     Ok(())
 }

@@ -18,9 +18,22 @@ pub(crate) async fn measure(
 ) -> anyhow::Result<f64> {
     bench.pause(&[HANDLER_TARGET]).await?;
     let mut best: Option<(usize, Measured)> = None;
-    for &concurrency in scale.concurrencies {
+    for (i, &concurrency) in scale.concurrencies.iter().enumerate() {
         bench.reset().await?;
+        // Costs per webhook from the highest concurrency, closed loop: the most batching, and
+        // no request failing (an overloaded open loop charges failed requests to stored ones).
+        let costed = i + 1 == scale.concurrencies.len();
+        let before = if costed {
+            Some(bench.snapshot().await?)
+        } else {
+            None
+        };
         let measured = bench.ingest_closed_loop(concurrency, scale.window).await?;
+        if let Some(before) = &before {
+            bench
+                .report_costs("ingest", before, measured.ok, "webhook")
+                .await?;
+        }
         progress(&format!(
             "ingest at concurrency {concurrency}: {:.0} req/s, p99 {:.1} ms, {} errors",
             measured.rate(),

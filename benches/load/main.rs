@@ -8,10 +8,12 @@
 //! child process driven by the same generator; the storage ceiling is batched inserts of
 //! event-sized rows into the same Postgres.
 
+mod costs;
 mod dispatch;
 mod e2e;
 mod fanout;
 mod generator;
+mod hot;
 mod ingest;
 mod limits;
 mod memory;
@@ -34,6 +36,9 @@ const MINIMAL_SERVER_ROLE: &str = "HOOKLINE_BENCH_MINIMAL_SERVER";
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(MINIMAL_SERVER_ROLE).is_some() {
         return limits::minimal_server();
+    }
+    if let Ok(role) = std::env::var(hot::ROLE) {
+        return hot::run(&role);
     }
     let quick = std::env::var_os("HOOKLINE_BENCH_QUICK").is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -105,7 +110,7 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
 }
 
 /// Whether a part of the benchmark runs: all of them, unless HOOKLINE_BENCH_ONLY lists some
-/// (comma-separated: limits, ingest, dispatch, fanout, e2e, retention, memory).
+/// (comma-separated: hot, limits, ingest, dispatch, ordered, fanout, e2e, retention, memory).
 fn enabled(part: &str) -> bool {
     std::env::var("HOOKLINE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
@@ -135,6 +140,9 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
             .execute(&mut *session)
             .await?;
     }
+    if enabled("hot") {
+        hot::measure(dir)?;
+    }
     let client = load_client();
     // The machine's limits.
     let limits = if enabled("limits") {
@@ -153,6 +161,7 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
         sink,
         gateway,
         next_event: AtomicU64::new(1),
+        postmaster_pid_file: costs::postmaster_pid_file(dir),
     });
 
     let mut ingest_rps = std::env::var("HOOKLINE_BENCH_INGEST_RPS")

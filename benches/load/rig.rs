@@ -1,7 +1,6 @@
 //! What every part of the benchmark runs on: the gateway process, the sink it delivers to, the
 //! configuration, and the rig that drives and inspects them.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -238,6 +237,8 @@ pub(crate) struct Bench {
     pub(crate) sink: Sink,
     pub(crate) gateway: GatewayProcess,
     pub(crate) next_event: AtomicU64,
+    /// Where the postmaster's pid is, for Postgres' CPU time.
+    pub(crate) postmaster_pid_file: std::path::PathBuf,
 }
 
 impl Bench {
@@ -247,44 +248,6 @@ impl Bench {
             .execute(&self.pool)
             .await?;
         sqlx::query("VACUUM ANALYZE").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Rows written per table so far (inserted, updated, of those in place (HOT), deleted),
-    /// to show where a measurement's writes went.
-    pub(crate) async fn table_writes(&self) -> anyhow::Result<BTreeMap<String, [i64; 4]>> {
-        // An idle backend reports its counts within 10 s (PGSTAT_IDLE_INTERVAL).
-        tokio::time::sleep(Duration::from_secs(11)).await;
-        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(table, ins, upd, hot, del)| (table, [ins, upd, hot, del]))
-            .collect())
-    }
-
-    /// Prints the rows each table had written since `before`, per `unit`s of work.
-    pub(crate) async fn report_table_writes(
-        &self,
-        before: &BTreeMap<String, [i64; 4]>,
-        units: u64,
-    ) -> anyhow::Result<()> {
-        for (table, after) in self.table_writes().await? {
-            let was = before.get(&table).copied().unwrap_or_default();
-            let per = |i: usize| (after[i] - was[i]) as f64 / units.max(1) as f64;
-            if (0..4).any(|i| after[i] != was[i]) {
-                progress(&format!(
-                    "{table}: per delivery {:.2} inserted, {:.2} updated ({:.2} HOT), {:.2} deleted",
-                    per(0),
-                    per(1),
-                    per(2),
-                    per(3)
-                ));
-            }
-        }
         Ok(())
     }
 

@@ -1,0 +1,147 @@
+//! What a part of the benchmark cost per unit of work (a delivery, or an ingested webhook):
+//! gateway and Postgres CPU time from /proc, row writes and commits from Postgres' statistics,
+//! WAL bytes from the WAL position. Rates swing with the machine; these do much less.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::rig::Bench;
+use crate::{progress, report};
+
+/// The counters at one moment.
+pub(crate) struct Snapshot {
+    gateway_cpu_us: f64,
+    postgres_cpu_us: f64,
+    wal_bytes: f64,
+    commits: i64,
+    tables: BTreeMap<String, [i64; 4]>,
+}
+
+/// Where the private Postgres says its postmaster runs.
+pub(crate) fn postmaster_pid_file(bench_dir: &Path) -> PathBuf {
+    bench_dir.join("postgres").join("data").join("postmaster.pid")
+}
+
+/// user + system CPU time of a process (and, with `children`, of its reaped children), in µs.
+fn cpu_us(pid: u32, children: bool) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let mut total = ticks(11) + ticks(12); // utime, stime
+    if children {
+        total += ticks(13) + ticks(14); // cutime, cstime
+    }
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(total as f64 * 1e6 / per_second)
+}
+
+/// The postmaster's CPU time with its reaped backends', and that of the backends still running.
+fn postgres_cpu_us(pid_file: &Path) -> f64 {
+    let Some(postmaster) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return 0.0;
+    };
+    let mut total = cpu_us(postmaster, true).unwrap_or(0.0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u32>()
+                    .ok()
+            });
+        if parent == Some(postmaster) {
+            total += cpu_us(pid, false).unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+impl Bench {
+    /// The counters now. Postgres' statistics reach the views within 10 s of a backend going
+    /// idle, so after a part they are read once that has passed; CPU and WAL at once.
+    pub(crate) async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let gateway_cpu_us = cpu_us(self.gateway.child.id(), true).unwrap_or(0.0);
+        let postgres_cpu_us = postgres_cpu_us(&self.postmaster_pid_file);
+        let wal_bytes: f64 =
+            sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::float8")
+                .fetch_one(&self.pool)
+                .await?;
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let commits: i64 =
+            sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                .fetch_one(&self.pool)
+                .await?;
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Snapshot {
+            gateway_cpu_us,
+            postgres_cpu_us,
+            wal_bytes,
+            commits,
+            tables: rows
+                .into_iter()
+                .map(|(table, ins, upd, hot, del)| (table, [ins, upd, hot, del]))
+                .collect(),
+        })
+    }
+
+    /// Prints what the work since `before` cost per unit (`per`: delivery or webhook) as
+    /// `<part>_<cost>_per_<per>` lines, and the row writes per table as progress.
+    pub(crate) async fn report_costs(
+        &self,
+        part: &str,
+        before: &Snapshot,
+        units: u64,
+        per: &str,
+    ) -> anyhow::Result<()> {
+        let after = self.snapshot().await?;
+        let units = units.max(1) as f64;
+        let mut row_writes = 0;
+        for (table, now) in &after.tables {
+            let was = before.tables.get(table).copied().unwrap_or_default();
+            let delta = |i: usize| now[i] - was[i];
+            row_writes += delta(0) + delta(1) + delta(3);
+            if (0..4).any(|i| delta(i) != 0) {
+                progress(&format!(
+                    "{part}: {table} per {per}: {:.2} inserted, {:.2} updated ({:.2} HOT), {:.2} deleted",
+                    delta(0) as f64 / units,
+                    delta(1) as f64 / units,
+                    delta(2) as f64 / units,
+                    delta(3) as f64 / units,
+                ));
+            }
+        }
+        let cost = |name: &str, value: f64, unit: &str| {
+            report(
+                &format!("{part}_{name}_per_{per}"),
+                value / units,
+                &format!("{unit}/{per}"),
+            );
+        };
+        cost("row_writes", row_writes as f64, "rows");
+        cost(
+            "gateway_cpu_us",
+            after.gateway_cpu_us - before.gateway_cpu_us,
+            "us",
+        );
+        cost("pg_cpu_us", after.postgres_cpu_us - before.postgres_cpu_us, "us");
+        cost("wal_bytes", after.wal_bytes - before.wal_bytes, "bytes");
+        cost("commits", (after.commits - before.commits) as f64, "commits");
+        Ok(())
+    }
+}
