@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::api::notice::Notices;
 use crate::catalog::{Catalog, CatalogCell, reflect};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::gateway::{Gateway, GatewayOptions, notices};
@@ -112,7 +113,7 @@ impl Node {
         let catalog = CatalogCell::new();
         let metrics = Arc::new(Metrics::new());
         // Operational events from the dispatcher and the console, published by the gateway.
-        let (notices, to_publish) = tokio::sync::mpsc::channel(notices::QUEUE);
+        let (notices, to_publish) = Notices::channel();
         let gateway = Gateway::new(
             pool.clone(),
             catalog.clone(),

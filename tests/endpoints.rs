@@ -47,16 +47,10 @@ async fn start(dir: &Path) -> GatewayProcess {
 
 /// Publishes an event; its id.
 async fn publish(gateway: &GatewayProcess, event_type: &str, n: usize) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/namespaces/default/events", gateway.base))
-        .bearer_auth(TOKEN)
-        .json(&json!({"type": event_type, "data": {"n": n}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "publish: {}", response.status());
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
+    let answer = gateway
+        .publish(TOKEN, json!({"type": event_type, "data": {"n": n}}))
+        .await;
+    answer["id"].as_str().unwrap().to_owned()
 }
 
 /// The last attempt of an event's delivery to a subscription, as the admin API shows it, once

@@ -46,17 +46,12 @@ async fn headers_from_secrets_arrive_and_appear_nowhere_else() {
         &[],
     )
     .await;
-    let client = reqwest::Client::new();
-    let published: serde_json::Value = client
-        .post(format!("{}/v1/namespaces/default/events", gateway.base))
-        .bearer_auth("headers-publish-token")
-        .json(&serde_json::json!({"type": "order.created", "data": {"n": 1}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let published = gateway
+        .publish(
+            "headers-publish-token",
+            serde_json::json!({"type": "order.created", "data": {"n": 1}}),
+        )
+        .await;
     let got = sink.wait_for("crm", 1, Duration::from_secs(20)).await;
     assert_eq!(got[0].header("x-api-key"), API_KEY);
     assert_eq!(got[0].header("x-team"), "billing");

@@ -96,14 +96,9 @@ async fn a_failing_endpoint_is_reported_once_per_opening_and_when_it_recovers() 
         &[("HOOKLINE_PUBLISH_TOKEN", TOKEN)],
     )
     .await;
-    let published = reqwest::Client::new()
-        .post(format!("{}/v1/namespaces/default/events", gateway.base))
-        .bearer_auth(TOKEN)
-        .json(&json!({"type": "order.created", "data": {"id": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(published.status().is_success());
+    gateway
+        .publish(TOKEN, json!({"type": "order.created", "data": {"id": 1}}))
+        .await;
 
     let oncall = || sink.received("oncall");
     wait_until("circuit_opened about flaky", Duration::from_secs(30), || {

@@ -111,6 +111,27 @@ impl Notice {
     }
 }
 
+/// Notices waiting to be published, all targets together; past it, new ones are dropped.
+const QUEUE: usize = 1024;
+
+/// Where the dispatcher and the console hand notices to the gateway that publishes them. Never
+/// waits: a full queue (a storm of failures) drops the notice; deliveries are never slowed.
+#[derive(Clone, Debug)]
+pub struct Notices(tokio::sync::mpsc::Sender<Notice>);
+
+impl Notices {
+    pub fn channel() -> (Self, tokio::sync::mpsc::Receiver<Notice>) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE);
+        (Self(sender), receiver)
+    }
+
+    pub fn tell(&self, target: &TargetKey, what: Happened) {
+        if self.0.try_send(Notice::new(target.clone(), what)).is_err() {
+            tracing::debug!(target = %target.label(), "notice dropped: the queue is full");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use super::breaker::Admission as BreakerAdmission;
 use super::targets::{Held, TargetRuntime};
 use crate::api::TargetKey;
 use crate::catalog::Target;
+use crate::catalog::endpoint::Endpoint;
 use crate::catalog::hold::{self, Hold};
 use crate::store::deliveries;
 use crate::verify::{SigningKey, standard_webhooks};
@@ -19,6 +20,8 @@ use crate::verify::{SigningKey, standard_webhooks};
 /// Leave to send: the keys to sign with and an in-flight slot, held until the request ends.
 pub(super) struct Permit<'a> {
     pub(super) keys: Vec<SigningKey>,
+    /// Its headers, TLS and OAuth2 settings, resolved.
+    pub(super) endpoint: &'a Endpoint,
     /// Held, not read: dropping the permit frees the slot.
     _slot: SemaphorePermit<'a>,
 }
@@ -66,7 +69,7 @@ impl Dispatcher {
     pub(super) async fn admit<'r>(
         &self,
         key: &TargetKey,
-        target: Option<&Target>,
+        target: Option<&'r Target>,
         runtime: &'r TargetRuntime,
         held: &Held,
     ) -> Result<Permit<'r>, Release> {
@@ -82,6 +85,10 @@ impl Dispatcher {
         if let Some(hold) = hold::configured(target, egress) {
             return Err(Release::new(hold.recheck_after(), hold.to_string()));
         }
+        let endpoint = target.endpoint.as_ref().map_err(|problem| {
+            let hold = Hold::EndpointSecret(problem.to_string());
+            Release::new(hold.recheck_after(), hold.to_string())
+        })?;
         let keys = self.signing_keys(key, target).await.map_err(|problem| {
             let hold = Hold::SigningSecret(problem);
             Release::new(hold.recheck_after(), hold.to_string())
@@ -116,7 +123,13 @@ impl Dispatcher {
                 }
             };
             match gate {
-                Gate::Go => return Ok(Permit { keys, _slot: slot }),
+                Gate::Go => {
+                    return Ok(Permit {
+                        keys,
+                        endpoint,
+                        _slot: slot,
+                    });
+                }
                 Gate::RateLimited(wait) if now + wait < deadline => {
                     tokio::select! {
                         biased;

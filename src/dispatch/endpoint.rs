@@ -2,6 +2,7 @@
 //! permission, and one per distinct TLS configuration), its OAuth2 token, and the one resend
 //! with a fresh token that a 401 earns. The whole of it fits in the attempt's timeout.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -89,7 +90,8 @@ impl Clients {
         let deadline = started + target.spec.attempt_timeout();
         let client = self.for_endpoint(target.allow_private_networks, endpoint);
         let token_client = self.plain(target.allow_private_networks);
-        let mut headers: Vec<(HeaderName, HeaderValue)> = endpoint.headers.clone();
+        // Copied only to add a token.
+        let mut headers: Cow<'_, [(HeaderName, HeaderValue)]> = Cow::Borrowed(&endpoint.headers);
         let mut rejected = None;
         loop {
             if let Some(credentials) = &endpoint.oauth2 {
@@ -99,6 +101,7 @@ impl Clients {
                     .await;
                 match token {
                     Ok(token) => {
+                        let headers = headers.to_mut();
                         headers.retain(|(name, _)| name != reqwest::header::AUTHORIZATION);
                         headers.push((reqwest::header::AUTHORIZATION, token));
                     }

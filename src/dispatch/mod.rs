@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::notice::{self, Happened, Notice, Recovery};
+use crate::api::notice::{self, Happened, Notices, Recovery};
 use crate::api::{CircuitState, DeliveryFormat, OnDead, TargetKey};
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::expression::{Expression, Variables};
@@ -104,7 +104,7 @@ pub struct Dispatcher {
     /// Attempts per target and minute, for the console's pictures.
     activity: MinuteCounter,
     /// Operational events for the gateway to publish.
-    notices: mpsc::Sender<Notice>,
+    notices: Notices,
 }
 
 fn target_label(key: &TargetKey) -> TargetLabels {
@@ -120,7 +120,7 @@ impl Dispatcher {
         catalog: Arc<CatalogCell>,
         metrics: Arc<Metrics>,
         options: DispatchOptions,
-        notices: mpsc::Sender<Notice>,
+        notices: Notices,
         stop: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -417,13 +417,14 @@ impl Dispatcher {
             hookline.attempt = delivery.attempts + 1,
             hookline.outcome = tracing::field::Empty,
         );
+        let mut delivery = delivery;
         let trace = TraceContext {
-            traceparent: delivery.traceparent.clone(),
-            tracestate: delivery.tracestate.clone(),
+            traceparent: delivery.traceparent.take(),
+            tracestate: delivery.tracestate.take(),
         };
         trace.adopt(&span);
-        self.attempt(delivery, key, target, permit, held, &trace)
-            .instrument(span)
+        self.attempt(delivery, key, target, permit, held, (&trace, &span))
+            .instrument(span.clone())
             .await
     }
 
@@ -435,7 +436,7 @@ impl Dispatcher {
         target: &Target,
         permit: admit::Permit<'_>,
         held: Held,
-        trace: &TraceContext,
+        (trace, span): (&TraceContext, &tracing::Span),
     ) -> Option<(Claimed, TargetKey, Held)> {
         let runtime = held.runtime.clone();
         let mut delivery = delivery;
@@ -465,10 +466,6 @@ impl Dispatcher {
             delivery.content_type = Some(framed.content_type);
             format_headers = framed.headers;
         }
-        // Held while it does not resolve (`hold::configured`): admitted, it does.
-        let Ok(endpoint) = &target.endpoint else {
-            return None;
-        };
         let send_span = crate::trace_span!(
             "send",
             otel.kind = "client",
@@ -479,7 +476,14 @@ impl Dispatcher {
         format_headers.extend(TraceContext::of(&send_span, trace).headers());
         let sent = self
             .clients
-            .send(&key, target, endpoint, &delivery, &permit.keys, &format_headers)
+            .send(
+                &key,
+                target,
+                permit.endpoint,
+                &delivery,
+                &permit.keys,
+                &format_headers,
+            )
             .instrument(send_span.clone())
             .await;
         if let Some(code) = sent.attempt.status_code {
@@ -509,7 +513,6 @@ impl Dispatcher {
             blocks_when_dead: o.on_dead == OnDead::Block,
             lease,
         });
-        let span = tracing::Span::current();
         span.record(
             "hookline.outcome",
             match settlement.after {
@@ -608,7 +611,7 @@ impl Dispatcher {
         if let Some(reason) = &settlement.pause {
             tracing::warn!(namespace = %key.namespace, target = %labels.target, "pausing target: {reason}");
             if deliveries::pause_target(&self.pool, key, reason).await.is_ok() {
-                self.notify(
+                self.notices.tell(
                     key,
                     Happened::Paused {
                         reason: reason.clone(),
@@ -655,7 +658,7 @@ impl Dispatcher {
                 self.metrics.deliveries_dead.get_or_create(&labels).inc();
                 // Not for an operational event itself: one failing watcher cannot set off another.
                 if !delivery.event_type.starts_with(notice::PREFIX) {
-                    self.notify(
+                    self.notices.tell(
                         key,
                         Happened::DeliveryDead {
                             delivery: delivery.id,
@@ -715,7 +718,7 @@ impl Dispatcher {
             .unwrap_or(false);
         match (before, state) {
             (CircuitState::Closed, CircuitState::Open) if shared_state_changed => {
-                self.notify(
+                self.notices.tell(
                     key,
                     Happened::CircuitOpened {
                         failures,
@@ -724,7 +727,7 @@ impl Dispatcher {
                 );
             }
             (CircuitState::HalfOpen, CircuitState::Closed) if shared_state_changed => {
-                self.notify(
+                self.notices.tell(
                     key,
                     Happened::Recovered {
                         from: Recovery::CircuitClosed,
@@ -735,14 +738,6 @@ impl Dispatcher {
         }
         if let Some(wait) = reopen {
             let _ = deliveries::defer_target(&self.pool, key, later(Utc::now(), wait)).await;
-        }
-    }
-
-    /// Hands an operational event to the gateway that publishes it. Never waits: with the queue
-    /// full (a storm of failures), the notice is dropped.
-    fn notify(&self, key: &TargetKey, what: Happened) {
-        if self.notices.try_send(Notice::new(key.clone(), what)).is_err() {
-            tracing::debug!(target = %key.label(), "notice dropped: the queue is full");
         }
     }
 

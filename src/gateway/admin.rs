@@ -267,7 +267,7 @@ pub(super) async fn act_on_target(
             crate::store::deliveries::pause_target(&gateway.pool, &key, reason)
                 .await
                 .map_err(unavailable)?;
-            gateway.notify(
+            gateway.notices.tell(
                 &key,
                 Happened::Paused {
                     reason: reason.to_owned(),
@@ -279,7 +279,7 @@ pub(super) async fn act_on_target(
             crate::store::deliveries::resume_target(&gateway.pool, &key)
                 .await
                 .map_err(unavailable)?;
-            gateway.notify(
+            gateway.notices.tell(
                 &key,
                 Happened::Recovered {
                     from: Recovery::Resumed,

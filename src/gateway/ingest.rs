@@ -64,8 +64,9 @@ pub(super) async fn receive(
         hookline.event_id = tracing::field::Empty,
         hookline.outcome = tracing::field::Empty,
     );
-    TraceContext::from_headers(request.headers()).adopt(&span);
-    let handled = handle(&gateway, &catalog, &source, peer.ip(), request)
+    let trace = TraceContext::from_headers(request.headers());
+    trace.adopt(&span);
+    let handled = handle(&gateway, &catalog, &source, peer.ip(), request, (&trace, &span))
         .instrument(span.clone())
         .await;
     let (outcome, response) = match handled {
@@ -124,6 +125,7 @@ async fn handle(
     source: &Source,
     peer: IpAddr,
     request: Request<Body>,
+    (trace, span): (&TraceContext, &tracing::Span),
 ) -> Result<(&'static str, Response), Refusal> {
     let (parts, body) = request.into_parts();
     let client = gateway.client_address(peer, &parts.headers);
@@ -210,9 +212,8 @@ async fn handle(
 
     let mut headers = headers_json(&parts.headers);
     // A request without a trace context: its deliveries join the trace ingest started.
-    let trace = TraceContext::from_headers(&parts.headers);
     if trace.traceparent.is_none() {
-        for (name, value) in TraceContext::of(&tracing::Span::current(), &trace).headers() {
+        for (name, value) in TraceContext::of(span, trace).headers() {
             headers[name] = value.into();
         }
     }
@@ -245,7 +246,7 @@ async fn handle(
         namespace: source.namespace.clone(),
         source: source.name.clone(),
     };
-    tracing::Span::current().record("hookline.event_id", tracing::field::display(&event_id));
+    span.record("hookline.event_id", tracing::field::display(&event_id));
     let stored = gateway
         .events
         .submit(new_event)

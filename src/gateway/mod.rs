@@ -28,12 +28,10 @@ use axum::routing::{get, post};
 use ipnet::IpNet;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tower_http::normalize_path::NormalizePath;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::api::TargetKey;
-use crate::api::notice::{Happened, Notice};
+use crate::api::notice::Notices;
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{Catalog, CatalogCell};
 use crate::store::events::{EventWriter, event_writer};
@@ -72,7 +70,7 @@ pub struct Gateway {
     /// Egress verdicts on target URLs, under the dispatcher's rules: why a target is held.
     egress: EgressCache,
     /// Operational events to publish (see `notices`), from the console's pause and resume.
-    notices: mpsc::Sender<Notice>,
+    notices: Notices,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -226,7 +224,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         options: GatewayOptions,
         egress: Arc<EgressRules>,
-        notices: mpsc::Sender<Notice>,
+        notices: Notices,
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
@@ -246,13 +244,6 @@ impl Gateway {
             egress: EgressCache::new(egress),
             notices,
         })
-    }
-
-    /// Hands an operational event to the publisher, never waiting (see `Dispatcher::notify`).
-    fn notify(&self, key: &TargetKey, what: Happened) {
-        if self.notices.try_send(Notice::new(key.clone(), what)).is_err() {
-            tracing::debug!(target = %key.label(), "notice dropped: the queue is full");
-        }
     }
 
     /// From now on `/readyz` answers 503; requests are still served until the server stops.

@@ -16,9 +16,6 @@ use crate::api::TargetKey;
 use crate::api::notice::Notice;
 use crate::store::events::NewEvent;
 
-/// Notices waiting to be published, all targets together; past it, new ones are dropped.
-pub const QUEUE: usize = 1024;
-
 /// Notices a target may send at once, and how often one more is allowed after that.
 const BURST: f64 = 10.0;
 const REFILL_EVERY: Duration = Duration::from_secs(6);

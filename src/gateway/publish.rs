@@ -85,8 +85,11 @@ pub(super) async fn publish(
         otel.kind = "server",
         hookline.namespace = %namespace,
     );
-    TraceContext::from_headers(&headers).adopt(&span);
-    publish_traced(gateway, namespace, headers, body)
+    let trace = TraceContext::from_headers(&headers);
+    trace.adopt(&span);
+    // Where its deliveries belong: the publish span, or the caller's trace when not exporting.
+    let trace = TraceContext::of(&span, &trace);
+    publish_traced(gateway, namespace, headers, body, trace)
         .instrument(span)
         .await
 }
@@ -96,6 +99,7 @@ async fn publish_traced(
     namespace: String,
     headers: HeaderMap,
     body: Bytes,
+    trace: TraceContext,
 ) -> Response {
     if let Err(refusal) = authorize(&gateway, &headers, &namespace) {
         return refusal.into_response();
@@ -150,8 +154,6 @@ async fn publish_traced(
         "data": request.data,
     });
     let catalog = gateway.catalog();
-    // Where its deliveries belong: the publish span, or the caller's trace when not exporting.
-    let trace = TraceContext::of(&tracing::Span::current(), &TraceContext::from_headers(&headers));
     let mut headers = json!({"content-type": "application/json"});
     for (name, value) in trace.headers() {
         headers[name] = value.into();

@@ -93,8 +93,12 @@ impl TraceContext {
     /// The context of request headers, if they carry a valid `traceparent`.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // Most requests carry none: nothing to parse.
+        let Some(traceparent) = text(TRACEPARENT) else {
+            return Self::default();
+        };
         Self {
-            traceparent: text(TRACEPARENT),
+            traceparent: Some(traceparent),
             tracestate: text(TRACESTATE),
         }
         .valid()

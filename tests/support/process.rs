@@ -103,6 +103,19 @@ impl GatewayProcess {
             .to_owned()
     }
 
+    /// Publishes `event` into the `default` namespace with `token`; the answer (`id`, …).
+    pub async fn publish(&self, token: &str, event: serde_json::Value) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/namespaces/default/events", self.base))
+            .bearer_auth(token)
+            .json(&event)
+            .send()
+            .await
+            .expect("publish request");
+        assert!(response.status().is_success(), "publish: {}", response.status());
+        response.json().await.expect("publish answer")
+    }
+
     /// `GET path` with the admin token; the body as text.
     pub async fn admin_get(&self, path: &str) -> String {
         reqwest::Client::new()
