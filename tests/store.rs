@@ -1072,3 +1072,69 @@ async fn an_older_binary_starts_on_a_newer_schema() {
         "without ignoring them, sqlx refuses a schema newer than it knows"
     );
 }
+
+/// A circuit's deferral moves the target's waiting deliveries past the wait without waiting
+/// itself: a row another transaction holds is skipped (it is being claimed or recorded), a live
+/// claim is left to its claimer, and a deferral repeated soon after moves nothing again.
+#[tokio::test]
+async fn deferring_a_target_skips_locked_rows_and_live_claims() {
+    use hookline::store::deliveries::{Take, claim, defer_target};
+    use hookline::store::events::event_writer;
+    let pool = migrated_pool(4).await;
+    let writer = event_writer(pool.clone());
+    for i in 0..4 {
+        writer
+            .submit(new_event(&format!("evt_{i}"), "invoice.paid", "stripe/down"))
+            .await
+            .expect("store");
+    }
+    let take = Take {
+        target: handler("stripe/down"),
+        count: 1,
+        lease: std::time::Duration::from_secs(30),
+        ordered: false,
+    };
+    let claimed = claim(&pool, &[take]).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    // Another transaction holds one waiting row, as a recording of another replica would.
+    let mut holder = pool.begin().await.expect("begin");
+    let (held,): (uuid::Uuid,) = sqlx::query_as(
+        "SELECT delivery_id FROM delivery_queue WHERE NOT claimed ORDER BY delivery_id LIMIT 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *holder)
+    .await
+    .expect("lock a row");
+
+    let until = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let deferred = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        defer_target(&pool, &handler("stripe/down"), until),
+    )
+    .await
+    .expect("the deferral does not wait for the held row")
+    .expect("defer");
+    assert_eq!(
+        deferred, 2,
+        "the two free waiting rows, not the held one or the claimed one"
+    );
+    let moved: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT delivery_id FROM delivery_queue WHERE next_attempt_at = $1")
+            .bind(until)
+            .fetch_all(&pool)
+            .await
+            .expect("read");
+    assert!(!moved.iter().any(|(id,)| *id == held || *id == claimed[0].id));
+    holder.rollback().await.expect("rollback");
+
+    let again = defer_target(
+        &pool,
+        &handler("stripe/down"),
+        until + chrono::Duration::seconds(1),
+    )
+    .await
+    .expect("defer again");
+    assert_eq!(
+        again, 1,
+        "only the row that was held; the deferred ones stay deferred"
+    );
+}

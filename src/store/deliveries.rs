@@ -563,13 +563,24 @@ pub async fn release(
     Ok(())
 }
 
-/// Moves every waiting delivery of a target to `until` (its circuit opened), so the queue does
+/// Moves the waiting deliveries of a target to `until` (its circuit opened), so the queue does
 /// not keep offering work that cannot be sent. Live claims are left to their claimers.
+///
+/// Only an optimisation, so it never waits: rows locked by a claim or a recording are skipped
+/// (waiting on them, row by row in index order, deadlocked with recordings of other replicas),
+/// and rows already due in the second half of the wait are left where they are (an earlier
+/// deferral put them there; every refused claim asks again).
 pub async fn defer_target(pool: &PgPool, target: &TargetKey, until: DateTime<Utc>) -> sqlx::Result<u64> {
     let result = sqlx::query(
-        "UPDATE delivery_queue SET next_attempt_at = $4, claimed = false
-         WHERE namespace = $1 AND target_kind = $2 AND target = $3
-           AND next_attempt_at < $4 AND NOT (claimed AND next_attempt_at > now())",
+        "UPDATE delivery_queue q SET next_attempt_at = $4, claimed = false
+         FROM (
+             SELECT delivery_id FROM delivery_queue
+             WHERE namespace = $1 AND target_kind = $2 AND target = $3
+               AND next_attempt_at < now() + ($4 - now()) / 2
+               AND NOT (claimed AND next_attempt_at > now())
+             FOR UPDATE SKIP LOCKED
+         ) waiting
+         WHERE q.delivery_id = waiting.delivery_id",
     )
     .bind(&target.namespace)
     .bind(target.kind.as_str())
