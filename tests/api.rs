@@ -257,6 +257,13 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
             "set subscription, or source and handler",
         ),
         (
+            "a replay to a subscription with a handler name",
+            format!(
+                "{REPLAY_HEAD}spec:\n  target: {{ subscription: crm, handler: api }}\n  from: '2026-12-01T09:00:00Z'\n  to: '2026-12-01T10:00:00Z'\n"
+            ),
+            "set subscription, or source and handler",
+        ),
+        (
             "a circuit open for a day",
             sub("  url: https://x.example/h\n  events: ['*']\n  circuitBreaker: { resetTimeout: 24h }\n"),
             "spec.circuitBreaker.resetTimeout: Invalid value: \"string\": must be at most 1h",

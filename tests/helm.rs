@@ -564,6 +564,7 @@ fn argocd_health_check_follows_conditions_and_generation() {
             ("healthy-subscription", "Healthy"),
             ("circuit-open", "Degraded"),
             ("paused", "Suspended"),
+            ("source-keys-blocked", "Degraded"),
             ("replay-enqueuing", "Progressing"),
             ("replay-complete", "Healthy"),
             ("replay-failed", "Degraded"),

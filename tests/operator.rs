@@ -978,6 +978,9 @@ spec:
         ("whsub.spec.filter", "A CEL expression that"),
         ("whsub.spec.ordering.onDead", "What a delivery that"),
         ("whsub.spec.format", "How deliveries are framed"),
+        ("whsub.spec.tls", "TLS to the endpoint beyond"),
+        ("whsub.spec.auth.oauth2", "An OAuth2 access token"),
+        ("whsub.spec.headers", "Request headers sent with every delivery"),
     ] {
         let explained = kubectl(&["explain", field]);
         assert!(explained.contains(says), "kubectl explain {field}: {explained}");

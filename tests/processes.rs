@@ -113,27 +113,32 @@ async fn a_gateway_killed_mid_delivery_delivers_everything_after_restart() {
     let _ = std::fs::remove_dir_all(&config);
 }
 
+/// Four replicas on one database, as the chart runs them scaled out: every event published
+/// to any of them is delivered once, by one of them.
 #[tokio::test]
-async fn two_gateway_processes_share_the_queue_without_double_sends() {
+async fn four_gateway_processes_share_the_queue_without_double_sends() {
+    const EVENTS: usize = 400;
     let sink = Sink::start().await;
     let database_url = support::fresh_database().await;
     let config = config_dir(&sink.url("shared"), ", maxInFlight: 8");
-    let a = start(&config, &database_url).await;
-    let b = start(&config, &database_url).await;
-    for n in 0..300 {
-        publish(if n % 2 == 0 { &a.base } else { &b.base }, n).await;
+    let mut gateways = Vec::new();
+    for _ in 0..4 {
+        gateways.push(start(&config, &database_url).await);
     }
-    let got = sink.wait_for("shared", 300, Duration::from_secs(60)).await;
+    for n in 0..EVENTS {
+        publish(&gateways[n % gateways.len()].base, n).await;
+    }
+    let got = sink.wait_for("shared", EVENTS, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got_now = sink.received("shared");
     let mut ids: Vec<&str> = got_now.iter().map(|r| r.header("webhook-id")).collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 300);
+    assert_eq!(ids.len(), EVENTS);
     assert_eq!(
         got_now.len(),
-        300,
-        "no delivery sent by both processes (got {} before settling)",
+        EVENTS,
+        "no delivery sent by two processes (got {} before settling)",
         got.len()
     );
     let _ = std::fs::remove_dir_all(&config);

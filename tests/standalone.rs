@@ -445,6 +445,55 @@ async fn a_replay_file_sends_a_window_again_and_the_admin_api_counts_one() {
     assert_eq!(refused.status(), 422);
     assert_eq!(sink.received("crm").len(), 5, "nothing more was sent");
 
+    // One started through the API is stopped through it; one from a file is not the API's.
+    let slow: serde_json::Value = client
+        .post(format!("{}/admin/v1/replays", gateway.base))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({
+            "namespace": "default", "name": "slow",
+            "target": {"subscription": "crm"}, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+            "dryRun": true, "rate": 1,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stop = async |id: &str| {
+        client
+            .delete(format!("{}/admin/v1/replays/{id}", gateway.base))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let slow_id = slow["id"].as_str().expect("the new replay's id");
+    assert_eq!(stop(slow_id).await, 204);
+    assert_eq!(stop(slow_id).await, 404, "gone");
+    let listed = replays().await;
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(!ids.contains(&slow_id), "{listed}");
+    let from_file = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "late-crm")
+        .and_then(|r| r["id"].as_str())
+        .expect("late-crm listed with its id")
+        .to_owned();
+    assert_eq!(
+        stop(&from_file).await,
+        404,
+        "a file's replay is stopped by removing the file"
+    );
+
     // The console's form starts one too ("replay this window to this target"), and lists all.
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -534,7 +534,7 @@ fn succeeded(
 async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() {
     use hookline::store::deliveries::{After, claim, record_attempts};
     use hookline::store::events::event_writer;
-    use hookline::store::history::skip_blocked;
+    use hookline::store::history::{redeliver, skip_blocked};
     let pool = migrated_pool(4).await;
     let writer = event_writer(pool.clone());
     let target = handler("stripe/ledger");
@@ -632,12 +632,39 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         !skip_blocked(&pool, l_head.id, None).await.unwrap(),
         "l's head blocks nothing"
     );
+    // Redelivered, the dead head goes again in its place: before k's later deliveries.
+    assert!(redeliver(&pool, next[0].id, None).await.expect("redeliver"));
+    let redelivered = claim(&pool, &take()).await.expect("claim");
+    assert_eq!(
+        external(&redelivered).await,
+        ["evt_1"],
+        "the head again, not evt_3"
+    );
+    record_attempts(
+        &pool,
+        &[hookline::store::deliveries::AttemptRecord {
+            blocks_key: true,
+            ..succeeded(&redelivered[0], After::Dead)
+        }],
+    )
+    .await
+    .expect("record");
     assert!(
         skip_blocked(&pool, next[0].id, None).await.expect("skip"),
         "it was blocking"
     );
     let after_skip = claim(&pool, &take()).await.expect("claim");
     assert_eq!(external(&after_skip).await, ["evt_3"]);
+
+    // onDead: skip — a dead head that does not block lets the key's next one go at once.
+    let mut later = new_event("evt_4", "entry", "stripe/ledger");
+    later.deliveries[0].ordering_key = Some("k".to_owned());
+    writer.submit(later).await.expect("store");
+    record_attempts(&pool, &[succeeded(&after_skip[0], After::Dead)])
+        .await
+        .expect("record");
+    let after_dead = claim(&pool, &take()).await.expect("claim");
+    assert_eq!(external(&after_dead).await, ["evt_4"]);
 }
 
 /// A batch of outcomes may hold a late one of an expired claim beside the current one for the
@@ -1136,5 +1163,55 @@ async fn deferring_a_target_skips_locked_rows_and_live_claims() {
     assert_eq!(
         again, 1,
         "only the row that was held; the deferred ones stay deferred"
+    );
+}
+
+/// A replay's steps are paced for the whole cluster: after a step, no worker (this one or
+/// another replica's) can take the replay again before the pace has passed, so `rate` events
+/// per second hold however many gateways run.
+#[tokio::test]
+async fn a_replay_step_is_not_taken_again_before_its_pace() {
+    use hookline::store::replays::{Batch, NewReplay, advance, lease, upsert};
+    let pool = migrated_pool(2).await;
+    let now = chrono::Utc::now();
+    upsert(
+        &pool,
+        &NewReplay {
+            namespace: "billing".into(),
+            name: "again".into(),
+            uid: "1".into(),
+            target: handler("stripe/billing"),
+            from: now - chrono::Duration::hours(1),
+            to: now,
+            event_types: Vec::new(),
+            filter: None,
+            statuses: vec!["all".into()],
+            dry_run: false,
+            rate: 10,
+        },
+    )
+    .await
+    .expect("record the replay");
+    let step = std::time::Duration::from_secs(10);
+    let leased = lease(&pool, step, 16).await.expect("lease");
+    assert_eq!(leased.len(), 1);
+    let batch = Batch {
+        cursor: None,
+        matched: 0,
+        requeue: Vec::new(),
+        create: Vec::new(),
+        outcome: None,
+    };
+    let pace = std::time::Duration::from_millis(1500);
+    assert!(advance(&pool, &leased[0], &batch, pace).await.expect("advance"));
+    assert!(
+        lease(&pool, step, 16).await.expect("lease").is_empty(),
+        "not again at once, by any worker"
+    );
+    tokio::time::sleep(pace).await;
+    assert_eq!(
+        lease(&pool, step, 16).await.expect("lease").len(),
+        1,
+        "again after the pace"
     );
 }

@@ -80,8 +80,9 @@ fn default_rate() -> u32 {
 /// `source` with `handler`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.subscription) != (has(self.source) && has(self.handler))")
-    .message("set subscription, or source and handler"))]
+#[x_kube(validation = Rule::new(
+    "has(self.subscription) ? !has(self.source) && !has(self.handler) : has(self.source) && has(self.handler)"
+).message("set subscription, or source and handler"))]
 pub struct ReplayTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]

@@ -119,3 +119,65 @@ pub fn readiness(
     };
     [ready, secret]
 }
+
+/// Healthy, with a reason: paused (by spec or by a 410), circuit open, or failing deliveries.
+pub fn healthiness(paused: bool, stats: Option<&TargetStats>) -> (bool, &'static str, String) {
+    if paused {
+        return (
+            false,
+            "Paused",
+            "spec.paused is true; events queue until it is unpaused".into(),
+        );
+    }
+    let Some(stats) = stats else {
+        return (
+            true,
+            "NoData",
+            "delivery statistics are not available (database unreachable)".into(),
+        );
+    };
+    if let Some(reason) = &stats.paused_reason {
+        return (false, "Paused", format!("paused: {reason}"));
+    }
+    if stats.circuit.as_deref() == Some("open") {
+        let last = stats.last_failure_reason.as_deref().unwrap_or("failures");
+        return (
+            false,
+            "CircuitOpen",
+            format!("circuit open after consecutive failures (last: {last}); deliveries wait"),
+        );
+    }
+    let failing_more_recently = match (stats.last_failure_time, stats.last_success_time) {
+        (Some(failure), Some(success)) => failure > success,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if stats.blocked_keys > 0 {
+        return (
+            false,
+            "KeysBlocked",
+            format!(
+                "{} ordering keys wait behind a dead delivery; redeliver it, or skip it (POST /admin/v1/deliveries/ID/skip)",
+                stats.blocked_keys
+            ),
+        );
+    }
+    if stats.dead > 0 && stats.dead >= stats.succeeded
+        || (failing_more_recently && stats.failed_attempts >= 3)
+    {
+        let last = stats.last_failure_reason.as_deref().unwrap_or("errors");
+        return (
+            false,
+            "DeliveriesFailing",
+            format!(
+                "{} failed attempts, {} dead in the window; last failure: {last}",
+                stats.failed_attempts, stats.dead
+            ),
+        );
+    }
+    (
+        true,
+        "DeliveriesSucceeding",
+        format!("{} delivered in the window", stats.succeeded),
+    )
+}

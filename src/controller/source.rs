@@ -8,11 +8,13 @@ use std::sync::Arc;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{EXPRESSION_INVALID, Observed, condition, is_false, readiness, target_health, time};
+use super::conditions::{
+    EXPRESSION_INVALID, Observed, condition, healthiness, is_false, readiness, target_health, time,
+};
 use super::report::Notice;
 use super::secrets::{self, SecretProblem};
 use super::{Context, Error};
-use crate::api::status::condition::SECRET_RESOLVED;
+use crate::api::status::condition::{HEALTHY, SECRET_RESOLVED};
 use crate::api::{HandlerStatus, TargetKey, TargetKind, WebhookSource, WebhookSourceStatus};
 use crate::catalog::expression::TargetExpressions;
 use crate::catalog::{Senders, egress};
@@ -50,6 +52,8 @@ pub(super) struct HandlerFacts {
     pub generated: Option<String>,
     /// It has `ordering`.
     pub ordered: bool,
+    /// `paused: true` in its spec.
+    pub paused: bool,
     pub stats: Option<TargetStats>,
 }
 
@@ -167,6 +171,7 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
             name: handler.name.clone(),
             generated,
             ordered: target.ordering.is_some(),
+            paused: target.paused,
             stats: stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
                 .await
                 .ok(),
@@ -237,9 +242,11 @@ pub(super) fn decide(
         _ => secret_condition,
     };
     let stats = facts.stats.as_ref();
+    let (healthy, healthy_reason, healthy_message) = handlers_health(&facts.handlers);
+    let healthy_condition = condition(observed, HEALTHY, healthy, healthy_reason, healthy_message);
     let status = WebhookSourceStatus {
         observed_generation: facts.generation,
-        conditions: vec![ready, secret_condition],
+        conditions: vec![ready, secret_condition, healthy_condition],
         url: Some(facts.url.clone()),
         received: stats.map(|s| s.received as u64).or(previous.received),
         rejected: stats.map(|s| s.rejected as u64).or(previous.rejected),
@@ -262,6 +269,27 @@ pub(super) fn decide(
         notices.push(Notice::warning("SecretMissing", problem.message.clone()));
     }
     (status, notices)
+}
+
+/// Healthy while every handler is, as a subscription's Healthy says; otherwise the first
+/// handler that is not, by name.
+fn handlers_health(handlers: &[HandlerFacts]) -> (bool, &'static str, String) {
+    let mut delivered = 0;
+    for handler in handlers {
+        let (healthy, reason, message) = healthiness(handler.paused, handler.stats.as_ref());
+        if !healthy {
+            return (false, reason, format!("handler {}: {message}", handler.name));
+        }
+        delivered += handler.stats.as_ref().map_or(0, |s| s.succeeded);
+    }
+    match handlers {
+        [] => (true, "NoHandlers", "no handlers: events are stored only".into()),
+        _ => (
+            true,
+            "DeliveriesSucceeding",
+            format!("{delivered} delivered to handlers in the window"),
+        ),
+    }
 }
 
 /// The source is being deleted: its ingest stops as soon as the gateway sees it gone; deliveries
@@ -295,6 +323,7 @@ mod tests {
                 name: "api".into(),
                 generated: Some("stripe-api-signing".into()),
                 ordered: false,
+                paused: false,
                 stats: Some(TargetStats {
                     succeeded: 9,
                     dead: 1,
@@ -420,5 +449,36 @@ mod tests {
         assert_eq!(condition(&status, READY).reason, "UrlNotAllowed");
         assert_eq!(condition(&status, SECRET_RESOLVED).status, "True");
         assert_eq!(status.received, Some(10), "kept from the previous status");
+    }
+
+    #[test]
+    fn a_handler_with_blocked_keys_makes_the_source_unhealthy_by_name() {
+        let (status, _) = decide(&WebhookSourceStatus::default(), &facts());
+        assert_eq!(condition(&status, HEALTHY).status, "True");
+        assert_eq!(condition(&status, HEALTHY).reason, "DeliveriesSucceeding");
+        let mut blocked = facts();
+        blocked.handlers[0].ordered = true;
+        if let Some(stats) = blocked.handlers[0].stats.as_mut() {
+            stats.blocked_keys = 2;
+        }
+        let (status, _) = decide(&WebhookSourceStatus::default(), &blocked);
+        let healthy = condition(&status, HEALTHY);
+        assert_eq!(
+            (healthy.status.as_str(), healthy.reason.as_str()),
+            ("False", "KeysBlocked")
+        );
+        assert!(
+            healthy.message.starts_with("handler api: 2 ordering keys"),
+            "{}",
+            healthy.message
+        );
+        assert_eq!(
+            status.handlers[0]
+                .health
+                .deliveries
+                .as_ref()
+                .and_then(|d| d.blocked_keys),
+            Some(2)
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The replay worker: every gateway works through running replays (see `store::replays`), a
-//! batch of at most `rate` events per replay and second, under a lease so one replica at a time
-//! moves each replay on. An event is replayed when its target would receive it (its `events`
+//! batch of at most `rate` events per replay and second for all replicas together, under a
+//! lease so one replica at a time moves each replay on. An event is replayed when its target would receive it (its `events`
 //! and `filter`) and the replay's `events`, `filter` and `statuses` select it: its delivery to
 //! the target is queued again (the same webhook-id), or created when it has none.
 
@@ -126,7 +126,7 @@ async fn step(pool: &PgPool, catalog: &CatalogCell, replay: &Leased) -> sqlx::Re
 }
 
 async fn finish(pool: &PgPool, replay: &Leased, batch: &Batch) -> sqlx::Result<()> {
-    if replays::advance(pool, replay, batch).await? {
+    if replays::advance(pool, replay, batch, TICK).await? {
         match &batch.outcome {
             Some(Finished::Complete) => {
                 tracing::info!(namespace = %replay.namespace, replay = %replay.name, "replay has enqueued every matching event")

@@ -22,6 +22,7 @@ use super::refusal::Refusal;
 use crate::catalog::Source;
 use crate::store::events::{NewEvent, Stored};
 use crate::telemetry::metrics::{IngestLabels, SourceLabels};
+use crate::telemetry::throttle::Throttle;
 use crate::telemetry::traces::TraceContext;
 use tracing::Instrument;
 
@@ -278,7 +279,10 @@ async fn handle(
         }
         Err(err) => {
             // Never acknowledge what is not committed: the provider retries a 503.
-            tracing::error!(namespace = %source.namespace, source = %source.name, "cannot store event: {err}");
+            static STORE_FAILED: Throttle = Throttle::new(std::time::Duration::from_secs(1));
+            if let Some(left_out) = STORE_FAILED.admit() {
+                tracing::error!(namespace = %source.namespace, source = %source.name, left_out, "cannot store event: {err}");
+            }
             Err(Refusal::storage_unavailable(
                 "the event could not be stored; the sender should retry",
             ))

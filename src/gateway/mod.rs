@@ -420,6 +420,9 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     if let Err(err) = holds::refresh_metric(&gateway).await {
         tracing::warn!("cannot count held deliveries for /metrics: {err}");
     }
+    if let Err(err) = refresh_blocked_keys(&gateway).await {
+        tracing::warn!("cannot count blocked ordering keys for /metrics: {err}");
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -427,6 +430,27 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         )],
         gateway.metrics.encode(),
     )
+}
+
+/// Sets `hookline_delivery_keys_blocked` for every target with `ordering`.
+async fn refresh_blocked_keys(gateway: &Gateway) -> sqlx::Result<()> {
+    let catalog = gateway.catalog();
+    let ordered: Vec<&crate::api::TargetKey> = catalog
+        .targets()
+        .filter(|t| t.spec.ordering.is_some())
+        .map(|t| &t.key)
+        .collect();
+    let counts = crate::store::stats::blocked_key_counts(&gateway.pool, &ordered).await?;
+    let family = &gateway.metrics.keys_blocked;
+    family.clear();
+    for (key, count) in ordered.into_iter().zip(counts) {
+        let labels = crate::telemetry::metrics::TargetLabels {
+            namespace: key.namespace.clone(),
+            target: key.label(),
+        };
+        family.get_or_create(&labels).set(count);
+    }
+    Ok(())
 }
 
 /// The bearer token of a request, or "".

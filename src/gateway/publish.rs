@@ -3,6 +3,7 @@
 //! and body for 24 hours; the event and its deliveries are written in one transaction and
 //! answered only after it commits.
 
+use crate::telemetry::throttle::Throttle;
 use crate::telemetry::traces::TraceContext;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,7 +235,10 @@ async fn publish_traced(
             "this Idempotency-Key was used with a different body in the last 24 hours",
         ),
         Err(err) => {
-            tracing::error!(namespace = %namespace, "cannot store published event: {err}");
+            static STORE_FAILED: Throttle = Throttle::new(Duration::from_secs(1));
+            if let Some(left_out) = STORE_FAILED.admit() {
+                tracing::error!(namespace = %namespace, left_out, "cannot store published event: {err}");
+            }
             Refusal::storage_unavailable("the event could not be stored; retry").into_response()
         }
     }

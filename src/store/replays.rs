@@ -314,8 +314,14 @@ pub enum Finished {
 }
 
 /// Applies a batch in one transaction; false when the lease was lost (another worker, or the
-/// replay was removed), and then nothing is applied.
-pub async fn advance(pool: &PgPool, replay: &Leased, batch: &Batch) -> sqlx::Result<bool> {
+/// replay was removed), and then nothing is applied. The next step is any worker's, but not
+/// before `pace` has passed: a replay's rate holds for all replicas together.
+pub async fn advance(
+    pool: &PgPool,
+    replay: &Leased,
+    batch: &Batch,
+    pace: std::time::Duration,
+) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let held: Option<Uuid> =
         sqlx::query_scalar("SELECT id FROM replays WHERE id = $1 AND lease_until = $2 FOR UPDATE")
@@ -359,8 +365,7 @@ pub async fn advance(pool: &PgPool, replay: &Leased, batch: &Batch) -> sqlx::Res
         "UPDATE replays SET cursor_at = COALESCE($2, cursor_at), cursor_id = COALESCE($3, cursor_id),
                 matched = matched + $4, enqueued = enqueued + $5, state = $6, message = $7,
                 finished_at = CASE WHEN $6 = 'running' THEN NULL ELSE now() END,
-                -- The lease covers one step: the next may be any worker's.
-                lease_until = NULL
+                lease_until = CASE WHEN $6 = 'running' THEN now() + interval '1 millisecond' * $8 END
          WHERE id = $1",
     )
     .bind(replay.id)
@@ -370,6 +375,7 @@ pub async fn advance(pool: &PgPool, replay: &Leased, batch: &Batch) -> sqlx::Res
     .bind((requeued + created) as i64)
     .bind(state)
     .bind(message)
+    .bind(pace.as_millis() as f64)
     .execute(&mut *tx)
     .await?;
     if requeued + created > 0 {

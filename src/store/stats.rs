@@ -197,6 +197,25 @@ pub async fn pending_counts(pool: &PgPool, targets: &[&TargetKey]) -> sqlx::Resu
     .await
 }
 
+/// Ordering keys each of `targets` has blocked by a dead head (`onDead: block`) now, in order;
+/// an index range per target (`delivery_queue_waiting`: a blocked head waits at 'infinity').
+pub async fn blocked_key_counts(pool: &PgPool, targets: &[&TargetKey]) -> sqlx::Result<Vec<i64>> {
+    let (namespaces, kinds, names) = super::key_columns(targets.iter().copied());
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM delivery_queue q
+                 WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
+                   AND q.next_attempt_at = 'infinity' AND q.ordering_key IS NOT NULL)
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS w (namespace, target_kind, target, n)
+         ORDER BY w.n",
+    )
+    .persistent(false)
+    .bind(namespaces)
+    .bind(kinds)
+    .bind(names)
+    .fetch_all(pool)
+    .await
+}
+
 /// Adds refused-request counts (per namespace, source and reason) to the current minute.
 pub async fn add_rejections(
     pool: &PgPool,

@@ -69,6 +69,7 @@ pub struct Metrics {
     pub secrets_unresolved: Family<SourceLabels, Gauge>,
     /// Per held target, the deliveries waiting while it is held.
     pub deliveries_held: Family<HeldLabels, Gauge>,
+    pub keys_blocked: Family<TargetLabels, Gauge>,
     /// Events a target's `filter` skipped, and deliveries ended by a failing expression.
     pub deliveries_filtered: Family<FilteredLabels, Counter>,
     /// Deliveries of targets with `ordering` whose key was null or failed: sent unordered.
@@ -169,8 +170,15 @@ impl Metrics {
             "Deliveries to a target with ordering whose key was null or failed for the event, so they go unordered",
             deliveries_unordered.clone(),
         );
+        let keys_blocked = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "delivery_keys_blocked",
+            "Ordering keys of a target blocked by a dead delivery (ordering.onDead: block) until it is redelivered or skipped",
+            keys_blocked.clone(),
+        );
         Self {
             registry,
+            keys_blocked,
             deliveries_filtered,
             deliveries_unordered,
             secrets_unresolved,

@@ -1,6 +1,7 @@
 //! Logs, metrics and traces.
 
 pub mod metrics;
+pub mod throttle;
 pub mod traces;
 
 use std::io::IsTerminal;

@@ -1,6 +1,7 @@
 -- Argo CD health check for hookline.dev WebhookSource, WebhookSubscription and WebhookReplay.
--- Healthy: the controller has seen the current generation, Ready is True and, for
--- subscriptions, Healthy is True. Degraded: Ready or Healthy is False (the reason says why).
+-- Healthy: the controller has seen the current generation, Ready is True and Healthy (a
+-- subscription's deliveries, a source's handlers') is True. Degraded: Ready or Healthy is False
+-- (the reason says why).
 -- Suspended: the target is paused. Progressing: the controller has not caught up yet.
 -- A replay: Healthy once Complete, Degraded when Failed, Progressing until then.
 local hs = { status = "Progressing", message = "Waiting for the Hookline controller" }
