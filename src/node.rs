@@ -114,17 +114,27 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         // Operational events from the dispatcher and the console, published by the gateway.
         let (notices, to_publish) = Notices::channel();
-        let gateway = Gateway::new(
+        // Stopping: first unready (still serving), then the listener and the dispatcher together.
+        let stop = CancellationToken::new();
+        let egress = options.dispatch.egress.clone();
+        let dispatcher = Dispatcher::new(
             pool.clone(),
             catalog.clone(),
             metrics.clone(),
-            options.http,
-            options.dispatch.egress.clone(),
+            options.dispatch,
             notices.clone(),
+            stop.clone(),
+        );
+        let gateway = Gateway::new(
+            pool.clone(),
+            catalog.clone(),
+            metrics,
+            options.http,
+            egress,
+            notices,
+            dispatcher.clone(),
         );
         let publishing_notices = tokio::spawn(notices::publish_all(gateway.clone(), to_publish));
-        // Stopping: first unready (still serving), then the listener and the dispatcher together.
-        let stop = CancellationToken::new();
         tokio::spawn({
             let (gateway, stop, unready_for) = (gateway.clone(), stop.clone(), options.stopping.unready_for);
             async move {
@@ -163,14 +173,6 @@ impl Node {
             catalog.clone(),
             stop.clone(),
         ));
-        let dispatcher = Dispatcher::new(
-            pool.clone(),
-            catalog.clone(),
-            metrics,
-            options.dispatch,
-            notices,
-            stop,
-        );
         let dispatching = tokio::spawn(dispatcher.run(options.stopping.drain));
         match admin_addr {
             Some(admin) => {

@@ -194,6 +194,7 @@ fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::sto
             target: target.into(),
             filter_error: None,
             ordering_key: None,
+            claim_for: None,
         }],
     }
 }
@@ -227,7 +228,7 @@ async fn group_commit_answers_each_request_for_itself() {
     let (mut new, mut duplicates, mut failed) = (0, 0, Vec::new());
     for request in requests {
         match request.await.expect("task") {
-            (_, Ok(Stored::New { deliveries })) => {
+            (_, Ok(Stored::New { deliveries, .. })) => {
                 assert_eq!(deliveries, 1);
                 new += 1;
             }
@@ -1214,4 +1215,113 @@ async fn a_replay_step_is_not_taken_again_before_its_pace() {
         1,
         "again after the pace"
     );
+}
+
+/// The storing gateway may claim a new delivery in the statement that stores it, to send it
+/// itself: claimed as a claim would (its lease the token its outcome is recorded with, its
+/// attempt counted), unless its target is paused or has deliveries due, which go first; then
+/// it is queued as usual.
+#[tokio::test]
+async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_behind() {
+    use hookline::store::deliveries::{After, claim, pause_target, record_attempts};
+    use hookline::store::events::{Stored, event_writer};
+    let pool = migrated_pool(4).await;
+    let writer = event_writer(pool.clone());
+    let lease = std::time::Duration::from_secs(30);
+    let claimed_new = |external_id: &str, target: &str| {
+        let mut event = new_event(external_id, "invoice.paid", target);
+        event.deliveries[0].claim_for = Some(lease);
+        event
+    };
+    let before = chrono::Utc::now();
+    let Stored::New { claimed, .. } = writer
+        .submit(claimed_new("evt_1", "stripe/api"))
+        .await
+        .expect("store")
+    else {
+        panic!("a new event");
+    };
+    assert_eq!(claimed.len(), 1, "claimed by the statement");
+    let (id, lease_until) = claimed[0];
+    assert!((lease_until - before).num_seconds() >= 29, "held for its lease");
+    let (is_claimed, attempts): (bool, i32) =
+        sqlx::query_as("SELECT claimed, attempts FROM delivery_queue WHERE delivery_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((is_claimed, attempts), (true, 1));
+    assert!(
+        claim(&pool, &takes(&[(handler("stripe/api"), 10)], lease))
+            .await
+            .expect("claim")
+            .is_empty(),
+        "no other claimer gets it"
+    );
+    // Its outcome is recorded with the lease the statement gave it, as a claim's would be.
+    let stored_claim = hookline::store::deliveries::Claimed {
+        id,
+        namespace: "billing".into(),
+        target_kind: hookline::api::TargetKind::Handler,
+        target: "stripe/api".into(),
+        attempts: 0,
+        lease_until,
+        source: "stripe".into(),
+        event_type: "invoice.paid".into(),
+        body: b"{}".to_vec(),
+        content_type: None,
+        received_at: before,
+        event_id: uuid::Uuid::nil(),
+        ordering_key: None,
+        traceparent: None,
+        tracestate: None,
+    };
+    record_attempts(&pool, &[succeeded(&stored_claim, After::Succeeded)])
+        .await
+        .expect("record");
+    let (status, queued): (String, i64) = sqlx::query_as(
+        "SELECT status, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1) FROM deliveries WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), queued), ("succeeded", 0));
+
+    // A target paused at runtime: queued, not claimed.
+    pause_target(&pool, &handler("stripe/paused"), "by hand")
+        .await
+        .expect("pause");
+    let Stored::New { claimed, .. } = writer
+        .submit(claimed_new("evt_2", "stripe/paused"))
+        .await
+        .expect("store")
+    else {
+        panic!("a new event");
+    };
+    assert!(
+        claimed.is_empty(),
+        "a paused target's delivery waits in the queue"
+    );
+
+    // A target with a delivery due: the new one goes behind it.
+    writer
+        .submit(new_event("evt_3", "invoice.paid", "stripe/behind"))
+        .await
+        .expect("store");
+    let Stored::New { claimed, .. } = writer
+        .submit(claimed_new("evt_4", "stripe/behind"))
+        .await
+        .expect("store")
+    else {
+        panic!("a new event");
+    };
+    assert!(claimed.is_empty(), "queued behind the delivery due");
+    let (waiting,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM delivery_queue WHERE target IN ('stripe/paused', 'stripe/behind') AND NOT claimed",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 3);
 }

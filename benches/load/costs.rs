@@ -1,20 +1,29 @@
 //! What a part of the benchmark cost per unit of work (a delivery, or an ingested webhook):
 //! gateway and Postgres CPU time from /proc, row writes and commits from Postgres' statistics,
-//! WAL bytes from the WAL position. Rates swing with the machine; these do much less.
+//! WAL bytes from the WAL position, the gateway's round trips (statements it ran, from
+//! pg_stat_statements). Rates swing with the machine; these do much less.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::rig::Bench;
 use crate::{progress, report};
+
+/// The role the gateway connects as: its statements are its own in pg_stat_statements.
+pub(crate) const GATEWAY_ROLE: &str = "hookline_gateway";
 
 /// The counters at one moment.
 pub(crate) struct Snapshot {
     gateway_cpu_us: f64,
     postgres_cpu_us: f64,
     wal_bytes: f64,
+    /// The WAL insert position, as Postgres writes it (for pg_waldump).
+    wal_lsn: String,
     commits: i64,
+    round_trips: i64,
     tables: BTreeMap<String, [i64; 4]>,
 }
 
@@ -74,15 +83,23 @@ impl Bench {
     pub(crate) async fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let gateway_cpu_us = cpu_us(self.gateway.child.id(), true).unwrap_or(0.0);
         let postgres_cpu_us = postgres_cpu_us(&self.postmaster_pid_file);
-        let wal_bytes: f64 =
-            sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::float8")
-                .fetch_one(&self.pool)
-                .await?;
+        let (wal_bytes, wal_lsn): (f64, String) = sqlx::query_as(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::float8, pg_current_wal_insert_lsn()::text",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         tokio::time::sleep(Duration::from_secs(11)).await;
         let commits: i64 =
             sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
                 .fetch_one(&self.pool)
                 .await?;
+        // Every statement the gateway sent (BEGIN and COMMIT included), each a round trip.
+        let round_trips: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE userid = $1::regrole",
+        )
+        .bind(GATEWAY_ROLE)
+        .fetch_one(&self.pool)
+        .await?;
         let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables",
         )
@@ -92,7 +109,9 @@ impl Bench {
             gateway_cpu_us,
             postgres_cpu_us,
             wal_bytes,
+            wal_lsn,
             commits,
+            round_trips,
             tables: rows
                 .into_iter()
                 .map(|(table, ins, upd, hot, del)| (table, [ins, upd, hot, del]))
@@ -141,7 +160,81 @@ impl Bench {
         );
         cost("pg_cpu_us", after.postgres_cpu_us - before.postgres_cpu_us, "us");
         cost("wal_bytes", after.wal_bytes - before.wal_bytes, "bytes");
+        // What the WAL consists of: rows (the heap: events with their bodies, deliveries,
+        // attempts, queue rows), index entries, and full-page images after checkpoints.
+        match self.wal_composition(&before.wal_lsn, &after.wal_lsn) {
+            Ok(parts) => {
+                for (name, bytes) in parts {
+                    cost(&format!("wal_{name}_bytes"), bytes, "bytes");
+                }
+            }
+            Err(err) => progress(&format!("{part}: no WAL composition: {err}")),
+        }
         cost("commits", (after.commits - before.commits) as f64, "commits");
+        cost(
+            "round_trips",
+            (after.round_trips - before.round_trips) as f64,
+            "statements",
+        );
         Ok(())
+    }
+}
+
+impl Bench {
+    /// Bytes of WAL between two positions by what they hold (`pg_waldump --stats`): `heap`
+    /// (Heap and Heap2 records without their page images), `btree` (index records, likewise),
+    /// `fpi` (full-page images of any kind) and `other`.
+    fn wal_composition(&self, from: &str, to: &str) -> anyhow::Result<Vec<(&'static str, f64)>> {
+        let wal_dir = self
+            .postmaster_pid_file
+            .parent()
+            .context("the data directory")?
+            .join("pg_wal");
+        let waldump = std::fs::read_dir("/usr/lib/postgresql")?
+            .flatten()
+            .map(|version| version.path().join("bin").join("pg_waldump"))
+            .filter(|path| path.exists())
+            .max()
+            .context("pg_waldump not installed")?;
+        let output = std::process::Command::new(waldump)
+            .args(["--stats", "-p"])
+            .arg(&wal_dir)
+            .args(["-s", from, "-e", to])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "pg_waldump: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let (mut heap, mut btree, mut fpi, mut other) = (0.0, 0.0, 0.0, 0.0);
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            // Type, N (%), record size (%), FPI size (%), combined size (%): the four integers.
+            let mut fields = line.split_whitespace();
+            let Some(kind) = fields.next() else {
+                continue;
+            };
+            let numbers: Vec<f64> = fields
+                .filter_map(|f| f.parse::<u64>().ok())
+                .map(|n| n as f64)
+                .collect();
+            let [_, record, page_images, _] = numbers[..] else {
+                continue;
+            };
+            if kind == "Total" {
+                continue;
+            }
+            fpi += page_images;
+            match kind {
+                "Heap" | "Heap2" => heap += record,
+                "Btree" => btree += record,
+                _ => other += record,
+            }
+        }
+        Ok(vec![
+            ("heap", heap),
+            ("btree", btree),
+            ("fpi", fpi),
+            ("other", other),
+        ])
     }
 }

@@ -2,8 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-
 use crate::rig::*;
 use crate::{Scale, progress, report};
 
@@ -36,32 +34,12 @@ impl Bench {
         let before = self.sink.received();
         let expected = events * FANOUT_SUBSCRIPTIONS as u64;
         let started = Instant::now();
-        let url = format!("{}/v1/namespaces/{NAMESPACE}/events", self.gateway.base);
-        let publishers: Vec<_> = (0..32)
-            .map(|worker| {
-                let (client, url) = (self.client.clone(), url.clone());
-                tokio::spawn(async move {
-                    let mut failures = 0;
-                    for i in (worker..events).step_by(32) {
-                        let ok = client
-                            .post(&url)
-                            .bearer_auth(PUBLISH_TOKEN)
-                            .json(&serde_json::json!({"type": "fanout.bench", "id": format!("fan_{i}"), "data": {"n": i}}))
-                            .send()
-                            .await
-                            .is_ok_and(|r| r.status().is_success());
-                        failures += u64::from(!ok);
-                    }
-                    failures
-                })
-            })
-            .collect();
-        for publisher in publishers {
-            let failures = publisher.await?;
-            if failures > 0 {
-                bail!("{failures} publish requests failed");
-            }
-        }
+        self.publish_many(
+            events,
+            32,
+            |i| serde_json::json!({"type": "fanout.bench", "id": format!("fan_{i}"), "data": {"n": i}}),
+        )
+        .await?;
         progress(&format!(
             "published {events} events in {:.2} s; {} of {expected} deliveries made by then",
             started.elapsed().as_secs_f64(),

@@ -17,6 +17,7 @@ mod hot;
 mod ingest;
 mod limits;
 mod memory;
+mod resumed;
 mod retention;
 mod rig;
 
@@ -97,6 +98,21 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
         move || PrivatePostgres::start(&dir)
     })
     .await??;
+    // pg_stat_statements counts the gateway's statements (its round trips to Postgres); it is
+    // loaded at server start only, so the server is restarted once with it.
+    let admin = sqlx::PgPool::connect(&postgres.url()).await?;
+    sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let postgres = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            postgres.stop();
+            PrivatePostgres::start(&dir)
+        }
+    })
+    .await??;
     let result = measure(scale, &dir, &postgres.url()).await;
     tokio::task::spawn_blocking(move || postgres.stop()).await?;
     if explain_threshold().is_some() {
@@ -110,7 +126,8 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
 }
 
 /// Whether a part of the benchmark runs: all of them, unless HOOKLINE_BENCH_ONLY lists some
-/// (comma-separated: hot, limits, ingest, dispatch, ordered, fanout, e2e, retention, memory).
+/// (comma-separated: hot, limits, ingest, dispatch, ordered, resumed, fanout, e2e, retention,
+/// memory).
 fn enabled(part: &str) -> bool {
     std::env::var("HOOKLINE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
@@ -124,6 +141,17 @@ fn explain_threshold() -> Option<u32> {
 async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result<()> {
     let pool = hookline::store::connect_lazy(database_url, 8)?;
     hookline::store::migrate(&pool).await?;
+    // The gateway connects as its own role, so that its statements are told from the bench's.
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&pool)
+        .await?;
+    sqlx::query(&format!("CREATE ROLE {} LOGIN SUPERUSER", costs::GATEWAY_ROLE))
+        .execute(&pool)
+        .await?;
+    let mut gateway_url = url::Url::parse(database_url)?;
+    gateway_url
+        .set_username(costs::GATEWAY_ROLE)
+        .map_err(|()| anyhow::anyhow!("cannot set the user of {database_url}"))?;
     if let Some(threshold) = explain_threshold() {
         // Sessions opened from now on (the gateway's) load auto_explain.
         let mut session = pool.acquire().await?;
@@ -154,7 +182,7 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
     let sink = Sink::start().await?;
     let config_dir = dir.join("config");
     write_config(&config_dir, &sink.base)?;
-    let gateway = GatewayProcess::start(&config_dir, database_url).await?;
+    let gateway = GatewayProcess::start(&config_dir, gateway_url.as_str()).await?;
     let bench = Arc::new(Bench {
         pool,
         client,
@@ -176,6 +204,9 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
     }
     if enabled("ordered") {
         dispatch::measure_ordered(&bench, scale).await?;
+    }
+    if enabled("resumed") {
+        resumed::measure(&bench, scale).await?;
     }
     if enabled("fanout") {
         fanout::measure(&bench, scale).await?;

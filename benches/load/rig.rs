@@ -33,6 +33,9 @@ pub(crate) const SUSTAINED_RPS: f64 = 5_000.0;
 pub(crate) const STRIPE_SECRET: &str = "whsec_bench_stripe_endpoint_secret";
 pub(crate) const SUBSCRIPTION_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub(crate) const PUBLISH_TOKEN: &str = "bench-publish-token";
+pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghijkl";
+/// The subscription whose backlog the `resumed` part publishes and resumes.
+pub(crate) const RESUMED_TARGET: &str = "resumed";
 pub(crate) const FANOUT_SUBSCRIPTIONS: usize = 100;
 pub(crate) const BODY_BYTES: usize = 1024;
 
@@ -123,8 +126,8 @@ pub(crate) fn fanout_targets() -> Vec<String> {
     (0..FANOUT_SUBSCRIPTIONS).map(|i| format!("fan-{i:03}")).collect()
 }
 
-/// The gateway's configuration: a Stripe source whose handler is the sink, and 100
-/// subscriptions to `fanout.*` events, all delivering to the sink.
+/// The gateway's configuration: a Stripe source whose handler is the sink, a subscription to
+/// `resumed.*` events, and 100 subscriptions to `fanout.*` events, all delivering to the sink.
 pub(crate) fn write_config(dir: &Path, sink: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut yaml = format!(
@@ -156,6 +159,19 @@ spec:
       secretRef: {{name: stripe, key: subscription-secret}}
 "#
     );
+    yaml.push_str(&format!(
+        r#"---
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata: {{name: {RESUMED_TARGET}, namespace: {NAMESPACE}}}
+spec:
+  url: {sink}/{RESUMED_TARGET}
+  events: ["resumed.*"]
+  maxInFlight: 64
+  allowPrivateNetworks: true
+  secretRef: {{name: stripe, key: subscription-secret}}
+"#
+    ));
     for name in fanout_targets() {
         yaml.push_str(&format!(
             r#"---
@@ -195,6 +211,7 @@ impl GatewayProcess {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", database_url)
             .env("HOOKLINE_PUBLISH_TOKEN", PUBLISH_TOKEN)
+            .env("HOOKLINE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -358,6 +375,42 @@ impl Bench {
     }
 
     /// Waits until the sink counted `target` deliveries in all (or `limit` passed).
+    /// Publishes `events` events through the publish API over `connections` connections,
+    /// `event(i)` the i-th one; an error if any is refused.
+    pub(crate) async fn publish_many(
+        &self,
+        events: u64,
+        connections: u64,
+        event: fn(u64) -> serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/v1/namespaces/{NAMESPACE}/events", self.gateway.base);
+        let publishers: Vec<_> = (0..connections)
+            .map(|worker| {
+                let (client, url) = (self.client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut failures = 0;
+                    for i in (worker..events).step_by(connections as usize) {
+                        let ok = client
+                            .post(&url)
+                            .bearer_auth(PUBLISH_TOKEN)
+                            .json(&event(i))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success());
+                        failures += u64::from(!ok);
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let mut failures = 0;
+        for publisher in publishers {
+            failures += publisher.await?;
+        }
+        anyhow::ensure!(failures == 0, "{failures} publish requests failed");
+        Ok(())
+    }
+
     pub(crate) async fn wait_for_sink(&self, target: u64, limit: Duration) -> u64 {
         let deadline = Instant::now() + limit;
         while self.sink.received() < target && Instant::now() < deadline {

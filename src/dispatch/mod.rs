@@ -8,6 +8,7 @@ mod admit;
 mod agenda;
 mod breaker;
 mod depth;
+mod direct;
 mod endpoint;
 pub mod framing;
 mod oauth2;
@@ -45,6 +46,8 @@ use endpoint::Clients;
 use settle::{Outcome, Settlement, Terms, later, settle};
 use targets::{Held, TargetRuntime, Targets};
 use tracing::Instrument;
+
+pub use direct::Reservation;
 
 #[derive(Clone, Debug)]
 pub struct DispatchOptions {

@@ -311,6 +311,7 @@ pub(super) async fn act_on_target(
                     target: target.key.name.clone(),
                     filter_error: None,
                     ordering_key: None,
+                    claim_for: None,
                 }],
             };
             gateway.events.submit(event).await.map_err(unavailable)?;

@@ -80,6 +80,7 @@ pub(super) fn deliveries(catalog: &Catalog, metrics: &Metrics, event: &Arriving<
             target: target.key.name.clone(),
             filter_error,
             ordering_key,
+            claim_for: None,
         });
     }
     deliveries

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::Gateway;
 use super::fan_out::{self, Arriving};
 use super::refusal::Refusal;
+use super::sending;
 use crate::catalog::Source;
 use crate::store::events::{NewEvent, Stored};
 use crate::telemetry::metrics::{IngestLabels, SourceLabels};
@@ -218,7 +219,7 @@ async fn handle(
             headers[name] = value.into();
         }
     }
-    let deliveries = fan_out::deliveries(
+    let mut deliveries = fan_out::deliveries(
         catalog,
         &gateway.metrics,
         &Arriving {
@@ -230,6 +231,7 @@ async fn handle(
             about: None,
         },
     );
+    let send_now = sending::reserve(&gateway.dispatcher, &source.namespace, &mut deliveries);
     let event_id = Uuid::now_v7();
     let new_event = NewEvent {
         id: event_id,
@@ -243,6 +245,7 @@ async fn handle(
         body,
         deliveries,
     };
+    let send_now = send_now.of(&new_event);
     let labels = SourceLabels {
         namespace: source.namespace.clone(),
         source: source.name.clone(),
@@ -254,7 +257,8 @@ async fn handle(
         .instrument(crate::trace_span!("store"))
         .await;
     match stored {
-        Ok(Stored::New { deliveries }) => {
+        Ok(Stored::New { deliveries, claimed }) => {
+            send_now.send(&gateway.dispatcher, &claimed);
             gateway.metrics.events_stored.get_or_create(&labels).inc();
             // Debug: every stored event is in the delivery log and the metrics already, and a
             // line per webhook costs more CPU than the verification at thousands a second.

@@ -10,6 +10,7 @@ pub mod notices;
 mod publish;
 pub mod refusal;
 mod replays;
+mod sending;
 mod session;
 mod ui;
 
@@ -34,6 +35,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::api::notice::Notices;
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{Catalog, CatalogCell};
+use crate::dispatch::Dispatcher;
 use crate::store::events::{EventWriter, event_writer};
 use crate::telemetry::Metrics;
 
@@ -71,6 +73,9 @@ pub struct Gateway {
     egress: EgressCache,
     /// Operational events to publish (see `notices`), from the console's pause and resume.
     notices: Notices,
+    /// This node's dispatcher: new deliveries it can take at once are sent by it directly
+    /// (see `sending`).
+    dispatcher: Arc<Dispatcher>,
 }
 
 /// Settings of the HTTP side of the gateway.
@@ -225,6 +230,7 @@ impl Gateway {
         options: GatewayOptions,
         egress: Arc<EgressRules>,
         notices: Notices,
+        dispatcher: Arc<Dispatcher>,
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
@@ -243,6 +249,7 @@ impl Gateway {
             sign_in_code: Mutex::new(options.sign_in_code),
             egress: EgressCache::new(egress),
             notices,
+            dispatcher,
         })
     }
 

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::Gateway;
 use super::fan_out::{self, Arriving};
 use super::refusal::{Refusal, refuse};
+use super::sending;
 use crate::store::events::{Idempotency, IdempotentAnswer, NewEvent, Published, Stored, store_published};
 
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -58,7 +59,7 @@ fn authorize(gateway: &Gateway, headers: &HeaderMap, namespace: &str) -> Result<
 
 fn answer_for(event_id: Uuid, external_id: &str, stored: &Stored) -> IdempotentAnswer {
     match stored {
-        Stored::New { deliveries } => IdempotentAnswer {
+        Stored::New { deliveries, .. } => IdempotentAnswer {
             status: StatusCode::ACCEPTED.as_u16(),
             body: json!({"id": event_id, "eventId": external_id, "deliveries": deliveries}),
         },
@@ -160,7 +161,7 @@ async fn publish_traced(
         headers[name] = value.into();
     }
     let envelope: Bytes = envelope.to_string().into();
-    let deliveries = fan_out::deliveries(
+    let mut deliveries = fan_out::deliveries(
         &catalog,
         &gateway.metrics,
         &Arriving {
@@ -172,6 +173,7 @@ async fn publish_traced(
             about: None,
         },
     );
+    let send_now = sending::reserve(&gateway.dispatcher, &namespace, &mut deliveries);
     let delivery_count = deliveries.len() as u64;
     let event = NewEvent {
         id: event_id,
@@ -185,6 +187,7 @@ async fn publish_traced(
         body: envelope,
         deliveries,
     };
+    let send_now = send_now.of(&event);
     let request_hash = sha2::Sha256::digest(&body);
     let answer = |stored: &Stored| answer_for(event_id, &external_id, stored);
     let idempotency = idempotency_key.as_deref().map(|key| Idempotency {
@@ -192,6 +195,7 @@ async fn publish_traced(
         request_hash: request_hash.as_slice(),
         answer_if_new: answer(&Stored::New {
             deliveries: delivery_count,
+            claimed: Vec::new(),
         }),
         answer_if_duplicate: answer(&Stored::Duplicate),
     });
@@ -210,9 +214,10 @@ async fn publish_traced(
     };
     match stored {
         Ok(Published::Stored(stored)) => {
-            if let Stored::New { deliveries } = stored {
+            if let Stored::New { deliveries, claimed } = &stored {
                 // Debug, as for inbound events: the delivery log and the metrics have each one.
                 tracing::debug!(namespace = %namespace, event_type = %request.event_type, deliveries, "event published");
+                send_now.send(&gateway.dispatcher, claimed);
             }
             let mut response = respond(answer(&stored));
             if stored == Stored::Duplicate {

@@ -35,12 +35,23 @@ pub struct NewDelivery {
     pub filter_error: Option<String>,
     /// The key its target's `ordering` gave the event; `None`: unordered.
     pub ordering_key: Option<String>,
+    /// Claimed in the statement that stores it, for this long, by the storing gateway, which
+    /// sends it itself (`dispatch::Reservation`); unless its target is paused or has deliveries
+    /// due, which go first: then it is queued as if `None`.
+    pub claim_for: Option<std::time::Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A delivery stored claimed, and its lease (the claim's token, as the claim gives it).
+pub type ClaimedAtStore = (Uuid, chrono::DateTime<chrono::Utc>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
-    /// The event is new; this many deliveries were created with it.
-    New { deliveries: u64 },
+    /// The event is new; this many deliveries were created with it, `claimed` of them claimed
+    /// by the statement (see [`NewDelivery::claim_for`]).
+    New {
+        deliveries: u64,
+        claimed: Vec<ClaimedAtStore>,
+    },
     /// An event with the same (namespace, source, external id), or the same replay digest,
     /// exists; nothing was written.
     Duplicate,
@@ -91,19 +102,25 @@ async fn insert_events<'e>(
     let column = |f: fn(&NewEvent) -> &str| order.iter().map(|e| f(e)).collect::<Vec<&str>>();
     let deliveries = order
         .iter()
-        .flat_map(|e| e.deliveries.iter().map(move |d| (e.id, d)));
+        .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)));
     let (mut delivery_events, mut delivery_ids, mut kinds, mut targets) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut filter_errors, mut ordering_keys) = (Vec::new(), Vec::new());
+    // Deliveries to claim name their target by its place in `claiming` (from 1, as Postgres
+    // arrays count): the statement checks each such target once, and each delivery looks its
+    // target's verdict up by subscript, never by a join.
+    let (mut claim_targets, mut claiming) = (Vec::new(), ClaimTargets::default());
     for (event, d) in deliveries {
-        delivery_events.push(event);
+        delivery_events.push(event.id);
         delivery_ids.push(d.id);
         kinds.push(d.target_kind.as_str());
         targets.push(d.target.as_str());
         filter_errors.push(d.filter_error.as_deref());
         ordering_keys.push(d.ordering_key.as_deref());
+        claim_targets.push(d.claim_for.map(|lease| claiming.place(event, d, lease)));
     }
-    let (inserted, _): (Vec<Uuid>, bool) = sqlx::query_as(
+    type Inserted = (Vec<Uuid>, bool, Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>);
+    let (inserted, _, claimed_ids, leases): Inserted = sqlx::query_as(
         r#"
         WITH event AS (
             INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body,
@@ -113,32 +130,64 @@ async fn insert_events<'e>(
             -- Either key: the sender's id (events_dedupe) or the replay digest.
             ON CONFLICT DO NOTHING
             RETURNING id, namespace
+        ), input AS MATERIALIZED (
+            -- The deliveries of the events inserted (not of duplicates), with their positions.
+            SELECT d.id, event.id AS event_id, event.namespace, d.kind, d.target, d.filter_error,
+                   d.ordering_key, d.claim_target,
+                   CASE WHEN d.ordering_key IS NOT NULL THEN nextval('delivery_position') END AS position
+            FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[], $15::text[], $16::text[],
+                        $17::int4[])
+                 AS d (event_id, id, kind, target, filter_error, ordering_key, claim_target)
+            JOIN event ON event.id = d.event_id
         ), delivery AS (
             INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, last_error,
                                     ordering_key, position)
-            SELECT d.id, event.id, event.namespace, d.kind, d.target,
-                   CASE WHEN d.filter_error IS NULL THEN 'pending' ELSE 'filtered_error' END, d.filter_error,
-                   d.ordering_key,
-                   CASE WHEN d.ordering_key IS NOT NULL THEN nextval('delivery_position') END
-            FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[], $15::text[], $16::text[])
-                 AS d (event_id, id, kind, target, filter_error, ordering_key)
-            JOIN event ON event.id = d.event_id
-            RETURNING id, namespace, target_kind, target, status, ordering_key, position
+            SELECT id, event_id, namespace, kind, target,
+                   CASE WHEN filter_error IS NULL THEN 'pending' ELSE 'filtered_error' END, filter_error,
+                   ordering_key, position
+            FROM input
+        ), claimable AS (
+            -- Per target asked to claim for: not paused, and nothing of it due (that goes
+            -- first; rows of this statement do not count). One index probe each.
+            SELECT array_agg(
+                       NOT EXISTS (
+                           SELECT 1 FROM target_states s
+                           WHERE s.namespace = t.namespace AND s.target_kind = t.kind AND s.target = t.name
+                             AND s.paused_reason IS NOT NULL)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM delivery_queue q
+                           WHERE q.namespace = t.namespace AND q.target_kind = t.kind AND q.target = t.name
+                             AND q.next_attempt_at <= now())
+                       ORDER BY t.n) AS ok,
+                   array_agg(t.lease_ms ORDER BY t.n) AS lease_ms
+            FROM UNNEST($18::text[], $19::text[], $20::text[], $21::float8[]) WITH ORDINALITY
+                 AS t (namespace, kind, name, lease_ms, n)
         ), queued AS (
+            -- Claimed as a claim does: the lease is the due time, the attempt counted.
             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
-                                        ordering_key, position)
-            SELECT id, namespace, target_kind, target, now(), ordering_key, position
-            FROM delivery WHERE status = 'pending'
+                                        claimed, attempts, ordering_key, position)
+            SELECT i.id, i.namespace, i.kind, i.target,
+                   CASE WHEN c.claim THEN now() + interval '1 millisecond' * c.lease_ms ELSE now() END,
+                   c.claim, CASE WHEN c.claim THEN 1 ELSE 0 END, i.ordering_key, i.position
+            FROM input i CROSS JOIN LATERAL (
+                SELECT coalesce((SELECT ok FROM claimable)[i.claim_target], false) AS claim,
+                       (SELECT lease_ms FROM claimable)[i.claim_target] AS lease_ms
+            ) c
+            WHERE i.filter_error IS NULL
+            RETURNING delivery_id, namespace, target_kind, target, next_attempt_at, claimed
         ), targets AS (
             SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
-            FROM delivery WHERE status = 'pending'
+            FROM queued WHERE NOT claimed
         )
         SELECT
             ARRAY(SELECT id FROM event),
             -- The notification names the targets, one a line; too many for a payload (under
             -- 8000 bytes), it names none, which asks the dispatchers for a scan of the queue.
+            -- Deliveries claimed here need none: their claimer has them.
             (SELECT pg_notify($13, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END)
-             FROM targets WHERE names IS NOT NULL) IS NULL
+             FROM targets WHERE names IS NOT NULL) IS NULL,
+            ARRAY(SELECT delivery_id FROM queued WHERE claimed ORDER BY delivery_id),
+            ARRAY(SELECT next_attempt_at FROM queued WHERE claimed ORDER BY delivery_id)
         "#,
     )
     .bind(order.iter().map(|e| e.id).collect::<Vec<_>>())
@@ -162,20 +211,65 @@ async fn insert_events<'e>(
     )
     .bind(filter_errors)
     .bind(ordering_keys)
+    .bind(claim_targets)
+    .bind(claiming.namespaces)
+    .bind(claiming.kinds)
+    .bind(claiming.names)
+    .bind(claiming.lease_ms)
     .fetch_one(executor)
     .await?;
+    let claimed: std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>> =
+        claimed_ids.into_iter().zip(leases).collect();
     Ok(events
         .iter()
         .map(|event| {
             if inserted.contains(&event.id) {
                 Stored::New {
                     deliveries: event.deliveries.len() as u64,
+                    claimed: event
+                        .deliveries
+                        .iter()
+                        .filter_map(|d| Some((d.id, *claimed.get(&d.id)?)))
+                        .collect(),
                 }
             } else {
                 Stored::Duplicate
             }
         })
         .collect())
+}
+
+/// The targets a batch's deliveries are to be claimed for, once each, as the statement's
+/// arrays.
+#[derive(Default)]
+struct ClaimTargets<'a> {
+    places: std::collections::HashMap<(&'a str, &'a str, &'a str), i32>,
+    namespaces: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    names: Vec<&'a str>,
+    lease_ms: Vec<f64>,
+}
+
+impl<'a> ClaimTargets<'a> {
+    /// The place (from 1) of the delivery's target; a target's lease is the same for all its
+    /// deliveries (its timeout and the margin), so the first one's stands.
+    fn place(&mut self, event: &'a NewEvent, delivery: &'a NewDelivery, lease: std::time::Duration) -> i32 {
+        let key = (
+            event.namespace.as_str(),
+            delivery.target_kind.as_str(),
+            delivery.target.as_str(),
+        );
+        if let Some(place) = self.places.get(&key) {
+            return *place;
+        }
+        self.namespaces.push(key.0);
+        self.kinds.push(key.1);
+        self.names.push(key.2);
+        self.lease_ms.push(lease.as_secs_f64() * 1000.0);
+        let place = self.namespaces.len() as i32;
+        self.places.insert(key, place);
+        place
+    }
 }
 
 /// The answer first given to an `Idempotency-Key`, replayed for the same key and body.
