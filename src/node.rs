@@ -29,8 +29,8 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 pub struct NodeOptions {
     pub http: GatewayOptions,
     pub dispatch: DispatchOptions,
-    /// History older than this is deleted (events still being delivered are kept).
-    pub retention: Duration,
+    /// How long history is kept (events still being delivered are kept longer).
+    pub history: crate::store::retention::Policy,
     pub stopping: Stopping,
     /// Where the admin API, the console and metrics are served; on the main port when `None`.
     pub admin_listen: Option<SocketAddr>,
@@ -165,7 +165,7 @@ impl Node {
         }
         let retention = tokio::spawn(crate::store::retention::run(
             pool.clone(),
-            options.retention,
+            options.history.clone(),
             RETENTION_EVERY,
         ));
         let replaying = tokio::spawn(crate::dispatch::replay::run(

@@ -516,7 +516,7 @@ async fn the_admin_port_serves_operators_and_the_public_port_senders() {
     let options = NodeOptions {
         http: support::harness::test_options(),
         dispatch: Default::default(),
-        retention: Duration::from_secs(3600),
+        history: hookline::store::retention::Policy::new(Duration::from_secs(3600)),
         stopping: Default::default(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
     };

@@ -901,13 +901,14 @@ spec: {{ url: '{slow}', events: ['order.*'], allowPrivateNetworks: true }}
     // The processes may not have prepared the database yet (migrations take a lock: no race).
     hookline::store::migrate(&pool).await.expect("migrate");
     let start = chrono::Utc::now() - chrono::Duration::minutes(1000);
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO events (id, namespace, source, external_id, event_type, headers, body, received_at)
-         SELECT gen_random_uuid(), $1, '', 'evt-' || n, 'order.created', '{\"content-type\": \"application/json\"}',
+         SELECT {}, $1, '', 'evt-' || n, 'order.created', '{{\"content-type\": \"application/json\"}}',
                 convert_to(json_build_object('type', 'order.created', 'data', json_build_object('n', n))::text, 'UTF8'),
                 $2 + n * interval '1 minute'
          FROM generate_series(0, 999) AS n",
-    )
+        support::sql_id_at("clock_timestamp()")
+    ))
     .bind(&app)
     .bind(start)
     .execute(&pool)

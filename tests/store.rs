@@ -94,25 +94,34 @@ async fn events_are_unique_per_namespace_source_and_external_id() {
         .expect("other namespace, same id");
 }
 
-/// Retention deletes old finished history with its deliveries and attempts, and keeps anything
-/// still being delivered and anything young.
+/// Retention drops whole periods of history past its age, with their deliveries and attempts;
+/// a period with a delivery still queued is kept, and only its events with nothing queued are
+/// deleted; young history stays.
 #[tokio::test]
-async fn retention_deletes_old_finished_history_only() {
+async fn retention_drops_old_periods_and_keeps_what_is_still_queued() {
+    use hookline::store::partitions;
     let url = support::fresh_database().await;
     let pool = hookline::store::connect_lazy(&url, 2).expect("pool");
     hookline::store::migrate(&pool).await.expect("migrate");
+    let day = chrono::Duration::days(1);
+    let now = chrono::Utc::now();
+    let made = partitions::ensure(&pool, now - day * 45, now, partitions::DEFAULT_PERIOD)
+        .await
+        .unwrap();
+    assert!(made >= 45, "{made}");
     // (external id, age in days, delivery status)
     let rows = [
         ("old-succeeded", 40, "succeeded"),
         ("old-dead", 40, "dead"),
-        ("old-pending", 40, "pending"),
-        ("old-retrying", 40, "failed"),
+        ("held-succeeded", 41, "succeeded"),
+        ("held-pending", 41, "pending"),
+        ("held-retrying", 42, "failed"),
         ("young-succeeded", 1, "succeeded"),
         ("young-dead", 1, "dead"),
     ];
     for (external_id, age_days, status) in rows {
-        let event = uuid::Uuid::now_v7();
-        let delivery = uuid::Uuid::now_v7();
+        let event = partitions::id_at((now - day * age_days).timestamp_millis());
+        let delivery = partitions::delivery_id(event);
         sqlx::query(
             "INSERT INTO events (id, namespace, source, external_id, event_type, body, received_at)
              VALUES ($1, 'shop', 'stripe', $2, 't', '{}', now() - $3 * interval '1 day')",
@@ -149,31 +158,67 @@ async fn retention_deletes_old_finished_history_only() {
         .execute(&pool)
         .await
         .unwrap();
+    let periods_before = partitions::list(&pool).await.unwrap().len() as u64;
 
-    let swept = hookline::store::retention::sweep(&pool, std::time::Duration::from_secs(30 * 86400))
+    let month = std::time::Duration::from_secs(30 * 86400);
+    let swept = hookline::store::retention::sweep(&pool, &hookline::store::retention::Policy::new(month))
         .await
         .unwrap();
-    assert_eq!(swept.events, 2);
+    assert_eq!(swept.periods_held, 2, "{swept:?}");
+    assert_eq!(swept.events, 1, "held-succeeded, deleted from its held period");
     assert_eq!(swept.idempotency_keys, 1);
+    let periods_after = partitions::list(&pool).await.unwrap();
+    assert_eq!(periods_before - swept.periods_dropped, periods_after.len() as u64);
+    // Every period left is young, or held by its queue.
+    let cutoff = (now - day * 30).timestamp_millis();
+    assert_eq!(periods_after.iter().filter(|p| p.until_ms <= cutoff).count(), 2);
+    let period_of = |age: i32| {
+        let at = (now - day * age).format("%Y%m%d").to_string();
+        format!("events_{at}")
+    };
+    let exists = async |table: String| -> bool {
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(!exists(period_of(40)).await, "a finished day is dropped");
+    assert!(!exists(period_of(40).replace("events", "deliveries")).await);
+    assert!(!exists(period_of(40).replace("events", "attempts")).await);
+    assert!(
+        exists(period_of(41)).await,
+        "a day with a queued delivery is kept"
+    );
     let left: Vec<String> = sqlx::query_scalar("SELECT external_id FROM events ORDER BY external_id")
         .fetch_all(&pool)
         .await
         .unwrap();
     assert_eq!(
         left,
-        ["old-pending", "old-retrying", "young-dead", "young-succeeded"]
+        ["held-pending", "held-retrying", "young-dead", "young-succeeded"]
     );
-    let orphans: i64 =
+    let rows: i64 =
         sqlx::query_scalar("SELECT (SELECT count(*) FROM deliveries) + (SELECT count(*) FROM attempts)")
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(orphans, 8, "deliveries and attempts went with their events");
+    assert_eq!(rows, 8, "deliveries and attempts went with their events");
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_queue")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(queued, 2, "the old waiting deliveries are still queued");
+    // Once they finish, their days go too.
+    sqlx::query("DELETE FROM delivery_queue")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let swept = hookline::store::retention::sweep(&pool, &hookline::store::retention::Policy::new(month))
+        .await
+        .unwrap();
+    assert_eq!((swept.periods_dropped, swept.periods_held), (2, 0), "{swept:?}");
+    assert!(!exists(period_of(41)).await);
 }
 
 fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::store::events::NewEvent {
@@ -850,19 +895,21 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
         // Often enough for Postgres to settle on cached plans.
         assert_eq!(round(n).await, 1);
     }
-    sqlx::query(
+    sqlx::query(&format!(
         "WITH e AS (
              INSERT INTO events (id, namespace, source, provider, external_id, event_type, body)
-             SELECT gen_random_uuid(), 'billing', 'stripe', 'stripe', 'evt_' || n, 'invoice.paid', '{}'
+             SELECT {}, 'billing', 'stripe', 'stripe', 'evt_' || n, 'invoice.paid', '{{}}'
              FROM generate_series(1, 20000) AS n
              RETURNING id)
          , d AS (
              INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
-             SELECT gen_random_uuid(), e.id, 'billing', 'handler', 'stripe/billing' FROM e
+             SELECT {}, e.id, 'billing', 'handler', 'stripe/billing' FROM e
              RETURNING id)
          INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
          SELECT id, 'billing', 'handler', 'stripe/billing', now() FROM d",
-    )
+        support::sql_id_at("clock_timestamp()"),
+        support::sql_id_of("e.id")
+    ))
     .execute(&pool)
     .await
     .expect("fill the queue");
@@ -897,19 +944,8 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
 #[tokio::test]
 async fn waiting_deliveries_move_to_the_queue_table() {
     use hookline::store::deliveries::claim;
-    use sqlx::migrate::Migrator;
     let pool = hookline::store::connect_lazy(&support::fresh_database().await, 2).expect("pool");
-    let before_queue = Migrator {
-        migrations: std::borrow::Cow::Owned(
-            hookline::store::MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < 6)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
+    let before_queue = support::migrations_before(6);
     before_queue.run(&pool).await.expect("migrate to 0005");
     // (target, status, attempts, due, lease)
     let rows = [
@@ -929,12 +965,14 @@ async fn waiting_deliveries_move_to_the_queue_table() {
         sqlx::query(&format!(
             "WITH e AS (
                  INSERT INTO events (id, namespace, source, external_id, event_type, body)
-                 VALUES (gen_random_uuid(), 'billing', 'stripe', 'evt_{i}', 't', '{{}}') RETURNING id)
+                 VALUES ({new_id}, 'billing', 'stripe', 'evt_{i}', 't', '{{}}') RETURNING id)
              INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, attempts,
                                      next_attempt_at, lease_until)
-             SELECT gen_random_uuid(), e.id, 'billing', 'handler', 'stripe/{target}', '{status}', {attempts},
+             SELECT {delivery_id}, e.id, 'billing', 'handler', 'stripe/{target}', '{status}', {attempts},
                     {due}, {lease}
-             FROM e"
+             FROM e",
+            new_id = support::sql_id_at("clock_timestamp()"),
+            delivery_id = support::sql_id_of("e.id")
         ))
         .execute(&pool)
         .await
@@ -1000,17 +1038,29 @@ async fn waiting_deliveries_move_to_the_queue_table() {
 async fn the_pictures_read_index_ranges_on_a_million_rows() {
     use hookline::store::activity::{CIRCUIT_HISTORY, INGEST_MINUTES, TARGET_MINUTES};
     let pool = migrated_pool(2).await;
-    // 1,000 targets × 1,000 minutes; 1,000,000 events of 100 sources over ~12 days; 100,000
-    // circuit changes.
+    // 1,000 targets × 1,000 minutes; 1,000,000 events of 100 sources over ~12 days, in their
+    // days' partitions; 100,000 circuit changes.
+    let now = chrono::Utc::now();
+    hookline::store::partitions::ensure(
+        &pool,
+        now - chrono::Duration::days(13),
+        now,
+        hookline::store::partitions::DEFAULT_PERIOD,
+    )
+    .await
+    .expect("partitions");
     for statement in [
         "INSERT INTO target_minutes (namespace, target_kind, target, minute, succeeded, failed, latency_buckets)
          SELECT 'ns' || (t % 10), 'subscription', 'target-' || t, date_trunc('minute', now()) - m * interval '1 minute',
                 10, 1, '{1,2,3,4,0,0,0,0,0,0,0,0,0}'
          FROM generate_series(1, 1000) t, generate_series(0, 999) m",
-        "INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body, received_at)
-         SELECT gen_random_uuid(), 'ns' || (i % 10), 'source-' || (i % 100), 'stripe', 'evt_' || i, 'invoice.paid',
-                '{}', ''::bytea, now() - i * interval '1 second'
-         FROM generate_series(1, 1000000) i",
+        &format!(
+            "INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body, received_at)
+             SELECT {}, 'ns' || (i % 10), 'source-' || (i % 100), 'stripe', 'evt_' || i, 'invoice.paid',
+                    '{{}}', ''::bytea, now() - i * interval '1 second'
+             FROM generate_series(1, 1000000) i",
+            support::sql_id_at("now() - i * interval '1 second'")
+        ),
         "INSERT INTO circuit_changes (namespace, target_kind, target, at, circuit)
          SELECT 'ns' || (t % 10), 'subscription', 'target-' || t, now() - c * interval '1 minute',
                 CASE WHEN c % 2 = 0 THEN 'open' ELSE 'closed' END
@@ -1019,7 +1069,7 @@ async fn the_pictures_read_index_ranges_on_a_million_rows() {
     ] {
         sqlx::query(statement).execute(&pool).await.expect(statement);
     }
-    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let since = now - chrono::Duration::hours(1);
     let plan = async |sql: &str, binds: Vec<Vec<String>>| -> String {
         let text = format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}");
         let mut query = sqlx::query_scalar::<_, String>(&text);
@@ -1062,9 +1112,35 @@ async fn the_pictures_read_index_ranges_on_a_million_rows() {
         ],
     )
     .await;
+    // Each day's partition is read through its copy of events_by_source.
     assert!(
-        ingest.contains("events_by_source") && !ingest.contains("Seq Scan on events"),
+        ingest.contains("_namespace_source_received_at_idx") && !ingest.contains("Seq Scan"),
         "{ingest}"
+    );
+    // The console's event log: a page of one namespace's newest events, then their deliveries,
+    // partition by partition through indexes.
+    let page: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, COSTS OFF) {}",
+        hookline::store::history::LIST_EVENTS
+    ))
+    .bind(Some("ns1"))
+    .bind(None::<&str>)
+    .bind(None::<&str>)
+    .bind(None::<chrono::DateTime<chrono::Utc>>)
+    .bind(None::<chrono::DateTime<chrono::Utc>>)
+    .bind(None::<uuid::Uuid>)
+    .bind(None::<&str>)
+    .bind(51_i64)
+    .bind(None::<Vec<String>>)
+    .fetch_all(&pool)
+    .await
+    .expect("explain the event log");
+    let page = page.join("\n");
+    assert!(
+        page.contains("Index Scan Backward using events_")
+            && page.contains("_once_per_target")
+            && !page.contains("Seq Scan"),
+        "{page}"
     );
 }
 
@@ -1075,17 +1151,7 @@ async fn the_pictures_read_index_ranges_on_a_million_rows() {
 async fn an_older_binary_starts_on_a_newer_schema() {
     use sqlx::migrate::Migrator;
     let pool = migrated_pool(2).await;
-    let older = Migrator {
-        migrations: std::borrow::Cow::Owned(
-            hookline::store::MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < 7)
-                .cloned()
-                .collect(),
-        ),
-        ..hookline::store::MIGRATOR
-    };
+    let older = support::migrations_before(7);
     older
         .run(&pool)
         .await

@@ -54,7 +54,8 @@ struct Scale {
     dispatch_backlog: u64,
     fanout_events: u64,
     rss_backlog_events: u64,
-    old_history: u64,
+    /// Events in each of the 30 days of history the retention part writes.
+    history_per_day: u64,
 }
 
 impl Scale {
@@ -64,7 +65,7 @@ impl Scale {
         dispatch_backlog: 50_000,
         fanout_events: 1_000,
         rss_backlog_events: 10_000, // × 100 subscriptions = 1,000,000 deliveries
-        old_history: 200_000,
+        history_per_day: 1_000_000,
     };
     /// A smoke run of every part (HOOKLINE_BENCH_QUICK=1).
     const QUICK: Self = Self {
@@ -73,7 +74,7 @@ impl Scale {
         dispatch_backlog: 2_000,
         fanout_events: 20,
         rss_backlog_events: 200,
-        old_history: 2_000,
+        history_per_day: 2_000,
     };
 }
 

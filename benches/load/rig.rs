@@ -337,14 +337,19 @@ impl Bench {
             sqlx::query(
                 "WITH e AS (
                      INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body)
-                     SELECT gen_random_uuid(), $1, $2, 'stripe', 'evt_' || lpad(n::text, 12, '0'), $3,
+                     SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+                             || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid,
+                            $1, $2, 'stripe', 'evt_' || lpad(n::text, 12, '0'), $3,
                             '{\"content-type\": \"application/json\"}',
                             convert_to(replace($4, 'evt_000000000000', 'evt_' || lpad(n::text, 12, '0')), 'UTF8')
                      FROM generate_series($5::bigint, $5::bigint + $6 - 1) AS n
                      RETURNING id, external_id),
                  d AS (
                      INSERT INTO deliveries (id, event_id, namespace, target_kind, target, ordering_key, position)
-                     SELECT gen_random_uuid(), e.id, $1,
+                     -- In its event's millisecond, so in its event's partition.
+                     SELECT (substr(replace(e.id::text, '-', ''), 1, 12) || '7'
+                             || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid,
+                            e.id, $1,
                             CASE WHEN t LIKE '%/%' THEN 'handler' ELSE 'subscription' END, t,
                             'cus_' || (substr(e.external_id, 5)::bigint % $8),
                             CASE WHEN $8 IS NOT NULL THEN nextval('delivery_position') END

@@ -10,6 +10,7 @@ use hookline::catalog::egress::EgressRules;
 use hookline::dispatch::DispatchOptions;
 use hookline::gateway::GatewayOptions;
 use hookline::node::{NodeOptions, Stopping};
+use hookline::store::retention::Policy;
 use ipnet::IpNet;
 
 use super::read_token;
@@ -26,10 +27,17 @@ pub struct NodeArgs {
     /// Proxies (CIDRs) whose X-Forwarded-For header names the client address.
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<IpNet>,
-    /// History older than this is deleted, in small batches (events still being delivered are
-    /// kept). 720h is 30 days.
+    /// History older than this is dropped, a partition (--history-period) at a time; a period
+    /// with deliveries still queued is kept. 720h is 30 days.
     #[arg(long, default_value = "720h")]
     retention: Duration,
+    /// The time one partition of history covers: hours that divide a day, or whole days.
+    #[arg(long, default_value = "24h", value_parser = history_period)]
+    history_period: Duration,
+    /// Namespaces whose history goes sooner than --retention, as `<namespace>=<duration>`
+    /// (comma-separated): their older events are deleted inside the partitions kept.
+    #[arg(long, value_delimiter = ',', value_parser = namespace_retention, value_name = "NS=DURATION")]
+    namespace_retention: Vec<(String, Duration)>,
     /// On SIGTERM, how long /readyz answers 503 while requests are still served, so load
     /// balancers stop sending first (the managed gateway sets 5s).
     #[arg(long, default_value = "0s")]
@@ -49,7 +57,16 @@ impl NodeArgs {
         Ok(NodeOptions {
             http: self.tokens.http_options(self.trusted_proxies)?,
             dispatch: self.dispatch.options(),
-            retention: self.retention.get(),
+            history: Policy {
+                period: self.history_period.get(),
+                ..Policy::new(self.retention.get())
+            }
+            .with_namespaces(
+                self.namespace_retention
+                    .into_iter()
+                    .map(|(namespace, keep)| (namespace, keep.get()))
+                    .collect(),
+            )?,
             admin_listen: self.admin_listen,
             stopping: Stopping {
                 unready_for: self.shutdown_delay.get(),
@@ -57,6 +74,30 @@ impl NodeArgs {
             },
         })
     }
+}
+
+/// Periods start at midnight UTC and line up from one to the next: whole hours dividing a day,
+/// or whole days.
+fn history_period(text: &str) -> Result<Duration, String> {
+    let period: Duration = text.parse().map_err(|err| format!("{err}"))?;
+    let seconds = period.get().as_secs();
+    let whole = period.get().subsec_nanos() == 0 && seconds.is_multiple_of(3600) && seconds > 0;
+    if whole && (86_400 % seconds == 0 || seconds.is_multiple_of(86_400)) {
+        Ok(period)
+    } else {
+        Err(
+            "a number of hours that divides 24 (1h, 2h, 3h, 4h, 6h, 8h, 12h), or of whole days (24h, 48h, …)"
+                .into(),
+        )
+    }
+}
+
+fn namespace_retention(text: &str) -> Result<(String, Duration), String> {
+    let (namespace, keep) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected <namespace>=<duration>, e.g. shop=168h"))?;
+    let keep: Duration = keep.parse().map_err(|err| format!("{text:?}: {err}"))?;
+    Ok((namespace.to_owned(), keep))
 }
 
 #[derive(Args)]

@@ -306,7 +306,7 @@ pub(super) async fn act_on_target(
                 headers: json!({"content-type": "application/json"}),
                 body: body.to_string().into(),
                 deliveries: vec![NewDelivery {
-                    id: Uuid::now_v7(),
+                    id: crate::store::partitions::delivery_id(id),
                     target_kind: target.key.kind,
                     target: target.key.name.clone(),
                     filter_error: None,

@@ -14,6 +14,8 @@ use crate::telemetry::metrics::{FilteredLabels, TargetLabels};
 
 /// One stored event as its targets' filters see it.
 pub(super) struct Arriving<'a> {
+    /// The event's id: its deliveries' ids are made in its millisecond (its partition).
+    pub id: Uuid,
     pub namespace: &'a str,
     /// `None` for a published event.
     pub source: Option<&'a Source>,
@@ -75,7 +77,7 @@ pub(super) fn deliveries(catalog: &Catalog, metrics: &Metrics, event: &Arriving<
                 .inc();
         }
         deliveries.push(NewDelivery {
-            id: Uuid::now_v7(),
+            id: crate::store::partitions::delivery_id(event.id),
             target_kind: target.key.kind,
             target: target.key.name.clone(),
             filter_error,

@@ -219,10 +219,12 @@ async fn handle(
             headers[name] = value.into();
         }
     }
+    let event_id = Uuid::now_v7();
     let mut deliveries = fan_out::deliveries(
         catalog,
         &gateway.metrics,
         &Arriving {
+            id: event_id,
             namespace: &source.namespace,
             source: Some(source),
             event_type: &event.event_type,
@@ -232,7 +234,6 @@ async fn handle(
         },
     );
     let send_now = sending::reserve(&gateway.dispatcher, &source.namespace, &mut deliveries);
-    let event_id = Uuid::now_v7();
     let new_event = NewEvent {
         id: event_id,
         namespace: source.namespace.clone(),

@@ -66,10 +66,12 @@ async fn publish(gateway: &Gateway, notice: &Notice, suppressed: u64) -> Result<
     });
     let headers = json!({"content-type": "application/json"});
     let body: bytes::Bytes = envelope.to_string().into();
+    let id = Uuid::now_v7();
     let deliveries = fan_out::deliveries(
         &gateway.catalog(),
         &gateway.metrics,
         &Arriving {
+            id,
             namespace,
             source: None,
             event_type,
@@ -81,7 +83,6 @@ async fn publish(gateway: &Gateway, notice: &Notice, suppressed: u64) -> Result<
     if deliveries.is_empty() {
         return Ok(());
     }
-    let id = Uuid::now_v7();
     let event = NewEvent {
         id,
         namespace: namespace.clone(),

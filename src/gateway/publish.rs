@@ -165,6 +165,7 @@ async fn publish_traced(
         &catalog,
         &gateway.metrics,
         &Arriving {
+            id: event_id,
             namespace: &namespace,
             source: None,
             event_type: &request.event_type,

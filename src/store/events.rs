@@ -9,6 +9,11 @@ use uuid::Uuid;
 use super::group_commit::{BatchWrite, GroupCommit};
 use crate::api::TargetKind;
 
+/// How long an event's keys (the sender's id, the replay digest) refuse a second event with
+/// either: three days, the longest a provider here retries (Stripe). Within its partition a key
+/// is unique for as long as the partition is kept.
+pub const DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
+
 /// An accepted event, as it goes into the database.
 pub struct NewEvent {
     pub id: Uuid,
@@ -127,7 +132,20 @@ async fn insert_events<'e>(
                                 replay_digest)
             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                  $7::jsonb[], $8::bytea[], $14::bytea[])
-            -- Either key: the sender's id (events_dedupe) or the replay digest.
+                 AS u (id, namespace, source, provider, external_id, event_type, headers, body,
+                       replay_digest)
+            -- Either key, the sender's id or the replay digest, in the other partitions of the
+            -- dedupe window (one probe of each's index; a subquery, so never a join over them)…
+            WHERE (SELECT true FROM events e
+                   WHERE e.namespace = u.namespace AND e.source = u.source
+                     AND e.external_id = u.external_id AND e.id >= $22
+                   LIMIT 1) IS NULL
+              AND (u.replay_digest IS NULL
+                   OR (SELECT true FROM events e
+                       WHERE e.namespace = u.namespace AND e.source = u.source
+                         AND e.replay_digest = u.replay_digest AND e.id >= $22
+                       LIMIT 1) IS NULL)
+            -- … and, against events stored at the same time, in the event's own partition.
             ON CONFLICT DO NOTHING
             RETURNING id, namespace
         ), input AS MATERIALIZED (
@@ -216,6 +234,9 @@ async fn insert_events<'e>(
     .bind(claiming.kinds)
     .bind(claiming.names)
     .bind(claiming.lease_ms)
+    .bind(super::partitions::id_floor_at(
+        chrono::Utc::now() - chrono::Duration::from_std(DEDUPE_WINDOW).unwrap_or(chrono::Duration::days(3)),
+    ))
     .fetch_one(executor)
     .await?;
     let claimed: std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>> =

@@ -41,6 +41,30 @@ pub struct EventSummary {
     pub dead: i64,
 }
 
+/// The event log's statement: the page's events first (newest first, partition by partition
+/// through their primary keys), then each one's deliveries counted (a probe of each period's
+/// index of deliveries by event), so a page reads about its own rows.
+pub const LIST_EVENTS: &str =
+    "SELECT e.id, e.namespace, e.source, e.provider, e.external_id, e.event_type, e.received_at,
+        c.deliveries, c.succeeded, c.pending, c.dead
+ FROM events e
+ CROSS JOIN LATERAL (
+     SELECT count(*) AS deliveries,
+            count(*) FILTER (WHERE d.status = 'succeeded') AS succeeded,
+            count(*) FILTER (WHERE d.status IN ('pending', 'failed')) AS pending,
+            count(*) FILTER (WHERE d.status = 'dead') AS dead
+     FROM deliveries d WHERE d.event_id = e.id) c
+ WHERE ($1::text IS NULL OR e.namespace = $1)
+   AND ($2::text IS NULL OR e.source = $2)
+   AND ($3::text IS NULL OR e.event_type = $3)
+   AND ($4::timestamptz IS NULL OR e.received_at >= $4)
+   AND ($5::timestamptz IS NULL OR e.received_at < $5)
+   AND ($6::uuid IS NULL OR e.id < $6)
+   AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = e.id AND x.status = $7))
+   AND ($9::text[] IS NULL OR e.namespace = ANY ($9))
+ ORDER BY e.id DESC
+ LIMIT $8";
+
 /// One page of events, newest first; ids are UUIDv7, so the id orders by arrival. `allowed`
 /// limits the namespaces (a scoped admin token); `None` for all.
 pub async fn list_events(
@@ -50,37 +74,19 @@ pub async fn list_events(
 ) -> sqlx::Result<(Vec<EventSummary>, Option<Uuid>)> {
     let limit = filter.limit.unwrap_or(50).clamp(1, 500);
     let source = filter.source.as_deref().map(|s| if s == "-" { "" } else { s });
-    let rows: Vec<EventSummary> = sqlx::query_as(
-        "SELECT e.id, e.namespace, e.source, e.provider, e.external_id, e.event_type, e.received_at,
-                count(d.id) AS deliveries,
-                count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded,
-                count(d.id) FILTER (WHERE d.status IN ('pending', 'failed')) AS pending,
-                count(d.id) FILTER (WHERE d.status = 'dead') AS dead
-         FROM events e LEFT JOIN deliveries d ON d.event_id = e.id
-         WHERE ($1::text IS NULL OR e.namespace = $1)
-           AND ($2::text IS NULL OR e.source = $2)
-           AND ($3::text IS NULL OR e.event_type = $3)
-           AND ($4::timestamptz IS NULL OR e.received_at >= $4)
-           AND ($5::timestamptz IS NULL OR e.received_at < $5)
-           AND ($6::uuid IS NULL OR e.id < $6)
-           AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = e.id AND x.status = $7))
-           AND ($9::text[] IS NULL OR e.namespace = ANY ($9))
-         GROUP BY e.id
-         ORDER BY e.id DESC
-         LIMIT $8",
-    )
-    .persistent(false)
-    .bind(filter.namespace.as_deref())
-    .bind(source)
-    .bind(filter.event_type.as_deref())
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(filter.cursor)
-    .bind(filter.status.as_deref())
-    .bind(limit + 1)
-    .bind(allowed)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<EventSummary> = sqlx::query_as(LIST_EVENTS)
+        .persistent(false)
+        .bind(filter.namespace.as_deref())
+        .bind(source)
+        .bind(filter.event_type.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.cursor)
+        .bind(filter.status.as_deref())
+        .bind(limit + 1)
+        .bind(allowed)
+        .fetch_all(pool)
+        .await?;
     let mut rows = rows;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod events;
 pub mod group_commit;
 pub mod history;
+pub mod partitions;
 pub mod replays;
 pub mod retention;
 pub mod sessions;
@@ -31,6 +32,8 @@ pub enum StoreError {
     Connect(#[source] sqlx::Error),
     #[error("cannot apply database migrations: {0}")]
     Migrate(#[from] MigrateError),
+    #[error("cannot make the history's partitions: {0}")]
+    Partitions(#[source] sqlx::Error),
 }
 
 /// Opens a pool. Connections are made lazily, so a database that is down at start-up does not
@@ -60,6 +63,10 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
 /// Applies every migration not yet applied; running it again is a no-op.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
+    // Somewhere to write from the first request on; the retention pass keeps them coming.
+    partitions::make_ahead(pool, partitions::DEFAULT_PERIOD)
+        .await
+        .map_err(StoreError::Partitions)?;
     Ok(())
 }
 

@@ -350,7 +350,13 @@ pub async fn advance(
     .bind(replay.target_kind.as_str())
     .bind(&replay.target)
     .bind(replay.id)
-    .bind(batch.create.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(
+        batch
+            .create
+            .iter()
+            .map(|d| super::partitions::delivery_id(d.event))
+            .collect::<Vec<_>>(),
+    )
     .bind(batch.create.iter().map(|d| d.event).collect::<Vec<_>>())
     .bind(batch.create.iter().map(|d| d.ordering_key.as_deref()).collect::<Vec<_>>())
     .execute(&mut *tx)

@@ -98,7 +98,7 @@ pub async fn start_node_on(
     let options = NodeOptions {
         http,
         dispatch,
-        retention: Duration::from_secs(30 * 24 * 3600),
+        history: hookline::store::retention::Policy::new(Duration::from_secs(30 * 24 * 3600)),
         stopping: Default::default(),
         admin_listen: None,
     };

@@ -148,6 +148,38 @@ pub async fn apply_yaml(
 }
 
 /// An empty database of its own for one test; returns its URL.
+/// The migrations of a version before `version` (what an older binary knows).
+pub fn migrations_before(version: i64) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            hookline::store::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
+        ),
+        ..hookline::store::MIGRATOR
+    }
+}
+
+/// SQL for a new UUIDv7 of the time `time` (Postgres 15 has no uuidv7()): history is
+/// partitioned by the time in its ids.
+pub fn sql_id_at(time: &str) -> String {
+    format!(
+        "(lpad(to_hex((extract(epoch FROM {time}) * 1000)::bigint), 12, '0') \
+         || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid"
+    )
+}
+
+/// SQL for a new UUIDv7 of the millisecond of the id in `column`: a delivery's id is made in its
+/// event's.
+pub fn sql_id_of(column: &str) -> String {
+    format!(
+        "(substr(replace({column}::text, '-', ''), 1, 12) || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid"
+    )
+}
+
 pub async fn fresh_database() -> String {
     let admin_url = require_env("DATABASE_URL");
     let name = format!("hl_test_{}", uuid::Uuid::new_v4().simple());

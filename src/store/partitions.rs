@@ -1,0 +1,401 @@
+//! History partitions (migrations/0014): `events`, `deliveries` and `attempts` are partitioned by
+//! ranges of UUIDv7 ids, one period (a day by default) a partition, the same ranges in all three
+//! tables, so a period of history is three partitions named alike (`events_20261202`,
+//! `deliveries_20261202`, `attempts_20261202`) that are made and dropped together. A delivery's
+//! id carries its event's time ([`delivery_id`]) and an attempt is keyed by its delivery, so
+//! everything that happened to an event is in its event's period.
+//!
+//! Partitions are made ahead of time by whichever gateway holds the maintenance lock (an advisory
+//! lock, taken for the one transaction), attached rather than created in place so ingest never
+//! waits for the parent's lock, and detached concurrently before they are dropped.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The partitioned tables, in the order a period's partitions are dropped.
+const TABLES: [&str; 3] = ["attempts", "deliveries", "events"];
+
+/// The period of a partition unless configured otherwise.
+pub const DEFAULT_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+/// Partitions exist this many periods past now, so a replica whose clock runs ahead, or a
+/// maintenance pass that fails for a while, still has somewhere to write.
+const AHEAD: u32 = 3;
+
+/// Serializes the gateways' changes to the partitions (`pg_advisory_xact_lock` key).
+const MAINTENANCE_LOCK: i64 = 0x686f_6f6b_6c69_6e65; // "hookline"
+
+/// How long making partitions may wait for a lock before it gives up until the next pass.
+const LOCK_TIMEOUT: &str = "2s";
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// The smallest id of a millisecond since the epoch.
+pub fn id_floor(ms: i64) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+/// The smallest id made at or after `at`.
+pub fn id_floor_at(at: DateTime<Utc>) -> Uuid {
+    id_floor(at.timestamp_millis())
+}
+
+/// The millisecond a UUIDv7 was made in.
+pub fn id_millis(id: Uuid) -> i64 {
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&id.as_bytes()[..6]);
+    i64::from_be_bytes(ms)
+}
+
+/// A new UUIDv7 of the millisecond `ms` (random after the time).
+pub fn id_at(ms: i64) -> Uuid {
+    let mut bytes = *Uuid::now_v7().as_bytes();
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+/// A new id for a delivery of `event`: random, but made in the event's millisecond, so the
+/// delivery and its attempts are in the event's partitions whenever they are created (a replay
+/// long after, too).
+pub fn delivery_id(event: Uuid) -> Uuid {
+    id_at(id_millis(event))
+}
+
+/// One period of history: its three partitions and the ids they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    /// The partitions are `events_<suffix>`, `deliveries_<suffix>` and `attempts_<suffix>`.
+    pub suffix: String,
+    /// The first millisecond; `None` for the history from before partitioning (`*_legacy`),
+    /// which holds everything before its end.
+    pub from_ms: Option<i64>,
+    /// The millisecond after its last.
+    pub until_ms: i64,
+}
+
+impl Period {
+    pub fn partition(&self, table: &str) -> String {
+        format!("{table}_{}", self.suffix)
+    }
+
+    /// The ids of the period, as bounds `lower <= id < upper`.
+    pub fn id_bounds(&self) -> (Uuid, Uuid) {
+        (
+            self.from_ms.map_or(Uuid::nil(), id_floor),
+            id_floor(self.until_ms),
+        )
+    }
+}
+
+/// The name of a period starting at `from_ms`: its UTC day, and its hour and minute when it
+/// does not start at midnight.
+fn suffix(from_ms: i64) -> String {
+    let start = Utc.timestamp_millis_opt(from_ms).single().unwrap_or_default();
+    if from_ms.rem_euclid(MS_PER_DAY) == 0 {
+        start.format("%Y%m%d").to_string()
+    } else {
+        start.format("%Y%m%d_%H%M").to_string()
+    }
+}
+
+/// The periods to make so that `[from_ms, until_ms)` is covered: the slots of `period_ms`
+/// (counted from the epoch, so days start at midnight UTC) that meet the range, less what
+/// existing periods cover. A slot partly covered (the legacy period ends mid-slot, or the period
+/// was changed) is made for the part that is not.
+fn missing(existing: &[Period], from_ms: i64, until_ms: i64, period_ms: i64) -> Vec<(i64, i64)> {
+    let mut covered: Vec<(i64, i64)> = existing
+        .iter()
+        .map(|p| (p.from_ms.unwrap_or(i64::MIN), p.until_ms))
+        .collect();
+    covered.sort();
+    let mut made = Vec::new();
+    let mut slot = from_ms.div_euclid(period_ms) * period_ms;
+    while slot < until_ms {
+        let mut pieces = vec![(slot, slot + period_ms)];
+        for &(lower, upper) in &covered {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(a, b)| {
+                    let mut left = Vec::new();
+                    if a < lower.min(b) {
+                        left.push((a, lower.min(b)));
+                    }
+                    if upper.max(a) < b {
+                        left.push((upper.max(a), b));
+                    }
+                    left
+                })
+                .collect();
+        }
+        made.extend(pieces);
+        slot += period_ms;
+    }
+    made
+}
+
+/// Reads a partition bound as `pg_get_expr` prints it:
+/// `FOR VALUES FROM (MINVALUE) TO ('0193…')` or `FOR VALUES FROM ('…') TO ('…')`.
+fn parse_bound(bound: &str) -> Option<(Option<Uuid>, Uuid)> {
+    let rest = bound.strip_prefix("FOR VALUES FROM (")?;
+    let (from, rest) = rest.split_once(") TO (")?;
+    let to = rest.strip_suffix(')')?;
+    let uuid = |text: &str| Uuid::parse_str(text.trim_matches('\'')).ok();
+    let from = if from == "MINVALUE" {
+        None
+    } else {
+        Some(uuid(from)?)
+    };
+    Some((from, uuid(to)?))
+}
+
+/// The periods there are, oldest first (from the partitions of `events`).
+pub async fn list<'e>(executor: impl sqlx::PgExecutor<'e>) -> sqlx::Result<Vec<Period>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid)
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'events'::regclass AND NOT i.inhdetachpending",
+    )
+    .fetch_all(executor)
+    .await?;
+    let mut periods: Vec<Period> = rows
+        .into_iter()
+        .filter_map(|(name, bound)| {
+            let suffix = name.strip_prefix("events_")?.to_owned();
+            let (from, to) = parse_bound(&bound)?;
+            Some(Period {
+                suffix,
+                from_ms: from.map(id_millis),
+                until_ms: id_millis(to),
+            })
+        })
+        .collect();
+    periods.sort_by_key(|p| p.from_ms);
+    Ok(periods)
+}
+
+/// Makes the periods needed to cover `[from, until)` (see [`missing`]); answers how many.
+pub async fn ensure(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    period: Duration,
+) -> sqlx::Result<usize> {
+    let period_ms = i64::try_from(period.as_millis())
+        .unwrap_or(MS_PER_DAY)
+        .max(60_000);
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MAINTENANCE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let existing = list(&mut *tx).await?;
+    let wanted = missing(
+        &existing,
+        from.timestamp_millis(),
+        until.timestamp_millis(),
+        period_ms,
+    );
+    for &(from_ms, until_ms) in &wanted {
+        let suffix = suffix(from_ms);
+        let (lower, upper) = (id_floor(from_ms), id_floor(until_ms));
+        for table in TABLES {
+            let name = format!("{table}_{suffix}");
+            // Room on each page for an outcome's new row version, so that update stays HOT.
+            let storage = if table == "deliveries" {
+                " WITH (fillfactor = 85)"
+            } else {
+                ""
+            };
+            sqlx::query(&format!(
+                "CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS){storage}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            for index in partition_indexes(table, &name) {
+                sqlx::query(&index).execute(&mut *tx).await?;
+            }
+            sqlx::query(&format!(
+                "ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ('{lower}') TO ('{upper}')"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(wanted.len())
+}
+
+/// The unique indexes each partition has of its own (keys without the partition key cannot be
+/// the parent's; see migrations/0014).
+fn partition_indexes(table: &str, name: &str) -> Vec<String> {
+    match table {
+        "events" => vec![
+            format!("CREATE UNIQUE INDEX {name}_dedupe ON {name} (namespace, source, external_id)"),
+            format!(
+                "CREATE UNIQUE INDEX {name}_dedupe_replay ON {name} (namespace, source, replay_digest)
+                 WHERE replay_digest IS NOT NULL"
+            ),
+        ],
+        "deliveries" => vec![format!(
+            "CREATE UNIQUE INDEX {name}_once_per_target ON {name} (event_id, target_kind, target)"
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Makes the periods from the start of the current one to [`AHEAD`] periods past now.
+pub async fn make_ahead(pool: &PgPool, period: Duration) -> sqlx::Result<usize> {
+    let now = Utc::now();
+    let ahead = chrono::Duration::from_std(period * AHEAD).unwrap_or(chrono::Duration::days(3));
+    ensure(pool, now, now + ahead, period).await
+}
+
+/// Whether any delivery of the period is still queued (waiting, retrying, being sent, or a dead
+/// head blocking its key): then its history is not dropped.
+pub async fn has_queued(pool: &PgPool, period: &Period) -> sqlx::Result<bool> {
+    let (lower, upper) = period.id_bounds();
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM delivery_queue WHERE delivery_id >= $1 AND delivery_id < $2)",
+    )
+    .bind(lower)
+    .bind(upper)
+    .fetch_one(pool)
+    .await
+}
+
+/// Drops a period's partitions. Each is detached first without blocking the parent (`DETACH …
+/// CONCURRENTLY` waits for the queries that may read it, and holds up none), then dropped.
+pub async fn drop_period(pool: &PgPool, period: &Period) -> sqlx::Result<()> {
+    for table in TABLES {
+        let name = period.partition(table);
+        sqlx::query(&format!(
+            "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
+        ))
+        .execute(pool)
+        .await?;
+        sqlx::query(&format!("DROP TABLE {name}")).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Finishes what an interrupted [`drop_period`] left: detaches that did not complete, and
+/// partitions detached but not dropped. Answers the tables dropped.
+pub async fn finish_interrupted_drops(pool: &PgPool) -> sqlx::Result<u64> {
+    let pending: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.relname::text, c.relname::text
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+         WHERE i.inhdetachpending AND p.relname IN ('events', 'deliveries', 'attempts')",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (table, name) in &pending {
+        sqlx::query(&format!("ALTER TABLE {table} DETACH PARTITION {name} FINALIZE"))
+            .execute(pool)
+            .await?;
+    }
+    // Tables named as partitions that are not partitions: only a detach makes them.
+    let detached: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+         WHERE c.relkind = 'r' AND NOT c.relispartition
+           AND c.relnamespace = current_schema()::regnamespace
+           AND c.relname ~ '^(events|deliveries|attempts)_([0-9]{8}(_[0-9]{4})?|legacy)$'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for name in &detached {
+        sqlx::query(&format!("DROP TABLE {name}")).execute(pool).await?;
+    }
+    Ok(detached.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = MS_PER_DAY;
+
+    fn period(from: Option<i64>, until: i64) -> Period {
+        Period {
+            suffix: String::new(),
+            from_ms: from,
+            until_ms: until,
+        }
+    }
+
+    #[test]
+    fn ids_and_times_round_trip_and_sort_by_time() {
+        let ms = 1_764_547_200_123; // 2025-12-01T00:00:00.123Z
+        assert_eq!(id_millis(id_floor(ms)), ms);
+        let now = Uuid::now_v7();
+        assert_eq!(id_millis(now), Utc::now().timestamp_millis().min(id_millis(now)));
+        assert!(id_floor(ms) < id_floor(ms + 1));
+        let delivery = delivery_id(now);
+        assert_eq!(id_millis(delivery), id_millis(now));
+        assert_ne!(delivery, now);
+        assert_eq!(delivery.get_version_num(), 7);
+        assert!(id_floor(id_millis(now)) <= now && now < id_floor(id_millis(now) + 1));
+    }
+
+    #[test]
+    fn periods_are_named_by_their_start() {
+        assert_eq!(suffix(1_764_547_200_000), "20251201");
+        assert_eq!(suffix(1_764_547_200_000 + 6 * 3_600_000), "20251201_0600");
+    }
+
+    #[test]
+    fn missing_periods_are_whole_slots_after_what_exists() {
+        let d = 20_000 * DAY;
+        // Nothing yet: the slots from the one holding `from` to the one holding `until`.
+        assert_eq!(
+            missing(&[], d + 5, d + 2 * DAY + 1, DAY),
+            [(d, d + DAY), (d + DAY, d + 2 * DAY), (d + 2 * DAY, d + 3 * DAY)]
+        );
+        // The legacy period covers the past; made only after its end.
+        assert_eq!(
+            missing(&[period(None, d + DAY)], d, d + 2 * DAY, DAY),
+            [(d + DAY, d + 2 * DAY)]
+        );
+        // Everything covered: nothing.
+        assert!(
+            missing(
+                &[period(Some(d), d + DAY), period(Some(d + DAY), d + 2 * DAY)],
+                d,
+                d + 2 * DAY,
+                DAY
+            )
+            .is_empty()
+        );
+        // A slot partly covered is made for the rest (a legacy period ending at noon).
+        assert_eq!(
+            missing(&[period(None, d + DAY / 2)], d, d + DAY, DAY),
+            [(d + DAY / 2, d + DAY)]
+        );
+        // Six-hour periods after a day's.
+        assert_eq!(
+            missing(&[period(Some(d), d + DAY)], d, d + DAY + 1, DAY / 4),
+            [(d + DAY, d + DAY + DAY / 4)]
+        );
+    }
+
+    #[test]
+    fn bounds_are_read_as_postgres_prints_them() {
+        let id = "0193a6b2-0000-0000-0000-000000000000";
+        assert_eq!(
+            parse_bound(&format!("FOR VALUES FROM (MINVALUE) TO ('{id}')")),
+            Some((None, Uuid::parse_str(id).unwrap()))
+        );
+        assert_eq!(
+            parse_bound(&format!("FOR VALUES FROM ('{id}') TO ('{id}')")),
+            Some((Some(Uuid::parse_str(id).unwrap()), Uuid::parse_str(id).unwrap()))
+        );
+        assert_eq!(parse_bound("DEFAULT"), None);
+    }
+}
