@@ -88,3 +88,13 @@ BEGIN
     EXECUTE format('ALTER TABLE attempts ATTACH PARTITION attempts_legacy FOR VALUES FROM (MINVALUE) TO (%L)', upper_bound);
 END
 $$;
+
+-- Periods being dropped: a drop is several statements (a detach cannot be in a transaction), so
+-- one interrupted is finished by the next retention pass from here, and only what is listed
+-- here is ever dropped.
+CREATE TABLE history_drops (
+    suffix      text PRIMARY KEY,
+    lower_id    uuid NOT NULL,
+    upper_id    uuid NOT NULL,
+    listed_at   timestamptz NOT NULL DEFAULT now()
+);

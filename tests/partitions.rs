@@ -149,6 +149,10 @@ async fn a_populated_database_is_partitioned_in_place() {
     let before = fingerprint(&pool).await;
 
     hookline::store::migrate(&pool).await.expect("migrate");
+    // As a node's first retention pass does.
+    partitions::make_ahead(&pool, partitions::DEFAULT_PERIOD)
+        .await
+        .expect("periods ahead");
 
     assert_eq!(
         fingerprint(&pool).await,
@@ -351,4 +355,54 @@ async fn a_namespace_with_a_shorter_retention_loses_its_older_events() {
     assert_eq!(deliveries, 2);
     let longer = Policy::new(week).with_namespaces([("billing".to_owned(), month)].into());
     assert!(longer.unwrap_err().to_string().contains("billing"));
+}
+
+/// A drop interrupted half way (one partition dropped, one detached, one still attached) is
+/// finished by the next retention pass; a table that merely looks like a partition (an
+/// operator's detached archive) is left alone.
+#[tokio::test]
+async fn an_interrupted_drop_is_finished_and_nothing_else_is_dropped() {
+    use hookline::store::retention::{Policy, sweep};
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let now = Utc::now();
+    partitions::ensure(&pool, now - Duration::days(3), now, partitions::DEFAULT_PERIOD)
+        .await
+        .expect("partitions");
+    let period = partitions::list(&pool).await.unwrap().remove(0);
+    let (lower, upper) = period.id_bounds();
+    let suffix = &period.suffix;
+    for statement in [
+        format!(
+            "INSERT INTO history_drops (suffix, lower_id, upper_id) VALUES ('{suffix}', '{lower}', '{upper}')"
+        ),
+        format!("ALTER TABLE attempts DETACH PARTITION attempts_{suffix}"),
+        format!("DROP TABLE attempts_{suffix}"),
+        format!("ALTER TABLE deliveries DETACH PARTITION deliveries_{suffix}"),
+        "CREATE TABLE events_20200101 (id uuid)".to_owned(),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.expect(&statement);
+    }
+    let swept = sweep(&pool, &Policy::new(std::time::Duration::from_secs(30 * 86400)))
+        .await
+        .expect("sweep");
+    assert_eq!(swept.periods_dropped, 0, "nothing is past the retention");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class WHERE relname LIKE '%' || $1 OR relname = 'events_20200101' ORDER BY 1",
+    )
+    .bind(suffix)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        ["events_20200101"],
+        "the listed period is gone, the look-alike stays"
+    );
+    assert!(!partitions::list(&pool).await.unwrap().contains(&period));
+    let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM history_drops")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(listed, 0);
 }

@@ -278,6 +278,16 @@ pub(super) async fn requeue_in(
     if ids.is_empty() {
         return Ok(0);
     }
+    // Their events are held until this commits, as a foreign key held them: retention skips
+    // them (and a delivery it is deleting is not found below).
+    sqlx::query(
+        "SELECT 1 FROM events e WHERE e.id IN (SELECT d.event_id FROM deliveries d WHERE d.id = ANY ($1))
+         FOR KEY SHARE OF e",
+    )
+    .persistent(false)
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
     Ok(sqlx::query(
         "WITH queued AS (
              INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,

@@ -63,11 +63,28 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
 /// Applies every migration not yet applied; running it again is a no-op.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
-    // Somewhere to write from the first request on; the retention pass keeps them coming.
-    partitions::make_ahead(pool, partitions::DEFAULT_PERIOD)
-        .await
-        .map_err(StoreError::Partitions)?;
-    Ok(())
+    // Somewhere to write from the first request on: the current period, if none holds now
+    // (the node's retention pass makes the next ones, of its configured period). Another
+    // replica may be making it (then this one waits for it), or dropping a period (which holds
+    // the lock making one takes: then the attempt times out and is tried again).
+    let mut last_error = None;
+    for _ in 0..30 {
+        let now = chrono::Utc::now();
+        let next_ms = now + chrono::Duration::milliseconds(1);
+        if let Err(err) = partitions::ensure(pool, now, next_ms, partitions::DEFAULT_PERIOD).await {
+            last_error = Some(err);
+        }
+        if partitions::covers_now(pool)
+            .await
+            .map_err(StoreError::Partitions)?
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(StoreError::Partitions(
+        last_error.unwrap_or(sqlx::Error::RowNotFound),
+    ))
 }
 
 /// Target keys as the three arrays (namespace, kind, name) a statement UNNESTs.

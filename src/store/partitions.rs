@@ -178,6 +178,15 @@ pub async fn list<'e>(executor: impl sqlx::PgExecutor<'e>) -> sqlx::Result<Vec<P
     Ok(periods)
 }
 
+/// Whether a period holds the present (there is somewhere to write now).
+pub async fn covers_now(pool: &PgPool) -> sqlx::Result<bool> {
+    let now = Utc::now().timestamp_millis();
+    Ok(list(pool)
+        .await?
+        .iter()
+        .any(|p| p.from_ms.is_none_or(|from| from <= now) && now < p.until_ms))
+}
+
 /// Makes the periods needed to cover `[from, until)` (see [`missing`]); answers how many.
 pub async fn ensure(
     pool: &PgPool,
@@ -192,10 +201,14 @@ pub async fn ensure(
     sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+    // Another replica making partitions makes the same ones: leave it to that one.
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(MAINTENANCE_LOCK)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+    if !held {
+        return Ok(0);
+    }
     let existing = list(&mut *tx).await?;
     let wanted = missing(
         &existing,
@@ -271,49 +284,74 @@ pub async fn has_queued(pool: &PgPool, period: &Period) -> sqlx::Result<bool> {
     .await
 }
 
-/// Drops a period's partitions. Each is detached first without blocking the parent (`DETACH …
-/// CONCURRENTLY` waits for the queries that may read it, and holds up none), then dropped.
+/// Drops a period's partitions: lists the period in `history_drops`, then [`finish_drops`].
 pub async fn drop_period(pool: &PgPool, period: &Period) -> sqlx::Result<()> {
-    for table in TABLES {
-        let name = period.partition(table);
-        sqlx::query(&format!(
-            "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
-        ))
-        .execute(pool)
-        .await?;
-        sqlx::query(&format!("DROP TABLE {name}")).execute(pool).await?;
-    }
+    let (lower, upper) = period.id_bounds();
+    sqlx::query(
+        "INSERT INTO history_drops (suffix, lower_id, upper_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(&period.suffix)
+    .bind(lower)
+    .bind(upper)
+    .execute(pool)
+    .await?;
+    finish_drops(pool).await?;
     Ok(())
 }
 
-/// Finishes what an interrupted [`drop_period`] left: detaches that did not complete, and
-/// partitions detached but not dropped. Answers the tables dropped.
-pub async fn finish_interrupted_drops(pool: &PgPool) -> sqlx::Result<u64> {
-    let pending: Vec<(String, String)> = sqlx::query_as(
-        "SELECT p.relname::text, c.relname::text
-         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
-         WHERE i.inhdetachpending AND p.relname IN ('events', 'deliveries', 'attempts')",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (table, name) in &pending {
-        sqlx::query(&format!("ALTER TABLE {table} DETACH PARTITION {name} FINALIZE"))
+/// Drops every period listed in `history_drops`, each step done only if not done before (so a
+/// drop interrupted anywhere is finished by the next pass): each partition is detached without
+/// blocking the parent (`DETACH … CONCURRENTLY` waits for the queries that may read it, and
+/// holds up none; one left pending is finalized), then dropped. Queue rows of the period's ids
+/// are removed with it: only a delivery queued while the period was being dropped (a replay or
+/// redelivery of an event past the retention, racing it) can have one. Answers the periods.
+pub async fn finish_drops(pool: &PgPool) -> sqlx::Result<u64> {
+    let listed: Vec<(String, Uuid, Uuid)> =
+        sqlx::query_as("SELECT suffix, lower_id, upper_id FROM history_drops ORDER BY lower_id")
+            .fetch_all(pool)
+            .await?;
+    for (suffix, lower, upper) in &listed {
+        for table in TABLES {
+            let name = format!("{table}_{suffix}");
+            let state: Option<Option<bool>> = sqlx::query_scalar(
+                "SELECT (SELECT i.inhdetachpending FROM pg_inherits i WHERE i.inhrelid = c.oid)
+                 FROM pg_class c
+                 WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
+            )
+            .bind(&name)
+            .fetch_optional(pool)
+            .await?;
+            let detach = match state {
+                None => continue,
+                Some(None) => None,
+                Some(Some(false)) => Some("CONCURRENTLY"),
+                Some(Some(true)) => Some("FINALIZE"),
+            };
+            if let Some(how) = detach {
+                sqlx::query(&format!("ALTER TABLE {table} DETACH PARTITION {name} {how}"))
+                    .execute(pool)
+                    .await?;
+            }
+            sqlx::query(&format!("DROP TABLE {name}")).execute(pool).await?;
+        }
+        let orphans = sqlx::query("DELETE FROM delivery_queue WHERE delivery_id >= $1 AND delivery_id < $2")
+            .bind(lower)
+            .bind(upper)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        if orphans > 0 {
+            tracing::warn!(
+                period = %suffix,
+                "{orphans} deliveries queued while their period was dropped were removed with it"
+            );
+        }
+        sqlx::query("DELETE FROM history_drops WHERE suffix = $1")
+            .bind(suffix)
             .execute(pool)
             .await?;
     }
-    // Tables named as partitions that are not partitions: only a detach makes them.
-    let detached: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_class c
-         WHERE c.relkind = 'r' AND NOT c.relispartition
-           AND c.relnamespace = current_schema()::regnamespace
-           AND c.relname ~ '^(events|deliveries|attempts)_([0-9]{8}(_[0-9]{4})?|legacy)$'",
-    )
-    .fetch_all(pool)
-    .await?;
-    for name in &detached {
-        sqlx::query(&format!("DROP TABLE {name}")).execute(pool).await?;
-    }
-    Ok(detached.len() as u64)
+    Ok(listed.len() as u64)
 }
 
 #[cfg(test)]

@@ -333,6 +333,20 @@ pub async fn advance(
         return Ok(false);
     }
     let requeued = super::history::requeue_in(&mut tx, &batch.requeue, Some(replay.id)).await?;
+    // The events to make deliveries for, held until this commits (retention skips them): those
+    // deleted since they were read are left out.
+    let present: std::collections::HashSet<Uuid> =
+        sqlx::query_scalar("SELECT id FROM events WHERE id = ANY ($1) FOR KEY SHARE")
+            .bind(batch.create.iter().map(|d| d.event).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+    let create: Vec<&ReplayDelivery> = batch
+        .create
+        .iter()
+        .filter(|d| present.contains(&d.event))
+        .collect();
     let created = sqlx::query(
         "WITH delivery AS (
              INSERT INTO deliveries (id, event_id, namespace, target_kind, target, ordering_key, position, replay_id)
@@ -351,14 +365,13 @@ pub async fn advance(
     .bind(&replay.target)
     .bind(replay.id)
     .bind(
-        batch
-            .create
+        create
             .iter()
             .map(|d| super::partitions::delivery_id(d.event))
             .collect::<Vec<_>>(),
     )
-    .bind(batch.create.iter().map(|d| d.event).collect::<Vec<_>>())
-    .bind(batch.create.iter().map(|d| d.ordering_key.as_deref()).collect::<Vec<_>>())
+    .bind(create.iter().map(|d| d.event).collect::<Vec<_>>())
+    .bind(create.iter().map(|d| d.ordering_key.as_deref()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?
     .rows_affected();

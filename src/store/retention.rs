@@ -94,7 +94,10 @@ pub struct Swept {
 pub async fn sweep(pool: &PgPool, policy: &Policy) -> sqlx::Result<Swept> {
     let cutoff = cutoff(policy.retention);
     let mut swept = Swept::default();
-    partitions::make_ahead(pool, policy.period).await?;
+    // Not making them now is not fatal while periods ahead are left (three are made).
+    if let Err(err) = partitions::make_ahead(pool, policy.period).await {
+        tracing::warn!("making the history's next partitions failed (retrying next pass): {err}");
+    }
     let mut lock = pool.acquire().await?;
     let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SWEEP_LOCK)
@@ -136,7 +139,8 @@ fn cutoff(keep: Duration) -> chrono::DateTime<Utc> {
 }
 
 async fn sweep_history(pool: &PgPool, policy: &Policy, swept: &mut Swept) -> sqlx::Result<()> {
-    partitions::finish_interrupted_drops(pool).await?;
+    // A drop an earlier pass did not finish.
+    partitions::finish_drops(pool).await?;
     let cutoff = cutoff(policy.retention);
     let cutoff_ms = cutoff.timestamp_millis();
     for period in partitions::list(pool).await? {
@@ -190,6 +194,10 @@ async fn delete_expired_events(
              DELETE FROM {deliveries} d USING doomed WHERE d.event_id = doomed.id RETURNING d.id
          ), attempt AS (
              DELETE FROM {attempts} a USING delivery WHERE a.delivery_id = delivery.id
+         ), queued AS (
+             -- Queued since this statement's snapshot (a redelivery racing it): goes with its
+             -- delivery, as a foreign key's cascade did.
+             DELETE FROM delivery_queue q USING delivery WHERE q.delivery_id = delivery.id
          )
          DELETE FROM {events} e USING doomed WHERE e.id = doomed.id",
         of_namespace = if namespace.is_some() {
