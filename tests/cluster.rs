@@ -445,6 +445,34 @@ async fn all_delivered(cluster: &Cluster, sink_ns: &str, acked: &[String], withi
     }
 }
 
+/// What the history says of the webhooks the sink received more than once (their deliveries'
+/// attempts, with times and outcomes) and when the sink got each copy: the failure's evidence.
+async fn explain_duplicates(cluster: &Cluster, sink_ns: &str, database_url: &str) {
+    let records = received(cluster, sink_ns).await;
+    let seen = arrivals(&records);
+    let Ok(pool) = sqlx::PgPool::connect(database_url).await else {
+        return;
+    };
+    for (id, _) in seen.iter().filter(|(_, n)| **n > 1).take(5) {
+        let copies: Vec<(&str, &str)> = records
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains(id.as_str()))
+            .map(|r| (r.id.as_str(), r.timestamp.as_str()))
+            .collect();
+        let history: Vec<String> = sqlx::query_scalar(
+            "SELECT concat_ws(' ', d.id, d.status, d.attempts, a.attempt_number, a.started_at, a.status_code, a.error)
+             FROM events e JOIN deliveries d ON d.event_id = e.id
+             LEFT JOIN attempts a ON a.delivery_id = d.id
+             WHERE e.external_id = $1 ORDER BY a.attempt_number",
+        )
+        .bind(id)
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        eprintln!("duplicate {id}: received {copies:?}; history {history:?}");
+    }
+}
+
 /// The values every install and upgrade of this test sets: the local image, two controller
 /// replicas (for the failover), both tokens.
 fn helm_values() -> Vec<String> {
@@ -756,6 +784,9 @@ async fn the_chart_runs_as_pods_and_delivers_through_restarts_and_rollouts() {
     assert_eq!(load.server_errors, 0, "a graceful rollout answers no 5xx");
     let duplicates = all_delivered(&cluster, &sink_ns, &load.acked, Duration::from_secs(120)).await;
     figure("rollout_duplicates", duplicates as f64, "deliveries");
+    if duplicates > 0 {
+        explain_duplicates(&cluster, &sink_ns, &database_url).await;
+    }
     assert_eq!(
         duplicates, 0,
         "a rollout resends nothing that was already answered"
