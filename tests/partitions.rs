@@ -307,6 +307,96 @@ async fn keys_are_refused_across_the_partitions_of_the_dedupe_window() {
     assert_eq!(stored, 3);
 }
 
+/// Storing an event probes the older partitions of the dedupe window for its keys, never its
+/// own (its unique indexes refuse a duplicate there) nor those ahead: a new partition has no
+/// statistics, and a probe planned without them may read it through `events_by_source`, every
+/// event of the source per event stored.
+#[tokio::test]
+async fn keys_are_looked_up_only_in_older_partitions() {
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let now = Utc::now();
+    partitions::ensure(&pool, now - Duration::days(2), now, partitions::DEFAULT_PERIOD)
+        .await
+        .expect("partitions");
+    partitions::make_ahead(&pool, partitions::DEFAULT_PERIOD)
+        .await
+        .expect("partitions ahead");
+    let writer = event_writer(pool.clone());
+    let yesterday = id_at((now - Duration::days(1)).timestamp_millis());
+    writer
+        .submit(new_event(yesterday, "evt_yesterday"))
+        .await
+        .expect("store");
+    const TODAY: i64 = 200;
+    for n in 0..TODAY {
+        let stored = writer
+            .submit(new_event(Uuid::now_v7(), &format!("evt_{n}")))
+            .await
+            .expect("store");
+        assert!(matches!(stored, Stored::New { .. }));
+    }
+    let again = |external_id: &str| writer.submit(new_event(Uuid::now_v7(), external_id));
+    assert!(matches!(again("evt_7").await.unwrap(), Stored::Duplicate));
+    assert!(matches!(again("evt_yesterday").await.unwrap(), Stored::Duplicate));
+
+    let periods = partitions::list(&pool).await.expect("periods");
+    let holding = |ms: i64| {
+        periods
+            .iter()
+            .position(|p| p.from_ms.is_none_or(|from| from <= ms) && ms < p.until_ms)
+            .expect("a period holds it")
+    };
+    let (older, own) = (
+        holding(partitions::id_millis(yesterday)),
+        holding(now.timestamp_millis()),
+    );
+    let scans = |table: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT indexrelname::text, idx_scan FROM pg_stat_user_indexes WHERE relname = $1",
+            )
+            .bind(table)
+            .fetch_all(&pool)
+            .await
+            .expect("index statistics")
+        }
+    };
+    // Index statistics reach the views a moment after the statements' transactions end.
+    let older_table = periods[older].partition("events");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while scans(older_table.clone())
+        .await
+        .iter()
+        .map(|(_, n)| n)
+        .sum::<i64>()
+        < TODAY
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the older partition was not probed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let by_source = scans(periods[own].partition("events")).await;
+    let by_source: i64 = by_source
+        .iter()
+        .filter(|(name, _)| name.contains("source_received_at"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(by_source, 0, "the event's own partition is not probed");
+    for ahead in &periods[own + 1..] {
+        let probed: i64 = scans(ahead.partition("events"))
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(probed, 0, "{} is not probed", ahead.partition("events"));
+    }
+    assert!(periods.len() > own + 1, "periods ahead exist");
+}
+
 /// A namespace kept for less than the retention: its events older than its own retention are
 /// deleted inside the periods that are kept (with their deliveries and attempts), other
 /// namespaces' are not; a namespace kept longer than the retention is refused.

@@ -23,7 +23,7 @@ use super::Gateway;
 use super::fan_out::{self, Arriving};
 use super::refusal::{Refusal, refuse};
 use super::sending;
-use crate::store::events::{Idempotency, IdempotentAnswer, NewEvent, Published, Stored, store_published};
+use crate::store::events::{Idempotency, IdempotentAnswer, NewEvent, Published, Stored};
 
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -209,7 +209,9 @@ async fn publish_traced(
             .instrument(crate::trace_span!("store"))
             .await
             .map(Published::Stored),
-        Some(idempotency) => store_published(&gateway.pool, &event, idempotency, IDEMPOTENCY_TTL)
+        Some(idempotency) => gateway
+            .events
+            .store_published(&gateway.pool, &event, idempotency, IDEMPOTENCY_TTL)
             .await
             .map_err(Arc::new),
     };

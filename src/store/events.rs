@@ -6,7 +6,10 @@ use bytes::Bytes;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::group_commit::{BatchWrite, GroupCommit};
+use std::sync::Arc;
+
+use super::group_commit::{BatchWrite, GroupCommit, SharedError};
+use super::partitions::PeriodStarts;
 use crate::api::TargetKind;
 
 /// How long an event's keys (the sender's id, the replay digest) refuse a second event with
@@ -68,8 +71,12 @@ pub enum Stored {
 /// whole queue".
 pub const DELIVERIES_CHANNEL: &str = "hookline_deliveries";
 
-/// Events written concurrently share commits.
-pub type EventWriter = GroupCommit<InsertEvents>;
+/// Writes events: those written concurrently share commits; a published one with an
+/// idempotency key is written in a transaction of its own ([`EventWriter::store_published`]).
+pub struct EventWriter {
+    commits: GroupCommit<InsertEvents>,
+    periods: Arc<PeriodStarts>,
+}
 
 /// Writer tasks, and so connections, the event writer uses at most.
 const EVENT_WRITERS: usize = 4;
@@ -77,26 +84,39 @@ const EVENT_WRITERS: usize = 4;
 const EVENT_BATCH: usize = 256;
 
 pub fn event_writer(pool: PgPool) -> EventWriter {
-    GroupCommit::start(pool, InsertEvents, EVENT_WRITERS, EVENT_BATCH)
+    let periods = Arc::new(PeriodStarts::default());
+    EventWriter {
+        commits: GroupCommit::start(pool, InsertEvents(periods.clone()), EVENT_WRITERS, EVENT_BATCH),
+        periods,
+    }
 }
 
 /// The batch write of [`EventWriter`].
-pub struct InsertEvents;
+struct InsertEvents(Arc<PeriodStarts>);
 
 impl BatchWrite for InsertEvents {
     type Item = NewEvent;
     type Output = Stored;
 
     async fn write(&self, pool: &PgPool, items: &[NewEvent]) -> sqlx::Result<Vec<Stored>> {
-        insert_events(pool, items).await
+        let newest = items.iter().map(|e| e.id).max().unwrap_or_default();
+        let own_period = self.0.start_of(pool, newest).await?;
+        insert_events(pool, items, own_period).await
     }
 }
 
 /// Inserts events with their deliveries, skipping duplicates, in one statement (on a pool: its
 /// own transaction; or inside a caller's). Answers each event in order.
+///
+/// An event's keys are unique in its own partition (ON CONFLICT); the older partitions of the
+/// dedupe window are probed, ids from the window's start up to `own_period`, where the period
+/// of the batch's newest event starts. Excluding the event's own partition matters beyond the
+/// probes saved: a new partition has no statistics, and the planner, seeing no difference, may
+/// probe it through `events_by_source` and read every event of the source.
 async fn insert_events<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     events: &[NewEvent],
+    own_period: Uuid,
 ) -> sqlx::Result<Vec<Stored>> {
     // Rows are inserted in key order, so two batches holding the same keys (a sender's retries)
     // take their locks in the same order and cannot deadlock.
@@ -134,16 +154,16 @@ async fn insert_events<'e>(
                                  $7::jsonb[], $8::bytea[], $14::bytea[])
                  AS u (id, namespace, source, provider, external_id, event_type, headers, body,
                        replay_digest)
-            -- Either key, the sender's id or the replay digest, in the other partitions of the
+            -- Either key, the sender's id or the replay digest, in the older partitions of the
             -- dedupe window (one probe of each's index; a subquery, so never a join over them)…
             WHERE (SELECT true FROM events e
                    WHERE e.namespace = u.namespace AND e.source = u.source
-                     AND e.external_id = u.external_id AND e.id >= $22
+                     AND e.external_id = u.external_id AND e.id >= $22 AND e.id < $23
                    LIMIT 1) IS NULL
               AND (u.replay_digest IS NULL
                    OR (SELECT true FROM events e
                        WHERE e.namespace = u.namespace AND e.source = u.source
-                         AND e.replay_digest = u.replay_digest AND e.id >= $22
+                         AND e.replay_digest = u.replay_digest AND e.id >= $22 AND e.id < $23
                        LIMIT 1) IS NULL)
             -- … and, against events stored at the same time, in the event's own partition.
             ON CONFLICT DO NOTHING
@@ -237,6 +257,7 @@ async fn insert_events<'e>(
     .bind(super::partitions::id_floor_at(
         chrono::Utc::now() - chrono::Duration::from_std(DEDUPE_WINDOW).unwrap_or(chrono::Duration::days(3)),
     ))
+    .bind(own_period)
     .fetch_one(executor)
     .await?;
     let claimed: std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>> =
@@ -318,73 +339,82 @@ pub enum Published {
     KeyReused,
 }
 
-/// Stores a published event with its deliveries and records the answer under the idempotency
-/// key, all in one transaction. A key already in use (and not expired) is not
-/// stored again: its first answer is returned, or `KeyReused` when the body differs.
-pub async fn store_published(
-    pool: &PgPool,
-    event: &NewEvent,
-    idempotency: &Idempotency<'_>,
-    key_ttl: std::time::Duration,
-) -> sqlx::Result<Published> {
-    let mut tx = pool.begin().await?;
-    let &Idempotency {
-        key, request_hash, ..
-    } = idempotency;
-    {
-        // Waits for a concurrent request with the same key to finish, then sees its row.
-        let claimed: Option<(bool,)> = sqlx::query_as(
-            "INSERT INTO idempotency_keys (namespace, key, request_hash, response_status, response_body, expires_at)
-             VALUES ($1, $2, $3, 0, 'null', now() + $4 * interval '1 millisecond')
-             ON CONFLICT (namespace, key) DO UPDATE
-                 SET request_hash = EXCLUDED.request_hash, response_status = 0, response_body = 'null',
-                     created_at = now(), expires_at = EXCLUDED.expires_at
-                 WHERE idempotency_keys.expires_at < now()
-             RETURNING true",
-        )
-        .bind(&event.namespace)
-        .bind(key)
-        .bind(request_hash)
-        .bind(key_ttl.as_millis() as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if claimed.is_none() {
-            let (hash, status, body): (Vec<u8>, i16, serde_json::Value) = sqlx::query_as(
-                "SELECT request_hash, response_status, response_body FROM idempotency_keys
-                 WHERE namespace = $1 AND key = $2",
+impl EventWriter {
+    /// Queues the event and waits for the commit that holds it.
+    pub async fn submit(&self, event: NewEvent) -> Result<Stored, SharedError> {
+        self.commits.submit(event).await
+    }
+
+    /// Stores a published event with its deliveries and records the answer under the idempotency
+    /// key, all in one transaction. A key already in use (and not expired) is not
+    /// stored again: its first answer is returned, or `KeyReused` when the body differs.
+    pub async fn store_published(
+        &self,
+        pool: &PgPool,
+        event: &NewEvent,
+        idempotency: &Idempotency<'_>,
+        key_ttl: std::time::Duration,
+    ) -> sqlx::Result<Published> {
+        let own_period = self.periods.start_of(pool, event.id).await?;
+        let mut tx = pool.begin().await?;
+        let &Idempotency {
+            key, request_hash, ..
+        } = idempotency;
+        {
+            // Waits for a concurrent request with the same key to finish, then sees its row.
+            let claimed: Option<(bool,)> = sqlx::query_as(
+                "INSERT INTO idempotency_keys (namespace, key, request_hash, response_status, response_body, expires_at)
+                 VALUES ($1, $2, $3, 0, 'null', now() + $4 * interval '1 millisecond')
+                 ON CONFLICT (namespace, key) DO UPDATE
+                     SET request_hash = EXCLUDED.request_hash, response_status = 0, response_body = 'null',
+                         created_at = now(), expires_at = EXCLUDED.expires_at
+                     WHERE idempotency_keys.expires_at < now()
+                 RETURNING true",
             )
             .bind(&event.namespace)
             .bind(key)
-            .fetch_one(&mut *tx)
+            .bind(request_hash)
+            .bind(key_ttl.as_millis() as i64)
+            .fetch_optional(&mut *tx)
             .await?;
-            tx.rollback().await?;
-            return Ok(if hash == request_hash {
-                Published::Replayed(IdempotentAnswer {
-                    status: status as u16,
-                    body,
-                })
-            } else {
-                Published::KeyReused
-            });
+            if claimed.is_none() {
+                let (hash, status, body): (Vec<u8>, i16, serde_json::Value) = sqlx::query_as(
+                    "SELECT request_hash, response_status, response_body FROM idempotency_keys
+                     WHERE namespace = $1 AND key = $2",
+                )
+                .bind(&event.namespace)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                return Ok(if hash == request_hash {
+                    Published::Replayed(IdempotentAnswer {
+                        status: status as u16,
+                        body,
+                    })
+                } else {
+                    Published::KeyReused
+                });
+            }
         }
+        let stored = insert_events(&mut *tx, std::slice::from_ref(event), own_period)
+            .await?
+            .pop()
+            .ok_or(sqlx::Error::RowNotFound)?;
+        let answer = match stored {
+            Stored::New { .. } => &idempotency.answer_if_new,
+            Stored::Duplicate => &idempotency.answer_if_duplicate,
+        };
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE namespace = $1 AND key = $2",
+        )
+        .bind(&event.namespace)
+        .bind(key)
+        .bind(answer.status as i16)
+        .bind(&answer.body)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Published::Stored(stored))
     }
-    let stored = insert_events(&mut *tx, std::slice::from_ref(event))
-        .await?
-        .pop()
-        .ok_or(sqlx::Error::RowNotFound)?;
-    let answer = match stored {
-        Stored::New { .. } => &idempotency.answer_if_new,
-        Stored::Duplicate => &idempotency.answer_if_duplicate,
-    };
-    sqlx::query(
-        "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE namespace = $1 AND key = $2",
-    )
-    .bind(&event.namespace)
-    .bind(key)
-    .bind(answer.status as i16)
-    .bind(&answer.body)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Published::Stored(stored))
 }

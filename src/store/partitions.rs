@@ -83,6 +83,10 @@ impl Period {
         format!("{table}_{}", self.suffix)
     }
 
+    fn holds(&self, ms: i64) -> bool {
+        self.from_ms.is_none_or(|from| from <= ms) && ms < self.until_ms
+    }
+
     /// The ids of the period, as bounds `lower <= id < upper`.
     pub fn id_bounds(&self) -> (Uuid, Uuid) {
         (
@@ -181,10 +185,34 @@ pub async fn list<'e>(executor: impl sqlx::PgExecutor<'e>) -> sqlx::Result<Vec<P
 /// Whether a period holds the present (there is somewhere to write now).
 pub async fn covers_now(pool: &PgPool) -> sqlx::Result<bool> {
     let now = Utc::now().timestamp_millis();
-    Ok(list(pool)
-        .await?
-        .iter()
-        .any(|p| p.from_ms.is_none_or(|from| from <= now) && now < p.until_ms))
+    Ok(list(pool).await?.iter().any(|p| p.holds(now)))
+}
+
+/// Where the period holding an id begins, remembered while ids fall in it: a partition's bounds
+/// never change, so the catalog is read once a period, not once a statement.
+#[derive(Debug, Default)]
+pub struct PeriodStarts {
+    last: std::sync::Mutex<Option<Period>>,
+}
+
+impl PeriodStarts {
+    /// The smallest id of the period that holds `id` (nil for the legacy period, which holds
+    /// everything before its end). With no period holding `id` (a write of it fails), the
+    /// largest id: "every period is older", which skips none.
+    pub async fn start_of<'e>(&self, executor: impl sqlx::PgExecutor<'e>, id: Uuid) -> sqlx::Result<Uuid> {
+        let ms = id_millis(id);
+        let remembered =
+            |last: &Option<Period>| last.as_ref().filter(|p| p.holds(ms)).map(|p| p.id_bounds().0);
+        if let Some(start) = remembered(&self.last.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(start);
+        }
+        let Some(period) = list(executor).await?.into_iter().find(|p| p.holds(ms)) else {
+            return Ok(Uuid::max());
+        };
+        let start = period.id_bounds().0;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(period);
+        Ok(start)
+    }
 }
 
 /// Makes the periods needed to cover `[from, until)` (see [`missing`]); answers how many.
@@ -219,7 +247,9 @@ pub async fn ensure(
     for &(from_ms, until_ms) in &wanted {
         let suffix = suffix(from_ms);
         let (lower, upper) = (id_floor(from_ms), id_floor(until_ms));
-        for table in TABLES {
+        // Attached in the order every other statement locks them (events first), so that
+        // none waits on this transaction while holding what it waits for.
+        for table in TABLES.into_iter().rev() {
             let name = format!("{table}_{suffix}");
             // Room on each page for an outcome's new row version, so that update stays HOT.
             let storage = if table == "deliveries" {
