@@ -152,22 +152,6 @@ async fn proxy(primary: Arc<AtomicU16>) -> u16 {
     port
 }
 
-fn config_dir(url: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hookline-failover-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("config.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: shop}}\n\
-             stringData: {{secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n---\n\
-             apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: crm, namespace: shop}}\n\
-             spec: {{url: '{url}', events: ['*'], allowPrivateNetworks: true, secretRef: {{name: signing, key: secret}}}}\n"
-        ),
-    )
-    .unwrap();
-    dir
-}
-
 #[derive(Default)]
 struct Answers {
     acknowledged: BTreeSet<String>,
@@ -246,7 +230,7 @@ async fn promoting_a_synchronous_replica_loses_no_acknowledged_event() {
     let service = proxy(serving.clone()).await;
     let database_url = format!("postgres://postgres@127.0.0.1:{service}/postgres");
     let sink = Sink::start().await;
-    let config = config_dir(&sink.url("crm"));
+    let config = support::subscription_config(&sink.url("crm"), "");
     let gateway = start_standalone(&config, &database_url, &[("HOOKLINE_PUBLISH_TOKEN", TOKEN)]).await;
 
     // Four publishers, each publishing its own numbered events as fast as they are answered.

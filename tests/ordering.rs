@@ -17,25 +17,6 @@ const TOKEN: &str = "ordering-test-token";
 const KEYS: usize = 20;
 const PER_KEY: usize = 100;
 
-fn config_dir(url: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("hookline-ordering-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("config.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: shop}}\n\
-             stringData: {{secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n---\n\
-             apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: ledger, namespace: shop}}\n\
-             spec:\n  url: '{url}'\n  events: ['*']\n  allowPrivateNetworks: true\n  secretRef: {{name: signing, key: secret}}\n\
-             \x20 ordering: {{key: data.account, onDead: block}}\n  timeout: 1s\n  maxInFlight: 16\n\
-             \x20 retryPolicy: {{maxAttempts: 40, schedule: [20ms]}}\n  rateLimit: {{perSecond: 400, burst: 20}}\n\
-             \x20 circuitBreaker: {{failureThreshold: 5, resetTimeout: 1s}}\n"
-        ),
-    )
-    .unwrap();
-    dir
-}
-
 /// Publishes through `first`, or through `second` when `first` is gone; the event's own id
 /// makes a retry of a stored event a duplicate.
 async fn publish(client: &reqwest::Client, bases: &[String; 2], first: usize, account: &str, n: usize) {
@@ -116,7 +97,12 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
         }),
     );
     let database_url = support::fresh_database().await;
-    let config = config_dir(&sink.url("ledger"));
+    let config = support::subscription_config(
+        &sink.url("ledger"),
+        ", ordering: {key: data.account, onDead: block}, timeout: 1s, maxInFlight: 16, \
+         retryPolicy: {maxAttempts: 40, schedule: [20ms]}, rateLimit: {perSecond: 400, burst: 20}, \
+         circuitBreaker: {failureThreshold: 5, resetTimeout: 1s}",
+    );
     let env = [("HOOKLINE_PUBLISH_TOKEN", TOKEN)];
     let mut a: Option<GatewayProcess> = Some(start_standalone(&config, &database_url, &env).await);
     let b = start_standalone(&config, &database_url, &env).await;

@@ -6,7 +6,7 @@ mod support;
 
 use chrono::{Duration, Utc};
 use hookline::api::{TargetKey, TargetKind};
-use hookline::store::deliveries::{After, Attempt, AttemptRecord, Take, claim, record_attempts};
+use hookline::store::deliveries::{After, AttemptRecord, Take, claim, record_attempts};
 use hookline::store::events::{NewDelivery, NewEvent, Stored, event_writer};
 use hookline::store::partitions::{self, delivery_id, id_at};
 use sqlx::PgPool;
@@ -221,21 +221,7 @@ async fn a_populated_database_is_partitioned_in_place() {
         }
         let records: Vec<AttemptRecord> = batch
             .iter()
-            .map(|d| AttemptRecord {
-                delivery: d.id,
-                lease_until: d.lease_until,
-                number: d.attempts + 1,
-                attempt: Attempt {
-                    started_at: Utc::now(),
-                    duration_ms: 3,
-                    status_code: Some(200),
-                    ..Attempt::default()
-                },
-                after: After::Succeeded,
-                last_error: None,
-                blocks_key: false,
-                hand_over: None,
-            })
+            .map(|d| support::answered_200(d, After::Succeeded))
             .collect();
         record_attempts(&pool, &records).await.expect("record");
         claimed.extend(batch.iter().map(|d| d.id));

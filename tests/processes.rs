@@ -15,23 +15,6 @@ async fn start(config: &std::path::Path, database_url: &str) -> GatewayProcess {
     start_standalone(config, database_url, &[("HOOKLINE_PUBLISH_TOKEN", TOKEN)]).await
 }
 
-/// Writes the configuration a user would apply: a signing Secret and a subscription to `url`.
-fn config_dir(url: &str, extra: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("hookline-config-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("config.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: shop}}\n\
-             stringData: {{secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n---\n\
-             apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: crm, namespace: shop}}\n\
-             spec: {{url: '{url}', events: ['*'], allowPrivateNetworks: true, secretRef: {{name: signing, key: secret}}{extra}}}\n"
-        ),
-    )
-    .unwrap();
-    dir
-}
-
 async fn publish(base: &str, n: usize) {
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/namespaces/shop/events"))
@@ -63,7 +46,7 @@ async fn statuses(database_url: &str) -> Vec<(String, i64)> {
 async fn a_gateway_killed_mid_delivery_delivers_everything_after_restart() {
     let sink = Sink::start().await;
     let database_url = support::fresh_database().await;
-    let config = config_dir(&sink.url("crash"), ", timeout: 2s");
+    let config = support::subscription_config(&sink.url("crash"), ", timeout: 2s");
     // The first request never gets an answer: it is in flight when the gateway dies.
     sink.script("crash", vec![Reply::Hang]);
     let mut first = start(&config, &database_url).await;
@@ -120,7 +103,7 @@ async fn four_gateway_processes_share_the_queue_without_double_sends() {
     const EVENTS: usize = 400;
     let sink = Sink::start().await;
     let database_url = support::fresh_database().await;
-    let config = config_dir(&sink.url("shared"), ", maxInFlight: 8");
+    let config = support::subscription_config(&sink.url("shared"), ", maxInFlight: 8");
     let mut gateways = Vec::new();
     for _ in 0..4 {
         gateways.push(start(&config, &database_url).await);
@@ -151,7 +134,7 @@ async fn four_gateway_processes_share_the_queue_without_double_sends() {
 async fn sigterm_finishes_what_is_in_flight_and_gives_back_the_rest() {
     let sink = Sink::start().await;
     let database_url = support::fresh_database().await;
-    let config = config_dir(&sink.url("slow"), ", maxInFlight: 2, timeout: 10s");
+    let config = support::subscription_config(&sink.url("slow"), ", maxInFlight: 2, timeout: 10s");
     sink.always("slow", Reply::Slow(Duration::from_secs(2)));
     let mut first = start(&config, &database_url).await;
     for n in 0..10 {
@@ -304,7 +287,7 @@ async fn concurrent_large_bodies_stay_within_the_memory_budget() {
 async fn a_delivery_to_an_idle_target_is_sent_without_a_claim() {
     let sink = Sink::start().await;
     let database_url = support::fresh_database().await;
-    let config = config_dir(&sink.url("idle"), "");
+    let config = support::subscription_config(&sink.url("idle"), "");
     let gateway = start(&config, &database_url).await;
     let mut listener = sqlx::postgres::PgListener::connect(&database_url).await.unwrap();
     listener.listen("hookline_deliveries").await.unwrap();

@@ -557,27 +557,6 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
     assert_eq!(numbers, [1, 2], "both attempts are history");
 }
 
-fn succeeded(
-    delivery: &hookline::store::deliveries::Claimed,
-    after: hookline::store::deliveries::After,
-) -> hookline::store::deliveries::AttemptRecord {
-    hookline::store::deliveries::AttemptRecord {
-        delivery: delivery.id,
-        lease_until: delivery.lease_until,
-        number: delivery.attempts + 1,
-        attempt: hookline::store::deliveries::Attempt {
-            started_at: chrono::Utc::now(),
-            duration_ms: 3,
-            status_code: Some(200),
-            ..Default::default()
-        },
-        after,
-        last_error: None,
-        blocks_key: false,
-        hand_over: None,
-    }
-}
-
 /// Ordered deliveries are claimed as their key's head only: one at a time per key, in the
 /// order stored, keys side by side; a dead head with `blocks_key` holds its key until skipped.
 #[tokio::test]
@@ -631,9 +610,12 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         .find(|c| c.ordering_key.as_deref() == Some("k"))
         .unwrap();
     // A retry keeps the head: k waits for it.
-    record_attempts(&pool, &[succeeded(head, After::RetryAt(chrono::Utc::now()))])
-        .await
-        .expect("retry");
+    record_attempts(
+        &pool,
+        &[support::answered_200(head, After::RetryAt(chrono::Utc::now()))],
+    )
+    .await
+    .expect("retry");
     let again = claim(&pool, &take()).await.expect("claim");
     assert_eq!(external(&again).await, ["evt_0"], "the head again, not the next");
     // Recording the head's success claims the key's next one in the same statement.
@@ -641,7 +623,7 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         &pool,
         &[hookline::store::deliveries::AttemptRecord {
             hand_over: Some(lease),
-            ..succeeded(&again[0], After::Succeeded)
+            ..support::answered_200(&again[0], After::Succeeded)
         }],
     )
     .await
@@ -659,7 +641,7 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         &pool,
         &[hookline::store::deliveries::AttemptRecord {
             blocks_key: true,
-            ..succeeded(&next[0], After::Dead)
+            ..support::answered_200(&next[0], After::Dead)
         }],
     )
     .await
@@ -694,7 +676,7 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         &pool,
         &[hookline::store::deliveries::AttemptRecord {
             blocks_key: true,
-            ..succeeded(&redelivered[0], After::Dead)
+            ..support::answered_200(&redelivered[0], After::Dead)
         }],
     )
     .await
@@ -710,7 +692,7 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
     let mut later = new_event("evt_4", "entry", "stripe/ledger");
     later.deliveries[0].ordering_key = Some("k".to_owned());
     writer.submit(later).await.expect("store");
-    record_attempts(&pool, &[succeeded(&after_skip[0], After::Dead)])
+    record_attempts(&pool, &[support::answered_200(&after_skip[0], After::Dead)])
         .await
         .expect("record");
     let after_dead = claim(&pool, &take()).await.expect("claim");
@@ -741,13 +723,13 @@ async fn a_late_outcome_in_the_same_batch_does_not_win() {
     assert_eq!((expired.len(), current.len()), (2, 2));
     let stale = |id| {
         let late = expired.iter().find(|d| d.id == id).expect("claimed before");
-        succeeded(late, After::RetryAt(chrono::Utc::now()))
+        support::answered_200(late, After::RetryAt(chrono::Utc::now()))
     };
     // Stale first for one delivery, current first for the other.
     let batch = vec![
         stale(current[0].id),
-        succeeded(&current[0], After::Succeeded),
-        succeeded(&current[1], After::Succeeded),
+        support::answered_200(&current[0], After::Succeeded),
+        support::answered_200(&current[1], After::Succeeded),
         stale(current[1].id),
     ];
     record_attempts(&pool, &batch).await.expect("record");
@@ -805,7 +787,7 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
         .expect("claim")
         .remove(0);
     assert_eq!(second.attempts, 1, "counts on from the cancelled claim's attempt");
-    record_attempts(&pool, &[succeeded(&first, After::Succeeded)])
+    record_attempts(&pool, &[support::answered_200(&first, After::Succeeded)])
         .await
         .expect("the cancelled claim's outcome");
     let status: String = sqlx::query_scalar("SELECT status FROM deliveries")
@@ -827,7 +809,7 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
         .expect("claim")
         .remove(0);
     assert_eq!(third.attempts, 1, "a claim given back unsent spends no number");
-    record_attempts(&pool, &[succeeded(&third, After::Succeeded)])
+    record_attempts(&pool, &[support::answered_200(&third, After::Succeeded)])
         .await
         .expect("record");
     let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, attempts FROM deliveries")
@@ -1346,7 +1328,7 @@ async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_be
         traceparent: None,
         tracestate: None,
     };
-    record_attempts(&pool, &[succeeded(&stored_claim, After::Succeeded)])
+    record_attempts(&pool, &[support::answered_200(&stored_claim, After::Succeeded)])
         .await
         .expect("record");
     let (status, queued): (String, i64) = sqlx::query_as(

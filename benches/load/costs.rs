@@ -24,6 +24,9 @@ pub(crate) struct Snapshot {
     wal_lsn: String,
     commits: i64,
     round_trips: i64,
+    /// Time the gateway's statements spent being planned and executed, in µs.
+    plan_us: f64,
+    exec_us: f64,
     tables: BTreeMap<String, [i64; 4]>,
 }
 
@@ -94,8 +97,10 @@ impl Bench {
                 .fetch_one(&self.pool)
                 .await?;
         // Every statement the gateway sent (BEGIN and COMMIT included), each a round trip.
-        let round_trips: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE userid = $1::regrole",
+        let (round_trips, plan_us, exec_us): (i64, f64, f64) = sqlx::query_as(
+            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(total_plan_time), 0) * 1000,
+                    coalesce(sum(total_exec_time), 0) * 1000
+             FROM pg_stat_statements WHERE userid = $1::regrole",
         )
         .bind(GATEWAY_ROLE)
         .fetch_one(&self.pool)
@@ -112,6 +117,8 @@ impl Bench {
             wal_lsn,
             commits,
             round_trips,
+            plan_us,
+            exec_us,
             tables: rows
                 .into_iter()
                 .map(|(table, ins, upd, hot, del)| (table, [ins, upd, hot, del]))
@@ -159,6 +166,10 @@ impl Bench {
             "us",
         );
         cost("pg_cpu_us", after.postgres_cpu_us - before.postgres_cpu_us, "us");
+        // Of Postgres' time, what went to planning the gateway's statements and what to running
+        // them (wall time in the backends, so waits for locks and I/O count too).
+        cost("pg_plan_us", after.plan_us - before.plan_us, "us");
+        cost("pg_exec_us", after.exec_us - before.exec_us, "us");
         cost("wal_bytes", after.wal_bytes - before.wal_bytes, "bytes");
         // What the WAL consists of: rows (the heap: events with their bodies, deliveries,
         // attempts, queue rows), index entries, and full-page images after checkpoints.
@@ -169,6 +180,20 @@ impl Bench {
                 }
             }
             Err(err) => progress(&format!("{part}: no WAL composition: {err}")),
+        }
+        let statements: Vec<(String, i64, i64, f64, f64)> = sqlx::query_as(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 100), calls, plans,
+                    total_plan_time * 1000 / greatest(plans, 1), total_exec_time * 1000 / greatest(calls, 1)
+             FROM pg_stat_statements WHERE userid = $1::regrole
+             ORDER BY total_plan_time + total_exec_time DESC LIMIT 4",
+        )
+        .bind(GATEWAY_ROLE)
+        .fetch_all(&self.pool)
+        .await?;
+        for (query, calls, plans, plan, exec) in statements {
+            progress(&format!(
+                "{part}: so far {calls} calls, {plans} plans of {plan:.0} µs, run in {exec:.0} µs: {query}"
+            ));
         }
         cost("commits", (after.commits - before.commits) as f64, "commits");
         cost(

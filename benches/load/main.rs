@@ -99,8 +99,9 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
         move || PrivatePostgres::start(&dir)
     })
     .await??;
-    // pg_stat_statements counts the gateway's statements (its round trips to Postgres); it is
-    // loaded at server start only, so the server is restarted once with it.
+    // pg_stat_statements counts the gateway's statements (its round trips to Postgres) and their
+    // planning and execution times; it is loaded at server start only, so the server is
+    // restarted once with it.
     let admin = sqlx::PgPool::connect(&postgres.url()).await?;
     sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
         .execute(&admin)
@@ -143,9 +144,13 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
     let pool = hookline::store::connect_lazy(database_url, 8)?;
     hookline::store::migrate(&pool).await?;
     // The gateway connects as its own role, so that its statements are told from the bench's.
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        .execute(&pool)
-        .await?;
+    for setting in [
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(setting).execute(&pool).await?;
+    }
     sqlx::query(&format!("CREATE ROLE {} LOGIN SUPERUSER", costs::GATEWAY_ROLE))
         .execute(&pool)
         .await?;

@@ -86,7 +86,12 @@ const EVENT_BATCH: usize = 256;
 pub fn event_writer(pool: PgPool) -> EventWriter {
     let periods = Arc::new(PeriodStarts::default());
     EventWriter {
-        commits: GroupCommit::start(pool, InsertEvents(periods.clone()), EVENT_WRITERS, EVENT_BATCH),
+        commits: GroupCommit::start(
+            super::with_cached_plans(&pool, EVENT_WRITERS as u32),
+            InsertEvents(periods.clone()),
+            EVENT_WRITERS,
+            EVENT_BATCH,
+        ),
         periods,
     }
 }
@@ -105,48 +110,17 @@ impl BatchWrite for InsertEvents {
     }
 }
 
-/// Inserts events with their deliveries, skipping duplicates, in one statement (on a pool: its
-/// own transaction; or inside a caller's). Answers each event in order.
-///
-/// An event's keys are unique in its own partition (ON CONFLICT); the older partitions of the
-/// dedupe window are probed, ids from the window's start up to `own_period`, where the period
-/// of the batch's newest event starts. Excluding the event's own partition matters beyond the
-/// probes saved: a new partition has no statistics, and the planner, seeing no difference, may
-/// probe it through `events_by_source` and read every event of the source.
-async fn insert_events<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    events: &[NewEvent],
-    own_period: Uuid,
-) -> sqlx::Result<Vec<Stored>> {
-    // Rows are inserted in key order, so two batches holding the same keys (a sender's retries)
-    // take their locks in the same order and cannot deadlock.
-    let mut order: Vec<&NewEvent> = events.iter().collect();
-    order.sort_by(|a, b| {
-        (&a.namespace, &a.source, &a.external_id).cmp(&(&b.namespace, &b.source, &b.external_id))
-    });
-    let column = |f: fn(&NewEvent) -> &str| order.iter().map(|e| f(e)).collect::<Vec<&str>>();
-    let deliveries = order
-        .iter()
-        .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)));
-    let (mut delivery_events, mut delivery_ids, mut kinds, mut targets) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut filter_errors, mut ordering_keys) = (Vec::new(), Vec::new());
-    // Deliveries to claim name their target by its place in `claiming` (from 1, as Postgres
-    // arrays count): the statement checks each such target once, and each delivery looks its
-    // target's verdict up by subscript, never by a join.
-    let (mut claim_targets, mut claiming) = (Vec::new(), ClaimTargets::default());
-    for (event, d) in deliveries {
-        delivery_events.push(event.id);
-        delivery_ids.push(d.id);
-        kinds.push(d.target_kind.as_str());
-        targets.push(d.target.as_str());
-        filter_errors.push(d.filter_error.as_deref());
-        ordering_keys.push(d.ordering_key.as_deref());
-        claim_targets.push(d.claim_for.map(|lease| claiming.place(event, d, lease)));
-    }
-    type Inserted = (Vec<Uuid>, bool, Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>);
-    let (inserted, _, claimed_ids, leases): Inserted = sqlx::query_as(
-        r#"
+/// The ids of the partitions older than the one starting at `own_period` that may hold a key
+/// of the dedupe window, as SQL: a period's start never moves, so neither does this text.
+fn older_ids(own_period: Uuid) -> String {
+    use super::partitions::{id_floor, id_millis};
+    let window = i64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(i64::MAX);
+    let from = id_floor(id_millis(own_period).saturating_sub(window).max(0));
+    format!("e.id >= '{from}'::uuid AND e.id < '{own_period}'::uuid")
+}
+
+/// The statement of [`insert_events`], `{older_ids}` in it replaced by [`older_ids`].
+const STORE_EVENTS: &str = r#"
         WITH event AS (
             INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body,
                                 replay_digest)
@@ -158,12 +132,12 @@ async fn insert_events<'e>(
             -- dedupe window (one probe of each's index; a subquery, so never a join over them)…
             WHERE (SELECT true FROM events e
                    WHERE e.namespace = u.namespace AND e.source = u.source
-                     AND e.external_id = u.external_id AND e.id >= $22 AND e.id < $23
+                     AND e.external_id = u.external_id AND e.id >= $22 AND {older_ids}
                    LIMIT 1) IS NULL
               AND (u.replay_digest IS NULL
                    OR (SELECT true FROM events e
                        WHERE e.namespace = u.namespace AND e.source = u.source
-                         AND e.replay_digest = u.replay_digest AND e.id >= $22 AND e.id < $23
+                         AND e.replay_digest = u.replay_digest AND e.id >= $22 AND {older_ids}
                        LIMIT 1) IS NULL)
             -- … and, against events stored at the same time, in the event's own partition.
             ON CONFLICT DO NOTHING
@@ -226,40 +200,86 @@ async fn insert_events<'e>(
              FROM targets WHERE names IS NOT NULL) IS NULL,
             ARRAY(SELECT delivery_id FROM queued WHERE claimed ORDER BY delivery_id),
             ARRAY(SELECT next_attempt_at FROM queued WHERE claimed ORDER BY delivery_id)
-        "#,
-    )
-    .bind(order.iter().map(|e| e.id).collect::<Vec<_>>())
-    .bind(column(|e| &e.namespace))
-    .bind(column(|e| &e.source))
-    .bind(order.iter().map(|e| e.provider).collect::<Vec<_>>())
-    .bind(column(|e| &e.external_id))
-    .bind(column(|e| &e.event_type))
-    .bind(order.iter().map(|e| &e.headers).collect::<Vec<_>>())
-    .bind(order.iter().map(|e| e.body.as_ref()).collect::<Vec<&[u8]>>())
-    .bind(delivery_events)
-    .bind(delivery_ids)
-    .bind(kinds)
-    .bind(targets)
-    .bind(DELIVERIES_CHANNEL)
-    .bind(
-        order
-            .iter()
-            .map(|e| e.replay_digest.as_ref().map(|d| d.as_slice()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(filter_errors)
-    .bind(ordering_keys)
-    .bind(claim_targets)
-    .bind(claiming.namespaces)
-    .bind(claiming.kinds)
-    .bind(claiming.names)
-    .bind(claiming.lease_ms)
-    .bind(super::partitions::id_floor_at(
-        chrono::Utc::now() - chrono::Duration::from_std(DEDUPE_WINDOW).unwrap_or(chrono::Duration::days(3)),
-    ))
-    .bind(own_period)
-    .fetch_one(executor)
-    .await?;
+"#;
+
+/// Inserts events with their deliveries, skipping duplicates, in one statement (on a pool: its
+/// own transaction; or inside a caller's). Answers each event in order.
+///
+/// An event's keys are unique in its own partition (ON CONFLICT); the older partitions of the
+/// dedupe window are probed, ids from the window's start up to `own_period`, where the period
+/// of the batch's newest event starts. Excluding the event's own partition matters beyond the
+/// probes saved: a new partition has no statistics, and the planner, seeing no difference, may
+/// probe it through `events_by_source` and read every event of the source.
+async fn insert_events<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    events: &[NewEvent],
+    own_period: Uuid,
+) -> sqlx::Result<Vec<Stored>> {
+    // Rows are inserted in key order, so two batches holding the same keys (a sender's retries)
+    // take their locks in the same order and cannot deadlock.
+    let mut order: Vec<&NewEvent> = events.iter().collect();
+    order.sort_by(|a, b| {
+        (&a.namespace, &a.source, &a.external_id).cmp(&(&b.namespace, &b.source, &b.external_id))
+    });
+    let column = |f: fn(&NewEvent) -> &str| order.iter().map(|e| f(e)).collect::<Vec<&str>>();
+    let deliveries = order
+        .iter()
+        .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)));
+    let (mut delivery_events, mut delivery_ids, mut kinds, mut targets) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut filter_errors, mut ordering_keys) = (Vec::new(), Vec::new());
+    // Deliveries to claim name their target by its place in `claiming` (from 1, as Postgres
+    // arrays count): the statement checks each such target once, and each delivery looks its
+    // target's verdict up by subscript, never by a join.
+    let (mut claim_targets, mut claiming) = (Vec::new(), ClaimTargets::default());
+    for (event, d) in deliveries {
+        delivery_events.push(event.id);
+        delivery_ids.push(d.id);
+        kinds.push(d.target_kind.as_str());
+        targets.push(d.target.as_str());
+        filter_errors.push(d.filter_error.as_deref());
+        ordering_keys.push(d.ordering_key.as_deref());
+        claim_targets.push(d.claim_for.map(|lease| claiming.place(event, d, lease)));
+    }
+    type Inserted = (Vec<Uuid>, bool, Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>);
+    // The older partitions' bounds are literals, not parameters, so that the writers' cached
+    // plan (see `with_cached_plans`) reads only those partitions: one plan per connection and
+    // period.
+    let older_ids = older_ids(own_period);
+    let statement = STORE_EVENTS.replace("{older_ids}", &older_ids);
+    let (inserted, _, claimed_ids, leases): Inserted = sqlx::query_as(&statement)
+        .bind(order.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind(column(|e| &e.namespace))
+        .bind(column(|e| &e.source))
+        .bind(order.iter().map(|e| e.provider).collect::<Vec<_>>())
+        .bind(column(|e| &e.external_id))
+        .bind(column(|e| &e.event_type))
+        .bind(order.iter().map(|e| &e.headers).collect::<Vec<_>>())
+        .bind(order.iter().map(|e| e.body.as_ref()).collect::<Vec<&[u8]>>())
+        .bind(delivery_events)
+        .bind(delivery_ids)
+        .bind(kinds)
+        .bind(targets)
+        .bind(DELIVERIES_CHANNEL)
+        .bind(
+            order
+                .iter()
+                .map(|e| e.replay_digest.as_ref().map(|d| d.as_slice()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(filter_errors)
+        .bind(ordering_keys)
+        .bind(claim_targets)
+        .bind(claiming.namespaces)
+        .bind(claiming.kinds)
+        .bind(claiming.names)
+        .bind(claiming.lease_ms)
+        .bind(super::partitions::id_floor_at(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(DEDUPE_WINDOW).unwrap_or(chrono::Duration::days(3)),
+        ))
+        .fetch_one(executor)
+        .await?;
     let claimed: std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>> =
         claimed_ids.into_iter().zip(leases).collect();
     Ok(events
@@ -416,5 +436,30 @@ impl EventWriter {
         .await?;
         tx.commit().await?;
         Ok(Published::Stored(stored))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::partitions::id_floor;
+
+    #[test]
+    fn the_older_partitions_probed_reach_back_one_dedupe_window_from_the_own_period() {
+        let day = 86_400_000;
+        let own = id_floor(20_000 * day);
+        assert_eq!(
+            older_ids(own),
+            format!(
+                "e.id >= '{}'::uuid AND e.id < '{own}'::uuid",
+                id_floor(19_997 * day)
+            )
+        );
+        // The legacy period holds everything before it: nothing is older.
+        let nil = Uuid::nil();
+        assert_eq!(
+            older_ids(nil),
+            format!("e.id >= '{nil}'::uuid AND e.id < '{nil}'::uuid")
+        );
     }
 }

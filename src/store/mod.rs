@@ -60,6 +60,21 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
         .connect_lazy_with(options))
 }
 
+/// A pool of `max_connections` to the same database whose sessions always use the statements'
+/// cached plans (`plan_cache_mode=force_generic_plan`), for a writer whose one statement is
+/// written to need no other plan. Postgres would plan it again at every execution otherwise: a
+/// custom plan, knowing the batch's size, always looks cheaper than the cached one, and planning
+/// storing events (with partitions to prune) cost more than running it.
+pub fn with_cached_plans(pool: &PgPool, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options)
+}
+
 /// Applies every migration not yet applied; running it again is a no-op.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;

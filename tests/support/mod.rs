@@ -147,7 +147,46 @@ pub async fn apply_yaml(
     Ok(applied)
 }
 
-/// An empty database of its own for one test; returns its URL.
+/// Writes the configuration a user would apply, in a directory of its own: a signing Secret and
+/// a subscription `crm` to `url` in namespace `shop` (`extra`: more of its spec, after `, `).
+pub fn subscription_config(url: &str, extra: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hookline-config-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: shop}}\n\
+             stringData: {{secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n---\n\
+             apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: crm, namespace: shop}}\n\
+             spec: {{url: '{url}', events: ['*'], allowPrivateNetworks: true, secretRef: {{name: signing, key: secret}}{extra}}}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// The record of a claimed delivery's attempt answered 200 in 3 ms, settled as `after`.
+pub fn answered_200(
+    delivery: &hookline::store::deliveries::Claimed,
+    after: hookline::store::deliveries::After,
+) -> hookline::store::deliveries::AttemptRecord {
+    hookline::store::deliveries::AttemptRecord {
+        delivery: delivery.id,
+        lease_until: delivery.lease_until,
+        number: delivery.attempts + 1,
+        attempt: hookline::store::deliveries::Attempt {
+            started_at: chrono::Utc::now(),
+            duration_ms: 3,
+            status_code: Some(200),
+            ..Default::default()
+        },
+        after,
+        last_error: None,
+        blocks_key: false,
+        hand_over: None,
+    }
+}
+
 /// The migrations of a version before `version` (what an older binary knows).
 pub fn migrations_before(version: i64) -> sqlx::migrate::Migrator {
     sqlx::migrate::Migrator {
@@ -180,6 +219,7 @@ pub fn sql_id_of(column: &str) -> String {
     )
 }
 
+/// An empty database of its own for one test; returns its URL.
 pub async fn fresh_database() -> String {
     let admin_url = require_env("DATABASE_URL");
     let name = format!("hl_test_{}", uuid::Uuid::new_v4().simple());
