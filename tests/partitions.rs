@@ -257,16 +257,22 @@ async fn a_populated_database_is_partitioned_in_place() {
     assert_eq!((events, orphan_deliveries, orphan_attempts), (201, 0, 0));
 }
 
+/// A migrated database of its own with daily periods from `days` ago to now; and now.
+async fn daily_partitions(days: i64) -> (PgPool, chrono::DateTime<Utc>) {
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let now = Utc::now();
+    partitions::ensure(&pool, now - Duration::days(days), now, partitions::DEFAULT_PERIOD)
+        .await
+        .expect("partitions");
+    (pool, now)
+}
+
 /// An event's key refuses a second event in any partition of the dedupe window (three days),
 /// and not past it; within a partition, for as long as it is kept.
 #[tokio::test]
 async fn keys_are_refused_across_the_partitions_of_the_dedupe_window() {
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
-    let now = Utc::now();
-    partitions::ensure(&pool, now - Duration::days(5), now, partitions::DEFAULT_PERIOD)
-        .await
-        .expect("partitions");
+    let (pool, now) = daily_partitions(5).await;
     let writer = event_writer(pool.clone());
     let at = |age: Duration| id_at((now - age).timestamp_millis());
     for (external_id, age) in [
@@ -299,12 +305,7 @@ async fn keys_are_refused_across_the_partitions_of_the_dedupe_window() {
 /// event of the source per event stored.
 #[tokio::test]
 async fn keys_are_looked_up_only_in_older_partitions() {
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
-    let now = Utc::now();
-    partitions::ensure(&pool, now - Duration::days(2), now, partitions::DEFAULT_PERIOD)
-        .await
-        .expect("partitions");
+    let (pool, now) = daily_partitions(2).await;
     partitions::make_ahead(&pool, partitions::DEFAULT_PERIOD)
         .await
         .expect("partitions ahead");
@@ -330,7 +331,7 @@ async fn keys_are_looked_up_only_in_older_partitions() {
     let holding = |ms: i64| {
         periods
             .iter()
-            .position(|p| p.from_ms.is_none_or(|from| from <= ms) && ms < p.until_ms)
+            .position(|p| p.holds(ms))
             .expect("a period holds it")
     };
     let (older, own) = (
@@ -389,12 +390,7 @@ async fn keys_are_looked_up_only_in_older_partitions() {
 #[tokio::test]
 async fn a_namespace_with_a_shorter_retention_loses_its_older_events() {
     use hookline::store::retention::{Policy, sweep};
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
-    let now = Utc::now();
-    partitions::ensure(&pool, now - Duration::days(12), now, partitions::DEFAULT_PERIOD)
-        .await
-        .expect("partitions");
+    let (pool, now) = daily_partitions(12).await;
     let writer = event_writer(pool.clone());
     for (namespace, age) in [("trial", 10), ("trial", 2), ("billing", 10)] {
         let mut event = new_event(
@@ -439,12 +435,7 @@ async fn a_namespace_with_a_shorter_retention_loses_its_older_events() {
 #[tokio::test]
 async fn an_interrupted_drop_is_finished_and_nothing_else_is_dropped() {
     use hookline::store::retention::{Policy, sweep};
-    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
-    hookline::store::migrate(&pool).await.expect("migrate");
-    let now = Utc::now();
-    partitions::ensure(&pool, now - Duration::days(3), now, partitions::DEFAULT_PERIOD)
-        .await
-        .expect("partitions");
+    let (pool, _) = daily_partitions(3).await;
     let period = partitions::list(&pool).await.unwrap().remove(0);
     let (lower, upper) = period.id_bounds();
     let suffix = &period.suffix;

@@ -2,6 +2,33 @@
 
 mod support;
 
+/// The event writers' sessions use cached plans and keep every setting of the pool they come
+/// from (sequential scans off, which the cached plans rely on).
+#[tokio::test]
+async fn a_pool_with_cached_plans_keeps_the_shared_settings() {
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 2).expect("pool");
+    let writers = hookline::store::with_cached_plans(&pool, 1);
+    let show = |setting: &'static str| {
+        let writers = writers.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!("SHOW {setting}"))
+                .fetch_one(&writers)
+                .await
+                .expect("setting")
+        }
+    };
+    assert_eq!(show("plan_cache_mode").await, "force_generic_plan");
+    assert_eq!(show("enable_seqscan").await, "off");
+    let shared: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&pool)
+        .await
+        .expect("setting");
+    assert_eq!(
+        shared, "auto",
+        "the shared pool still plans each statement as it runs"
+    );
+}
+
 #[tokio::test]
 async fn migrations_apply_and_reapply() {
     let url = support::fresh_database().await;

@@ -2,11 +2,11 @@
 //! of its deliveries or not at all, and a duplicate creates nothing. Events arriving together
 //! share the statement and its commit (see [`super::group_commit`]).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-use std::sync::Arc;
 
 use super::group_commit::{BatchWrite, GroupCommit, SharedError};
 use super::partitions::PeriodStarts;

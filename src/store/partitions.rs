@@ -83,7 +83,8 @@ impl Period {
         format!("{table}_{}", self.suffix)
     }
 
-    fn holds(&self, ms: i64) -> bool {
+    /// Whether the millisecond `ms` is one of the period's.
+    pub fn holds(&self, ms: i64) -> bool {
         self.from_ms.is_none_or(|from| from <= ms) && ms < self.until_ms
     }
 
