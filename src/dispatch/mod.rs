@@ -86,6 +86,8 @@ const TARGETS_PER_ROUND: i64 = 10_000;
 
 pub struct Dispatcher {
     pool: PgPool,
+    /// Claims and recordings, on connections that keep their plans (`deliveries::queue_writers`).
+    queue: PgPool,
     catalog: Arc<CatalogCell>,
     metrics: Arc<Metrics>,
     /// The HTTP clients and OAuth2 tokens deliveries go out with.
@@ -126,8 +128,10 @@ impl Dispatcher {
         notices: Notices,
         stop: CancellationToken,
     ) -> Arc<Self> {
+        let queue = deliveries::queue_writers(&pool);
         Arc::new(Self {
-            recorder: deliveries::attempt_recorder(pool.clone()),
+            recorder: deliveries::attempt_recorder(queue.clone()),
+            queue,
             pool,
             catalog,
             metrics,
@@ -341,7 +345,7 @@ impl Dispatcher {
             .collect();
         // Taken before the database starts the leases, so none ends later than this says.
         let claimed_at = Instant::now();
-        let batch = match deliveries::claim(&self.pool, &takes).await {
+        let batch = match deliveries::claim(&self.queue, &takes).await {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!("dispatcher cannot claim deliveries: {err}");

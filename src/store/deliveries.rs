@@ -328,8 +328,24 @@ pub struct AttemptRecord {
 /// Attempts finishing together share a commit.
 pub type AttemptRecorder = GroupCommit<RecordAttempts>;
 
+/// Recorder tasks, and so connections, at most.
+const RECORDERS: usize = 2;
+
+/// Connections a dispatcher claims and records on: one claimer and the recorders.
+pub const QUEUE_WRITERS: u32 = RECORDERS as u32 + 1;
+
+/// The pool to claim and record on: `QUEUE_WRITERS` connections to `pool`'s database, using
+/// the statements' cached plans (see [`super::with_cached_plans`]). Planning the recorder's
+/// statement cost more than a third of running it, and Postgres planned about half of the
+/// claims again. Both statements spell out their lookups, so their one plan holds whatever the
+/// statistics were when it was made (tests/store.rs plans them on empty tables).
+pub fn queue_writers(pool: &PgPool) -> PgPool {
+    super::with_cached_plans(pool, QUEUE_WRITERS)
+}
+
+/// `pool` should come from [`queue_writers`].
 pub fn attempt_recorder(pool: PgPool) -> AttemptRecorder {
-    GroupCommit::start(pool, RecordAttempts, 2, 256)
+    GroupCommit::start(pool, RecordAttempts, RECORDERS, 256)
 }
 
 /// The batch write of [`AttemptRecorder`].
@@ -377,6 +393,8 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     };
     sqlx::query_as(
         r#"
+        -- Prepared once and run with its cached plan (see `queue_writers`): the queue is read by
+        -- the batch's ids (`= ANY ($1)`, whichever way a join is planned) and the rest per row.
         WITH record AS (
             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int2[], $6::text[],
                                  $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[],
@@ -392,19 +410,19 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             FROM record
         ), finished AS (
             DELETE FROM delivery_queue q USING record r
-            WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status <> 'failed'
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status <> 'failed'
               AND NOT r.blocks_key
             RETURNING q.delivery_id, r.lease_until, q.namespace, q.target_kind, q.target, q.ordering_key,
                       r.hand_over_ms
         ), blocking AS (
             UPDATE delivery_queue q SET next_attempt_at = 'infinity', claimed = false
             FROM record r
-            WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.blocks_key
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.blocks_key
             RETURNING q.delivery_id, r.lease_until
         ), retrying AS (
             UPDATE delivery_queue q SET next_attempt_at = r.next_attempt_at, claimed = false
             FROM record r
-            WHERE q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status = 'failed'
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status = 'failed'
             RETURNING q.delivery_id, r.lease_until
         ), moved AS (
             SELECT delivery_id, lease_until FROM finished
@@ -466,8 +484,6 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ) e
         "#,
     )
-    // Planned when it runs (see `store::connect_lazy`).
-    .persistent(false)
     .bind(records.iter().map(|r| r.delivery).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.number).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.attempt.started_at).collect::<Vec<_>>())

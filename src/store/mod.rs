@@ -47,7 +47,8 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
     //   foreign-key checks included, stay index lookups whatever the statistics said;
     // - statements that join tables are either not prepared (`persistent(false)`: planned when
     //   they run, for the tables as they are then, once per batch) or, where planning each
-    //   time costs too much (inserting events, claiming), spell out every lookup they make.
+    //   time costs too much (inserting events, claiming, recording attempts), spell out every
+    //   lookup they make and run on pools that keep one plan (`with_cached_plans`).
     // (Re-planning every statement, plan_cache_mode=force_custom_plan, foreign-key checks
     // included, cost about a sixth of the machine's CPU time while dispatching.)
     let options = url
