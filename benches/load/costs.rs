@@ -15,10 +15,43 @@ use crate::{progress, report};
 /// The role the gateway connects as: its statements are its own in pg_stat_statements.
 pub(crate) const GATEWAY_ROLE: &str = "hookline_gateway";
 
+/// CPU time used so far, in µs: by the gateway, Postgres, this process (the load generator and
+/// the sink) and the whole machine, and the machine's capacity (wall time × cores).
+#[derive(Clone, Copy)]
+pub(crate) struct CpuTimes {
+    gateway_us: f64,
+    postgres_us: f64,
+    load_us: f64,
+    machine_busy_us: f64,
+    machine_us: f64,
+}
+
+/// The machine's busy and total CPU time from /proc/stat, in µs (all cores).
+fn machine_cpu_us() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // cpu user nice system idle iowait irq softirq steal (guest time is inside user).
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let total: f64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    ((total - idle) * 1e6 / per_second, total * 1e6 / per_second)
+}
+
 /// The counters at one moment.
 pub(crate) struct Snapshot {
-    gateway_cpu_us: f64,
-    postgres_cpu_us: f64,
+    /// CPU times when the snapshot began (the end of what came before it)...
+    ended: CpuTimes,
+    /// ...and when it was done (the start of what follows it).
+    began: CpuTimes,
     wal_bytes: f64,
     /// The WAL insert position, as Postgres writes it (for pg_waldump).
     wal_lsn: String,
@@ -84,8 +117,7 @@ impl Bench {
     /// The counters now. Postgres' statistics reach the views within 10 s of a backend going
     /// idle, so after a part they are read once that has passed; CPU and WAL at once.
     pub(crate) async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let gateway_cpu_us = cpu_us(self.gateway.child.id(), true).unwrap_or(0.0);
-        let postgres_cpu_us = postgres_cpu_us(&self.postmaster_pid_file);
+        let ended = self.cpu_times();
         let (wal_bytes, wal_lsn): (f64, String) = sqlx::query_as(
             "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::float8, pg_current_wal_insert_lsn()::text",
         )
@@ -111,8 +143,8 @@ impl Bench {
         .fetch_all(&self.pool)
         .await?;
         Ok(Snapshot {
-            gateway_cpu_us,
-            postgres_cpu_us,
+            ended,
+            began: self.cpu_times(),
             wal_bytes,
             wal_lsn,
             commits,
@@ -160,12 +192,15 @@ impl Bench {
             );
         };
         cost("row_writes", row_writes as f64, "rows");
+        let (cpu_before, cpu_after) = (before.began, after.ended);
         cost(
             "gateway_cpu_us",
-            after.gateway_cpu_us - before.gateway_cpu_us,
+            cpu_after.gateway_us - cpu_before.gateway_us,
             "us",
         );
-        cost("pg_cpu_us", after.postgres_cpu_us - before.postgres_cpu_us, "us");
+        cost("pg_cpu_us", cpu_after.postgres_us - cpu_before.postgres_us, "us");
+        cost("load_cpu_us", cpu_after.load_us - cpu_before.load_us, "us");
+        report_cpu_shares(part, &cpu_before, &cpu_after);
         // Of Postgres' time, what went to planning the gateway's statements and what to running
         // them (wall time in the backends, so waits for locks and I/O count too).
         cost("pg_plan_us", after.plan_us - before.plan_us, "us");
@@ -203,6 +238,38 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+impl Bench {
+    pub(crate) fn cpu_times(&self) -> CpuTimes {
+        let (machine_busy_us, machine_us) = machine_cpu_us();
+        CpuTimes {
+            gateway_us: cpu_us(self.gateway.child.id(), true).unwrap_or(0.0),
+            postgres_us: postgres_cpu_us(&self.postmaster_pid_file),
+            load_us: cpu_us(std::process::id(), false).unwrap_or(0.0),
+            machine_busy_us,
+            machine_us,
+        }
+    }
+}
+
+/// How busy the machine's cores were between two moments, as `<part>_machine_cpu_busy_ratio`,
+/// and who kept them busy, as progress: the figure that says whether a part ran out of CPU.
+pub(crate) fn report_cpu_shares(part: &str, before: &CpuTimes, after: &CpuTimes) {
+    let capacity = (after.machine_us - before.machine_us).max(1.0);
+    let share = |f: fn(&CpuTimes) -> f64| 100.0 * (f(after) - f(before)) / capacity;
+    let busy = share(|c| c.machine_busy_us);
+    let (gateway, postgres, load) = (
+        share(|c| c.gateway_us),
+        share(|c| c.postgres_us),
+        share(|c| c.load_us),
+    );
+    report(&format!("{part}_machine_cpu_busy_ratio"), busy / 100.0, "ratio");
+    progress(&format!(
+        "{part}: the machine's CPU was {busy:.0} % busy: gateway {gateway:.0} %, Postgres {postgres:.0} %, \
+         load generator and sink {load:.0} %, the rest {:.0} %",
+        busy - gateway - postgres - load
+    ));
 }
 
 impl Bench {

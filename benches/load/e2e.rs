@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::costs::report_cpu_shares;
 use crate::generator::*;
 use crate::rig::*;
 use crate::{Scale, progress, report};
@@ -18,7 +19,9 @@ pub(crate) async fn measure(bench: &Bench, scale: Scale, ingest_rps: f64) -> any
     report("e2e_delivered_ratio", e2e.ok as f64 / e2e.sent as f64, "ratio");
     // DESIGN.md's sustained ingest + delivery target.
     bench.reset().await?;
+    let cpu_before = bench.cpu_times();
     let sustained = bench.end_to_end(SUSTAINED_RPS, scale.window).await?;
+    report_cpu_shares("e2e_5000rps", &cpu_before, &bench.cpu_times());
     report("e2e_5000rps_p50_ms", sustained.percentile_ms(50.0), "ms");
     report("e2e_5000rps_p99_ms", sustained.percentile_ms(99.0), "ms");
     report(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::costs::report_cpu_shares;
 use crate::generator::*;
 use crate::rig::*;
 use crate::{Scale, progress, report};
@@ -63,10 +64,12 @@ pub(crate) async fn measure(
     }
     // DESIGN.md's target as it is stated: latency at 10,000 webhooks a second.
     bench.reset().await?;
+    let cpu_before = bench.cpu_times();
     let at_target = open_loop(INGEST_TARGET_RPS, scale.window, || {
         bench.ingest_request("invoice.paid").1
     })
     .await?;
+    report_cpu_shares("ingest_10000rps", &cpu_before, &bench.cpu_times());
     report("ingest_10000rps_p50_ms", at_target.percentile_ms(50.0), "ms");
     report("ingest_10000rps_p99_ms", at_target.percentile_ms(99.0), "ms");
     report("ingest_10000rps_errors", at_target.errors as f64, "requests");

@@ -261,9 +261,22 @@ pub(crate) struct Bench {
 impl Bench {
     /// Empties the history between measurements, so each starts from the same state.
     pub(crate) async fn reset(&self) -> anyhow::Result<()> {
-        sqlx::query("TRUNCATE events, deliveries, delivery_queue, attempts, idempotency_keys")
-            .execute(&self.pool)
-            .await?;
+        // The gateway may still be recording the part before (the end-to-end parts stop
+        // waiting at a deadline), and its statements lock these tables in another order than
+        // TRUNCATE does: Postgres then ends one of them as a deadlock, and this one tries again.
+        let mut tries = 0;
+        loop {
+            match sqlx::query("TRUNCATE events, deliveries, delivery_queue, attempts, idempotency_keys")
+                .execute(&self.pool)
+                .await
+            {
+                Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("40P01") && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                done => break done.map(drop)?,
+            };
+        }
         sqlx::query("VACUUM ANALYZE").execute(&self.pool).await?;
         Ok(())
     }
