@@ -1430,3 +1430,71 @@ async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_be
     .unwrap();
     assert_eq!(waiting, 3);
 }
+
+/// Migration 0015 puts each waiting delivery's event beside it in the queue, and a row queued
+/// without it (by a replica of the version before, during a rollout) is still claimed with its
+/// event: the claim then finds it through the delivery.
+#[tokio::test]
+async fn queued_deliveries_are_claimed_with_their_event_whether_the_queue_names_it_or_not() {
+    use hookline::store::deliveries::{claim, queue_writers};
+    use hookline::store::partitions;
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 2).expect("pool");
+    support::migrations_before(15)
+        .run(&pool)
+        .await
+        .expect("the schema before 0015");
+    let now = chrono::Utc::now();
+    partitions::ensure(
+        &pool,
+        now,
+        now + chrono::Duration::hours(1),
+        partitions::DEFAULT_PERIOD,
+    )
+    .await
+    .expect("partitions");
+    let queue_one = async |external_id: &str| {
+        let event = partitions::id_at(chrono::Utc::now().timestamp_millis());
+        sqlx::query(
+            "WITH e AS (
+                 INSERT INTO events (id, namespace, source, external_id, event_type, body)
+                 VALUES ($1, 'billing', 'stripe', $2, 'invoice.paid', convert_to($2, 'UTF8')) RETURNING id),
+             d AS (
+                 INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
+                 SELECT $3, id, 'billing', 'handler', 'stripe/billing' FROM e RETURNING id)
+             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at)
+             SELECT id, 'billing', 'handler', 'stripe/billing', now() FROM d",
+        )
+        .bind(event)
+        .bind(external_id)
+        .bind(partitions::delivery_id(event))
+        .execute(&pool)
+        .await
+        .expect("queue as the version before");
+        event
+    };
+    let before_migration = queue_one("evt_queued_before").await;
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let named: Option<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM delivery_queue")
+        .fetch_one(&pool)
+        .await
+        .expect("queue row");
+    assert_eq!(named, Some(before_migration), "the migration names the event");
+    let during_rollout = queue_one("evt_queued_by_an_older_replica").await;
+
+    let lease = std::time::Duration::from_secs(60);
+    let mut taken = claim(
+        &queue_writers(&pool),
+        &takes(&[(handler("stripe/billing"), 10)], lease),
+    )
+    .await
+    .expect("claim");
+    taken.sort_by_key(|d| d.event_id);
+    let claimed: Vec<(uuid::Uuid, Vec<u8>)> = taken.into_iter().map(|d| (d.event_id, d.body)).collect();
+    assert_eq!(
+        claimed,
+        [
+            (before_migration, b"evt_queued_before".to_vec()),
+            (during_rollout, b"evt_queued_by_an_older_replica".to_vec()),
+        ]
+    );
+}

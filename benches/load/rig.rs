@@ -367,9 +367,9 @@ impl Bench {
                             'cus_' || (substr(e.external_id, 5)::bigint % $8),
                             CASE WHEN $8 IS NOT NULL THEN nextval('delivery_position') END
                      FROM (SELECT * FROM e ORDER BY external_id) e CROSS JOIN UNNEST($7::text[]) AS t
-                     RETURNING id, namespace, target_kind, target, ordering_key, position)
+                     RETURNING id, namespace, target_kind, target, ordering_key, position, event_id)
                  INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, ordering_key, position,
-                                             next_attempt_at)
+                                             event_id, next_attempt_at)
                  SELECT *, now() FROM d",
             )
             .bind(NAMESPACE)

@@ -141,33 +141,35 @@ pub async fn claim(pool: &PgPool, wanted: &[Take]) -> sqlx::Result<Vec<Claimed>>
     Ok(claimed)
 }
 
-/// The end of both claim statements: the rows of `due` get their lease (as per `wanted`) and
-/// come back with their events.
+/// The end of both claim statements: the rows of `due` (`delivery_id`, `lease_ms`) get their
+/// lease and come back with their events.
 const CLAIM_AND_READ: &str = r#"
     claimed AS (
+        -- The rows are found by the array of ids, whichever way the join is planned.
         UPDATE delivery_queue q
-        SET next_attempt_at = now() + interval '1 millisecond' * (
-                SELECT w.lease_ms FROM wanted w
-                WHERE w.namespace = q.namespace AND w.target_kind = q.target_kind AND w.target = q.target
-            ),
+        SET next_attempt_at = now() + interval '1 millisecond' * due.lease_ms,
             claimed = true, attempts = q.attempts + 1
-        WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
-        RETURNING q.delivery_id, q.next_attempt_at, q.attempts, q.ordering_key
+        FROM due
+        WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due)) AND q.delivery_id = due.delivery_id
+        RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.next_attempt_at, q.attempts,
+                  q.ordering_key, {QUEUED_EVENT_ID} AS event_id
     )
-    SELECT d.id, d.namespace, d.target_kind, d.target, c.attempts - 1 AS attempts,
+    SELECT c.delivery_id AS id, c.namespace, c.target_kind, c.target, c.attempts - 1 AS attempts,
            c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
            e.traceparent, e.tracestate,
-           d.event_id, c.ordering_key
+           c.event_id, c.ordering_key
     FROM claimed c
-    CROSS JOIN LATERAL (
-        SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = c.delivery_id OFFSET 0
-    ) d
     CROSS JOIN LATERAL (
         SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at,
                    headers ->> 'traceparent' AS traceparent, headers ->> 'tracestate' AS tracestate
-        FROM events WHERE id = d.event_id OFFSET 0
+        FROM events WHERE id = c.event_id OFFSET 0
     ) e
 "#;
+
+/// The event of the queue row `q`: beside it, or (a row queued by a version before 0015) its
+/// delivery's.
+const QUEUED_EVENT_ID: &str =
+    "coalesce(q.event_id, (SELECT d.event_id FROM deliveries d WHERE d.id = q.delivery_id))";
 
 /// The targets of a claim, with what each asks; those paused at runtime drop out.
 const WANTED: &str = r#"
@@ -212,7 +214,7 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
         -- target (a subquery and a LATERAL with LIMIT), by an array of keys, and per claimed
         -- row (LATERAL with OFFSET 0, which keeps the planner from turning it into a join).
         WITH {WANTED}, due AS (
-            SELECT q.delivery_id FROM wanted w CROSS JOIN LATERAL (
+            SELECT q.delivery_id, w.lease_ms FROM wanted w CROSS JOIN LATERAL (
                 SELECT delivery_id FROM delivery_queue q
                 WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
                   AND q.next_attempt_at <= now()
@@ -222,7 +224,8 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
             ) q
             LIMIT $6
         ), {CLAIM_AND_READ}"#
-    );
+    )
+    .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID);
     bind_wanted(sqlx::query_as(&sql), wanted).fetch_all(pool).await
 }
 
@@ -273,13 +276,14 @@ pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed
                 LIMIT w.take
             ) q
         ), due AS (
-            SELECT delivery_id FROM delivery_queue
+            SELECT delivery_id, $5[1] AS lease_ms FROM delivery_queue
             WHERE delivery_id = ANY (ARRAY(SELECT delivery_id FROM heads UNION ALL SELECT delivery_id FROM loose))
               AND next_attempt_at <= now()
             LIMIT $6
             FOR UPDATE SKIP LOCKED
         ), {CLAIM_AND_READ}"#
-    );
+    )
+    .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID);
     bind_wanted(sqlx::query_as(&sql), &[take]).fetch_all(pool).await
 }
 
@@ -391,7 +395,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         After::RetryAt(_) => "failed",
         After::Dead => "dead",
     };
-    sqlx::query_as(
+    let sql = format!(
         r#"
         -- Prepared once and run with its cached plan (see `queue_writers`): the queue is read by
         -- the batch's ids (`= ANY ($1)`, whichever way a join is planned) and the rest per row.
@@ -467,56 +471,61 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 claimed = true, attempts = q.attempts + 1
             -- Rechecked on the row as it is when locked: another claimer may have taken it.
             WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM successor)) AND q.next_attempt_at <= now()
-            RETURNING q.delivery_id, q.next_attempt_at, q.attempts, q.ordering_key
+            RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.next_attempt_at, q.attempts,
+                      q.ordering_key, {QUEUED_EVENT_ID} AS event_id
         )
-        SELECT (SELECT s.after FROM successor s WHERE s.delivery_id = h.delivery_id) AS after, d.id, d.namespace, d.target_kind, d.target, h.attempts - 1 AS attempts,
+        SELECT (SELECT s.after FROM successor s WHERE s.delivery_id = h.delivery_id) AS after,
+               h.delivery_id AS id, h.namespace, h.target_kind, h.target, h.attempts - 1 AS attempts,
                h.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
-           e.traceparent, e.tracestate,
-               d.event_id, h.ordering_key
+               e.traceparent, e.tracestate,
+               h.event_id, h.ordering_key
         FROM handed h
-        CROSS JOIN LATERAL (
-            SELECT id, namespace, target_kind, target, event_id FROM deliveries WHERE id = h.delivery_id OFFSET 0
-        ) d
         CROSS JOIN LATERAL (
             SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at,
                    headers ->> 'traceparent' AS traceparent, headers ->> 'tracestate' AS tracestate
-            FROM events WHERE id = d.event_id OFFSET 0
+            FROM events WHERE id = h.event_id OFFSET 0
         ) e
-        "#,
-    )
-    .bind(records.iter().map(|r| r.delivery).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.number).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.attempt.started_at).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.attempt.duration_ms).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.attempt.status_code).collect::<Vec<_>>())
-    .bind(column(|r| r.attempt.error_class))
-    .bind(column(|r| r.attempt.error.as_deref()))
-    .bind(records.iter().map(|r| r.attempt.response_headers.as_ref()).collect::<Vec<_>>())
-    .bind(column(|r| r.attempt.response_body.as_deref()))
-    .bind(records.iter().map(|r| next_status(r)).collect::<Vec<_>>())
-    .bind(
-        records
-            .iter()
-            .map(|r| match r.after {
-                After::RetryAt(at) => Some(at),
-                _ => None,
-            })
-            .collect::<Vec<_>>(),
-    )
-    .bind(column(|r| r.last_error.as_deref()))
-    .bind(records.iter().map(|r| r.lease_until).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.blocks_key).collect::<Vec<_>>())
-    .bind(
-        records
-            .iter()
-            .map(|r| {
-                r.hand_over
-                    .map(|lease| i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
-            })
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(pool)
-    .await
+        "#
+    );
+    sqlx::query_as(&sql)
+        .bind(records.iter().map(|r| r.delivery).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.number).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.attempt.started_at).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.attempt.duration_ms).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.attempt.status_code).collect::<Vec<_>>())
+        .bind(column(|r| r.attempt.error_class))
+        .bind(column(|r| r.attempt.error.as_deref()))
+        .bind(
+            records
+                .iter()
+                .map(|r| r.attempt.response_headers.as_ref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|r| r.attempt.response_body.as_deref()))
+        .bind(records.iter().map(|r| next_status(r)).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| match r.after {
+                    After::RetryAt(at) => Some(at),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|r| r.last_error.as_deref()))
+        .bind(records.iter().map(|r| r.lease_until).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.blocks_key).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| {
+                    r.hand_over
+                        .map(|lease| i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+                })
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(pool)
+        .await
 }
 
 /// Ends a claimed delivery without an attempt, as `filtered_error` with the reason (a

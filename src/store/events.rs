@@ -177,10 +177,10 @@ const STORE_EVENTS: &str = r#"
         ), queued AS (
             -- Claimed as a claim does: the lease is the due time, the attempt counted.
             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
-                                        claimed, attempts, ordering_key, position)
+                                        claimed, attempts, ordering_key, position, event_id)
             SELECT i.id, i.namespace, i.kind, i.target,
                    CASE WHEN c.claim THEN now() + interval '1 millisecond' * c.lease_ms ELSE now() END,
-                   c.claim, CASE WHEN c.claim THEN 1 ELSE 0 END, i.ordering_key, i.position
+                   c.claim, CASE WHEN c.claim THEN 1 ELSE 0 END, i.ordering_key, i.position, i.event_id
             FROM input i CROSS JOIN LATERAL (
                 SELECT coalesce((SELECT ok FROM claimable)[i.claim_target], false) AS claim,
                        (SELECT lease_ms FROM claimable)[i.claim_target] AS lease_ms

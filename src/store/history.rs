@@ -291,12 +291,12 @@ pub(super) async fn requeue_in(
     Ok(sqlx::query(
         "WITH queued AS (
              INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
-                                         ordering_key, position)
+                                         ordering_key, position, event_id)
              -- Numbered after every attempt recorded, also one whose claim had expired; in its
              -- key's order at the place it had.
              SELECT d.id, d.namespace, d.target_kind, d.target, now(),
                     GREATEST(d.attempts, (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id)),
-                    d.ordering_key, d.position
+                    d.ordering_key, d.position, d.event_id
              FROM deliveries d WHERE d.id = ANY ($1)
              ON CONFLICT (delivery_id) DO UPDATE SET next_attempt_at = now(), claimed = false
                  WHERE NOT (delivery_queue.claimed AND delivery_queue.next_attempt_at > now())

@@ -355,10 +355,11 @@ pub async fn advance(
              FROM UNNEST($5::uuid[], $6::uuid[], $7::text[]) WITH ORDINALITY AS d (id, event_id, ordering_key, n)
              ORDER BY d.n
              ON CONFLICT DO NOTHING
-             RETURNING id, namespace, target_kind, target, ordering_key, position
+             RETURNING id, namespace, target_kind, target, ordering_key, position, event_id
          )
-         INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, ordering_key, position)
-         SELECT id, namespace, target_kind, target, now(), ordering_key, position FROM delivery",
+         INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, ordering_key, position,
+                                     event_id)
+         SELECT id, namespace, target_kind, target, now(), ordering_key, position, event_id FROM delivery",
     )
     .bind(&replay.namespace)
     .bind(replay.target_kind.as_str())
