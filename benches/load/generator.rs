@@ -22,6 +22,9 @@ pub(crate) struct Measured {
     pub(crate) errors: u64,
     pub(crate) elapsed: Duration,
     pub(crate) latencies_us: Vec<u64>,
+    /// End to end: when each webhook (by its sequence) was sent and arrived, in seconds of the
+    /// wall clock.
+    pub(crate) wall_times: std::collections::HashMap<u64, (f64, f64)>,
 }
 
 impl Measured {
@@ -44,6 +47,7 @@ impl Measured {
         self.ok += other.ok;
         self.errors += other.errors;
         self.latencies_us.extend(other.latencies_us);
+        self.wall_times.extend(other.wall_times);
     }
 }
 
