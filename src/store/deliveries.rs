@@ -6,6 +6,7 @@
 //! whose worker died is simply due again then), and that time is the claim's token: an outcome
 //! is applied to the queue and the history only while the token still matches.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -207,8 +208,9 @@ fn bind_wanted<'q>(
 }
 
 async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Claimed>> {
-    let sql = format!(
-        r#"
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            r#"
         -- Prepared once and run with its cached plan, so every table is read by lookups the
         -- statement spells out, whatever the statistics were when it was planned: per wanted
         -- target (a subquery and a LATERAL with LIMIT), by an array of keys, and per claimed
@@ -224,9 +226,12 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
             ) q
             LIMIT $6
         ), {CLAIM_AND_READ}"#
-    )
-    .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID);
-    bind_wanted(sqlx::query_as(&sql), wanted).fetch_all(pool).await
+        )
+        .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID)
+    });
+    bind_wanted(sqlx::query_as(SQL.as_str()), wanted)
+        .fetch_all(pool)
+        .await
 }
 
 /// Claims for a target with `ordering`: each key's head (its earliest queued delivery, when it
@@ -234,7 +239,8 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
 /// `delivery_queue_ordered` (a loose index scan, so a deep backlog per key costs nothing here),
 /// and its unordered deliveries (null key) as any target's.
 pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed>> {
-    let sql = format!(
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
         r#"
         WITH RECURSIVE {WANTED}, keys AS (
             -- Spelled with the parameters, not a join with `wanted`: read off the index in key
@@ -282,9 +288,12 @@ pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed
             LIMIT $6
             FOR UPDATE SKIP LOCKED
         ), {CLAIM_AND_READ}"#
-    )
-    .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID);
-    bind_wanted(sqlx::query_as(&sql), &[take]).fetch_all(pool).await
+        )
+        .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID)
+    });
+    bind_wanted(sqlx::query_as(SQL.as_str()), &[take])
+        .fetch_all(pool)
+        .await
 }
 
 /// One HTTP attempt, as recorded.
@@ -395,8 +404,9 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         After::RetryAt(_) => "failed",
         After::Dead => "dead",
     };
-    let sql = format!(
-        r#"
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            r#"
         -- Prepared once and run with its cached plan (see `queue_writers`): the queue is read by
         -- the batch's ids (`= ANY ($1)`, whichever way a join is planned) and the rest per row.
         WITH record AS (
@@ -486,8 +496,9 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             FROM events WHERE id = h.event_id OFFSET 0
         ) e
         "#
-    );
-    sqlx::query_as(&sql)
+        )
+    });
+    sqlx::query_as(SQL.as_str())
         .bind(records.iter().map(|r| r.delivery).collect::<Vec<_>>())
         .bind(records.iter().map(|r| r.number).collect::<Vec<_>>())
         .bind(records.iter().map(|r| r.attempt.started_at).collect::<Vec<_>>())
