@@ -673,3 +673,52 @@ async fn enormous_durations_of_one_target_do_not_stall_the_others() {
         "retries and the open circuit wait at most 24h: {latest}"
     );
 }
+
+/// A subscription without a secretRef (standalone) signs with a key generated once and kept in
+/// Postgres: every delivery verifies with the stored key, and the dispatcher reads it once,
+/// not once per delivery (a trigger counts the statement's attempts to store it).
+#[tokio::test]
+async fn a_generated_signing_key_is_stored_once_and_read_once() {
+    let yaml = "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: crm, namespace: shop}\n\
+                spec: {url: '{SINK}/crm', events: ['*'], allowPrivateNetworks: true}\n";
+    let h = harness(yaml).await;
+    sqlx::raw_sql(
+        "CREATE TABLE secret_lookups (at timestamptz DEFAULT now());
+         CREATE FUNCTION count_secret_lookup() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO secret_lookups DEFAULT VALUES; RETURN NEW; END $$;
+         -- A BEFORE trigger fires for every row proposed, also one that then conflicts.
+         CREATE TRIGGER count_secret_lookups BEFORE INSERT ON generated_secrets
+             FOR EACH ROW EXECUTE FUNCTION count_secret_lookup();",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    // The first delivery first: deliveries racing to a target's first key may each read it.
+    assert_eq!(h.publish("order.created", json!({"n": 0})).await.status(), 202);
+    h.sink.wait_for("crm", 1, Duration::from_secs(10)).await;
+    for n in 1..5 {
+        assert_eq!(h.publish("order.created", json!({"n": n})).await.status(), 202);
+    }
+    let got = h.sink.wait_for("crm", 5, Duration::from_secs(10)).await;
+    let secret: String = sqlx::query_scalar("SELECT secret FROM generated_secrets")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    let verifier = SourceVerifier::new(
+        Provider::StandardWebhooks,
+        None,
+        &[secret.as_str()],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    for delivery in &got {
+        verifier
+            .verify(&delivery.headers, &delivery.body, now())
+            .expect("signed with the stored key");
+    }
+    let lookups: i64 = sqlx::query_scalar("SELECT count(*) FROM secret_lookups")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(lookups, 1, "the key is read from Postgres once, then kept");
+}

@@ -155,13 +155,17 @@ impl Dispatcher {
         match &target.signing {
             Some(resolved) => resolved.clone().map_err(|e| e.to_string()),
             None => {
+                let known = || self.generated_keys.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(generated) = known().get(key) {
+                    return Ok(vec![generated.clone()]);
+                }
                 let candidate = standard_webhooks::encode_secret(&rand::random::<[u8; 32]>());
                 let secret = deliveries::generated_secret(&self.pool, key, &candidate)
                     .await
                     .map_err(|e| e.to_string())?;
-                standard_webhooks::decode_secret(&secret)
-                    .map(|k| vec![k])
-                    .map_err(|e| e.to_string())
+                let generated = standard_webhooks::decode_secret(&secret).map_err(|e| e.to_string())?;
+                known().insert(key.clone(), generated.clone());
+                Ok(vec![generated])
             }
         }
     }

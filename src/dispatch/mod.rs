@@ -40,6 +40,7 @@ use crate::store::events::DELIVERIES_CHANNEL;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{AttemptLabels, FilteredLabels, TargetLabels};
 use crate::telemetry::traces::TraceContext;
+use crate::verify::SigningKey;
 use admit::Release;
 use agenda::Agenda;
 use endpoint::Clients;
@@ -105,6 +106,9 @@ pub struct Dispatcher {
     /// Cancelled when the node stops: no more claims, and what waits for a slot goes back.
     stop: CancellationToken,
     agenda: Mutex<Agenda>,
+    /// Keys generated for targets without a secretRef (standalone), as stored in Postgres:
+    /// a stored key never changes, so it is read once per process, not once per delivery.
+    generated_keys: Mutex<HashMap<TargetKey, SigningKey>>,
     recorder: AttemptRecorder,
     /// Attempts per target and minute, for the console's pictures.
     activity: MinuteCounter,
@@ -144,6 +148,7 @@ impl Dispatcher {
             idle: Notify::new(),
             stop,
             agenda: Mutex::new(Agenda::default()),
+            generated_keys: Mutex::default(),
             activity: MinuteCounter::default(),
             notices,
         })
