@@ -43,18 +43,21 @@ pub(crate) async fn measure(bench: &Bench, scale: Scale, ingest_rps: f64) -> any
 
 /// Where a webhook's time goes between being sent and arriving, as times of the wall clock
 /// (one clock: everything runs on this machine): until its storing statement starts (the
-/// event's `received_at`, the statement's transaction start), from there until the gateway
-/// starts sending it (the first attempt's `started_at`), and from there until the sink has it.
+/// event's `received_at`, the statement's transaction start), from there until it is committed
+/// (the transaction's commit timestamp), from there until the gateway starts sending it (the
+/// first attempt's `started_at`), and from there until the sink has it.
 struct Stages {
     to_statement_us: Vec<u64>,
-    statement_to_send_us: Vec<u64>,
+    statement_to_commit_us: Vec<u64>,
+    commit_to_send_us: Vec<u64>,
     send_to_sink_us: Vec<u64>,
 }
 
 impl Bench {
     async fn report_stages(&self, part: &str, measured: &Measured) -> anyhow::Result<()> {
-        let recorded: Vec<(i64, f64, f64)> = sqlx::query_as(
+        let recorded: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
             "SELECT substr(e.external_id, 5)::bigint, extract(epoch FROM e.received_at)::float8,
+                    extract(epoch FROM pg_xact_commit_timestamp(e.xmin))::float8,
                     extract(epoch FROM a.started_at)::float8
              FROM events e JOIN deliveries d ON d.event_id = e.id
              JOIN attempts a ON a.delivery_id = d.id AND a.attempt_number = 1",
@@ -63,16 +66,18 @@ impl Bench {
         .await?;
         let mut stages = Stages {
             to_statement_us: Vec::new(),
-            statement_to_send_us: Vec::new(),
+            statement_to_commit_us: Vec::new(),
+            commit_to_send_us: Vec::new(),
             send_to_sink_us: Vec::new(),
         };
         let micros = |from: f64, to: f64| ((to - from) * 1e6).max(0.0) as u64;
-        for (sequence, received, started) in recorded {
+        for (sequence, received, committed, started) in recorded {
             let Some(&(sent, arrived)) = measured.wall_times.get(&(sequence as u64)) else {
                 continue;
             };
             stages.to_statement_us.push(micros(sent, received));
-            stages.statement_to_send_us.push(micros(received, started));
+            stages.statement_to_commit_us.push(micros(received, committed));
+            stages.commit_to_send_us.push(micros(committed, started));
             stages.send_to_sink_us.push(micros(started, arrived));
         }
         let p50 = |mut us: Vec<u64>| {
@@ -86,8 +91,13 @@ impl Bench {
             "ms",
         );
         report(
-            &format!("{part}_p50_statement_to_send_ms"),
-            p50(stages.statement_to_send_us),
+            &format!("{part}_p50_statement_to_commit_ms"),
+            p50(stages.statement_to_commit_us),
+            "ms",
+        );
+        report(
+            &format!("{part}_p50_commit_to_send_ms"),
+            p50(stages.commit_to_send_us),
             "ms",
         );
         report(

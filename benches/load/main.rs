@@ -101,11 +101,15 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
     .await??;
     // pg_stat_statements counts the gateway's statements (its round trips to Postgres) and their
     // planning and execution times; it is loaded at server start only, so the server is
-    // restarted once with it.
+    // restarted once with it. Commit times are kept too, to tell a webhook's commit apart
+    // from what follows it (e2e's stages); that, too, takes a restart.
     let admin = sqlx::PgPool::connect(&postgres.url()).await?;
-    sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-        .execute(&admin)
-        .await?;
+    for setting in [
+        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+        "ALTER SYSTEM SET track_commit_timestamp = on",
+    ] {
+        sqlx::query(setting).execute(&admin).await?;
+    }
     admin.close().await;
     let postgres = tokio::task::spawn_blocking({
         let dir = dir.clone();
