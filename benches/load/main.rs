@@ -20,6 +20,7 @@ mod memory;
 mod resumed;
 mod retention;
 mod rig;
+mod sustained;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -132,8 +133,8 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
 }
 
 /// Whether a part of the benchmark runs: all of them, unless HOOKLINE_BENCH_ONLY lists some
-/// (comma-separated: hot, limits, ingest, dispatch, ordered, resumed, fanout, e2e, retention,
-/// memory).
+/// (comma-separated: hot, limits, ingest, dispatch, ordered, resumed, fanout, e2e, sustained,
+/// retention, memory).
 fn enabled(part: &str) -> bool {
     std::env::var("HOOKLINE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
@@ -223,6 +224,9 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
     }
     if enabled("e2e") {
         e2e::measure(&bench, scale, ingest_rps).await?;
+    }
+    if enabled("sustained") {
+        sustained::measure(&bench, scale).await?;
     }
     if enabled("retention") {
         retention::measure(&bench, scale).await?;
