@@ -62,10 +62,11 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
 }
 
 /// A pool of `max_connections` to the same database whose sessions always use the statements'
-/// cached plans (`plan_cache_mode=force_generic_plan`), for a writer whose one statement is
-/// written to need no other plan. Postgres would plan it again at every execution otherwise: a
-/// custom plan, knowing the batch's size, always looks cheaper than the cached one, and planning
-/// storing events (with partitions to prune) cost more than running it.
+/// cached plans (`plan_cache_mode=force_generic_plan`), for writers whose statements are
+/// written to need no other plan (the event writers; the dispatcher's claims and recordings).
+/// Postgres would plan them again at every execution otherwise: a custom plan, knowing the
+/// batch's size, always looks cheaper than the cached one, and planning storing events (with
+/// partitions to prune) cost more than running it.
 pub fn with_cached_plans(pool: &PgPool, max_connections: u32) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
