@@ -584,11 +584,14 @@ async fn each_target_holds_its_claims_for_its_own_timeout() {
     assert_eq!(h.publish("order.created", json!({})).await.status(), 202);
     h.sink.wait_for("fast", 1, Duration::from_secs(10)).await;
     h.sink.wait_for("slow", 1, Duration::from_secs(10)).await;
-    let leases: Vec<(String, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT target, next_attempt_at FROM delivery_queue WHERE claimed ORDER BY target")
-            .fetch_all(&h.pool)
-            .await
-            .unwrap();
+    // Claimed from the queue, or leased on the delivery's row by the gateway that stored it.
+    let leases: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT target, next_attempt_at FROM delivery_queue WHERE claimed
+         UNION ALL SELECT target, lease_until FROM deliveries WHERE lease_until IS NOT NULL",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
     let held = |name: &str| {
         let (_, until) = leases.iter().find(|(t, _)| t == name).expect("claimed");
         (*until - published).num_seconds()

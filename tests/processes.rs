@@ -28,16 +28,18 @@ async fn publish(base: &str, n: usize) {
 
 async fn statuses(database_url: &str) -> Vec<(String, i64)> {
     let pool = sqlx::PgPool::connect(database_url).await.unwrap();
-    // A claimed delivery shows as pending in its history row; its queue row says it is out.
+    // A delivery out shows as pending in its history row; its queue row's claim, or the lease
+    // on its row (sent by the gateway that stored it), says it is out.
     let rows = sqlx::query_as(
-        "SELECT CASE WHEN q.claimed AND q.next_attempt_at > now() THEN 'in_flight' ELSE d.status END AS status,
+        "SELECT CASE WHEN (q.claimed AND q.next_attempt_at > now()) OR d.lease_until > now() THEN 'in_flight'
+                     ELSE d.status END AS status,
                 count(*)
          FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
          GROUP BY 1 ORDER BY 1",
     )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     rows
 }

@@ -537,6 +537,7 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         delivery: again.id,
         lease_until,
         number,
+        lease_on_row: false,
         attempt: Attempt {
             started_at: chrono::Utc::now(),
             duration_ms: 3,
@@ -858,7 +859,7 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
 #[tokio::test]
 async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
     use hookline::store::deliveries::{
-        After, Attempt, AttemptRecord, claim, queue_writers, record_attempts, waiting_targets,
+        After, AttemptRecord, claim, queue_writers, record_attempts, waiting_targets,
     };
     use hookline::store::events::event_writer;
     // The pools production uses: the shared one (one connection, so one plan cache), the event
@@ -887,22 +888,21 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
             let taken = claim(&queue, &takes(wanted, lease)).await.expect("claim");
             let records: Vec<AttemptRecord> = taken
                 .iter()
-                .map(|d| AttemptRecord {
-                    delivery: d.id,
-                    lease_until: d.lease_until,
-                    number: d.attempts + 1,
-                    attempt: Attempt {
-                        started_at: chrono::Utc::now(),
-                        status_code: Some(200),
-                        ..Attempt::default()
-                    },
-                    after: After::Succeeded,
-                    last_error: None,
-                    blocks_key: false,
-                    hand_over: None,
-                })
+                .map(|d| support::answered_200(d, After::Succeeded))
                 .collect();
             record_attempts(&queue, &records).await.expect("record");
+            // And one leased on its row as it is stored (sent by the gateway storing it).
+            let mut direct = new_event(&format!("evt_direct_{n}"), "invoice.paid", "stripe/direct");
+            direct.deliveries[0].claim_for = Some(lease);
+            let id = direct.deliveries[0].id;
+            let hookline::store::events::Stored::New { claimed, .. } =
+                writer.submit(direct).await.expect("store leased")
+            else {
+                panic!("a new event");
+            };
+            let (_, lease_until) = *claimed.first().expect("leased");
+            let record = support::answered_200_to(id, lease_until, 1, true);
+            record_attempts(&queue, &[record]).await.expect("record leased");
             taken.len()
         }
     };
@@ -1349,13 +1349,15 @@ async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_be
     assert_eq!(claimed.len(), 1, "claimed by the statement");
     let (id, lease_until) = claimed[0];
     assert!((lease_until - before).num_seconds() >= 29, "held for its lease");
-    let (is_claimed, attempts): (bool, i32) =
-        sqlx::query_as("SELECT claimed, attempts FROM delivery_queue WHERE delivery_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!((is_claimed, attempts), (true, 1));
+    // Leased on its own row, with no queue row while it is out.
+    let (leased, queued): (Option<chrono::DateTime<chrono::Utc>>, i64) = sqlx::query_as(
+        "SELECT lease_until, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1) FROM deliveries WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((leased, queued), (Some(lease_until), 0));
     assert!(
         claim(&pool, &takes(&[(handler("stripe/api"), 10)], lease))
             .await
@@ -1380,18 +1382,20 @@ async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_be
         ordering_key: None,
         traceparent: None,
         tracestate: None,
+        lease_on_row: true,
     };
     record_attempts(&pool, &[support::answered_200(&stored_claim, After::Succeeded)])
         .await
         .expect("record");
-    let (status, queued): (String, i64) = sqlx::query_as(
-        "SELECT status, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1) FROM deliveries WHERE id = $1",
+    let (status, leased, queued): (String, Option<chrono::DateTime<chrono::Utc>>, i64) = sqlx::query_as(
+        "SELECT status, lease_until, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1)
+         FROM deliveries WHERE id = $1",
     )
     .bind(id)
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((status.as_str(), queued), ("succeeded", 0));
+    assert_eq!((status.as_str(), leased, queued), ("succeeded", None, 0));
 
     // A target paused at runtime: queued, not claimed.
     pause_target(&pool, &handler("stripe/paused"), "by hand")

@@ -161,7 +161,9 @@ impl Dispatcher {
         let listening = tokio::spawn(self.clone().listen());
         let reporting = tokio::spawn(self.clone().report_backlog());
         let counting = tokio::spawn(self.clone().flush_activity());
+        let leasing = tokio::spawn(self.clone().take_over_leases());
         self.claim_until_stopped().await;
+        leasing.abort();
         listening.abort();
         reporting.abort();
         counting.abort();
@@ -640,6 +642,7 @@ impl Dispatcher {
             delivery: delivery.id,
             lease_until: delivery.lease_until,
             number: delivery.attempts + 1,
+            lease_on_row: delivery.lease_on_row,
             attempt,
             after,
             last_error: settlement.failure.clone(),

@@ -114,6 +114,7 @@ impl SendNow {
                     ordering_key: None,
                     traceparent: event.traceparent.clone(),
                     tracestate: event.tracestate.clone(),
+                    lease_on_row: true,
                 },
                 reservation,
             );

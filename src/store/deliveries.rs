@@ -39,6 +39,10 @@ pub struct Claimed {
     /// The W3C trace context stored with its event.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// Leased on its history row by the statement that stored it, with no queue row (see
+    /// `super::leases`); false when claimed from the queue.
+    #[sqlx(default)]
+    pub lease_on_row: bool,
 }
 
 impl Claimed {
@@ -326,6 +330,9 @@ pub struct AttemptRecord {
     pub lease_until: DateTime<Utc>,
     /// 1 for the first attempt.
     pub number: i32,
+    /// Of a delivery leased on its row ([`Claimed::lease_on_row`]): its outcome goes to the
+    /// row, not to a queue row.
+    pub lease_on_row: bool,
     pub attempt: Attempt,
     pub after: After,
     pub last_error: Option<String>,
@@ -448,6 +455,22 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
             FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
             WHERE d.id = r.delivery_id
+        ), direct AS (
+            -- A delivery leased on its own row (sent by the gateway that stored it, with no
+            -- queue row, see store::leases): its outcome, if the lease still holds it.
+            UPDATE deliveries d
+            SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now(),
+                lease_until = NULL
+            FROM record r
+            WHERE d.id = ANY ($16) AND d.id = r.delivery_id AND d.lease_until = r.lease_until
+            RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
+                      r.number
+        ), direct_retry AS (
+            -- Its retry waits in the queue like any other.
+            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
+                                        attempts, event_id)
+            SELECT id, namespace, target_kind, target, next_attempt_at, number, event_id
+            FROM direct WHERE status = 'failed'
         ), successor AS (
             -- The key's next delivery (the finished one is still visible here, so left out), when
             -- it is due, none of the key is out but the finished one, and the target is not
@@ -535,6 +558,15 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 })
                 .collect::<Vec<_>>(),
         )
+        // Only these are looked up in the history's partitions by the outcome of a lease on
+        // a row: a batch of queued deliveries costs no probe there.
+        .bind(
+            records
+                .iter()
+                .filter(|r| r.lease_on_row)
+                .map(|r| r.delivery)
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(pool)
         .await
 }
@@ -550,10 +582,11 @@ pub async fn end_unsent(
     sqlx::query(
         "WITH ended AS (
              DELETE FROM delivery_queue WHERE delivery_id = $1 AND next_attempt_at = $2
-             RETURNING delivery_id, attempts
+             RETURNING delivery_id
          )
-         UPDATE deliveries d SET status = 'filtered_error', last_error = $3, updated_at = now()
-         FROM ended WHERE d.id = ended.delivery_id",
+         -- Claimed from the queue, or leased on its row (see store::leases).
+         UPDATE deliveries d SET status = 'filtered_error', last_error = $3, updated_at = now(), lease_until = NULL
+         WHERE d.id = $1 AND (d.id IN (SELECT delivery_id FROM ended) OR d.lease_until = $2)",
     )
     .bind(id)
     .bind(lease_until)
@@ -586,6 +619,15 @@ pub async fn release(
              UPDATE delivery_queue SET next_attempt_at = $3, claimed = false, attempts = attempts - 1
              WHERE delivery_id = $1 AND next_attempt_at = $2
              RETURNING delivery_id
+         ), unleased AS (
+             -- Leased on its row (see store::leases): it enters the queue, its attempt unspent.
+             UPDATE deliveries SET lease_until = NULL, last_error = COALESCE($4, last_error), updated_at = now()
+             WHERE id = $1 AND lease_until = $2
+             RETURNING id, namespace, target_kind, target, event_id, attempts
+         ), queued AS (
+             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
+                                         event_id)
+             SELECT id, namespace, target_kind, target, $3, attempts, event_id FROM unleased
          )
          UPDATE deliveries SET last_error = COALESCE($4, last_error), updated_at = now()
          WHERE id = (SELECT delivery_id FROM released)",

@@ -43,13 +43,14 @@ pub struct NewDelivery {
     pub filter_error: Option<String>,
     /// The key its target's `ordering` gave the event; `None`: unordered.
     pub ordering_key: Option<String>,
-    /// Claimed in the statement that stores it, for this long, by the storing gateway, which
-    /// sends it itself (`dispatch::Reservation`); unless its target is paused or has deliveries
-    /// due, which go first: then it is queued as if `None`.
+    /// Leased on its own row in the statement that stores it, for this long, by the storing
+    /// gateway, which sends it itself (`dispatch::Reservation`, `super::leases`); unless its
+    /// target is paused or has deliveries due, which go first, or the statement ran too long
+    /// after the delivery's id was made: then it is queued as if `None`.
     pub claim_for: Option<std::time::Duration>,
 }
 
-/// A delivery stored claimed, and its lease (the claim's token, as the claim gives it).
+/// A delivery stored leased, and its lease (the claim's token, as a claim gives it).
 pub type ClaimedAtStore = (Uuid, chrono::DateTime<chrono::Utc>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,8 +120,20 @@ fn older_ids(own_period: Uuid) -> String {
     format!("e.id >= '{from}'::uuid AND e.id < '{own_period}'::uuid")
 }
 
-/// The statement of [`insert_events`], `{older_ids}` in it replaced by [`older_ids`].
-const STORE_EVENTS: &str = r#"
+/// The statement of [`insert_events`], `{older_ids}` in it to be replaced by [`older_ids`].
+static STORE_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let horizon_ms = super::leases::HORIZON.as_millis();
+    STORE_EVENTS_TEMPLATE
+        .replace("{lease_lock}", &super::leases::LEASE_LOCK.to_string())
+        .replace(
+            "{lease_floor}",
+            &super::leases::id_floor_sql(&format!(
+                "(clock_timestamp() - interval '{horizon_ms} milliseconds')"
+            )),
+        )
+});
+
+const STORE_EVENTS_TEMPLATE: &str = r#"
         WITH event AS (
             INSERT INTO events (id, namespace, source, provider, external_id, event_type, headers, body,
                                 replay_digest)
@@ -151,13 +164,6 @@ const STORE_EVENTS: &str = r#"
                         $17::int4[])
                  AS d (event_id, id, kind, target, filter_error, ordering_key, claim_target)
             JOIN event ON event.id = d.event_id
-        ), delivery AS (
-            INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, last_error,
-                                    ordering_key, position)
-            SELECT id, event_id, namespace, kind, target,
-                   CASE WHEN filter_error IS NULL THEN 'pending' ELSE 'filtered_error' END, filter_error,
-                   ordering_key, position
-            FROM input
         ), claimable AS (
             -- Per target asked to claim for: not paused, and nothing of it due (that goes
             -- first; rows of this statement do not count). One index probe each.
@@ -174,22 +180,40 @@ const STORE_EVENTS: &str = r#"
                    array_agg(t.lease_ms ORDER BY t.n) AS lease_ms
             FROM UNNEST($18::text[], $19::text[], $20::text[], $21::float8[]) WITH ORDINALITY
                  AS t (namespace, kind, name, lease_ms, n)
-        ), queued AS (
-            -- Claimed as a claim does: the lease is the due time, the attempt counted.
-            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
-                                        claimed, attempts, ordering_key, position, event_id)
-            SELECT i.id, i.namespace, i.kind, i.target,
-                   CASE WHEN c.claim THEN now() + interval '1 millisecond' * c.lease_ms ELSE now() END,
-                   c.claim, CASE WHEN c.claim THEN 1 ELSE 0 END, i.ordering_key, i.position, i.event_id
+        ), lease_clock AS MATERIALIZED (
+            -- Read only when a delivery is to be leased: the lease lock, taken shared, and the
+            -- oldest id that may be leased under it (see store::leases).
+            SELECT {lease_floor} AS floor
+            FROM (SELECT pg_advisory_xact_lock_shared({lease_lock}) OFFSET 0) l
+        ), decided AS MATERIALIZED (
+            SELECT i.*, c.lease_ms,
+                   CASE WHEN i.claim_target IS NULL OR i.filter_error IS NOT NULL THEN false
+                        WHEN NOT coalesce((SELECT ok FROM claimable)[i.claim_target], false) THEN false
+                        ELSE i.id >= (SELECT floor FROM lease_clock) END AS claim
             FROM input i CROSS JOIN LATERAL (
-                SELECT coalesce((SELECT ok FROM claimable)[i.claim_target], false) AS claim,
-                       (SELECT lease_ms FROM claimable)[i.claim_target] AS lease_ms
+                SELECT (SELECT lease_ms FROM claimable)[i.claim_target] AS lease_ms
             ) c
-            WHERE i.filter_error IS NULL
-            RETURNING delivery_id, namespace, target_kind, target, next_attempt_at, claimed
+        ), delivery AS (
+            -- A delivery claimed here is leased on its own row and has no queue row while it is
+            -- out: its outcome is its next write (see store::leases).
+            INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, last_error,
+                                    ordering_key, position, lease_until)
+            SELECT id, event_id, namespace, kind, target,
+                   CASE WHEN filter_error IS NULL THEN 'pending' ELSE 'filtered_error' END, filter_error,
+                   ordering_key, position,
+                   CASE WHEN claim THEN now() + interval '1 millisecond' * lease_ms END
+            FROM decided
+            RETURNING id, lease_until
+        ), queued AS (
+            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
+                                        ordering_key, position, event_id)
+            SELECT id, namespace, kind, target, now(), ordering_key, position, event_id
+            FROM decided
+            WHERE filter_error IS NULL AND NOT claim
+            RETURNING namespace, target_kind, target
         ), targets AS (
             SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
-            FROM queued WHERE NOT claimed
+            FROM queued
         )
         SELECT
             ARRAY(SELECT id FROM event),
@@ -198,8 +222,8 @@ const STORE_EVENTS: &str = r#"
             -- Deliveries claimed here need none: their claimer has them.
             (SELECT pg_notify($13, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END)
              FROM targets WHERE names IS NOT NULL) IS NULL,
-            ARRAY(SELECT delivery_id FROM queued WHERE claimed ORDER BY delivery_id),
-            ARRAY(SELECT next_attempt_at FROM queued WHERE claimed ORDER BY delivery_id)
+            ARRAY(SELECT id FROM delivery WHERE lease_until IS NOT NULL ORDER BY id),
+            ARRAY(SELECT lease_until FROM delivery WHERE lease_until IS NOT NULL ORDER BY id)
 "#;
 
 /// Inserts events with their deliveries, skipping duplicates, in one statement (on a pool: its

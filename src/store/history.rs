@@ -160,7 +160,8 @@ pub async fn event(
     };
     let deliveries = sqlx::query_as(
         "SELECT d.id, d.target_kind, d.target,
-                CASE WHEN q.claimed AND q.next_attempt_at > now() THEN 'in_flight' ELSE d.status END AS status,
+                CASE WHEN (q.claimed AND q.next_attempt_at > now()) OR d.lease_until > now() THEN 'in_flight'
+                     ELSE d.status END AS status,
                 d.attempts,
                 CASE WHEN NOT (q.claimed AND q.next_attempt_at > now()) AND q.next_attempt_at < 'infinity'
                      THEN q.next_attempt_at END AS next_attempt_at,
@@ -292,17 +293,20 @@ pub(super) async fn requeue_in(
         "WITH queued AS (
              INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
                                          ordering_key, position, event_id)
-             -- Numbered after every attempt recorded, also one whose claim had expired; in its
-             -- key's order at the place it had.
+             -- Numbered after every attempt recorded, also one whose claim had expired, and one
+             -- whose lease on its row expired before its outcome came (see store::leases); in
+             -- its key's order at the place it had. One being sent on a live lease is left out.
              SELECT d.id, d.namespace, d.target_kind, d.target, now(),
-                    GREATEST(d.attempts, (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id)),
+                    GREATEST(d.attempts + CASE WHEN d.lease_until IS NOT NULL THEN 1 ELSE 0 END,
+                             (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id)),
                     d.ordering_key, d.position, d.event_id
-             FROM deliveries d WHERE d.id = ANY ($1)
+             FROM deliveries d WHERE d.id = ANY ($1) AND NOT coalesce(d.lease_until > now(), false)
              ON CONFLICT (delivery_id) DO UPDATE SET next_attempt_at = now(), claimed = false
                  WHERE NOT (delivery_queue.claimed AND delivery_queue.next_attempt_at > now())
              RETURNING delivery_id
          )
-         UPDATE deliveries SET status = 'pending', updated_at = now(), replay_id = COALESCE($2, replay_id)
+         UPDATE deliveries SET status = 'pending', lease_until = NULL, updated_at = now(),
+                               replay_id = COALESCE($2, replay_id)
          WHERE id IN (SELECT delivery_id FROM queued)",
     )
     .persistent(false)

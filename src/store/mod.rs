@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod events;
 pub mod group_commit;
 pub mod history;
+pub mod leases;
 pub mod partitions;
 pub mod replays;
 pub mod retention;

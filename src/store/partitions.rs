@@ -303,11 +303,13 @@ pub async fn make_ahead(pool: &PgPool, period: Duration) -> sqlx::Result<usize> 
 }
 
 /// Whether any delivery of the period is still queued (waiting, retrying, being sent, or a dead
-/// head blocking its key): then its history is not dropped.
+/// head blocking its key), or may be out on a lease of its row (see `super::leases`: only ids
+/// at or past `swept_to` can be): then its history is not dropped.
 pub async fn has_queued(pool: &PgPool, period: &Period) -> sqlx::Result<bool> {
     let (lower, upper) = period.id_bounds();
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM delivery_queue WHERE delivery_id >= $1 AND delivery_id < $2)",
+        "SELECT EXISTS (SELECT 1 FROM delivery_queue WHERE delivery_id >= $1 AND delivery_id < $2)
+             OR $2 > (SELECT swept_to FROM lease_sweeps WHERE only_row)",
     )
     .bind(lower)
     .bind(upper)

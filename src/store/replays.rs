@@ -260,7 +260,7 @@ pub struct WindowEvent {
     pub headers: serde_json::Value,
     pub body: Vec<u8>,
     /// Its delivery to the replay's target, if it has one, and that delivery's status
-    /// (`in_flight` while a claim is out).
+    /// (`in_flight` while a claim or a lease is out).
     pub delivery_id: Option<Uuid>,
     pub delivery_status: Option<String>,
 }
@@ -269,8 +269,8 @@ pub struct WindowEvent {
 pub async fn next_events(pool: &PgPool, replay: &Leased, limit: i64) -> sqlx::Result<Vec<WindowEvent>> {
     sqlx::query_as(
         "SELECT e.id, e.received_at, e.source, e.event_type, e.headers, e.body, d.id AS delivery_id,
-                CASE WHEN q.claimed AND q.next_attempt_at > now() THEN 'in_flight' ELSE d.status END
-                    AS delivery_status
+                CASE WHEN (q.claimed AND q.next_attempt_at > now()) OR d.lease_until > now() THEN 'in_flight'
+                     ELSE d.status END AS delivery_status
          FROM events e
          LEFT JOIN deliveries d ON d.event_id = e.id AND d.target_kind = $4 AND d.target = $5
          LEFT JOIN delivery_queue q ON q.delivery_id = d.id

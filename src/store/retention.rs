@@ -187,6 +187,7 @@ async fn delete_expired_events(
              WHERE e.id >= $1 AND e.id < $2 {of_namespace}
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d JOIN delivery_queue q ON q.delivery_id = d.id
                                WHERE d.event_id = e.id)
+               AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.event_id = e.id AND d.lease_until IS NOT NULL)
              ORDER BY e.id
              LIMIT $3
              FOR UPDATE SKIP LOCKED

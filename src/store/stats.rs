@@ -253,21 +253,32 @@ pub async fn cancel_pending(
     kind: crate::api::TargetKind,
     targets: &[String],
 ) -> sqlx::Result<u64> {
-    let result = sqlx::query(
+    let cancelled: i64 = sqlx::query_scalar(
         "WITH dequeued AS (
              DELETE FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
              RETURNING delivery_id, attempts
+         ), dequeued_cancelled AS (
+             -- A claim being sent keeps its attempt number: a later redelivery counts on from it.
+             UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(d.attempts, q.attempts), updated_at = now()
+             FROM dequeued q
+             WHERE d.id = q.delivery_id
+             RETURNING d.id
+         ), unleased AS (
+             -- Being sent on a lease of its row (see store::leases), its attempt numbered: every
+             -- such row is at or past `swept_to`, so this reads the last seconds of the history.
+             UPDATE deliveries d SET status = 'cancelled', attempts = d.attempts + 1, lease_until = NULL,
+                                     updated_at = now()
+             WHERE d.id >= (SELECT swept_to FROM lease_sweeps WHERE only_row) AND d.lease_until IS NOT NULL
+               AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
+             RETURNING d.id
          )
-         -- A claim being sent keeps its attempt number: a later redelivery counts on from it.
-         UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(d.attempts, q.attempts), updated_at = now()
-         FROM dequeued q
-         WHERE d.id = q.delivery_id",
+         SELECT (SELECT count(*) FROM dequeued_cancelled) + (SELECT count(*) FROM unleased)",
     )
     .persistent(false)
     .bind(namespace)
     .bind(kind.as_str())
     .bind(targets)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(result.rows_affected())
+    Ok(cancelled as u64)
 }

@@ -171,16 +171,36 @@ pub fn answered_200(
     after: hookline::store::deliveries::After,
 ) -> hookline::store::deliveries::AttemptRecord {
     hookline::store::deliveries::AttemptRecord {
-        delivery: delivery.id,
-        lease_until: delivery.lease_until,
-        number: delivery.attempts + 1,
+        after,
+        ..answered_200_to(
+            delivery.id,
+            delivery.lease_until,
+            delivery.attempts + 1,
+            delivery.lease_on_row,
+        )
+    }
+}
+
+/// A 200 answer to attempt `number` of a delivery held until `lease_until` (on its row, or in
+/// the queue), which succeeds it.
+pub fn answered_200_to(
+    delivery: uuid::Uuid,
+    lease_until: chrono::DateTime<chrono::Utc>,
+    number: i32,
+    lease_on_row: bool,
+) -> hookline::store::deliveries::AttemptRecord {
+    hookline::store::deliveries::AttemptRecord {
+        delivery,
+        lease_until,
+        number,
+        lease_on_row,
         attempt: hookline::store::deliveries::Attempt {
             started_at: chrono::Utc::now(),
             duration_ms: 3,
             status_code: Some(200),
             ..Default::default()
         },
-        after,
+        after: hookline::store::deliveries::After::Succeeded,
         last_error: None,
         blocks_key: false,
         hand_over: None,

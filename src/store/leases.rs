@@ -1,0 +1,164 @@
+//! Leases on history rows: a new delivery the storing gateway sends itself is leased on its row
+//! in `deliveries` (`lease_until`) and has no queue row while it is out (see
+//! [`super::events::NewDelivery::claim_for`]). Should its sender die, nothing in the queue
+//! falls due again; instead, one gateway at a time looks through the deliveries stored since it
+//! last looked ([`take_over_expired`]) and queues those whose lease ended without an outcome.
+//!
+//! That look must not miss a row that commits after it: it reads ids up to [`HORIZON`] before
+//! a barrier. The storing statement takes [`LEASE_LOCK`] shared before it leases and leases
+//! only deliveries whose ids are less than [`HORIZON`] older than that moment (older ones are
+//! queued as usual); the barrier takes the lock exclusively, so every statement that leased
+//! before it has committed, and every one after leases ids newer than the barrier's time minus
+//! [`HORIZON`]. Both times are Postgres' clock, so the gateways' clocks do not matter.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Taken shared by a statement that leases new deliveries, exclusively by the barrier.
+pub const LEASE_LOCK: i64 = 0x686c_6c65_6173_6573; // "hlleases"
+
+/// Held (per session) by the gateway taking over expired leases, one at a time.
+const SWEEP_LOCK: i64 = 0x686c_7377_6565_7073; // "hlsweeps"
+
+/// How much older than the lease lock's moment a delivery's id may be for the storing statement
+/// to lease it; the look at leases stays this far behind its barrier.
+pub const HORIZON: Duration = Duration::from_secs(10);
+
+/// The barrier waits this long at most for statements holding the lease lock: a statement
+/// waiting on another's row (a duplicate in flight) while the barrier waits on it must not
+/// stall behind the barrier, so the barrier gives way and the next pass tries again.
+const BARRIER_TIMEOUT: &str = "200ms";
+
+/// SQL for the smallest id made at or after the timestamp expression `at`.
+pub fn id_floor_sql(at: &str) -> String {
+    format!(
+        "(lpad(to_hex(floor(extract(epoch FROM {at}) * 1000)::bigint), 12, '0') || repeat('0', 20))::uuid"
+    )
+}
+
+/// What one pass did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Another gateway is taking over leases, or a storing statement held the barrier up.
+    NotNow,
+    /// Looked from the last pass's end; `taken` deliveries had an expired lease and are queued
+    /// now (their targets notified), `out` still have a live one (looked at again next pass).
+    Done { taken: u64, out: u64 },
+}
+
+/// One pass: takes the sweep lock (or leaves it to the gateway holding it), passes the barrier,
+/// queues the deliveries whose lease ended without an outcome and moves `swept_to` on.
+pub async fn take_over_expired(pool: &PgPool) -> sqlx::Result<Pass> {
+    let mut connection = pool.acquire().await?;
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SWEEP_LOCK)
+        .fetch_one(&mut *connection)
+        .await?;
+    if !held {
+        return Ok(Pass::NotNow);
+    }
+    let pass = sweep(&mut connection).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SWEEP_LOCK)
+        .execute(&mut *connection)
+        .await?;
+    pass
+}
+
+async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
+    let Some(barrier) = barrier(connection).await? else {
+        return Ok(Pass::NotNow);
+    };
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            r#"
+        WITH sweep AS (
+            SELECT swept_to FROM lease_sweeps WHERE only_row FOR UPDATE
+        ), upto AS (
+            SELECT {until} AS id
+        ), leased AS (
+            -- The deliveries stored since the last pass that are still out, and those the last
+            -- pass saw out (they are at or past its `swept_to`): a range of the primary key.
+            SELECT d.id, d.lease_until FROM deliveries d
+            WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < (SELECT id FROM upto)
+              AND d.lease_until IS NOT NULL
+        ), taken AS (
+            -- Rechecked on the row as it is when locked: its outcome may have come meanwhile.
+            UPDATE deliveries d SET lease_until = NULL, updated_at = now()
+            WHERE d.id = ANY (ARRAY(SELECT id FROM leased WHERE lease_until < now()))
+              AND d.lease_until < now()
+            RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.attempts
+        ), queued AS (
+            -- Due now; the attempt whose outcome never came keeps its number.
+            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
+                                        attempts, event_id)
+            SELECT id, namespace, target_kind, target, now(), attempts + 1, event_id FROM taken
+            ON CONFLICT (delivery_id) DO NOTHING
+            RETURNING namespace, target_kind, target
+        ), moved AS (
+            UPDATE lease_sweeps SET swept_to = greatest(
+                (SELECT swept_to FROM sweep),
+                least((SELECT id FROM upto),
+                      (SELECT id FROM leased WHERE lease_until >= now() ORDER BY id LIMIT 1)))
+            -- By its key: a scan, even of one row, is priced so high with sequential scans off
+            -- (store::connect_lazy) that Postgres would compile the statement (JIT) every time.
+            WHERE only_row
+        )
+        SELECT (SELECT count(*) FROM taken),
+               (SELECT count(*) FROM leased WHERE lease_until >= now()),
+               -- Only when something was queued: an empty payload asks for a scan of the queue (as
+               -- one too long for a notification does).
+               (SELECT pg_notify($2, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END) FROM (
+                    SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
+                    FROM queued) t
+                WHERE names IS NOT NULL) IS NULL
+        "#,
+            until = id_floor_sql("$1::timestamptz")
+        )
+    });
+    let (taken, out, _): (i64, i64, bool) = sqlx::query_as(SQL.as_str())
+        .bind(barrier - chrono::Duration::from_std(HORIZON).unwrap_or_default())
+        .bind(super::events::DELIVERIES_CHANNEL)
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok(Pass::Done {
+        taken: taken as u64,
+        out: out as u64,
+    })
+}
+
+/// Passes the barrier: the moment (Postgres' clock) by which every statement that leased
+/// before has committed; `None` when statements held the lock past [`BARRIER_TIMEOUT`].
+async fn barrier(connection: &mut sqlx::PgConnection) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{BARRIER_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    // The clock is read after the lock is granted (a select list is evaluated in order).
+    let passed: sqlx::Result<(chrono::DateTime<chrono::Utc>,)> =
+        sqlx::query_as("SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock($1) OFFSET 0) l")
+            .bind(LEASE_LOCK)
+            .fetch_one(&mut *tx)
+            .await;
+    match passed {
+        Ok((at,)) => {
+            tx.commit().await?;
+            Ok(Some(at))
+        }
+        // 55P03: lock_not_available, the timeout.
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55P03") => {
+            tx.rollback().await?;
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The oldest id that may still carry a lease (see the module's comment).
+pub async fn swept_to(pool: &PgPool) -> sqlx::Result<Uuid> {
+    sqlx::query_scalar("SELECT swept_to FROM lease_sweeps WHERE only_row")
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,362 @@
+//! Deliveries the storing gateway sends itself are leased on their own history row, with no
+//! queue row while they are out (store::leases): their outcome, a sender that dies, a cancel, a
+//! redelivery and a release all still end where a queued delivery's would. Real Postgres.
+
+mod support;
+
+use chrono::{DateTime, Utc};
+use hookline::api::{TargetKey, TargetKind};
+use hookline::store::deliveries::{After, Claimed, claim, record_attempts, release};
+use hookline::store::events::{NewDelivery, NewEvent, Stored, event_writer};
+use hookline::store::leases::{self, HORIZON, Pass};
+use hookline::store::partitions::{delivery_id, id_at, id_millis};
+use std::time::Duration;
+use uuid::Uuid;
+
+const TARGET: &str = "stripe/api";
+
+async fn migrated_pool() -> sqlx::PgPool {
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 4).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    pool
+}
+
+fn target() -> TargetKey {
+    TargetKey {
+        namespace: "billing".into(),
+        kind: TargetKind::Handler,
+        name: TARGET.into(),
+    }
+}
+
+/// An event made `age` ago with one delivery to [`TARGET`], to be leased for `lease`.
+fn leased_event(external_id: &str, age: Duration, lease: Duration) -> NewEvent {
+    let made = Utc::now().timestamp_millis() - age.as_millis() as i64;
+    let id = id_at(made);
+    NewEvent {
+        id,
+        namespace: "billing".into(),
+        source: "stripe".into(),
+        provider: Some("stripe"),
+        external_id: external_id.into(),
+        replay_digest: None,
+        event_type: "invoice.paid".into(),
+        headers: serde_json::json!({"content-type": "application/json"}),
+        body: bytes::Bytes::from_static(b"{}"),
+        deliveries: vec![NewDelivery {
+            id: delivery_id(id),
+            target_kind: TargetKind::Handler,
+            target: TARGET.into(),
+            filter_error: None,
+            ordering_key: None,
+            claim_for: Some(lease),
+        }],
+    }
+}
+
+/// Stores the event; the delivery's id and its lease, if the statement leased it.
+async fn store(
+    writer: &hookline::store::events::EventWriter,
+    event: NewEvent,
+) -> (Uuid, Option<DateTime<Utc>>) {
+    let id = event.deliveries[0].id;
+    let Stored::New { claimed, .. } = writer.submit(event).await.expect("store") else {
+        panic!("a new event");
+    };
+    (id, claimed.first().map(|(_, lease)| *lease))
+}
+
+/// The delivery as its sender holds it.
+fn held(id: Uuid, lease_until: DateTime<Utc>) -> Claimed {
+    Claimed {
+        id,
+        namespace: "billing".into(),
+        target_kind: TargetKind::Handler,
+        target: TARGET.into(),
+        attempts: 0,
+        lease_until,
+        source: "stripe".into(),
+        event_type: "invoice.paid".into(),
+        body: b"{}".to_vec(),
+        content_type: None,
+        received_at: Utc::now(),
+        event_id: Uuid::nil(),
+        ordering_key: None,
+        traceparent: None,
+        tracestate: None,
+        lease_on_row: true,
+    }
+}
+
+/// (status, attempts, lease_until, queued: (due, attempts)) of a delivery.
+type State = (String, i32, Option<DateTime<Utc>>, Option<(DateTime<Utc>, i32)>);
+
+async fn state(pool: &sqlx::PgPool, id: Uuid) -> State {
+    type Row = (
+        String,
+        i32,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<i32>,
+    );
+    let (status, attempts, lease, due, queued_attempts): Row = sqlx::query_as(
+        "SELECT d.status, d.attempts, d.lease_until, q.next_attempt_at, q.attempts
+         FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("delivery");
+    (status, attempts, lease, due.zip(queued_attempts))
+}
+
+async fn attempt_numbers(pool: &sqlx::PgPool, id: Uuid) -> Vec<i32> {
+    sqlx::query_scalar("SELECT attempt_number FROM attempts WHERE delivery_id = $1 ORDER BY 1")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .expect("attempts")
+}
+
+fn failed_503(delivery: &Claimed, retry_at: DateTime<Utc>) -> hookline::store::deliveries::AttemptRecord {
+    let mut record = support::answered_200(delivery, After::RetryAt(retry_at));
+    record.attempt.status_code = Some(503);
+    record.last_error = Some("503".into());
+    record
+}
+
+/// Its outcome is the delivery's next write: a success finishes it with nothing queued, a
+/// failure queues its retry at the time the policy chose.
+#[tokio::test]
+async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the_queue() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone());
+    let lease = Duration::from_secs(30);
+
+    let (id, leased) = store(&writer, leased_event("evt_ok", Duration::ZERO, lease)).await;
+    let lease_until = leased.expect("leased by the statement that stored it");
+    assert_eq!(
+        state(&pool, id).await,
+        ("pending".into(), 0, Some(lease_until), None)
+    );
+    assert!(
+        claim(&pool, &[take()]).await.expect("claim").is_empty(),
+        "no claim finds it"
+    );
+    record_attempts(
+        &pool,
+        &[support::answered_200(&held(id, lease_until), After::Succeeded)],
+    )
+    .await
+    .expect("record");
+    assert_eq!(state(&pool, id).await, ("succeeded".into(), 1, None, None));
+    assert_eq!(attempt_numbers(&pool, id).await, [1]);
+
+    let (id, leased) = store(&writer, leased_event("evt_retry", Duration::ZERO, lease)).await;
+    let retry_at = Utc::now() + chrono::Duration::seconds(60);
+    record_attempts(&pool, &[failed_503(&held(id, leased.expect("leased")), retry_at)])
+        .await
+        .expect("record");
+    let (status, attempts, lease, queued) = state(&pool, id).await;
+    assert_eq!((status.as_str(), attempts, lease), ("failed", 1, None));
+    let (due, queued_attempts) = queued.expect("its retry is queued");
+    assert_eq!(queued_attempts, 1, "the next attempt is number 2");
+    assert!(
+        (due - retry_at).num_milliseconds().abs() <= 1,
+        "due at the retry's time"
+    );
+}
+
+fn take() -> hookline::store::deliveries::Take {
+    hookline::store::deliveries::Take {
+        target: target(),
+        count: 10,
+        lease: Duration::from_secs(30),
+        ordered: false,
+    }
+}
+
+/// A sender that dies leaves a lease that ends with no outcome: the pass over the leases queues
+/// the delivery then (not before), numbered after the attempt that was lost, and a late outcome
+/// of that attempt is kept as history only.
+#[tokio::test]
+async fn a_lease_that_ends_without_an_outcome_is_queued_by_the_next_pass() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone());
+    // Made just inside the horizon, so the pass looks at it a moment later.
+    let age = HORIZON - Duration::from_millis(500);
+    let (lost, lost_lease) = store(&writer, leased_event("evt_lost", age, Duration::from_millis(1))).await;
+    let lost_lease = lost_lease.expect("leased");
+    let (live, live_lease) = store(&writer, leased_event("evt_live", age, Duration::from_secs(60))).await;
+    assert!(live_lease.is_some());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .expect("listen");
+    listener
+        .listen(hookline::store::events::DELIVERIES_CHANNEL)
+        .await
+        .expect("listen");
+
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 1, out: 1 }
+    );
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the dispatchers are told")
+        .expect("notification");
+    assert_eq!(heard.payload(), "billing/handler/stripe/api", "naming its target");
+    let (status, attempts, lease, queued) = state(&pool, lost).await;
+    assert_eq!((status.as_str(), attempts, lease), ("pending", 0, None));
+    assert_eq!(queued.expect("queued").1, 1, "the lost attempt keeps number 1");
+    let (.., lease, queued) = state(&pool, live).await;
+    assert!(
+        lease.is_some() && queued.is_none(),
+        "a live lease is left to its sender"
+    );
+    let swept_to = leases::swept_to(&pool).await.expect("swept_to");
+    assert!(swept_to <= live, "the live lease is looked at again");
+    assert!(swept_to > lost, "the one queued is not");
+
+    // The lost sender's outcome after all: kept, but the queue holds the delivery now.
+    record_attempts(
+        &pool,
+        &[support::answered_200(&held(lost, lost_lease), After::Succeeded)],
+    )
+    .await
+    .expect("late outcome");
+    assert_eq!(state(&pool, lost).await.0, "pending");
+    let again = claim(&pool, &[take()]).await.expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (lost, 1));
+    record_attempts(&pool, &[support::answered_200(&again[0], After::Succeeded)])
+        .await
+        .expect("record");
+    assert_eq!(attempt_numbers(&pool, lost).await, [1, 2]);
+    assert_eq!(state(&pool, lost).await, ("succeeded".into(), 2, None, None));
+
+    // The next pass sees the live lease again and nothing else, and tells no one.
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 0, out: 1 }
+    );
+    let heard = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(heard.is_err(), "nothing queued, nothing to claim: {heard:?}");
+}
+
+/// A delivery whose id is older than the horizon when it is stored is queued, not leased: the
+/// pass may have looked past it already.
+#[tokio::test]
+async fn a_delivery_made_before_the_horizon_is_queued_not_leased() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone());
+    let (id, leased) = store(
+        &writer,
+        leased_event(
+            "evt_old",
+            HORIZON + Duration::from_secs(1),
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    assert_eq!(leased, None);
+    let (status, _, lease, queued) = state(&pool, id).await;
+    assert_eq!((status.as_str(), lease), ("pending", None));
+    assert!(queued.is_some(), "waiting in the queue");
+}
+
+/// The pass waits for statements that hold the lease lock (a storing statement between leasing
+/// and committing) only briefly, and then skips: it looks only past a barrier.
+#[tokio::test]
+async fn the_pass_does_not_look_past_a_statement_still_leasing() {
+    let pool = migrated_pool().await;
+    let before = leases::swept_to(&pool).await.expect("swept_to");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut storing = pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(leases::LEASE_LOCK)
+        .execute(&mut *storing)
+        .await
+        .expect("lease lock");
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::NotNow
+    );
+    assert_eq!(leases::swept_to(&pool).await.expect("swept_to"), before);
+    storing.commit().await.expect("commit");
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 0, out: 0 }
+    );
+    let after = leases::swept_to(&pool).await.expect("swept_to");
+    assert!(
+        id_millis(after) > id_millis(before),
+        "moved on to the barrier less the horizon"
+    );
+}
+
+/// Cancelling, redelivering and releasing a leased delivery: a live lease is not redelivered,
+/// a cancel ends it (its attempt numbered), a release puts it in the queue unspent, and a
+/// transform that fails ends it unsent.
+#[tokio::test]
+async fn a_leased_delivery_is_cancelled_redelivered_released_and_ended_like_a_claimed_one() {
+    use hookline::store::deliveries::end_unsent;
+    use hookline::store::history::redeliver;
+    use hookline::store::stats::cancel_pending;
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone());
+    let lease = Duration::from_secs(60);
+
+    let (id, lease_until) = store(&writer, leased_event("evt_cancel", Duration::ZERO, lease)).await;
+    let lease_until = lease_until.expect("leased");
+    assert!(
+        !redeliver(&pool, id, None).await.expect("redeliver"),
+        "not while it is being sent"
+    );
+    let cancelled = cancel_pending(&pool, "billing", TargetKind::Handler, &[TARGET.to_owned()])
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled, 1);
+    assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));
+    record_attempts(
+        &pool,
+        &[support::answered_200(&held(id, lease_until), After::Succeeded)],
+    )
+    .await
+    .expect("the cancelled send's outcome");
+    assert_eq!(
+        state(&pool, id).await.0,
+        "cancelled",
+        "that outcome is history only"
+    );
+    assert!(redeliver(&pool, id, None).await.expect("redeliver"));
+    let again = claim(&pool, &[take()]).await.expect("claim");
+    assert_eq!(
+        (again[0].id, again[0].attempts),
+        (id, 1),
+        "counts on from the cancelled send"
+    );
+
+    let (id, lease_until) = store(&writer, leased_event("evt_release", Duration::ZERO, lease)).await;
+    let at = Utc::now() + chrono::Duration::seconds(30);
+    release(&pool, id, lease_until.expect("leased"), at, Some("circuit open"))
+        .await
+        .expect("release");
+    let (status, attempts, lease_after, queued) = state(&pool, id).await;
+    assert_eq!((status.as_str(), attempts, lease_after), ("pending", 0, None));
+    let (due, queued_attempts) = queued.expect("queued");
+    assert_eq!(queued_attempts, 0, "given back unsent: no number spent");
+    assert!((due - at).num_milliseconds().abs() <= 1);
+
+    let (id, lease_until) = store(&writer, leased_event("evt_transform", Duration::ZERO, lease)).await;
+    end_unsent(
+        &pool,
+        id,
+        lease_until.expect("leased"),
+        "transform: no such field",
+    )
+    .await
+    .expect("end");
+    assert_eq!(state(&pool, id).await, ("filtered_error".into(), 0, None, None));
+}
