@@ -34,9 +34,16 @@ pub(crate) async fn measure(bench: &Bench, scale: Scale, ingest_rps: f64) -> any
     sqlx::query("SELECT pg_stat_statements_reset()")
         .execute(&bench.pool)
         .await?;
+    let before = bench.snapshot().await?;
     let e2e_200 = bench.end_to_end(200.0, scale.window).await?;
     report("e2e_200rps_p50_ms", e2e_200.percentile_ms(50.0), "ms");
     report("e2e_200rps_p99_ms", e2e_200.percentile_ms(99.0), "ms");
+    // What a webhook stored and sent at once by the gateway costs (the target is idle at
+    // 200/s), once every outcome is recorded.
+    bench.wait_recorded(e2e_200.ok).await?;
+    bench
+        .report_costs("e2e_200rps", &before, e2e_200.ok, "delivery")
+        .await?;
     bench.report_stages("e2e_200rps", &e2e_200).await?;
     Ok(())
 }
@@ -121,6 +128,20 @@ impl Bench {
 }
 
 impl Bench {
+    /// Waits (up to 10 s) until `deliveries` have their outcome recorded.
+    async fn wait_recorded(&self, deliveries: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .count("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
+            .await?
+            < deliveries
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Sends webhooks at `rate` per second for `window` (open loop: a slow answer does not
     /// delay the next request) and measures from sending to arrival at the sink.
     pub(crate) async fn end_to_end(&self, rate: f64, window: Duration) -> anyhow::Result<Measured> {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::costs::report_cpu_shares;
 use crate::rig::*;
 use crate::{Scale, progress, report};
 
@@ -16,8 +15,8 @@ pub(crate) async fn measure(bench: &Arc<Bench>, scale: Scale) -> anyhow::Result<
     bench.resume(&[HANDLER_TARGET]).await?;
     for concurrency in CONCURRENCIES {
         bench.reset().await?;
+        let before = bench.snapshot().await?;
         let delivered_before = bench.sink.received();
-        let cpu_before = bench.cpu_times();
         let started = Instant::now();
         let taken = bench.ingest_closed_loop(concurrency, scale.window).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -27,7 +26,6 @@ pub(crate) async fn measure(bench: &Arc<Bench>, scale: Scale) -> anyhow::Result<
         let elapsed = started.elapsed();
         let delivered = bench.sink.received() - delivered_before;
         let part = format!("sustained_c{concurrency}");
-        report_cpu_shares(&part, &cpu_before, &bench.cpu_times());
         progress(&format!(
             "{part}: {} webhooks taken in {:.1} s ({:.0}/s), {delivered} delivered by {:.1} s; {} errors",
             taken.ok,
@@ -46,6 +44,8 @@ pub(crate) async fn measure(bench: &Arc<Bench>, scale: Scale) -> anyhow::Result<
             delivered as f64 / taken.ok.max(1) as f64,
             "ratio",
         );
+        // What a webhook cost, ingest and delivery together (the CPU shares among them).
+        bench.report_costs(&part, &before, taken.ok, "webhook").await?;
     }
     Ok(())
 }
