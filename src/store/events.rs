@@ -66,11 +66,7 @@ pub enum Stored {
     Duplicate,
 }
 
-/// Channel dispatchers LISTEN on; notified in the same statement as the insert, so the
-/// notification is delivered exactly when the rows are committed. The payload names the targets
-/// with new deliveries (`namespace/kind/name`, one a line); an empty one means "look at the
-/// whole queue".
-pub const DELIVERIES_CHANNEL: &str = "hookline_deliveries";
+pub use super::DELIVERIES_CHANNEL;
 
 /// Writes events: those written concurrently share commits; a published one with an
 /// idempotency key is written in a transaction of its own ([`EventWriter::store_published`]).

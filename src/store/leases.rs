@@ -120,7 +120,7 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
     });
     let (taken, out, _): (i64, i64, bool) = sqlx::query_as(SQL.as_str())
         .bind(barrier - chrono::Duration::from_std(HORIZON).unwrap_or_default())
-        .bind(super::events::DELIVERIES_CHANNEL)
+        .bind(super::DELIVERIES_CHANNEL)
         .fetch_one(&mut *connection)
         .await?;
     Ok(Pass::Done {

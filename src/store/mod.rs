@@ -18,6 +18,12 @@ use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+/// Channel dispatchers LISTEN on; notified in the same statement as the rows it announces, so
+/// the notification is delivered exactly when they are committed. The payload names the targets
+/// with new deliveries (`namespace/kind/name`, one a line); an empty one means "look at the
+/// whole queue".
+pub const DELIVERIES_CHANNEL: &str = "hookline_deliveries";
+
 /// The schema, embedded from `migrations/` at build time.
 /// Migrations applied by a newer version are not an error: they only add (tables, nullable
 /// columns, indexes), so an older gateway keeps running on a newer schema during a rolling
