@@ -365,7 +365,7 @@ pub fn queue_writers(pool: &PgPool) -> PgPool {
 
 /// `pool` should come from [`queue_writers`].
 pub fn attempt_recorder(pool: PgPool) -> AttemptRecorder {
-    GroupCommit::start(pool, RecordAttempts, RECORDERS, 256)
+    GroupCommit::start(pool, RecordAttempts, RECORDERS, 256, Duration::ZERO)
 }
 
 /// The batch write of [`AttemptRecorder`].
