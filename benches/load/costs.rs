@@ -60,7 +60,8 @@ pub(crate) struct Snapshot {
     /// Time the gateway's statements spent being planned and executed, in µs.
     plan_us: f64,
     exec_us: f64,
-    tables: BTreeMap<String, [i64; 4]>,
+    /// Per table: rows inserted, updated, updated HOT, deleted; autovacuums and autoanalyzes.
+    tables: BTreeMap<String, [i64; 6]>,
 }
 
 /// Where the private Postgres says its postmaster runs.
@@ -137,8 +138,10 @@ impl Bench {
         .bind(GATEWAY_ROLE)
         .fetch_one(&self.pool)
         .await?;
-        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables",
+        let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, autovacuum_count,
+                    autoanalyze_count
+             FROM pg_stat_user_tables",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -153,7 +156,9 @@ impl Bench {
             exec_us,
             tables: rows
                 .into_iter()
-                .map(|(table, ins, upd, hot, del)| (table, [ins, upd, hot, del]))
+                .map(|(table, ins, upd, hot, del, vacuums, analyzes)| {
+                    (table, [ins, upd, hot, del, vacuums, analyzes])
+                })
                 .collect(),
         })
     }
@@ -169,21 +174,28 @@ impl Bench {
     ) -> anyhow::Result<()> {
         let after = self.snapshot().await?;
         let units = units.max(1) as f64;
-        let mut row_writes = 0;
+        let (mut row_writes, mut autovacuums) = (0, 0);
         for (table, now) in &after.tables {
             let was = before.tables.get(table).copied().unwrap_or_default();
             let delta = |i: usize| now[i] - was[i];
             row_writes += delta(0) + delta(1) + delta(3);
-            if (0..4).any(|i| delta(i) != 0) {
+            autovacuums += delta(4) + delta(5);
+            if (0..6).any(|i| delta(i) != 0) {
                 progress(&format!(
-                    "{part}: {table} per {per}: {:.2} inserted, {:.2} updated ({:.2} HOT), {:.2} deleted",
+                    "{part}: {table} per {per}: {:.2} inserted, {:.2} updated ({:.2} HOT), {:.2} deleted; \
+                     {} autovacuums, {} autoanalyzes",
                     delta(0) as f64 / units,
                     delta(1) as f64 / units,
                     delta(2) as f64 / units,
                     delta(3) as f64 / units,
+                    delta(4),
+                    delta(5),
                 ));
             }
         }
+        // Autovacuum of the queue during a part is the suspect of its slow runs (issue 20):
+        // counted, so that slow and fast runs can be told apart by it.
+        report(&format!("{part}_autovacuums"), autovacuums as f64, "runs");
         let cost = |name: &str, value: f64, unit: &str| {
             report(
                 &format!("{part}_{name}_per_{per}"),
