@@ -1502,3 +1502,63 @@ async fn queued_deliveries_are_claimed_with_their_event_whether_the_queue_names_
         ]
     );
 }
+
+/// A backlog is drained a batch at a time: the outcomes of a page's deliveries are written
+/// together, in one transaction, so no old version of them can be pruned to make room before
+/// it commits. The history's pages keep room for every row's next version (fillfactor 45), so
+/// each outcome is a HOT update and writes no index entry; with 85 % of each page filled, about
+/// two in three were not (docs/benchmarks.md).
+#[tokio::test]
+async fn a_drained_backlogs_outcomes_are_hot_updates() {
+    use hookline::store::deliveries::{After, claim, record_attempts};
+    use hookline::store::events::event_writer;
+    const BACKLOG: usize = 240;
+    let pool = migrated_pool(4).await;
+    let writer = std::sync::Arc::new(event_writer(pool.clone()));
+    let stored = (0..BACKLOG).map(|i| {
+        let writer = writer.clone();
+        async move {
+            writer
+                .submit(new_event(&format!("evt_{i}"), "invoice.paid", "stripe/api"))
+                .await
+                .expect("store")
+        }
+    });
+    futures::future::join_all(stored).await;
+    let taken = claim(
+        &pool,
+        &takes(
+            &[(handler("stripe/api"), BACKLOG)],
+            std::time::Duration::from_secs(60),
+        ),
+    )
+    .await
+    .expect("claim");
+    assert_eq!(taken.len(), BACKLOG);
+    let outcomes: Vec<_> = taken
+        .iter()
+        .map(|delivery| support::answered_200(delivery, After::Succeeded))
+        .collect();
+    record_attempts(&pool, &outcomes).await.expect("record");
+
+    // Table statistics reach the view once the backends that wrote them are idle.
+    let updates = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT coalesce(sum(n_tup_upd), 0)::bigint, coalesce(sum(n_tup_hot_upd), 0)::bigint
+             FROM pg_stat_user_tables WHERE relname LIKE 'deliveries\\_%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("statistics")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (updated, hot) = loop {
+        let (updated, hot) = updates().await;
+        if updated >= BACKLOG as i64 || std::time::Instant::now() > deadline {
+            break (updated, hot);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(updated, BACKLOG as i64, "every outcome updated its delivery once");
+    assert_eq!(hot, updated, "every outcome is a HOT update");
+}

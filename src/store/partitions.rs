@@ -252,9 +252,11 @@ pub async fn ensure(
         // none waits on this transaction while holding what it waits for.
         for table in TABLES.into_iter().rev() {
             let name = format!("{table}_{suffix}");
-            // Room on each page for an outcome's new row version, so that update stays HOT.
+            // Room on each page for every row's next version, so that an outcome's update
+            // stays HOT even when a whole page's outcomes are written in one transaction (a
+            // drained backlog), which no pruning can make room for (migration 0017).
             let storage = if table == "deliveries" {
-                " WITH (fillfactor = 85)"
+                " WITH (fillfactor = 45)"
             } else {
                 ""
             };
