@@ -19,6 +19,7 @@ async fn a_pool_with_cached_plans_keeps_the_shared_settings() {
     };
     assert_eq!(show("plan_cache_mode").await, "force_generic_plan");
     assert_eq!(show("enable_seqscan").await, "off");
+    assert_eq!(show("jit").await, "off");
     let shared: String = sqlx::query_scalar("SHOW plan_cache_mode")
         .fetch_one(&pool)
         .await
@@ -27,6 +28,27 @@ async fn a_pool_with_cached_plans_keeps_the_shared_settings() {
         shared, "auto",
         "the shared pool still plans each statement as it runs"
     );
+}
+
+/// A statement that scans a small table (the replay worker's, every second, on every gateway)
+/// is priced as if it read millions of rows with sequential scans off; it must not be compiled
+/// by JIT for that (20 ms and more of Postgres' CPU a call, for no rows).
+#[tokio::test]
+async fn a_scan_priced_high_is_not_compiled() {
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 1).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let plan: serde_json::Value = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT id FROM replays WHERE state = 'running' FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("explain");
+    let plan = &plan[0];
+    assert!(
+        plan["Plan"]["Total Cost"].as_f64().expect("a cost") > 100_000.0,
+        "priced above jit_above_cost: {plan}"
+    );
+    assert!(plan.get("JIT").is_none(), "compiled by JIT: {}", plan["JIT"]);
 }
 
 #[tokio::test]

@@ -58,10 +58,15 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
     //   lookup they make and run on pools that keep one plan (`with_cached_plans`).
     // (Re-planning every statement, plan_cache_mode=force_custom_plan, foreign-key checks
     // included, cost about a sixth of the machine's CPU time while dispatching.)
+    // With sequential scans off, a scan of a small table without a fitting index (the running
+    // replays, looked for every second by every gateway) is priced far above `jit_above_cost`,
+    // and Postgres compiled each such statement to machine code: 20 ms and more of CPU for a
+    // scan of no rows, a tenth of a core per idle gateway. Every statement here is short, so
+    // sessions do without JIT.
     let options = url
         .parse::<PgConnectOptions>()
         .map_err(StoreError::Connect)?
-        .options([("enable_seqscan", "off")]);
+        .options([("enable_seqscan", "off"), ("jit", "off")]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
