@@ -193,8 +193,8 @@ impl Bench {
                 ));
             }
         }
-        // Autovacuum of the queue during a part is the suspect of its slow runs (issue 20):
-        // counted, so that slow and fast runs can be told apart by it.
+        // Counted so that a slow run can be checked against it (the slow fan-out and resumed
+        // runs of 2026-12-06 had none, docs/benchmarks.md).
         report(&format!("{part}_autovacuums"), autovacuums as f64, "runs");
         let cost = |name: &str, value: f64, unit: &str| {
             report(

@@ -86,12 +86,12 @@ struct Writers<W: BatchWrite> {
 }
 
 impl<W: BatchWrite> Writers<W> {
-    /// The next batch, or none once every sender is gone. One writer gathers at a time; the
-    /// others are writing meanwhile.
-    async fn gather(&self, batch: &mut Vec<Job<W>>) -> bool {
+    /// The next batch, counted as under way from before the next writer may gather; none once
+    /// every sender is gone. One writer gathers at a time; the others are writing meanwhile.
+    async fn gather(&self, batch: &mut Vec<Job<W>>) -> Option<Writing<'_>> {
         let mut jobs = self.jobs.lock().await;
         if jobs.recv_many(batch, self.max_batch).await == 0 {
-            return false;
+            return None;
         }
         let deadline = Instant::now() + self.linger;
         let mut writing = self.writing.subscribe();
@@ -103,7 +103,7 @@ impl<W: BatchWrite> Writers<W> {
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        true
+        Some(Writing::start(&self.writing))
     }
 }
 
@@ -126,8 +126,7 @@ impl Drop for Writing<'_> {
 async fn writer<W: BatchWrite>(shared: Arc<Writers<W>>) {
     let Writers { pool, write, .. } = &*shared;
     let mut batch = Vec::with_capacity(shared.max_batch);
-    while shared.gather(&mut batch).await {
-        let _writing = Writing::start(&shared.writing);
+    while let Some(_writing) = shared.gather(&mut batch).await {
         let (items, replies): (Vec<W::Item>, Vec<_>) = batch.drain(..).map(|j| (j.item, j.reply)).unzip();
         match write.write(pool, &items).await {
             Ok(outputs) => {
