@@ -1,6 +1,7 @@
-//! Deliveries the storing gateway sends itself are leased on their own history row, with no
-//! queue row while they are out (store::leases): their outcome, a sender that dies, a cancel, a
-//! redelivery and a release all still end where a queued delivery's would. Real Postgres.
+//! Deliveries out for sending are leased on their own history row, with no queue row while they
+//! are out (store::leases): those the storing gateway sends itself and those claimed from the
+//! queue. Their outcome, a sender that dies, a cancel, a redelivery and a release all still end
+//! where a queued delivery's would. Real Postgres.
 
 mod support;
 
@@ -359,4 +360,91 @@ async fn a_leased_delivery_is_cancelled_redelivered_released_and_ended_like_a_cl
     .await
     .expect("end");
     assert_eq!(state(&pool, id).await, ("filtered_error".into(), 0, None, None));
+}
+
+/// A delivery claimed from the queue is leased on its row, however old it is, and has no queue
+/// row while it is out. Should its sender die, the next pass queues it again (the lost attempt
+/// keeps its number) although the look at recent deliveries is long past it; a live one is
+/// left to its sender, and a cancel of its target reaches it.
+#[tokio::test]
+async fn a_delivery_claimed_from_the_queue_is_leased_on_its_row_and_taken_over_when_lost() {
+    use hookline::store::stats::cancel_pending;
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone());
+    // Older than the horizon: queued as stored, and behind `swept_to` after one pass.
+    let age = HORIZON + Duration::from_secs(1);
+    let (lost, _) = store(&writer, leased_event("evt_lost", age, Duration::from_secs(60))).await;
+    let (live, _) = store(&writer, leased_event("evt_live", age, Duration::from_secs(60))).await;
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 0, out: 0 }
+    );
+    assert!(leases::swept_to(&pool).await.expect("swept_to") > live);
+
+    let claim_one = async |lease: Duration| {
+        let claimed = claim(
+            &pool,
+            &[hookline::store::deliveries::Take {
+                count: 1,
+                lease,
+                ..take()
+            }],
+        )
+        .await
+        .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        claimed.into_iter().next().expect("one")
+    };
+    let lost_claim = claim_one(Duration::from_millis(1)).await;
+    let live_claim = claim_one(Duration::from_secs(60)).await;
+    assert_eq!((lost_claim.id, live_claim.id), (lost, live));
+    assert!(lost_claim.lease_on_row && live_claim.lease_on_row);
+    let (status, attempts, lease, queued) = state(&pool, live).await;
+    assert_eq!(
+        (status.as_str(), attempts, lease, queued),
+        ("pending", 0, Some(live_claim.lease_until), None),
+        "out on a lease of its row, not queued"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 1, out: 0 }
+    );
+    let (status, attempts, lease, queued) = state(&pool, lost).await;
+    assert_eq!((status.as_str(), attempts, lease), ("pending", 0, None));
+    assert_eq!(
+        queued.expect("queued again").1,
+        1,
+        "the lost attempt keeps number 1"
+    );
+    assert_eq!(
+        state(&pool, live).await.2,
+        Some(live_claim.lease_until),
+        "left to its sender"
+    );
+    let claims_left: Vec<Vec<Uuid>> = sqlx::query_scalar("SELECT deliveries FROM queue_leases")
+        .fetch_all(&pool)
+        .await
+        .expect("queue leases");
+    assert_eq!(claims_left, [vec![live]], "an ended claim is forgotten");
+
+    // The lost sender's outcome after all is history only; the next claim numbers on.
+    record_attempts(&pool, &[support::answered_200(&lost_claim, After::Succeeded)])
+        .await
+        .expect("late outcome");
+    assert_eq!(state(&pool, lost).await.0, "pending");
+    let again = claim_one(Duration::from_secs(60)).await;
+    assert_eq!((again.id, again.attempts), (lost, 1));
+    record_attempts(&pool, &[support::answered_200(&again, After::Succeeded)])
+        .await
+        .expect("record");
+    assert_eq!(attempt_numbers(&pool, lost).await, [1, 2]);
+    assert_eq!(state(&pool, lost).await, ("succeeded".into(), 2, None, None));
+
+    let cancelled = cancel_pending(&pool, "billing", TargetKind::Handler, &[TARGET.to_owned()])
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled, 1, "the delivery out on its claim");
+    assert_eq!(state(&pool, live).await, ("cancelled".into(), 1, None, None));
 }

@@ -513,8 +513,8 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     assert_eq!(retry.timestamp_micros(), later.timestamp_micros());
 }
 
-/// A claim whose worker died is due again once its lease has expired, and is claimed again
-/// with the next attempt number; a live claim is left alone. The first worker's late outcome is
+/// A claim whose worker died is due again once its lease has expired (the next pass over
+/// leases queues it), and is claimed again with the next attempt number; a live claim is left alone. The first worker's late outcome is
 /// kept as an attempt but moves neither the queue nor the status, nor can it release the
 /// delivery: those belong to the current claim.
 #[tokio::test]
@@ -534,6 +534,10 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         .await
         .expect("claim with a lease that expires at once");
     assert_eq!(expired.len(), 2);
+    // The pass over expired leases puts them back in the queue (store::leases).
+    hookline::store::leases::take_over_expired(&pool)
+        .await
+        .expect("pass");
     let live = claim(&pool, &takes(&wanted(10), std::time::Duration::from_secs(60)))
         .await
         .expect("claim");
@@ -559,7 +563,7 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         delivery: again.id,
         lease_until,
         number,
-        lease_on_row: false,
+        lease_on_row: again.lease_on_row,
         attempt: Attempt {
             started_at: chrono::Utc::now(),
             duration_ms: 3,
@@ -571,12 +575,15 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         blocks_key: false,
         hand_over: None,
     };
+    // (status, attempts started before the one out, queued, out on the current claim's lease)
     let status = || async {
-        sqlx::query_as::<_, (String, i32, i64)>(
-            "SELECT status, attempts, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1)
+        sqlx::query_as::<_, (String, i32, i64, bool)>(
+            "SELECT status, attempts, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1),
+                    lease_until IS NOT DISTINCT FROM $2
              FROM deliveries WHERE id = $1",
         )
         .bind(again.id)
+        .bind(again.lease_until)
         .fetch_one(&pool)
         .await
         .expect("status")
@@ -593,11 +600,15 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
     record_attempts(&pool, &[outcome(expired[0].lease_until, 1, After::Succeeded)])
         .await
         .expect("the late outcome");
-    assert_eq!(status().await, ("pending".into(), 0, 1), "still queued, claimed");
+    assert_eq!(
+        status().await,
+        ("pending".into(), 1, 0, true),
+        "still out on the current claim's lease"
+    );
     record_attempts(&pool, &[outcome(again.lease_until, 2, After::Succeeded)])
         .await
         .expect("the current outcome");
-    assert_eq!(status().await, ("succeeded".into(), 2, 0));
+    assert_eq!(status().await, ("succeeded".into(), 2, 0, false));
     let numbers: Vec<i32> =
         sqlx::query_scalar("SELECT attempt_number FROM attempts WHERE delivery_id = $1 ORDER BY 1")
             .bind(again.id)
@@ -767,6 +778,9 @@ async fn a_late_outcome_in_the_same_batch_does_not_win() {
     let expired = claim(&pool, &takes(&wanted, std::time::Duration::ZERO))
         .await
         .expect("claim");
+    hookline::store::leases::take_over_expired(&pool)
+        .await
+        .expect("pass");
     let current = claim(&pool, &takes(&wanted, std::time::Duration::from_secs(60)))
         .await
         .expect("claim again");

@@ -16,7 +16,7 @@ pub(crate) async fn measure(bench: &Bench, scale: Scale) -> anyhow::Result<()> {
     bench
         .report_costs("dispatch", &before, scale.dispatch_backlog, "delivery")
         .await?;
-    Ok(())
+    bench.measure_lease_pass().await
 }
 
 /// Ordered dispatch: the same backlog to a target with `ordering`, over 64 keys (as many as
@@ -36,6 +36,41 @@ pub(crate) async fn measure_ordered(bench: &Bench, scale: Scale) -> anyhow::Resu
 }
 
 impl Bench {
+    /// What the pass over ended claims (store::leases) costs per delivery claimed: every claim
+    /// of the drain is made to have ended, and the gateway's next pass reads them all. Each
+    /// delivery was settled, so each costs a look at its row and none is queued again.
+    async fn measure_lease_pass(&self) -> anyhow::Result<()> {
+        let claimed = self
+            .count("SELECT coalesce(sum(cardinality(deliveries)), 0)::bigint FROM queue_leases")
+            .await?;
+        let pass_ms = async || -> anyhow::Result<f64> {
+            Ok(sqlx::query_scalar(
+                "SELECT coalesce(sum(total_exec_time), 0)::float8 FROM pg_stat_statements
+                 WHERE query LIKE '%DELETE FROM queue_leases%'",
+            )
+            .fetch_one(&self.pool)
+            .await?)
+        };
+        let before = pass_ms().await?;
+        sqlx::query("UPDATE queue_leases SET lease_until = now() - interval '1 second'")
+            .execute(&self.pool)
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count("SELECT count(*) FROM queue_leases").await? > 0 {
+            anyhow::ensure!(Instant::now() < deadline, "the ended claims were not taken over");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let spent_ms = pass_ms().await? - before;
+        if claimed > 0 {
+            report(
+                "dispatch_lease_pass_us_per_delivery",
+                spent_ms * 1000.0 / claimed as f64,
+                "us/delivery",
+            );
+        }
+        Ok(())
+    }
+
     /// Resumes the targets and waits until the sink has `expected` more deliveries; returns
     /// deliveries per second.
     pub(crate) async fn drain(&self, targets: &[&str], expected: u64) -> anyhow::Result<f64> {

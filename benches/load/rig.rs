@@ -266,9 +266,11 @@ impl Bench {
         // TRUNCATE does: Postgres then ends one of them as a deadlock, and this one tries again.
         let mut tries = 0;
         loop {
-            match sqlx::query("TRUNCATE events, deliveries, delivery_queue, attempts, idempotency_keys")
-                .execute(&self.pool)
-                .await
+            match sqlx::query(
+                "TRUNCATE events, deliveries, delivery_queue, attempts, idempotency_keys, queue_leases",
+            )
+            .execute(&self.pool)
+            .await
             {
                 Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("40P01") && tries < 5 => {
                     tries += 1;

@@ -2,9 +2,15 @@
 //! per-target runtime state shared by every gateway replica.
 //!
 //! A waiting delivery has a row in `delivery_queue` beside its history row in `deliveries`. A
-//! claim moves the queue row's due time to the end of its lease (a visibility timeout: a claim
-//! whose worker died is simply due again then), and that time is the claim's token: an outcome
-//! is applied to the queue and the history only while the token still matches.
+//! claim deletes the queue row and leases the delivery on its history row
+//! (`deliveries.lease_until`, in no index, so both that write and the outcome's are HOT), as
+//! the storing gateway leases a delivery it sends itself; the claim notes what it leased in
+//! `queue_leases`, where the pass over expired leases finds it should its sender die
+//! (`super::leases`). A target with `ordering` is claimed differently: a key's head stays
+//! queued while it is out, its due time moved to the end of the lease (a visibility timeout:
+//! due again should its sender die), so that nothing later of its key is claimed meanwhile.
+//! Either way the lease's end is the claim's token: an outcome is applied to the queue and the
+//! history only while the token still matches.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -39,8 +45,9 @@ pub struct Claimed {
     /// The W3C trace context stored with its event.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
-    /// Leased on its history row by the statement that stored it, with no queue row (see
-    /// `super::leases`); false when claimed from the queue.
+    /// Leased on its history row, with no queue row while it is out (see `super::leases`): by
+    /// the statement that stored it, or by a claim from the queue of a target without
+    /// `ordering`. False for a key's head, which stays queued while it is out.
     #[sqlx(default)]
     pub lease_on_row: bool,
 }
@@ -229,9 +236,33 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
                 FOR UPDATE SKIP LOCKED
             ) q
             LIMIT $6
-        ), {CLAIM_AND_READ}"#
+        ), claimed AS (
+            -- Out of the queue and leased on the history row (see the module's comment).
+            DELETE FROM delivery_queue q USING due
+            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due)) AND q.delivery_id = due.delivery_id
+            RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.attempts, q.ordering_key,
+                      {QUEUED_EVENT_ID} AS event_id,
+                      now() + interval '1 millisecond' * due.lease_ms AS lease_until
+        ), leased AS (
+            -- The attempts started so far go on the row too, so that whoever takes the lease
+            -- over numbers the attempt in flight as this one does (store::leases).
+            UPDATE deliveries d SET lease_until = c.lease_until, attempts = GREATEST(d.attempts, c.attempts)
+            FROM claimed c
+            WHERE d.id = c.delivery_id
+        ), noted AS (
+            INSERT INTO queue_leases (lease_until, deliveries)
+            SELECT lease_until, array_agg(delivery_id) FROM claimed GROUP BY lease_until
         )
-        .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID)
+        SELECT c.delivery_id AS id, c.namespace, c.target_kind, c.target, c.attempts, c.lease_until,
+               e.source, e.event_type, e.body, e.content_type, e.received_at, e.traceparent, e.tracestate,
+               c.event_id, c.ordering_key, true AS lease_on_row
+        FROM claimed c
+        CROSS JOIN LATERAL (
+            SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at,
+                   headers ->> 'traceparent' AS traceparent, headers ->> 'tracestate' AS tracestate
+            FROM events WHERE id = c.event_id OFFSET 0
+        ) e"#
+        )
     });
     bind_wanted(sqlx::query_as(SQL.as_str()), wanted)
         .fetch_all(pool)

@@ -3,6 +3,9 @@
 //! [`super::events::NewDelivery::claim_for`]). Should its sender die, nothing in the queue
 //! falls due again; instead, one gateway at a time looks through the deliveries stored since it
 //! last looked ([`take_over_expired`]) and queues those whose lease ended without an outcome.
+//! A claim from the queue leases its deliveries on their rows too, however old they are, and
+//! notes them in `queue_leases` (one row per claim and lease); the same pass queues those of
+//! an ended claim still out under its lease, and forgets the claim.
 //!
 //! That look must not miss a row that commits after it: it reads ids up to [`HORIZON`] before
 //! a barrier. The storing statement takes [`LEASE_LOCK`] shared before it leases and leases
@@ -60,11 +63,59 @@ pub async fn take_over_expired(pool: &PgPool) -> sqlx::Result<Pass> {
         return Ok(Pass::NotNow);
     }
     let pass = sweep(&mut connection).await;
+    let queue_leases = take_over_queue_leases(&mut connection).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(SWEEP_LOCK)
         .execute(&mut *connection)
         .await?;
-    pass
+    Ok(match (pass?, queue_leases?) {
+        (Pass::Done { taken, out }, queued) => Pass::Done {
+            taken: taken + queued,
+            out,
+        },
+        (Pass::NotNow, _) => Pass::NotNow,
+    })
+}
+
+/// Queues the deliveries claimed from the queue whose lease ended without an outcome, and
+/// forgets every claim whose lease has ended (see migrations/0018). No barrier: a claim notes
+/// its deliveries in the statement that leases them.
+async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
+    let (taken, _): (i64, bool) = sqlx::query_as(
+        r#"
+        WITH ended AS (
+            DELETE FROM queue_leases WHERE lease_until < now()
+            RETURNING lease_until, deliveries
+        ), leased AS (
+            SELECT unnest(deliveries) AS id, lease_until FROM ended
+        ), taken AS (
+            -- Only a lease this claim set and nothing has ended since: its outcome, a cancel, a
+            -- redelivery or a release clears it.
+            UPDATE deliveries d SET lease_until = NULL, updated_at = now()
+            FROM leased l
+            WHERE d.id = l.id AND d.lease_until = l.lease_until
+            RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.attempts
+        ), queued AS (
+            -- Due now; the attempt whose outcome never came keeps its number (the claim put
+            -- the attempts started before it on the row).
+            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
+                                        attempts, event_id)
+            SELECT id, namespace, target_kind, target, now(), attempts + 1, event_id FROM taken
+            ON CONFLICT (delivery_id) DO NOTHING
+            RETURNING namespace, target_kind, target
+        )
+        SELECT (SELECT count(*) FROM taken),
+               -- Only when something was queued (as the pass above).
+               (SELECT pg_notify($1, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END) FROM (
+                    SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
+                    FROM queued) t
+                WHERE names IS NOT NULL) IS NULL
+        "#,
+    )
+    .bind(super::DELIVERIES_CHANNEL)
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(taken as u64)
 }
 
 async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {

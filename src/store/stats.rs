@@ -263,12 +263,19 @@ pub async fn cancel_pending(
              FROM dequeued q
              WHERE d.id = q.delivery_id
              RETURNING d.id
+         ), claimed AS (
+             -- Claimed from the queue and being sent on a lease of its row (migrations/0018):
+             -- every claim not yet forgotten, a few thousand deliveries at most.
+             SELECT unnest(deliveries) AS id FROM queue_leases
          ), unleased AS (
-             -- Being sent on a lease of its row (see store::leases), its attempt numbered: every
-             -- such row is at or past `swept_to`, so this reads the last seconds of the history.
+             -- Being sent on a lease of its row (see store::leases), its attempt numbered: a
+             -- delivery leased as it was stored is at or past `swept_to`, so this reads the last
+             -- seconds of the history; one claimed from the queue is noted with its claim.
              UPDATE deliveries d SET status = 'cancelled', attempts = d.attempts + 1, lease_until = NULL,
                                      updated_at = now()
-             WHERE d.id >= (SELECT swept_to FROM lease_sweeps WHERE only_row) AND d.lease_until IS NOT NULL
+             WHERE (d.id >= (SELECT swept_to FROM lease_sweeps WHERE only_row)
+                    OR d.id = ANY (ARRAY(SELECT id FROM claimed)))
+               AND d.lease_until IS NOT NULL
                AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
              RETURNING d.id
          )
