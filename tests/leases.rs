@@ -448,3 +448,49 @@ async fn a_delivery_claimed_from_the_queue_is_leased_on_its_row_and_taken_over_w
     assert_eq!(cancelled, 1, "the delivery out on its claim");
     assert_eq!(state(&pool, live).await, ("cancelled".into(), 1, None, None));
 }
+
+/// A redelivery racing a claim of the same delivery waits for the claim and then leaves the
+/// delivery to it: it is out on the claim's lease, so it is not queued again (which would send
+/// it twice at once, under one attempt number).
+#[tokio::test]
+async fn a_redelivery_racing_a_claim_leaves_the_delivery_to_the_claim() {
+    use hookline::store::history::redeliver;
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone());
+    let (id, leased) = store(
+        &writer,
+        leased_event(
+            "evt_race",
+            HORIZON + Duration::from_secs(1),
+            Duration::from_secs(60),
+        ),
+    )
+    .await;
+    assert_eq!(leased, None, "queued");
+    // The claim, under way: its queue row deleted and its lease set, not committed yet (what
+    // `deliveries::claim` does in one statement).
+    let mut claiming = pool.begin().await.expect("begin");
+    let lease_until: DateTime<Utc> = sqlx::query_scalar(
+        "WITH claimed AS (DELETE FROM delivery_queue WHERE delivery_id = $1 RETURNING delivery_id)
+         UPDATE deliveries SET lease_until = now() + interval '1 minute'
+         WHERE id IN (SELECT delivery_id FROM claimed) RETURNING lease_until",
+    )
+    .bind(id)
+    .fetch_one(&mut *claiming)
+    .await
+    .expect("claim");
+    let redelivery = tokio::spawn({
+        let pool = pool.clone();
+        async move { redeliver(&pool, id, None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!redelivery.is_finished(), "the redelivery waits for the claim");
+    claiming.commit().await.expect("commit the claim");
+    let requeued = redelivery.await.expect("task").expect("redeliver");
+    assert!(!requeued, "not while it is being sent");
+    assert_eq!(
+        state(&pool, id).await,
+        ("pending".into(), 0, Some(lease_until), None),
+        "still out on the claim's lease, not queued"
+    );
+}

@@ -165,6 +165,7 @@ async fn retention_drops_old_periods_and_keeps_what_is_still_queued() {
         ("held-succeeded", 41, "succeeded"),
         ("held-pending", 41, "pending"),
         ("held-retrying", 42, "failed"),
+        ("held-claimed", 43, "pending"),
         ("young-succeeded", 1, "succeeded"),
         ("young-dead", 1, "dead"),
     ];
@@ -202,6 +203,21 @@ async fn retention_drops_old_periods_and_keeps_what_is_still_queued() {
             .execute(&pool)
             .await
             .unwrap();
+        if external_id == "held-claimed" {
+            // Claimed from the queue: out on a lease of its row, noted with its claim, no queue
+            // row (what `deliveries::claim` leaves for a target without `ordering`).
+            sqlx::query(
+                "WITH claimed AS (DELETE FROM delivery_queue WHERE delivery_id = $1 RETURNING delivery_id),
+                      leased AS (UPDATE deliveries SET lease_until = now() + interval '1 minute'
+                                 WHERE id IN (SELECT delivery_id FROM claimed))
+                 INSERT INTO queue_leases (lease_until, deliveries)
+                 SELECT now() + interval '1 minute', array_agg(delivery_id) FROM claimed",
+            )
+            .bind(delivery)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
     }
     sqlx::query("INSERT INTO idempotency_keys (namespace, key, request_hash, response_status, response_body, expires_at) VALUES ('shop', 'k', '\\x00', 202, '{}', now() - interval '1 hour')")
         .execute(&pool)
@@ -217,14 +233,14 @@ async fn retention_drops_old_periods_and_keeps_what_is_still_queued() {
     let swept = hookline::store::retention::sweep(&pool, &hookline::store::retention::Policy::new(month))
         .await
         .unwrap();
-    assert_eq!(swept.periods_held, 2, "{swept:?}");
+    assert_eq!(swept.periods_held, 3, "{swept:?}");
     assert_eq!(swept.events, 1, "held-succeeded, deleted from its held period");
     assert_eq!(swept.idempotency_keys, 1);
     let periods_after = partitions::list(&pool).await.unwrap();
     assert_eq!(periods_before - swept.periods_dropped, periods_after.len() as u64);
     // Every period left is young, or held by its queue.
     let cutoff = (now - day * 30).timestamp_millis();
-    assert_eq!(periods_after.iter().filter(|p| p.until_ms <= cutoff).count(), 2);
+    assert_eq!(periods_after.iter().filter(|p| p.until_ms <= cutoff).count(), 3);
     let period_of = |age: i32| {
         let at = (now - day * age).format("%Y%m%d").to_string();
         format!("events_{at}")
@@ -243,34 +259,48 @@ async fn retention_drops_old_periods_and_keeps_what_is_still_queued() {
         exists(period_of(41)).await,
         "a day with a queued delivery is kept"
     );
+    assert!(
+        exists(period_of(43)).await,
+        "a day with a delivery out on a claim is kept"
+    );
     let left: Vec<String> = sqlx::query_scalar("SELECT external_id FROM events ORDER BY external_id")
         .fetch_all(&pool)
         .await
         .unwrap();
     assert_eq!(
         left,
-        ["held-pending", "held-retrying", "young-dead", "young-succeeded"]
+        [
+            "held-claimed",
+            "held-pending",
+            "held-retrying",
+            "young-dead",
+            "young-succeeded"
+        ]
     );
     let rows: i64 =
         sqlx::query_scalar("SELECT (SELECT count(*) FROM deliveries) + (SELECT count(*) FROM attempts)")
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(rows, 8, "deliveries and attempts went with their events");
+    assert_eq!(rows, 10, "deliveries and attempts went with their events");
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_queue")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(queued, 2, "the old waiting deliveries are still queued");
-    // Once they finish, their days go too.
+    // Once they finish (and the claim has ended and been looked at), their days go too.
     sqlx::query("DELETE FROM delivery_queue")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM queue_leases")
         .execute(&pool)
         .await
         .unwrap();
     let swept = hookline::store::retention::sweep(&pool, &hookline::store::retention::Policy::new(month))
         .await
         .unwrap();
-    assert_eq!((swept.periods_dropped, swept.periods_held), (2, 0), "{swept:?}");
+    assert_eq!((swept.periods_dropped, swept.periods_held), (3, 0), "{swept:?}");
     assert!(!exists(period_of(41)).await);
 }
 

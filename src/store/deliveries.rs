@@ -85,7 +85,8 @@ impl WaitingTarget {
 }
 
 /// Targets with waiting deliveries, at most `limit` (in key order), with the earliest due time
-/// of each (a claim's end counts as a due time: an expired claim is due again). One index probe
+/// of each (a key's head out on a claim counts as due at the claim's end: due again should the
+/// claim expire; other claims take their deliveries out of the queue). One index probe
 /// per target (a skip scan over `delivery_queue_waiting`), however many deliveries each holds.
 pub async fn waiting_targets<'e>(
     executor: impl sqlx::PgExecutor<'e>,
@@ -153,8 +154,8 @@ pub async fn claim(pool: &PgPool, wanted: &[Take]) -> sqlx::Result<Vec<Claimed>>
     Ok(claimed)
 }
 
-/// The end of both claim statements: the rows of `due` (`delivery_id`, `lease_ms`) get their
-/// lease and come back with their events.
+/// The end of the claim of an ordered target's key heads: the rows of `due` (`delivery_id`,
+/// `lease_ms`) stay queued, get their lease and come back with their events.
 const CLAIM_AND_READ: &str = r#"
     claimed AS (
         -- The rows are found by the array of ids, whichever way the join is planned.
@@ -487,20 +488,22 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
             WHERE d.id = r.delivery_id
         ), direct AS (
-            -- A delivery leased on its own row (sent by the gateway that stored it, with no
-            -- queue row, see store::leases): its outcome, if the lease still holds it.
+            -- A delivery leased on its own row (by the gateway that stored it, or by a claim
+            -- from the queue; no queue row, see store::leases): its outcome, if the lease still
+            -- holds it.
             UPDATE deliveries d
             SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now(),
                 lease_until = NULL
             FROM record r
             WHERE d.id = ANY ($16) AND d.id = r.delivery_id AND d.lease_until = r.lease_until
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
-                      r.number
+                      r.number, d.ordering_key, d.position
         ), direct_retry AS (
-            -- Its retry waits in the queue like any other.
+            -- Its retry waits in the queue like any other (with its key, should a replica whose
+            -- configuration did not have the target's `ordering` yet have claimed it).
             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
-                                        attempts, event_id)
-            SELECT id, namespace, target_kind, target, next_attempt_at, number, event_id
+                                        attempts, event_id, ordering_key, position)
+            SELECT id, namespace, target_kind, target, next_attempt_at, number, event_id, ordering_key, position
             FROM direct WHERE status = 'failed'
         ), successor AS (
             -- The key's next delivery (the finished one is still visible here, so left out), when
@@ -654,11 +657,12 @@ pub async fn release(
              -- Leased on its row (see store::leases): it enters the queue, its attempt unspent.
              UPDATE deliveries SET lease_until = NULL, last_error = COALESCE($4, last_error), updated_at = now()
              WHERE id = $1 AND lease_until = $2
-             RETURNING id, namespace, target_kind, target, event_id, attempts
+             RETURNING id, namespace, target_kind, target, event_id, attempts, ordering_key, position
          ), queued AS (
              INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
-                                         event_id)
-             SELECT id, namespace, target_kind, target, $3, attempts, event_id FROM unleased
+                                         event_id, ordering_key, position)
+             SELECT id, namespace, target_kind, target, $3, attempts, event_id, ordering_key, position
+             FROM unleased
          )
          UPDATE deliveries SET last_error = COALESCE($4, last_error), updated_at = now()
          WHERE id = (SELECT delivery_id FROM released)",
@@ -763,7 +767,8 @@ pub async fn resume_target(pool: &PgPool, target: &TargetKey) -> sqlx::Result<()
     Ok(())
 }
 
-/// Deliveries not finished yet (pending, being sent, or awaiting a retry).
+/// Deliveries in the queue: waiting, awaiting a retry, or a key's head being sent (one out on a
+/// lease of its row is not counted).
 pub async fn count_pending(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM delivery_queue")
         .fetch_one(pool)

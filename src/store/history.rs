@@ -289,6 +289,14 @@ pub(super) async fn requeue_in(
     .bind(ids)
     .execute(&mut *tx)
     .await?;
+    // A claim under way deletes their queue rows and leases them on their history rows: wait
+    // for it here, so that the statement below, with a snapshot taken after, sees the lease
+    // (an insert that waited on the deleted row would otherwise queue a delivery being sent).
+    sqlx::query("SELECT 1 FROM delivery_queue WHERE delivery_id = ANY ($1) ORDER BY delivery_id FOR UPDATE")
+        .persistent(false)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
     Ok(sqlx::query(
         "WITH queued AS (
              INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,

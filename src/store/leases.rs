@@ -94,13 +94,16 @@ async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Re
             UPDATE deliveries d SET lease_until = NULL, updated_at = now()
             FROM leased l
             WHERE d.id = l.id AND d.lease_until = l.lease_until
-            RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.attempts
+            RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.attempts, d.ordering_key,
+                      d.position
         ), queued AS (
             -- Due now; the attempt whose outcome never came keeps its number (the claim put
-            -- the attempts started before it on the row).
+            -- the attempts started before it on the row), and the delivery its key, if it has
+            -- one (claimed by a replica whose configuration did not have `ordering` yet).
             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
-                                        attempts, event_id)
-            SELECT id, namespace, target_kind, target, now(), attempts + 1, event_id FROM taken
+                                        attempts, event_id, ordering_key, position)
+            SELECT id, namespace, target_kind, target, now(), attempts + 1, event_id, ordering_key, position
+            FROM taken
             ON CONFLICT (delivery_id) DO NOTHING
             RETURNING namespace, target_kind, target
         )

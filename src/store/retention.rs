@@ -1,7 +1,7 @@
 //! Retention: a period of history (see [`super::partitions`]) older than the retention is dropped
 //! whole, its three partitions detached and dropped without holding up ingest or dispatch.
-//! A period with deliveries still queued (waiting, retrying, in flight, or a dead head blocking
-//! its key) is not dropped: nothing acknowledged is lost. Its events that have nothing queued are
+//! A period with deliveries still queued (waiting, retrying, a key's head in flight, or a dead
+//! head blocking its key) or out on a lease of their rows is not dropped: nothing acknowledged is lost. Its events that have nothing queued are
 //! deleted in small batches instead, as is the expired part of the history from before
 //! partitioning (`*_legacy`, one period reaching back to the start), until it can go whole.
 //! Namespaces with a shorter retention of their own have their older events deleted the same

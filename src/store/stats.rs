@@ -253,6 +253,26 @@ pub async fn cancel_pending(
     kind: crate::api::TargetKind,
     targets: &[String],
 ) -> sqlx::Result<u64> {
+    // A claim or a release committing while the statement runs moves a delivery between the
+    // queue and a lease its snapshot cannot see (the claim's lease, the release's queue row):
+    // the next run sees it. Until one finds nothing, a few runs at most.
+    let mut cancelled = 0;
+    for _ in 0..3 {
+        let now_cancelled = cancel_pending_once(pool, namespace, kind, targets).await?;
+        cancelled += now_cancelled;
+        if now_cancelled == 0 {
+            break;
+        }
+    }
+    Ok(cancelled)
+}
+
+async fn cancel_pending_once(
+    pool: &PgPool,
+    namespace: &str,
+    kind: crate::api::TargetKind,
+    targets: &[String],
+) -> sqlx::Result<u64> {
     let cancelled: i64 = sqlx::query_scalar(
         "WITH dequeued AS (
              DELETE FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
