@@ -494,3 +494,94 @@ async fn a_redelivery_racing_a_claim_leaves_the_delivery_to_the_claim() {
         "still out on the claim's lease, not queued"
     );
 }
+
+/// A claim, its outcomes and the pass over its ended lease each look a delivery up in its own
+/// partition of the history: with a month of daily partitions present, no other day's index is
+/// scanned (a lookup by an array of ids, or a hash join, would scan every one).
+#[tokio::test]
+async fn claims_outcomes_and_the_pass_read_only_their_own_partition() {
+    use hookline::store::deliveries::{Take, queue_writers};
+    use hookline::store::partitions;
+    let url = support::fresh_database().await;
+    let pool = hookline::store::connect_lazy(&url, 2).expect("pool");
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let now = Utc::now();
+    let made = partitions::ensure(
+        &pool,
+        now - chrono::Duration::days(30),
+        now,
+        partitions::DEFAULT_PERIOD,
+    )
+    .await
+    .expect("partitions");
+    assert!(made >= 30, "{made}");
+    let writer = event_writer(pool.clone());
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        // Older than the horizon: queued as stored.
+        let event = leased_event(
+            &format!("evt_{i}"),
+            HORIZON + Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        ids.push(store(&writer, event).await.0);
+    }
+    let own: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tableoid::regclass::text FROM deliveries WHERE id = ANY ($1)")
+            .bind(&ids)
+            .fetch_all(&pool)
+            .await
+            .expect("partition");
+
+    // As the dispatcher does: on connections that keep their plans.
+    let queue = queue_writers(&pool);
+    let take = |lease| Take {
+        count: 10,
+        lease,
+        ..take()
+    };
+    let claimed = claim(&queue, &[take(Duration::from_millis(1))])
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 10);
+    let (answered, lost) = claimed.split_at(5);
+    let records: Vec<_> = answered
+        .iter()
+        .map(|d| support::answered_200(d, After::Succeeded))
+        .collect();
+    record_attempts(&queue, &records).await.expect("record");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let Pass::Done { taken, .. } = leases::take_over_expired(&pool).await.expect("pass") else {
+        panic!("the pass ran");
+    };
+    assert_eq!(taken, lost.len() as u64, "the lost ones are queued again");
+
+    // Each session's counts reach the views when it ends.
+    let reader = sqlx::PgPool::connect_lazy_with((*pool.connect_options()).clone());
+    drop(writer);
+    queue.close().await;
+    pool.close().await;
+    for _ in 0..100 {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&reader)
+        .await
+        .expect("sessions");
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let scanned: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT relname::text, idx_scan FROM pg_stat_user_indexes
+         WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'deliveries'::regclass)
+           AND relid::regclass::text <> ALL ($1) AND idx_scan > 0",
+    )
+    .bind(&own)
+    .fetch_all(&reader)
+    .await
+    .expect("index scans");
+    assert_eq!(scanned, [], "other days' partitions were scanned");
+}

@@ -392,7 +392,19 @@ pub const QUEUE_WRITERS: u32 = RECORDERS as u32 + 1;
 /// claims again. Both statements spell out their lookups, so their one plan holds whatever the
 /// statistics were when it was made (tests/store.rs plans them on empty tables).
 pub fn queue_writers(pool: &PgPool) -> PgPool {
-    super::with_cached_plans(pool, QUEUE_WRITERS)
+    super::with_settings(
+        pool,
+        QUEUE_WRITERS,
+        &[
+            ("plan_cache_mode", "force_generic_plan"),
+            // Every join of these statements is a lookup by key, a nested loop: one into the
+            // history finds each row in its own partition (pruned row by row). A plan made
+            // while the tables were small may otherwise hash-join the history, reading it whole
+            // once it has grown (tests/store.rs, tests/leases.rs check both).
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
+        ],
+    )
 }
 
 /// `pool` should come from [`queue_writers`].
@@ -490,12 +502,14 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ), direct AS (
             -- A delivery leased on its own row (by the gateway that stored it, or by a claim
             -- from the queue; no queue row, see store::leases): its outcome, if the lease still
-            -- holds it.
+            -- holds it. The batch's rows are filtered by `$16`, not the history's: each is then
+            -- looked up in its own partition (pruned per row), where `d.id = ANY ($16)` probed
+            -- every partition with the whole batch.
             UPDATE deliveries d
             SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now(),
                 lease_until = NULL
             FROM record r
-            WHERE d.id = ANY ($16) AND d.id = r.delivery_id AND d.lease_until = r.lease_until
+            WHERE r.delivery_id = ANY ($16) AND d.id = r.delivery_id AND d.lease_until = r.lease_until
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
                       r.number, d.ordering_key, d.position
         ), direct_retry AS (
