@@ -28,20 +28,6 @@ async fn a_pool_with_cached_plans_keeps_the_shared_settings() {
         shared, "auto",
         "the shared pool still plans each statement as it runs"
     );
-    // The dispatcher's: also joins by key only (nested loops).
-    let queue = hookline::store::deliveries::queue_writers(&pool);
-    for (setting, value) in [
-        ("plan_cache_mode", "force_generic_plan"),
-        ("enable_seqscan", "off"),
-        ("enable_hashjoin", "off"),
-        ("enable_mergejoin", "off"),
-    ] {
-        let shown: String = sqlx::query_scalar(&format!("SHOW {setting}"))
-            .fetch_one(&queue)
-            .await
-            .expect("setting");
-        assert_eq!((setting, shown.as_str()), (setting, value));
-    }
 }
 
 /// A statement that scans a small table (the replay worker's, every second, on every gateway)

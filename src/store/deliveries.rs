@@ -247,9 +247,11 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
         ), leased AS (
             -- The attempts started so far go on the row too, so that whoever takes the lease
             -- over numbers the attempt in flight as this one does (store::leases).
+            -- Each looked up in its own partition by a range of one key (see `direct` in
+            -- `record_attempts`).
             UPDATE deliveries d SET lease_until = c.lease_until, attempts = GREATEST(d.attempts, c.attempts)
             FROM claimed c
-            WHERE d.id = c.delivery_id
+            WHERE d.id >= c.delivery_id AND d.id <= c.delivery_id
         ), noted AS (
             INSERT INTO queue_leases (lease_until, deliveries)
             SELECT lease_until, array_agg(delivery_id) FROM claimed GROUP BY lease_until
@@ -392,19 +394,7 @@ pub const QUEUE_WRITERS: u32 = RECORDERS as u32 + 1;
 /// claims again. Both statements spell out their lookups, so their one plan holds whatever the
 /// statistics were when it was made (tests/store.rs plans them on empty tables).
 pub fn queue_writers(pool: &PgPool) -> PgPool {
-    super::with_settings(
-        pool,
-        QUEUE_WRITERS,
-        &[
-            ("plan_cache_mode", "force_generic_plan"),
-            // Every join of these statements is a lookup by key, a nested loop: one into the
-            // history finds each row in its own partition (pruned row by row). A plan made
-            // while the tables were small may otherwise hash-join the history, reading it whole
-            // once it has grown (tests/store.rs, tests/leases.rs check both).
-            ("enable_hashjoin", "off"),
-            ("enable_mergejoin", "off"),
-        ],
-    )
+    super::with_cached_plans(pool, QUEUE_WRITERS)
 }
 
 /// `pool` should come from [`queue_writers`].
@@ -502,14 +492,17 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ), direct AS (
             -- A delivery leased on its own row (by the gateway that stored it, or by a claim
             -- from the queue; no queue row, see store::leases): its outcome, if the lease still
-            -- holds it. The batch's rows are filtered by `$16`, not the history's: each is then
-            -- looked up in its own partition (pruned per row), where `d.id = ANY ($16)` probed
-            -- every partition with the whole batch.
+            -- holds it. Each is looked up in its own partition, pruned row by row: `d.id = ANY
+            -- ($16)` would probe every partition with the whole batch (Postgres prunes no
+            -- partition by an array parameter), and an equality join may be planned as a hash
+            -- join that reads the history whole (when planned on small tables); a range of one
+            -- key can only be a nested loop.
             UPDATE deliveries d
             SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now(),
                 lease_until = NULL
             FROM record r
-            WHERE r.delivery_id = ANY ($16) AND d.id = r.delivery_id AND d.lease_until = r.lease_until
+            WHERE r.delivery_id = ANY ($16) AND d.id >= r.delivery_id AND d.id <= r.delivery_id
+              AND d.lease_until = r.lease_until
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
                       r.number, d.ordering_key, d.position
         ), direct_retry AS (

@@ -77,26 +77,10 @@ pub async fn take_over_expired(pool: &PgPool) -> sqlx::Result<Pass> {
     })
 }
 
-/// A transaction whose joins with the history look each delivery up by its key in its own
-/// partition (a nested loop, pruned row by row). A lookup by an array of keys probes every
-/// partition with each key, and a hash or merge join reads every partition whole; the planner
-/// may choose those when the partitions are small or it expects many rows.
-async fn by_key(connection: &mut sqlx::PgConnection) -> sqlx::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
-    let mut tx = sqlx::Connection::begin(connection).await?;
-    sqlx::query("SET LOCAL enable_hashjoin = off")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL enable_mergejoin = off")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
-}
-
 /// Queues the deliveries claimed from the queue whose lease ended without an outcome, and
 /// forgets every claim whose lease has ended (see migrations/0018). No barrier: a claim notes
 /// its deliveries in the statement that leases them.
 async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
-    let mut tx = by_key(connection).await?;
     let (taken, _): (i64, bool) = sqlx::query_as(
         r#"
         WITH ended AS (
@@ -106,10 +90,11 @@ async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Re
             SELECT unnest(deliveries) AS id, lease_until FROM ended
         ), taken AS (
             -- Only a lease this claim set and nothing has ended since: its outcome, a cancel, a
-            -- redelivery or a release clears it.
+            -- redelivery or a release clears it. Each looked up in its own partition by a range
+            -- of one key (see `direct` in `deliveries::record_attempts`).
             UPDATE deliveries d SET lease_until = NULL, updated_at = now()
             FROM leased l
-            WHERE d.id = l.id AND d.lease_until = l.lease_until
+            WHERE d.id >= l.id AND d.id <= l.id AND d.lease_until = l.lease_until
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.attempts, d.ordering_key,
                       d.position
         ), queued AS (
@@ -132,9 +117,8 @@ async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Re
         "#,
     )
     .bind(super::DELIVERIES_CHANNEL)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *connection)
     .await?;
-    tx.commit().await?;
     Ok(taken as u64)
 }
 
@@ -157,10 +141,11 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
               AND d.lease_until IS NOT NULL
         ), taken AS (
             -- Rechecked on the row as it is when locked: its outcome may have come meanwhile.
-            -- Joined by key, each looked up in its own partition (see `by_key`).
+            -- Each looked up in its own partition by a range of one key (see `direct` in
+            -- `deliveries::record_attempts`).
             UPDATE deliveries d SET lease_until = NULL, updated_at = now()
             FROM leased l
-            WHERE l.lease_until < now() AND d.id = l.id AND d.lease_until < now()
+            WHERE l.lease_until < now() AND d.id >= l.id AND d.id <= l.id AND d.lease_until < now()
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.attempts
         ), queued AS (
             -- Due now; the attempt whose outcome never came keeps its number.
@@ -190,13 +175,11 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
             until = id_floor_sql("$1::timestamptz")
         )
     });
-    let mut tx = by_key(connection).await?;
     let (taken, out, _): (i64, i64, bool) = sqlx::query_as(SQL.as_str())
         .bind(barrier - chrono::Duration::from_std(HORIZON).unwrap_or_default())
         .bind(super::DELIVERIES_CHANNEL)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *connection)
         .await?;
-    tx.commit().await?;
     Ok(Pass::Done {
         taken: taken as u64,
         out: out as u64,

@@ -80,19 +80,9 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreErro
 /// batch's size, always looks cheaper than the cached one, and planning storing events (with
 /// partitions to prune) cost more than running it.
 pub fn with_cached_plans(pool: &PgPool, max_connections: u32) -> PgPool {
-    with_settings(
-        pool,
-        max_connections,
-        &[("plan_cache_mode", "force_generic_plan")],
-    )
-}
-
-/// A pool of `max_connections` to the same database whose sessions have `settings` besides the
-/// shared ones.
-pub fn with_settings(pool: &PgPool, max_connections: u32, settings: &[(&str, &str)]) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
-        .options(settings.iter().copied());
+        .options([("plan_cache_mode", "force_generic_plan")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
