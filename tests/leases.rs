@@ -561,19 +561,7 @@ async fn claims_outcomes_and_the_pass_read_only_their_own_partition() {
     drop(writer);
     queue.close().await;
     pool.close().await;
-    for _ in 0..100 {
-        let others: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&reader)
-        .await
-        .expect("sessions");
-        if others == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::wait_for_other_sessions_to_end(&reader).await;
     let scanned: Vec<(String, i64)> = sqlx::query_as(
         "SELECT relname::text, idx_scan FROM pg_stat_user_indexes
          WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'deliveries'::regclass)

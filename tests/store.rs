@@ -1023,19 +1023,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
     drop(writer);
     queue.close().await;
     pool.close().await;
-    for _ in 0..100 {
-        let others: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&reader)
-        .await
-        .expect("sessions");
-        if others == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    support::wait_for_other_sessions_to_end(&reader).await;
     let read = rows_read(&reader).await - before;
     assert!(
         read < 1_000,

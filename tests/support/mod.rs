@@ -39,6 +39,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until every other session on `reader`'s database has ended (up to 10 s), and a
+/// moment more: a session's statistics reach the `pg_stat_*` views when it ends.
+pub async fn wait_for_other_sessions_to_end(reader: &sqlx::PgPool) {
+    for _ in 0..100 {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(reader)
+        .await
+        .expect("sessions");
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
 /// Waits until `done` holds, checking every 50 ms; panics naming `what` after `within`.
 pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
