@@ -484,11 +484,12 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             UNION ALL SELECT * FROM retrying UNION ALL SELECT * FROM blocking
         ), outcome AS (
             -- Only the outcome of the claim that held the queue row: a batch may also carry a
-            -- late outcome of an expired claim on the same delivery.
+            -- late outcome of an expired claim on the same delivery. Looked up by a range of
+            -- one key, as in `direct` below.
             UPDATE deliveries d
             SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
             FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
-            WHERE d.id = r.delivery_id
+            WHERE d.id >= m.delivery_id AND d.id <= m.delivery_id
         ), direct AS (
             -- A delivery leased on its own row (by the gateway that stored it, or by a claim
             -- from the queue; no queue row, see store::leases): its outcome, if the lease still
