@@ -80,10 +80,13 @@ impl Scale {
 }
 
 fn report(name: &str, value: f64, unit: &str) {
+    // Three decimals below 1 (0.021 commits per webhook, not 0.02).
     let value = if value >= 100.0 {
         format!("{value:.0}")
-    } else {
+    } else if value.abs() >= 1.0 || value == 0.0 {
         format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
     };
     println!("{name} {value} {unit}");
 }
