@@ -87,7 +87,8 @@ async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Re
             DELETE FROM queue_leases WHERE lease_until < now()
             RETURNING lease_until, deliveries
         ), leased AS (
-            SELECT unnest(deliveries) AS id, lease_until FROM ended
+            -- In id order, as the recorder locks a batch's rows, so the two never deadlock.
+            SELECT unnest(deliveries) AS id, lease_until FROM ended ORDER BY id
         ), taken AS (
             -- Only a lease this claim set and nothing has ended since: its outcome, a cancel, a
             -- redelivery or a release clears it. Each looked up in its own partition by a range
