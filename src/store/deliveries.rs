@@ -179,6 +179,14 @@ const CLAIM_AND_READ: &str = r#"
     ) e
 "#;
 
+/// The due time of the queue row `q`, in statements that find the row by its id and only
+/// recheck this: an expression, which no index serves. A plan made on a small queue (plans are
+/// kept, see `queue_writers`) may find `delivery_queue_waiting` cheaper for a condition on the
+/// bare column than the primary key, and then reads every due row each time once the queue has
+/// filled: the recorder did, on one connection in a few benchmark runs, at 10 times the cost
+/// per outcome (docs/benchmarks.md, 2026-12-06).
+const DUE_AT: &str = "(q.next_attempt_at + interval '0 seconds')";
+
 /// The event of the queue row `q`: beside it, or (a row queued by a version before 0015) its
 /// delivery's.
 const QUEUED_EVENT_ID: &str =
@@ -320,9 +328,9 @@ pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed
                 LIMIT w.take
             ) q
         ), due AS (
-            SELECT delivery_id, $5[1] AS lease_ms FROM delivery_queue
+            SELECT delivery_id, $5[1] AS lease_ms FROM delivery_queue q
             WHERE delivery_id = ANY (ARRAY(SELECT delivery_id FROM heads UNION ALL SELECT delivery_id FROM loose))
-              AND next_attempt_at <= now()
+              AND {DUE_AT} <= now()
             LIMIT $6
             FOR UPDATE SKIP LOCKED
         ), {CLAIM_AND_READ}"#
@@ -465,19 +473,19 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             FROM record
         ), finished AS (
             DELETE FROM delivery_queue q USING record r
-            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status <> 'failed'
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status <> 'failed'
               AND NOT r.blocks_key
             RETURNING q.delivery_id, r.lease_until, q.namespace, q.target_kind, q.target, q.ordering_key,
                       r.hand_over_ms
         ), blocking AS (
             UPDATE delivery_queue q SET next_attempt_at = 'infinity', claimed = false
             FROM record r
-            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.blocks_key
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.blocks_key
             RETURNING q.delivery_id, r.lease_until
         ), retrying AS (
             UPDATE delivery_queue q SET next_attempt_at = r.next_attempt_at, claimed = false
             FROM record r
-            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND q.next_attempt_at = r.lease_until AND r.status = 'failed'
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status = 'failed'
             RETURNING q.delivery_id, r.lease_until
         ), moved AS (
             SELECT delivery_id, lease_until FROM finished
@@ -545,7 +553,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 ),
                 claimed = true, attempts = q.attempts + 1
             -- Rechecked on the row as it is when locked: another claimer may have taken it.
-            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM successor)) AND q.next_attempt_at <= now()
+            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM successor)) AND {DUE_AT} <= now()
             RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.next_attempt_at, q.attempts,
                       q.ordering_key, {QUEUED_EVENT_ID} AS event_id
         )
