@@ -142,8 +142,9 @@ fn enabled(part: &str) -> bool {
     std::env::var("HOOKLINE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
 
-/// HOOKLINE_BENCH_EXPLAIN_MS: log the plan (with actual times) of every statement slower than
-/// this many milliseconds, for profiling.
+/// HOOKLINE_BENCH_EXPLAIN_MS: log the plan (with actual times, unless
+/// HOOKLINE_BENCH_EXPLAIN_ANALYZE=off) of every statement slower than this many milliseconds,
+/// for profiling.
 fn explain_threshold() -> Option<u32> {
     std::env::var("HOOKLINE_BENCH_EXPLAIN_MS").ok()?.parse().ok()
 }
@@ -173,7 +174,12 @@ async fn measure(scale: Scale, dir: &Path, database_url: &str) -> anyhow::Result
             "LOAD 'auto_explain'".to_owned(),
             "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'".to_owned(),
             format!("ALTER SYSTEM SET auto_explain.log_min_duration = '{threshold}ms'"),
-            "ALTER SYSTEM SET auto_explain.log_analyze = on".to_owned(),
+            // With actual rows and times per plan node, which slows every statement; or only the
+            // plan (HOOKLINE_BENCH_EXPLAIN_ANALYZE=off), which does not.
+            format!(
+                "ALTER SYSTEM SET auto_explain.log_analyze = {}",
+                std::env::var("HOOKLINE_BENCH_EXPLAIN_ANALYZE").as_deref() != Ok("off")
+            ),
             "ALTER SYSTEM SET auto_explain.log_nested_statements = on".to_owned(),
         ] {
             sqlx::query(&setting).execute(&mut *session).await?;
