@@ -545,13 +545,8 @@ async fn claims_outcomes_and_the_pass_read_only_their_own_partition() {
             .await
             .expect("partition");
 
-    // As the dispatcher does: on connections that keep their plans; and those plans made for
-    // any parameters from the start (as a connection's are past a statement's fifth run), on
-    // tables that were small when planned.
-    sqlx::query("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET plan_cache_mode = force_generic_plan', current_database()); END $$")
-        .execute(&pool)
-        .await
-        .expect("generic plans");
+    // As the dispatcher does: on connections that keep the plans they make first, for any
+    // parameters, on tables that were small when planned.
     let queue = queue_writers(&pool);
     let take = |lease| Take {
         count: 10,
