@@ -42,8 +42,9 @@ pub struct DeliveryStats {
     /// Deliveries that exhausted their attempts in the window.
     pub dead: u64,
     /// Deliveries in the queue now: waiting to be sent or retried, and with `ordering` each
-    /// key's head while it is sent. One being sent on a lease (sent at once, or claimed from
-    /// the queue without `ordering`) is not counted: at most `maxInFlight` on each gateway.
+    /// key's head while it is sent and a dead one blocking its key. Deliveries out on a lease
+    /// (sent at once, or claimed without `ordering`: being sent or waiting for a slot, a few
+    /// times `maxInFlight` on each gateway) are not counted.
     pub pending: u64,
     /// Share of finished deliveries that succeeded, as a percentage such as "99.2%".
     #[serde(default, skip_serializing_if = "Option::is_none")]
