@@ -236,7 +236,7 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
         -- target (a subquery and a LATERAL with LIMIT), by an array of keys, and per claimed
         -- row (LATERAL with OFFSET 0, which keeps the planner from turning it into a join).
         WITH {WANTED}, due AS (
-            SELECT q.delivery_id, w.lease_ms FROM wanted w CROSS JOIN LATERAL (
+            SELECT q.delivery_id FROM wanted w CROSS JOIN LATERAL (
                 SELECT delivery_id FROM delivery_queue q
                 WHERE q.namespace = w.namespace AND q.target_kind = w.target_kind AND q.target = w.target
                   AND q.next_attempt_at <= now()
@@ -246,12 +246,18 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
             ) q
             LIMIT $6
         ), claimed AS (
-            -- Out of the queue and leased on the history row (see the module's comment).
-            DELETE FROM delivery_queue q USING due
-            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due)) AND q.delivery_id = due.delivery_id
+            -- Out of the queue and leased on the history row (see the module's comment). By the
+            -- array alone, the lease from the row's target: a join with `due` was planned by
+            -- some connections as a loop over the whole array per claimed row.
+            DELETE FROM delivery_queue q
+            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
             RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.attempts, q.ordering_key,
                       {QUEUED_EVENT_ID} AS event_id,
-                      now() + interval '1 millisecond' * due.lease_ms AS lease_until
+                      now() + interval '1 millisecond' * (
+                          SELECT w.lease_ms FROM wanted w
+                          WHERE w.namespace = q.namespace AND w.target_kind = q.target_kind AND w.target = q.target
+                          LIMIT 1
+                      ) AS lease_until
         ), leased AS (
             -- The attempts started so far go on the row too, so that whoever takes the lease
             -- over numbers the attempt in flight as this one does (store::leases).
