@@ -180,11 +180,11 @@ const CLAIM_AND_READ: &str = r#"
 "#;
 
 /// The due time of the queue row `q`, in statements that find the row by its id and only
-/// recheck this: an expression, which no index serves (Postgres does not fold it away). A plan made on a small queue (plans are
-/// kept, see `queue_writers`) may find `delivery_queue_waiting` cheaper for a condition on the
-/// bare column than the primary key, and then reads every due row each time once the queue has
-/// filled: the recorder did, on one connection in a few benchmark runs, at 10 times the cost
-/// per outcome (docs/benchmarks.md, 2026-12-06).
+/// recheck this: an expression, which no index serves (Postgres does not fold it away). A plan
+/// made on a small queue (plans are kept, see `queue_writers`) may find `delivery_queue_waiting`
+/// cheaper for a condition on the bare column than the primary key, and then reads every due
+/// row each time once the queue has filled: the recorder did, on one connection in a few
+/// benchmark runs, at 10 times the cost per outcome (docs/benchmarks.md, 2026-12-06).
 const DUE_AT: &str = "(q.next_attempt_at + interval '0 seconds')";
 
 /// The event of the queue row `q`: beside it, or (a row queued by a version before 0015) its
