@@ -450,6 +450,67 @@ async fn a_delivery_claimed_from_the_queue_is_leased_on_its_row_and_taken_over_w
     assert_eq!(state(&pool, live).await, ("cancelled".into(), 1, None, None));
 }
 
+/// One claim of several targets gives each its own lease, whether its deliveries leave the
+/// queue (leased on their rows) or stay in it (the heads of a target with `ordering`).
+#[tokio::test]
+async fn each_target_of_a_claim_gets_its_own_lease() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone());
+    // Older than the horizon: queued as stored, not leased.
+    let age = HORIZON + Duration::from_secs(1);
+    const OTHER: &str = "stripe/other";
+    let leases = [
+        (TARGET, false, Duration::from_secs(40)),
+        (OTHER, false, Duration::from_secs(400)),
+        (ORDERED, true, Duration::from_secs(200)),
+    ];
+    for (name, ordered, _) in leases {
+        for i in 0..3 {
+            let mut event = leased_event(&format!("evt_{name}_{i}"), age, Duration::from_secs(1));
+            event.deliveries[0].target = name.into();
+            event.deliveries[0].claim_for = None;
+            event.deliveries[0].ordering_key = ordered.then(|| format!("customer-{i}"));
+            store(&writer, event).await;
+        }
+    }
+    let wanted: Vec<_> = leases
+        .iter()
+        .map(|&(name, ordered, lease)| hookline::store::deliveries::Take {
+            target: TargetKey {
+                name: name.into(),
+                ..target()
+            },
+            count: 10,
+            lease,
+            ordered,
+        })
+        .collect();
+    let claimed_at = Utc::now();
+    let claimed = claim(&pool, &wanted).await.expect("claim");
+    assert_eq!(claimed.len(), 9);
+    for (name, ordered, lease) in leases {
+        let own: Vec<_> = claimed.iter().filter(|d| d.target == name).collect();
+        assert_eq!(own.len(), 3, "{name}");
+        for d in own {
+            let held = (d.lease_until - claimed_at).to_std().expect("a lease ahead");
+            assert!(
+                held >= lease && held < lease + Duration::from_secs(5),
+                "{name} is held {held:?}, not {lease:?}"
+            );
+            let (_, _, on_row, queued) = state(&pool, d.id).await;
+            if ordered {
+                assert_eq!(
+                    (on_row, queued.map(|q| q.0)),
+                    (None, Some(d.lease_until)),
+                    "{name}"
+                );
+            } else {
+                assert_eq!((on_row, queued), (Some(d.lease_until), None), "{name}");
+            }
+        }
+    }
+}
+
 /// A redelivery racing a claim of the same delivery waits for the claim and then leaves the
 /// delivery to it: it is out on the claim's lease, so it is not queued again (which would send
 /// it twice at once, under one attempt number).

@@ -154,31 +154,6 @@ pub async fn claim(pool: &PgPool, wanted: &[Take]) -> sqlx::Result<Vec<Claimed>>
     Ok(claimed)
 }
 
-/// The end of the claim of an ordered target's key heads: the rows of `due` (`delivery_id`,
-/// `lease_ms`) stay queued, get their lease and come back with their events.
-const CLAIM_AND_READ: &str = r#"
-    claimed AS (
-        -- The rows are found by the array of ids, whichever way the join is planned.
-        UPDATE delivery_queue q
-        SET next_attempt_at = now() + interval '1 millisecond' * due.lease_ms,
-            claimed = true, attempts = q.attempts + 1
-        FROM due
-        WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due)) AND q.delivery_id = due.delivery_id
-        RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.next_attempt_at, q.attempts,
-                  q.ordering_key, {QUEUED_EVENT_ID} AS event_id
-    )
-    SELECT c.delivery_id AS id, c.namespace, c.target_kind, c.target, c.attempts - 1 AS attempts,
-           c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
-           e.traceparent, e.tracestate,
-           c.event_id, c.ordering_key
-    FROM claimed c
-    CROSS JOIN LATERAL (
-        SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at,
-                   headers ->> 'traceparent' AS traceparent, headers ->> 'tracestate' AS tracestate
-        FROM events WHERE id = c.event_id OFFSET 0
-    ) e
-"#;
-
 /// The due time of the queue row `q`, in statements that find the row by its id and only
 /// recheck this: an expression, which no index serves (Postgres does not fold it away). A plan
 /// made on a small queue (plans are kept, see `queue_writers`) may find `delivery_queue_waiting`
@@ -293,7 +268,7 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
 pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-        r#"
+            r#"
         WITH RECURSIVE {WANTED}, keys AS (
             -- Spelled with the parameters, not a join with `wanted`: read off the index in key
             -- order, not every queued row sorted. (A paused target has no `wanted` row.)
@@ -334,14 +309,30 @@ pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed
                 LIMIT w.take
             ) q
         ), due AS (
-            SELECT delivery_id, $5[1] AS lease_ms FROM delivery_queue q
+            SELECT delivery_id FROM delivery_queue q
             WHERE delivery_id = ANY (ARRAY(SELECT delivery_id FROM heads UNION ALL SELECT delivery_id FROM loose))
               AND {DUE_AT} <= now()
             LIMIT $6
             FOR UPDATE SKIP LOCKED
-        ), {CLAIM_AND_READ}"#
+        ), claimed AS (
+            -- The heads stay queued, leased. By the array alone, as in `claim_unordered`.
+            UPDATE delivery_queue q
+            SET next_attempt_at = now() + interval '1 millisecond' * $5[1], claimed = true,
+                attempts = q.attempts + 1
+            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
+            RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.next_attempt_at, q.attempts,
+                      q.ordering_key, {QUEUED_EVENT_ID} AS event_id
         )
-        .replace("{QUEUED_EVENT_ID}", QUEUED_EVENT_ID)
+        SELECT c.delivery_id AS id, c.namespace, c.target_kind, c.target, c.attempts - 1 AS attempts,
+               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
+               e.traceparent, e.tracestate, c.event_id, c.ordering_key
+        FROM claimed c
+        CROSS JOIN LATERAL (
+            SELECT source, event_type, body, headers ->> 'content-type' AS content_type, received_at,
+                   headers ->> 'traceparent' AS traceparent, headers ->> 'tracestate' AS tracestate
+            FROM events WHERE id = c.event_id OFFSET 0
+        ) e"#
+        )
     });
     bind_wanted(sqlx::query_as(SQL.as_str()), &[take])
         .fetch_all(pool)
