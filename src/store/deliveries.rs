@@ -229,19 +229,23 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
                 FOR UPDATE SKIP LOCKED
             ) q
             LIMIT $6
+        ), lease_of AS MATERIALIZED (
+            -- Each target's lease by name (a namespace and a kind hold no '/'), looked up per
+            -- claimed row at a cost that does not grow with the targets (a scan of `wanted`
+            -- per row does).
+            SELECT jsonb_object_agg(concat_ws('/', namespace, target_kind, target), lease_ms) AS target
+            FROM wanted
         ), claimed AS (
             -- Out of the queue and leased on the history row (see the module's comment). By the
-            -- array alone, the lease from the row's target: a join with `due` was planned by
-            -- some connections as a loop over the whole array per claimed row.
+            -- array alone: a join with `due` was planned by some connections as a loop over the
+            -- whole array per claimed row.
             DELETE FROM delivery_queue q
             WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
             RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.attempts, q.ordering_key,
                       {QUEUED_EVENT_ID} AS event_id,
                       now() + interval '1 millisecond' * (
-                          SELECT w.lease_ms FROM wanted w
-                          WHERE w.namespace = q.namespace AND w.target_kind = q.target_kind AND w.target = q.target
-                          LIMIT 1
-                      ) AS lease_until
+                          (SELECT target FROM lease_of) ->> concat_ws('/', q.namespace, q.target_kind, q.target)
+                      )::bigint AS lease_until
         ), leased AS (
             -- The attempts started so far go on the row too, so that whoever takes the lease
             -- over numbers the attempt in flight as this one does (store::leases).
@@ -455,7 +459,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         format!(
             r#"
         -- Prepared once and run with its cached plan (see `queue_writers`): the queue is read by
-        -- an array of ids alone (`= ANY (...)`), the history by a range of one key per row.
+        -- the batch's ids (`= ANY ($1)`, whichever way a join is planned) and the rest per row.
         WITH record AS (
             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int2[], $6::text[],
                                  $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[],
@@ -469,44 +473,33 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             SELECT delivery_id, number, started_at, duration_ms, status_code, error_class, error,
                    response_headers, response_body
             FROM record
-        ), queued AS (
-            -- The outcomes of deliveries claimed with their queue rows (ordered heads), where
-            -- the row is still the claim's. The rows are found by the array alone and matched
-            -- with `record` in memory: a join of the queue itself with `record` may be planned
-            -- as a loop over the whole array per record (a claim's was, see `claim_unordered`).
-            SELECT r.* FROM (
-                SELECT q.delivery_id, {DUE_AT} AS due_at FROM delivery_queue q
-                WHERE q.delivery_id = ANY ($17)
-                OFFSET 0
-            ) q JOIN record r ON r.delivery_id = q.delivery_id AND r.lease_until = q.due_at
         ), finished AS (
-            DELETE FROM delivery_queue q
-            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM queued WHERE status <> 'failed' AND NOT blocks_key))
-              -- Rechecked on the row as it is when locked: a claim may have taken it over.
-              AND {DUE_AT} = (SELECT m.lease_until FROM queued m WHERE m.delivery_id = q.delivery_id)
-            RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.ordering_key
+            DELETE FROM delivery_queue q USING record r
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status <> 'failed'
+              AND NOT r.blocks_key
+            RETURNING q.delivery_id, r.lease_until, q.namespace, q.target_kind, q.target, q.ordering_key,
+                      r.hand_over_ms
         ), blocking AS (
             UPDATE delivery_queue q SET next_attempt_at = 'infinity', claimed = false
-            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM queued WHERE blocks_key))
-              AND {DUE_AT} = (SELECT m.lease_until FROM queued m WHERE m.delivery_id = q.delivery_id)
-            RETURNING q.delivery_id
+            FROM record r
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.blocks_key
+            RETURNING q.delivery_id, r.lease_until
         ), retrying AS (
-            UPDATE delivery_queue q
-            SET next_attempt_at = (SELECT m.next_attempt_at FROM queued m WHERE m.delivery_id = q.delivery_id),
-                claimed = false
-            WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM queued WHERE status = 'failed'))
-              AND {DUE_AT} = (SELECT m.lease_until FROM queued m WHERE m.delivery_id = q.delivery_id)
-            RETURNING q.delivery_id
+            UPDATE delivery_queue q SET next_attempt_at = r.next_attempt_at, claimed = false
+            FROM record r
+            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status = 'failed'
+            RETURNING q.delivery_id, r.lease_until
+        ), moved AS (
+            SELECT delivery_id, lease_until FROM finished
+            UNION ALL SELECT * FROM retrying UNION ALL SELECT * FROM blocking
         ), outcome AS (
             -- Only the outcome of the claim that held the queue row: a batch may also carry a
             -- late outcome of an expired claim on the same delivery. Looked up by a range of
             -- one key, as in `direct` below.
             UPDATE deliveries d
-            SET status = m.status, attempts = m.number, last_error = m.last_error, updated_at = now()
-            FROM queued m
-            WHERE m.delivery_id IN (SELECT delivery_id FROM finished UNION ALL SELECT delivery_id FROM retrying
-                                    UNION ALL SELECT delivery_id FROM blocking)
-              AND d.id >= m.delivery_id AND d.id <= m.delivery_id
+            SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
+            FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
+            WHERE d.id >= m.delivery_id AND d.id <= m.delivery_id
         ), direct AS (
             -- A delivery leased on its own row (by the gateway that stored it, or by a claim
             -- from the queue; no queue row, see store::leases): its outcome, if the lease still
@@ -534,14 +527,14 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             -- The key's next delivery (the finished one is still visible here, so left out), when
             -- it is due, none of the key is out but the finished one, and the target is not
             -- paused: what a claim of the key's head would take.
-            SELECT f.delivery_id AS after, n.delivery_id, m.hand_over_ms
-            FROM finished f JOIN queued m ON m.delivery_id = f.delivery_id CROSS JOIN LATERAL (
+            SELECT f.delivery_id AS after, n.delivery_id, f.hand_over_ms
+            FROM finished f CROSS JOIN LATERAL (
                 SELECT q.delivery_id, q.next_attempt_at FROM delivery_queue q
                 WHERE q.namespace = f.namespace AND q.target_kind = f.target_kind AND q.target = f.target
                   AND q.ordering_key = f.ordering_key AND q.delivery_id <> f.delivery_id
                 ORDER BY q.position LIMIT 1
             ) n
-            WHERE m.hand_over_ms IS NOT NULL AND f.ordering_key IS NOT NULL AND n.next_attempt_at <= now()
+            WHERE f.hand_over_ms IS NOT NULL AND f.ordering_key IS NOT NULL AND n.next_attempt_at <= now()
               AND NOT EXISTS (
                   SELECT 1 FROM delivery_queue p
                   WHERE p.namespace = f.namespace AND p.target_kind = f.target_kind AND p.target = f.target
@@ -612,20 +605,12 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 })
                 .collect::<Vec<_>>(),
         )
-        // Each outcome is looked for where its claim left the delivery: on its history row
-        // (a lease on the row, looked up in the history's partitions) or in the queue. A batch
-        // costs no probe in the other place.
+        // Only these are looked up in the history's partitions by the outcome of a lease on
+        // a row: a batch of queued deliveries costs no probe there.
         .bind(
             records
                 .iter()
                 .filter(|r| r.lease_on_row)
-                .map(|r| r.delivery)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            records
-                .iter()
-                .filter(|r| !r.lease_on_row)
                 .map(|r| r.delivery)
                 .collect::<Vec<_>>(),
         )
