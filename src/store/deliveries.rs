@@ -459,7 +459,8 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         format!(
             r#"
         -- Prepared once and run with its cached plan (see `queue_writers`): the queue is read by
-        -- the batch's ids (`= ANY ($1)`, whichever way a join is planned) and the rest per row.
+        -- the ids of the batch's deliveries claimed with their queue rows (`= ANY ($17)`,
+        -- whichever way a join is planned), the history per row.
         WITH record AS (
             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int2[], $6::text[],
                                  $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::text[],
@@ -475,19 +476,19 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             FROM record
         ), finished AS (
             DELETE FROM delivery_queue q USING record r
-            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status <> 'failed'
+            WHERE q.delivery_id = ANY ($17) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status <> 'failed'
               AND NOT r.blocks_key
             RETURNING q.delivery_id, r.lease_until, q.namespace, q.target_kind, q.target, q.ordering_key,
                       r.hand_over_ms
         ), blocking AS (
             UPDATE delivery_queue q SET next_attempt_at = 'infinity', claimed = false
             FROM record r
-            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.blocks_key
+            WHERE q.delivery_id = ANY ($17) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.blocks_key
             RETURNING q.delivery_id, r.lease_until
         ), retrying AS (
             UPDATE delivery_queue q SET next_attempt_at = r.next_attempt_at, claimed = false
             FROM record r
-            WHERE q.delivery_id = ANY ($1) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status = 'failed'
+            WHERE q.delivery_id = ANY ($17) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status = 'failed'
             RETURNING q.delivery_id, r.lease_until
         ), moved AS (
             SELECT delivery_id, lease_until FROM finished
@@ -605,12 +606,20 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 })
                 .collect::<Vec<_>>(),
         )
-        // Only these are looked up in the history's partitions by the outcome of a lease on
-        // a row: a batch of queued deliveries costs no probe there.
+        // Each outcome is looked for only where its claim left the delivery: on its history
+        // row (looked up in the history's partitions) or in the queue. A batch of one kind
+        // costs no lookup in the other place.
         .bind(
             records
                 .iter()
                 .filter(|r| r.lease_on_row)
+                .map(|r| r.delivery)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            records
+                .iter()
+                .filter(|r| !r.lease_on_row)
                 .map(|r| r.delivery)
                 .collect::<Vec<_>>(),
         )
