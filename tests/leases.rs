@@ -112,14 +112,6 @@ async fn state(pool: &sqlx::PgPool, id: Uuid) -> State {
     (status, attempts, lease, due.zip(queued_attempts))
 }
 
-async fn attempt_numbers(pool: &sqlx::PgPool, id: Uuid) -> Vec<i32> {
-    sqlx::query_scalar("SELECT attempt_number FROM attempts WHERE delivery_id = $1 ORDER BY 1")
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("attempts")
-}
-
 fn failed_503(delivery: &Claimed, retry_at: DateTime<Utc>) -> hookline::store::deliveries::AttemptRecord {
     let mut record = support::answered_200(delivery, After::RetryAt(retry_at));
     record.attempt.status_code = Some(503);
@@ -152,7 +144,7 @@ async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the
     .await
     .expect("record");
     assert_eq!(state(&pool, id).await, ("succeeded".into(), 1, None, None));
-    assert_eq!(attempt_numbers(&pool, id).await, [1]);
+    assert_eq!(support::attempt_numbers(&pool, id).await, [1]);
 
     let (id, leased) = store(&writer, leased_event("evt_retry", Duration::ZERO, lease)).await;
     let retry_at = Utc::now() + chrono::Duration::seconds(60);
@@ -235,7 +227,7 @@ async fn a_lease_that_ends_without_an_outcome_is_queued_by_the_next_pass() {
     record_attempts(&pool, &[support::answered_200(&again[0], After::Succeeded)])
         .await
         .expect("record");
-    assert_eq!(attempt_numbers(&pool, lost).await, [1, 2]);
+    assert_eq!(support::attempt_numbers(&pool, lost).await, [1, 2]);
     assert_eq!(state(&pool, lost).await, ("succeeded".into(), 2, None, None));
 
     // The next pass sees the live lease again and nothing else, and tells no one.
@@ -440,7 +432,7 @@ async fn a_delivery_claimed_from_the_queue_is_leased_on_its_row_and_taken_over_w
     record_attempts(&pool, &[support::answered_200(&again, After::Succeeded)])
         .await
         .expect("record");
-    assert_eq!(attempt_numbers(&pool, lost).await, [1, 2]);
+    assert_eq!(support::attempt_numbers(&pool, lost).await, [1, 2]);
     assert_eq!(state(&pool, lost).await, ("succeeded".into(), 2, None, None));
 
     let cancelled = cancel_pending(&pool, "billing", TargetKind::Handler, &[TARGET.to_owned()])

@@ -639,13 +639,11 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         .await
         .expect("the current outcome");
     assert_eq!(status().await, ("succeeded".into(), 2, 0, false));
-    let numbers: Vec<i32> =
-        sqlx::query_scalar("SELECT attempt_number FROM attempts WHERE delivery_id = $1 ORDER BY 1")
-            .bind(again.id)
-            .fetch_all(&pool)
-            .await
-            .expect("attempts");
-    assert_eq!(numbers, [1, 2], "both attempts are history");
+    assert_eq!(
+        support::attempt_numbers(&pool, again.id).await,
+        [1, 2],
+        "both attempts are history"
+    );
 }
 
 /// The same for the heads of ordered keys, which stay queued while they are out: a late
@@ -712,13 +710,11 @@ async fn an_expired_head_is_claimed_again_and_its_late_outcome_is_only_history()
             ("failed", 2, retry_at.timestamp_micros(), false),
             "{key:?}: the current claim's retry, not the late success"
         );
-        let numbers: Vec<i32> =
-            sqlx::query_scalar("SELECT attempt_number FROM attempts WHERE delivery_id = $1 ORDER BY 1")
-                .bind(delivery.id)
-                .fetch_all(&pool)
-                .await
-                .expect("attempts");
-        assert_eq!(numbers, [1, 2], "{key:?}: both attempts are history");
+        assert_eq!(
+            support::attempt_numbers(&pool, delivery.id).await,
+            [1, 2],
+            "{key:?}: both attempts are history"
+        );
     }
 }
 

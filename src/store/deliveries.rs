@@ -167,6 +167,13 @@ const DUE_AT: &str = "(q.next_attempt_at + interval '0 seconds')";
 const QUEUED_EVENT_ID: &str =
     "coalesce(q.event_id, (SELECT d.event_id FROM deliveries d WHERE d.id = q.delivery_id))";
 
+/// The columns of a [`Claimed`] for each head `c` leased in the queue (it stays queued), as
+/// returned by the update that leased it (its columns and `event_id`), with its event
+/// (`EVENT_OF_CLAIMED`).
+const CLAIMED_HEAD: &str = "c.delivery_id AS id, c.namespace, c.target_kind, c.target, \
+     c.attempts - 1 AS attempts, c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, \
+     e.content_type, e.received_at, e.traceparent, e.tracestate, c.event_id, c.ordering_key";
+
 /// The event of each claimed row `c`, for [`Claimed`]: a lookup per row (`OFFSET 0` keeps the
 /// planner from making it a join, which a plan made on small tables may do by reading the
 /// events whole).
@@ -332,9 +339,7 @@ pub async fn claim_heads(pool: &PgPool, take: &Take) -> sqlx::Result<Vec<Claimed
             RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.next_attempt_at, q.attempts,
                       q.ordering_key, {QUEUED_EVENT_ID} AS event_id
         )
-        SELECT c.delivery_id AS id, c.namespace, c.target_kind, c.target, c.attempts - 1 AS attempts,
-               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
-               e.traceparent, e.tracestate, c.event_id, c.ordering_key
+        SELECT {CLAIMED_HEAD}
         FROM claimed c
         {EVENT_OF_CLAIMED}"#
         )
@@ -450,6 +455,17 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     let mut records: Vec<&AttemptRecord> = records.iter().collect();
     records.sort_by_key(|r| r.delivery);
     let column = |f: fn(&AttemptRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    // Each outcome is looked for only where its claim left the delivery: on its history row
+    // (looked up in the history's partitions) or in the queue. A batch of one kind costs no
+    // lookup in the other place.
+    let (mut on_row, mut in_queue) = (Vec::new(), Vec::new());
+    for r in &records {
+        if r.lease_on_row {
+            on_row.push(r.delivery);
+        } else {
+            in_queue.push(r.delivery);
+        }
+    }
     let next_status = |r: &AttemptRecord| match r.after {
         After::Succeeded => "succeeded",
         After::RetryAt(_) => "failed",
@@ -560,10 +576,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.next_attempt_at, q.attempts,
                       q.ordering_key, {QUEUED_EVENT_ID} AS event_id
         )
-        SELECT (SELECT s.after FROM successor s WHERE s.delivery_id = c.delivery_id) AS after,
-               c.delivery_id AS id, c.namespace, c.target_kind, c.target, c.attempts - 1 AS attempts,
-               c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, e.content_type, e.received_at,
-               e.traceparent, e.tracestate, c.event_id, c.ordering_key
+        SELECT (SELECT s.after FROM successor s WHERE s.delivery_id = c.delivery_id) AS after, {CLAIMED_HEAD}
         FROM handed c
         {EVENT_OF_CLAIMED}
         "#
@@ -606,23 +619,8 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 })
                 .collect::<Vec<_>>(),
         )
-        // Each outcome is looked for only where its claim left the delivery: on its history
-        // row (looked up in the history's partitions) or in the queue. A batch of one kind
-        // costs no lookup in the other place.
-        .bind(
-            records
-                .iter()
-                .filter(|r| r.lease_on_row)
-                .map(|r| r.delivery)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            records
-                .iter()
-                .filter(|r| !r.lease_on_row)
-                .map(|r| r.delivery)
-                .collect::<Vec<_>>(),
-        )
+        .bind(on_row)
+        .bind(in_queue)
         .fetch_all(pool)
         .await
 }

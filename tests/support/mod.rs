@@ -199,6 +199,15 @@ pub fn answered_200(
     }
 }
 
+/// The attempt numbers kept for a delivery, in order.
+pub async fn attempt_numbers(pool: &sqlx::PgPool, delivery: uuid::Uuid) -> Vec<i32> {
+    sqlx::query_scalar("SELECT attempt_number FROM attempts WHERE delivery_id = $1 ORDER BY 1")
+        .bind(delivery)
+        .fetch_all(pool)
+        .await
+        .expect("attempts")
+}
+
 /// A 200 answer to attempt `number` of a delivery held until `lease_until` (on its row, or in
 /// the queue), which succeeds it.
 pub fn answered_200_to(
