@@ -144,3 +144,14 @@ fn generic_hmac_signs_and_verifies_from_the_source_definition() {
     assert!(String::from_utf8_lossy(&verified.stdout).contains("event id req-2, type stock.changed"));
     assert!(!hookline(&args, "another secret", body).status.success());
 }
+
+#[test]
+fn a_gateway_flag_out_of_its_values_is_refused_with_them() {
+    let output = hookline(&["standalone", "--event-batching", "fast"], "", b"");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"fast\": expected while-writing or paced"),
+        "{stderr}"
+    );
+}

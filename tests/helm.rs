@@ -593,6 +593,8 @@ fn the_chart_configures_the_managed_gateway() {
             "--set",
             "gateway.extraArgs={--request-timeout=10s}",
             "--set",
+            "gateway.eventBatching=paced",
+            "--set",
             "publish.scopedTokens.existingSecret=team-publish-tokens",
             "--set",
             "admin.scopedTokens.existingSecret=team-admin-tokens",
@@ -611,6 +613,7 @@ fn the_chart_configures_the_managed_gateway() {
         "- --egress-allow=10.96.7.0/24",
         "- --gateway-arg=--trusted-proxies=10.42.0.0/16",
         "- --gateway-arg=--request-timeout=10s",
+        "- --gateway-arg=--event-batching=paced",
         "- --gateway-publish-tokens-secret=team-publish-tokens/tokens",
         "- --gateway-admin-tokens-secret=team-admin-tokens/tokens",
     ] {
@@ -634,6 +637,22 @@ fn the_chart_configures_the_managed_gateway() {
     assert!(
         !ok && output.contains("extraArgs"),
         "extra arguments are flags: {output}"
+    );
+    let (ok, output) = run(
+        "helm",
+        &[
+            "template",
+            "t",
+            &chart(),
+            &kube_version(),
+            "--set",
+            "gateway.eventBatching=fast",
+        ],
+        None,
+    );
+    assert!(
+        !ok && output.contains("eventBatching"),
+        "only the gateway's batchings: {output}"
     );
 }
 

@@ -8,7 +8,7 @@ mod support;
 use chrono::{DateTime, Utc};
 use hookline::api::{TargetKey, TargetKind};
 use hookline::store::deliveries::{After, Claimed, claim, record_attempts, release};
-use hookline::store::events::{NewDelivery, NewEvent, Stored, event_writer};
+use hookline::store::events::{EventBatching, NewDelivery, NewEvent, Stored, event_writer};
 use hookline::store::leases::{self, HORIZON, Pass};
 use hookline::store::partitions::{delivery_id, id_at, id_millis};
 use std::time::Duration;
@@ -124,7 +124,7 @@ fn failed_503(delivery: &Claimed, retry_at: DateTime<Utc>) -> hookline::store::d
 #[tokio::test]
 async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the_queue() {
     let pool = migrated_pool().await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let lease = Duration::from_secs(30);
 
     let (id, leased) = store(&writer, leased_event("evt_ok", Duration::ZERO, lease)).await;
@@ -176,7 +176,7 @@ fn take() -> hookline::store::deliveries::Take {
 #[tokio::test]
 async fn a_lease_that_ends_without_an_outcome_is_queued_by_the_next_pass() {
     let pool = migrated_pool().await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     // Made just inside the horizon, so the pass looks at it a moment later.
     let age = HORIZON - Duration::from_millis(500);
     let (lost, lost_lease) = store(&writer, leased_event("evt_lost", age, Duration::from_millis(1))).await;
@@ -244,7 +244,7 @@ async fn a_lease_that_ends_without_an_outcome_is_queued_by_the_next_pass() {
 #[tokio::test]
 async fn a_delivery_made_before_the_horizon_is_queued_not_leased() {
     let pool = migrated_pool().await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let (id, leased) = store(
         &writer,
         leased_event(
@@ -299,7 +299,7 @@ async fn a_leased_delivery_is_cancelled_redelivered_released_and_ended_like_a_cl
     use hookline::store::history::redeliver;
     use hookline::store::stats::cancel_pending;
     let pool = migrated_pool().await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let lease = Duration::from_secs(60);
 
     let (id, lease_until) = store(&writer, leased_event("evt_cancel", Duration::ZERO, lease)).await;
@@ -363,7 +363,7 @@ async fn a_leased_delivery_is_cancelled_redelivered_released_and_ended_like_a_cl
 async fn a_delivery_claimed_from_the_queue_is_leased_on_its_row_and_taken_over_when_lost() {
     use hookline::store::stats::cancel_pending;
     let pool = migrated_pool().await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     // Older than the horizon: queued as stored, and behind `swept_to` after one pass.
     let age = HORIZON + Duration::from_secs(1);
     let (lost, _) = store(&writer, leased_event("evt_lost", age, Duration::from_secs(60))).await;
@@ -447,7 +447,7 @@ async fn a_delivery_claimed_from_the_queue_is_leased_on_its_row_and_taken_over_w
 #[tokio::test]
 async fn each_target_of_a_claim_gets_its_own_lease() {
     let pool = migrated_pool().await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     // Older than the horizon: queued as stored, not leased.
     let age = HORIZON + Duration::from_secs(1);
     const OTHER: &str = "stripe/other";
@@ -510,7 +510,7 @@ async fn each_target_of_a_claim_gets_its_own_lease() {
 async fn a_redelivery_racing_a_claim_leaves_the_delivery_to_the_claim() {
     use hookline::store::history::redeliver;
     let pool = migrated_pool().await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let (id, leased) = store(
         &writer,
         leased_event(
@@ -569,7 +569,7 @@ async fn claims_outcomes_and_the_pass_read_only_their_own_partition() {
     .await
     .expect("partitions");
     assert!(made >= 30, "{made}");
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let mut ids = Vec::new();
     for i in 0..10 {
         // Older than the horizon: queued as stored.

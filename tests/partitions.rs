@@ -7,7 +7,7 @@ mod support;
 use chrono::{Duration, Utc};
 use hookline::api::{TargetKey, TargetKind};
 use hookline::store::deliveries::{After, AttemptRecord, Take, claim, record_attempts};
-use hookline::store::events::{NewDelivery, NewEvent, Stored, event_writer};
+use hookline::store::events::{EventBatching, NewDelivery, NewEvent, Stored, event_writer};
 use hookline::store::partitions::{self, delivery_id, id_at};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -188,7 +188,7 @@ async fn a_populated_database_is_partitioned_in_place() {
 
     // The old keys still refuse their events (within the dedupe window); new events are stored
     // in the new partitions.
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let again = writer
         .submit(new_event(Uuid::now_v7(), "evt_1"))
         .await
@@ -286,7 +286,7 @@ async fn daily_partitions(days: i64) -> (PgPool, chrono::DateTime<Utc>) {
 #[tokio::test]
 async fn keys_are_refused_across_the_partitions_of_the_dedupe_window() {
     let (pool, now) = daily_partitions(5).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let at = |age: Duration| id_at((now - age).timestamp_millis());
     for (external_id, age) in [
         ("evt_yesterday", Duration::days(1)),
@@ -322,7 +322,7 @@ async fn keys_are_looked_up_only_in_older_partitions() {
     partitions::make_ahead(&pool, partitions::DEFAULT_PERIOD)
         .await
         .expect("partitions ahead");
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let yesterday = id_at((now - Duration::days(1)).timestamp_millis());
     writer
         .submit(new_event(yesterday, "evt_yesterday"))
@@ -404,7 +404,7 @@ async fn keys_are_looked_up_only_in_older_partitions() {
 async fn a_namespace_with_a_shorter_retention_loses_its_older_events() {
     use hookline::store::retention::{Policy, sweep};
     let (pool, now) = daily_partitions(12).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     for (namespace, age) in [("trial", 10), ("trial", 2), ("billing", 10)] {
         let mut event = new_event(
             id_at((now - Duration::days(age)).timestamp_millis()),

@@ -198,7 +198,14 @@ async fn standalone_applies_edits_live_and_keeps_the_last_good_configuration() {
         "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: stripe}\n\
          spec: {provider: stripe, secretRef: {name: stripe, key: key}}\n",
     );
-    let gateway = support::process::start_standalone(&dir, &support::fresh_database().await, &[]).await;
+    // Paced event batching, so the flag's path stores real webhooks somewhere in the suite.
+    let gateway = support::process::start_standalone_with(
+        &dir,
+        &support::fresh_database().await,
+        &[],
+        &["--event-batching=paced"],
+    )
+    .await;
     let log = &gateway.log;
     log.wait_for("watching the configuration", 1, Duration::from_secs(10))
         .await;

@@ -332,9 +332,9 @@ fn new_event(external_id: &str, event_type: &str, target: &str) -> hookline::sto
 /// fails only its own request, not the others in its batch.
 #[tokio::test]
 async fn group_commit_answers_each_request_for_itself() {
-    use hookline::store::events::{Stored, event_writer};
+    use hookline::store::events::{EventBatching, Stored, event_writer};
     let pool = migrated_pool(8).await;
-    let writer = std::sync::Arc::new(event_writer(pool.clone()));
+    let writer = std::sync::Arc::new(event_writer(pool.clone(), EventBatching::WhileWriting));
 
     let mut requests = Vec::new();
     for i in 0..400 {
@@ -407,9 +407,9 @@ fn takes(
 #[tokio::test]
 async fn each_target_is_claimed_for_its_own_lease() {
     use hookline::store::deliveries::{Take, claim};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     let pool = migrated_pool(2).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     for target in ["stripe/fast", "stripe/slow"] {
         writer
             .submit(new_event(&format!("evt_{target}"), "invoice.paid", target))
@@ -452,9 +452,9 @@ fn handler(name: &str) -> hookline::api::TargetKey {
 #[tokio::test]
 async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
     use hookline::store::deliveries::{claim, pause_target, resume_target, waiting_targets};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     let pool = migrated_pool(4).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     for i in 0..5 {
         for target in ["stripe/slow", "stripe/fast"] {
             writer
@@ -550,9 +550,9 @@ async fn claims_are_per_target_and_a_paused_target_keeps_its_schedule() {
 #[tokio::test]
 async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
     use hookline::store::deliveries::{After, Attempt, AttemptRecord, claim, record_attempts, release};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     let pool = migrated_pool(4).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     for i in 0..3 {
         writer
             .submit(new_event(&format!("evt_{i}"), "invoice.paid", "stripe/billing"))
@@ -652,9 +652,9 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
 #[tokio::test]
 async fn an_expired_head_is_claimed_again_and_its_late_outcome_is_only_history() {
     use hookline::store::deliveries::{After, Take, claim, record_attempts};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     let pool = migrated_pool(4).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     for key in ["late-first", "late-last"] {
         let mut event = new_event(&format!("evt_{key}"), "entry", "stripe/ledger");
         event.deliveries[0].ordering_key = Some(key.into());
@@ -723,10 +723,10 @@ async fn an_expired_head_is_claimed_again_and_its_late_outcome_is_only_history()
 #[tokio::test]
 async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() {
     use hookline::store::deliveries::{After, claim, record_attempts};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     use hookline::store::history::{redeliver, skip_blocked};
     let pool = migrated_pool(4).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let target = handler("stripe/ledger");
     for (i, key) in ["k", "k", "l", "k"].iter().enumerate() {
         let mut event = new_event(&format!("evt_{i}"), "entry", "stripe/ledger");
@@ -865,9 +865,9 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
 #[tokio::test]
 async fn a_late_outcome_in_the_same_batch_does_not_win() {
     use hookline::store::deliveries::{After, claim, record_attempts};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     let pool = migrated_pool(2).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     for i in 0..2 {
         writer
             .submit(new_event(&format!("evt_{i}"), "invoice.paid", "stripe/billing"))
@@ -915,11 +915,11 @@ async fn a_late_outcome_in_the_same_batch_does_not_win() {
 #[tokio::test]
 async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
     use hookline::store::deliveries::{After, claim, record_attempts, release};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     use hookline::store::history::redeliver;
     use hookline::store::stats::cancel_pending;
     let pool = migrated_pool(2).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     writer
         .submit(new_event("evt_1", "invoice.paid", "stripe/billing"))
         .await
@@ -997,7 +997,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
     use hookline::store::deliveries::{
         After, AttemptRecord, claim, queue_writers, record_attempts, waiting_targets,
     };
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     // The pools production uses: the shared one (one connection, so one plan cache), the event
     // writers' and the dispatcher's, which keep the plans they make first.
     let pool = migrated_pool(1).await;
@@ -1005,7 +1005,7 @@ async fn queue_statements_use_the_index_after_planning_on_an_empty_table() {
         .execute(&pool)
         .await
         .expect("analyze empty");
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let queue = queue_writers(&pool);
     let lease = std::time::Duration::from_secs(60);
     let wanted = [(handler("stripe/billing"), 10)];
@@ -1336,9 +1336,9 @@ async fn an_older_binary_starts_on_a_newer_schema() {
 #[tokio::test]
 async fn deferring_a_target_skips_locked_rows_and_live_claims() {
     use hookline::store::deliveries::{Take, claim, defer_target};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     let pool = migrated_pool(4).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     for i in 0..4 {
         writer
             .submit(new_event(&format!("evt_{i}"), "invoice.paid", "stripe/down"))
@@ -1453,9 +1453,9 @@ async fn a_replay_step_is_not_taken_again_before_its_pace() {
 #[tokio::test]
 async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_behind() {
     use hookline::store::deliveries::{After, claim, pause_target, record_attempts};
-    use hookline::store::events::{Stored, event_writer};
+    use hookline::store::events::{EventBatching, Stored, event_writer};
     let pool = migrated_pool(4).await;
-    let writer = event_writer(pool.clone());
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
     let lease = std::time::Duration::from_secs(30);
     let claimed_new = |external_id: &str, target: &str| {
         let mut event = new_event(external_id, "invoice.paid", target);
@@ -1635,10 +1635,10 @@ async fn queued_deliveries_are_claimed_with_their_event_whether_the_queue_names_
 #[tokio::test]
 async fn a_drained_backlogs_outcomes_are_hot_updates() {
     use hookline::store::deliveries::{After, claim, record_attempts};
-    use hookline::store::events::event_writer;
+    use hookline::store::events::{EventBatching, event_writer};
     const BACKLOG: usize = 240;
     let pool = migrated_pool(4).await;
-    let writer = std::sync::Arc::new(event_writer(pool.clone()));
+    let writer = std::sync::Arc::new(event_writer(pool.clone(), EventBatching::WhileWriting));
     let stored = (0..BACKLOG).map(|i| {
         let writer = writer.clone();
         async move {

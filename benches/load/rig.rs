@@ -209,6 +209,12 @@ impl GatewayProcess {
             .args(["standalone", "-f"])
             .arg(config_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            // HOOKLINE_BENCH_GATEWAY_ARGS: more flags, say `--event-batching=paced`.
+            .args(
+                std::env::var("HOOKLINE_BENCH_GATEWAY_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("DATABASE_URL", database_url)
             .env("HOOKLINE_PUBLISH_TOKEN", PUBLISH_TOKEN)
             .env("HOOKLINE_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -36,7 +36,7 @@ use crate::api::notice::Notices;
 use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{Catalog, CatalogCell};
 use crate::dispatch::Dispatcher;
-use crate::store::events::{EventWriter, event_writer};
+use crate::store::events::{EventBatching, EventWriter, event_writer};
 use crate::telemetry::Metrics;
 
 /// Everything a request handler reads.
@@ -94,6 +94,8 @@ pub struct GatewayOptions {
     /// A code that opens a console session with the admin token once, at
     /// `/ui/sign-in/{code}` (standalone prints the link when it generated the token).
     pub sign_in_code: Option<String>,
+    /// How webhooks are gathered into commits.
+    pub event_batching: EventBatching,
 }
 
 /// An admin token that sees only the resources and history of some namespaces.
@@ -218,6 +220,7 @@ impl Default for GatewayOptions {
             request_timeout: Duration::from_secs(30),
             body_budget_bytes: 128 << 20,
             sign_in_code: None,
+            event_batching: EventBatching::default(),
         }
     }
 }
@@ -234,7 +237,7 @@ impl Gateway {
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
-            events: event_writer(pool.clone()),
+            events: event_writer(pool.clone(), options.event_batching),
             pool,
             metrics,
             trusted_proxies: options.trusted_proxies,

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::group_commit::{BatchWrite, GroupCommit};
+use super::group_commit::{BatchWrite, Batching, GroupCommit};
 use crate::api::{TargetKey, TargetKind};
 
 /// A delivery taken for sending, with what is needed to send it.
@@ -414,7 +414,16 @@ pub fn queue_writers(pool: &PgPool) -> PgPool {
 
 /// `pool` should come from [`queue_writers`].
 pub fn attempt_recorder(pool: PgPool) -> AttemptRecorder {
-    GroupCommit::start(pool, RecordAttempts, RECORDERS, 256, Duration::ZERO)
+    GroupCommit::start(
+        pool,
+        RecordAttempts,
+        Batching {
+            writers: RECORDERS,
+            max_batch: 256,
+            linger: Duration::ZERO,
+            pace: None,
+        },
+    )
 }
 
 /// The batch write of [`AttemptRecorder`].

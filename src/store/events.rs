@@ -9,7 +9,8 @@ use bytes::Bytes;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::group_commit::{BatchWrite, GroupCommit, SharedError};
+use super::group_commit::{BatchWrite, Batching, GroupCommit, SharedError};
+use super::pace::PaceSettings;
 use super::partitions::PeriodStarts;
 use crate::api::TargetKind;
 
@@ -80,19 +81,57 @@ pub struct EventWriter {
 const EVENT_WRITERS: usize = 4;
 /// Events per statement at most.
 const EVENT_BATCH: usize = 256;
-/// How long a batch may keep gathering while another is being written: at 10,000 webhooks a
-/// second, about 50 of them.
+/// How long a batch may keep gathering while another is being written, or while
+/// [`EventBatching::Paced`] lingers: at 10,000 webhooks a second, about 50 of them.
 const EVENT_LINGER: Duration = Duration::from_millis(5);
+/// When [`EventBatching::Paced`] lingers with no write under way (see store::pace): measured
+/// over 50 ms, one epoch in 20 a probe (a probe that lingers for waiting senders costs them up
+/// to 4 % of their rate), and never below 2,000 webhooks a second, where a linger would gather
+/// about ten.
+const EVENT_PACE: PaceSettings = PaceSettings {
+    epoch: Duration::from_millis(50),
+    probe_every: 20,
+    min_rate: 2_000.0,
+    tolerance: 0.1,
+};
 
-pub fn event_writer(pool: PgPool) -> EventWriter {
+/// How the event writer gathers webhooks into commits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventBatching {
+    /// A batch gathers only while another write is under way: no answer waits for a commit it
+    /// did not have to (at 10,000 webhooks a second, about 22 a commit).
+    #[default]
+    WhileWriting,
+    /// A batch also lingers with no write under way while the senders' rate shows that it costs
+    /// them nothing (store::pace): about half the commits above 2,000 webhooks a second, for
+    /// answers up to 5 ms later (docs/benchmarks.md, "A linger paced by probes").
+    Paced,
+}
+
+impl std::str::FromStr for EventBatching {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "while-writing" => Ok(Self::WhileWriting),
+            "paced" => Ok(Self::Paced),
+            other => Err(format!("{other:?}: expected while-writing or paced")),
+        }
+    }
+}
+
+pub fn event_writer(pool: PgPool, batching: EventBatching) -> EventWriter {
     let periods = Arc::new(PeriodStarts::default());
     EventWriter {
         commits: GroupCommit::start(
             super::with_cached_plans(&pool, EVENT_WRITERS as u32),
             InsertEvents(periods.clone()),
-            EVENT_WRITERS,
-            EVENT_BATCH,
-            EVENT_LINGER,
+            Batching {
+                writers: EVENT_WRITERS,
+                max_batch: EVENT_BATCH,
+                linger: EVENT_LINGER,
+                pace: (batching == EventBatching::Paced).then_some(EVENT_PACE),
+            },
         ),
         periods,
     }

@@ -7,15 +7,19 @@
 //! way, the next writer keeps gathering until that write ends (or a short linger passes): its
 //! commit would have waited on the same WAL flush anyway, and one statement for many items costs
 //! Postgres less than several (Postgres' own `commit_delay` with `commit_siblings`, one level
-//! up). Each caller is answered only after the commit that holds its item: nothing is
-//! acknowledged early.
+//! up). With a [`Pace`], a writer also lingers with no write under way, while the senders'
+//! rate shows that lingering costs them nothing (see store::pace). Each caller is answered only
+//! after the commit that holds its item: nothing is acknowledged early.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+use super::pace::{Pace, PaceSettings};
 
 /// A database error, shared by every caller whose item was in the failed batch.
 pub type SharedError = Arc<sqlx::Error>;
@@ -40,32 +44,53 @@ struct Job<W: BatchWrite> {
 /// The queue in front of the writers. Dropping it stops them once the queue is empty.
 pub struct GroupCommit<W: BatchWrite> {
     queue: mpsc::Sender<Job<W>>,
+    arrived: Arc<AtomicU64>,
+}
+
+/// How a group commit's writers batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    /// Writer tasks; each holds one connection while it writes.
+    pub writers: usize,
+    /// Items per statement at most.
+    pub max_batch: usize,
+    /// How long a batch may gather while another write is under way (zero: not at all), or
+    /// while its pace says to linger.
+    pub linger: Duration,
+    /// Whether a batch may also linger with no write under way (see store::pace).
+    pub pace: Option<PaceSettings>,
 }
 
 impl<W: BatchWrite> GroupCommit<W> {
-    /// Starts `writers` writer tasks (each holds one connection while it writes) taking up to
-    /// `max_batch` items per statement, gathering for at most `linger` while another write is
-    /// under way (zero: never). Must be called within a Tokio runtime.
-    pub fn start(pool: PgPool, write: W, writers: usize, max_batch: usize, linger: Duration) -> Self {
-        let (queue, jobs) = mpsc::channel(writers * max_batch);
+    /// Starts the writer tasks. Must be called within a Tokio runtime.
+    pub fn start(pool: PgPool, write: W, batching: Batching) -> Self {
+        let (queue, jobs) = mpsc::channel(batching.writers * batching.max_batch);
+        let arrived = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Writers {
             pool,
             write,
-            jobs: Mutex::new(jobs),
+            gathering: Mutex::new(Gathering {
+                jobs,
+                pace: batching
+                    .pace
+                    .map(|settings| Pace::new(settings, Instant::now().into_std())),
+            }),
+            arrived: arrived.clone(),
             writing: watch::Sender::new(0),
-            max_batch,
-            linger,
+            max_batch: batching.max_batch,
+            linger: batching.linger,
         });
-        for _ in 0..writers {
+        for _ in 0..batching.writers {
             tokio::spawn(writer(shared.clone()));
         }
-        Self { queue }
+        Self { queue, arrived }
     }
 
     /// Queues the item and waits for the commit that holds it.
     pub async fn submit(&self, item: W::Item) -> Result<W::Output, SharedError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || Arc::new(sqlx::Error::PoolClosed);
+        self.arrived.fetch_add(1, Ordering::Relaxed);
         self.queue
             .send(Job { item, reply })
             .await
@@ -78,24 +103,38 @@ impl<W: BatchWrite> GroupCommit<W> {
 struct Writers<W: BatchWrite> {
     pool: PgPool,
     write: W,
-    jobs: Mutex<mpsc::Receiver<Job<W>>>,
+    gathering: Mutex<Gathering<W>>,
+    /// Items submitted since the pace last counted them.
+    arrived: Arc<AtomicU64>,
     /// Writes under way.
     writing: watch::Sender<usize>,
     max_batch: usize,
     linger: Duration,
 }
 
+/// What the one writer gathering holds.
+struct Gathering<W: BatchWrite> {
+    jobs: mpsc::Receiver<Job<W>>,
+    pace: Option<Pace>,
+}
+
 impl<W: BatchWrite> Writers<W> {
     /// The next batch, counted as under way from before the next writer may gather; none once
     /// every sender is gone. One writer gathers at a time; the others are writing meanwhile.
     async fn gather(&self, batch: &mut Vec<Job<W>>) -> Option<Writing<'_>> {
-        let mut jobs = self.jobs.lock().await;
+        let mut gathering = self.gathering.lock().await;
+        let Gathering { jobs, pace } = &mut *gathering;
         if jobs.recv_many(batch, self.max_batch).await == 0 {
             return None;
         }
-        let deadline = Instant::now() + self.linger;
+        let now = Instant::now();
+        let lingering = pace.as_mut().is_some_and(|pace| {
+            pace.arrived(self.arrived.swap(0, Ordering::Relaxed));
+            pace.lingers(now.into_std())
+        });
+        let deadline = now + self.linger;
         let mut writing = self.writing.subscribe();
-        while batch.len() < self.max_batch && *writing.borrow_and_update() > 0 {
+        while batch.len() < self.max_batch && (lingering || *writing.borrow_and_update() > 0) {
             let room = self.max_batch - batch.len();
             tokio::select! {
                 received = jobs.recv_many(batch, room) => if received == 0 { break },
@@ -163,11 +202,13 @@ mod tests {
 
     use super::*;
 
-    /// Records each batch; the batch holding item 0 is held until `release` is notified.
+    /// Records each batch; the batch holding item 0 is held until `release` is notified, and
+    /// each takes `write_time`.
     struct Recording {
         batches: Arc<SyncMutex<Vec<Vec<u32>>>>,
         started: mpsc::UnboundedSender<()>,
         release: Arc<Notify>,
+        write_time: Duration,
     }
 
     impl BatchWrite for Recording {
@@ -176,6 +217,7 @@ mod tests {
 
         async fn write(&self, _: &PgPool, items: &[u32]) -> sqlx::Result<Vec<u32>> {
             self.batches.lock().unwrap().push(items.to_vec());
+            tokio::time::sleep(self.write_time).await;
             if items.contains(&0) {
                 let _ = self.started.send(());
                 self.release.notified().await;
@@ -192,6 +234,18 @@ mod tests {
     }
 
     fn rig(linger: Duration) -> Rig {
+        rig_with(
+            Batching {
+                writers: 2,
+                max_batch: 256,
+                linger,
+                pace: None,
+            },
+            Duration::ZERO,
+        )
+    }
+
+    fn rig_with(batching: Batching, write_time: Duration) -> Rig {
         let (started_tx, started) = mpsc::unbounded_channel();
         let batches = Arc::new(SyncMutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
@@ -199,15 +253,78 @@ mod tests {
             batches: batches.clone(),
             started: started_tx,
             release: release.clone(),
+            write_time,
         };
         // Never connected: the recording write does not use it.
         let pool = PgPool::connect_lazy("postgres://localhost/unused").expect("a lazy pool");
         Rig {
-            commits: Arc::new(GroupCommit::start(pool, write, 2, 256, linger)),
+            commits: Arc::new(GroupCommit::start(pool, write, batching)),
             batches,
             started,
             release,
         }
+    }
+
+    /// The event writer's batching, on two writers whose writes take 2 ms.
+    fn paced_rig(pace: Option<PaceSettings>) -> Rig {
+        let batching = Batching {
+            writers: 2,
+            max_batch: 256,
+            linger: Duration::from_millis(5),
+            pace,
+        };
+        rig_with(batching, Duration::from_millis(2))
+    }
+
+    const PACE: PaceSettings = PaceSettings {
+        epoch: Duration::from_millis(50),
+        probe_every: 20,
+        min_rate: 2_000.0,
+        tolerance: 0.1,
+    };
+
+    /// Ten items a millisecond for three seconds, whatever the answers; the mean batch of the
+    /// items sent in the last second and a half (from 1 + 15,000 on).
+    async fn open_loop(rig: &Rig) -> f64 {
+        let mut sent = Vec::new();
+        for ms in 0..3_000u32 {
+            sent.extend(rig.submit_many(ms * 10 + 1..=ms * 10 + 10));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for item in sent {
+            item.await.expect("written");
+        }
+        let batches = rig.batches.lock().unwrap();
+        let late: Vec<usize> = batches
+            .iter()
+            .filter(|b| b.iter().all(|item| *item > 15_000))
+            .map(Vec::len)
+            .collect();
+        late.iter().sum::<usize>() as f64 / late.len() as f64
+    }
+
+    /// Eight senders, each sending its next item once the last is answered, for three
+    /// seconds: the items written.
+    async fn closed_loop(rig: &Rig) -> usize {
+        let started = Instant::now();
+        let senders: Vec<_> = (1..=8u32)
+            .map(|sender| {
+                let commits = rig.commits.clone();
+                tokio::spawn(async move {
+                    let mut written = 0;
+                    while started.elapsed() < Duration::from_secs(3) {
+                        commits.submit(sender).await.expect("written");
+                        written += 1;
+                    }
+                    written
+                })
+            })
+            .collect();
+        let mut written = 0;
+        for sender in senders {
+            written += sender.await.expect("a sender");
+        }
+        written
     }
 
     impl Rig {
@@ -280,5 +397,27 @@ mod tests {
         assert_eq!(*rig.batches.lock().unwrap(), vec![vec![0], vec![1, 2, 3, 4]]);
         rig.release.notify_one();
         held.await.expect("item 0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn senders_that_do_not_wait_for_answers_share_commits_of_a_linger() {
+        let paced = open_loop(&paced_rig(Some(PACE))).await;
+        let unpaced = open_loop(&paced_rig(None)).await;
+        // 10 a millisecond: 50 in a linger, 20 in a write.
+        assert!(
+            paced >= 45.0,
+            "batches of a linger once the pace lingers: {paced:.1}"
+        );
+        assert!(unpaced <= 25.0, "batches of a write without it: {unpaced:.1}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn senders_that_wait_for_answers_are_lingered_for_only_by_probes() {
+        let paced = closed_loop(&paced_rig(Some(PACE))).await;
+        let unpaced = closed_loop(&paced_rig(None)).await;
+        assert!(
+            paced as f64 >= unpaced as f64 * 0.9,
+            "{paced} written with the pace, {unpaced} without"
+        );
     }
 }

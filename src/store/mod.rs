@@ -8,6 +8,7 @@ pub mod events;
 pub mod group_commit;
 pub mod history;
 pub mod leases;
+pub mod pace;
 pub mod partitions;
 pub mod replays;
 pub mod retention;

@@ -1,0 +1,190 @@
+//! Whether a group commit lingers: gathers a batch for a while even when no write is under way.
+//!
+//! Lingering makes fewer, larger commits, which costs Postgres less per item. Whether it costs
+//! the senders anything depends on them, and the gateway cannot see that in a request:
+//! - Senders that send whatever the answers (an open loop: many providers, each sending as
+//!   events happen) arrive at the same rate whether or not a batch lingers. Their answers come a
+//!   linger later; Postgres and the tail of the latency gain.
+//! - Senders that wait for each answer before they send the next (a closed loop: a provider's
+//!   few connections through a backlog) send less when answers come later, as much as five
+//!   times less at a few connections (docs/benchmarks.md, 2026-12-06).
+//!
+//! So the rate is measured in short epochs, and one epoch in [`PaceSettings::probe_every`] is a
+//! probe that does the other thing. A probe that lingers and keeps the rate turns lingering
+//! on; a probe that does not linger and finds the rate higher turns it off, as does a rate too
+//! low for a linger to gather much. Pure: the caller gives the time and the arrivals.
+
+use std::time::{Duration, Instant};
+
+/// How the rate is measured and judged.
+#[derive(Clone, Copy, Debug)]
+pub struct PaceSettings {
+    /// The length of an epoch, in which arrivals are counted.
+    pub epoch: Duration,
+    /// One epoch in this many is a probe.
+    pub probe_every: u32,
+    /// Below this many arrivals a second a linger gathers too little to be worth it: no
+    /// lingering, and no probes that would try it.
+    pub min_rate: f64,
+    /// How far a probe's rate may differ from the epoch before it and still count as the same.
+    pub tolerance: f64,
+}
+
+/// The state of the measurement; see the module's documentation.
+#[derive(Debug)]
+pub struct Pace {
+    settings: PaceSettings,
+    lingering: bool,
+    probing: bool,
+    epoch_started: Instant,
+    arrived: u64,
+    /// Epochs ended since the last probe.
+    since_probe: u32,
+    /// The rate of the last epoch that was not a probe.
+    last_rate: f64,
+}
+
+impl Pace {
+    pub fn new(settings: PaceSettings, now: Instant) -> Self {
+        Self {
+            settings,
+            lingering: false,
+            probing: false,
+            epoch_started: now,
+            arrived: 0,
+            since_probe: 0,
+            last_rate: 0.0,
+        }
+    }
+
+    /// Counts items that arrived.
+    pub fn arrived(&mut self, items: u64) {
+        self.arrived += items;
+    }
+
+    /// Whether a batch gathered `now` lingers. Ends the epoch first if its time has come.
+    pub fn lingers(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.epoch_started);
+        if elapsed >= self.settings.epoch {
+            self.end_epoch(self.arrived as f64 / elapsed.as_secs_f64());
+            self.epoch_started = now;
+            self.arrived = 0;
+        }
+        self.lingering != self.probing
+    }
+
+    fn end_epoch(&mut self, rate: f64) {
+        let PaceSettings {
+            probe_every,
+            min_rate,
+            tolerance,
+            ..
+        } = self.settings;
+        if self.probing {
+            self.probing = false;
+            self.since_probe = 0;
+            self.lingering = if self.lingering {
+                // The probe did not linger: lingering cost the senders if they sent more.
+                rate <= self.last_rate * (1.0 + tolerance) && self.last_rate >= min_rate
+            } else {
+                // The probe lingered: it cost them nothing if they sent as much.
+                rate >= self.last_rate * (1.0 - tolerance) && self.last_rate >= min_rate
+            };
+            return;
+        }
+        self.last_rate = rate;
+        self.since_probe += 1;
+        if rate < min_rate {
+            self.lingering = false;
+            self.since_probe = 0;
+        } else if self.since_probe >= probe_every {
+            self.probing = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: PaceSettings = PaceSettings {
+        epoch: Duration::from_millis(50),
+        probe_every: 20,
+        min_rate: 2_000.0,
+        tolerance: 0.1,
+    };
+
+    /// Runs `epochs` epochs whose arrivals a second `rate` gives from whether the epoch
+    /// lingers; the epochs that lingered, in order.
+    fn run(pace: &mut Pace, start: &mut Instant, epochs: usize, rate: impl Fn(bool) -> f64) -> Vec<bool> {
+        let mut lingered = Vec::new();
+        for _ in 0..epochs {
+            let lingering = pace.lingers(*start);
+            lingered.push(lingering);
+            pace.arrived((rate(lingering) * SETTINGS.epoch.as_secs_f64()) as u64);
+            *start += SETTINGS.epoch;
+        }
+        lingered
+    }
+
+    #[test]
+    fn senders_that_do_not_wait_for_answers_are_lingered_for() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        let lingered = run(&mut pace, &mut start, 200, |_| 10_000.0);
+        let first = lingered.iter().position(|l| *l).expect("a probe");
+        assert_eq!(first, 20, "the first probe comes after 20 epochs");
+        // From the probe on, every epoch lingers but the probes that do not.
+        let after = &lingered[first..];
+        let not = after.iter().filter(|l| !**l).count();
+        assert_eq!(not, after.len() / 21, "one probe in 21 epochs does not linger");
+    }
+
+    #[test]
+    fn senders_that_wait_for_answers_are_not_lingered_for() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        // Lingering gives eight waiting senders a fifth of their rate.
+        let lingered = run(&mut pace, &mut start, 210, |lingering| {
+            if lingering { 1_000.0 } else { 5_000.0 }
+        });
+        assert_eq!(
+            lingered.iter().filter(|l| **l).count(),
+            10,
+            "only the probes linger"
+        );
+    }
+
+    #[test]
+    fn a_loop_that_closes_while_lingering_is_found_by_the_next_probe() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        run(&mut pace, &mut start, 30, |_| 10_000.0);
+        assert!(pace.lingers(start), "open loop: lingering");
+        let lingered = run(&mut pace, &mut start, 30, |lingering| {
+            if lingering { 3_000.0 } else { 6_000.0 }
+        });
+        let last_lingering = lingered.iter().rposition(|l| *l).expect("lingered at first");
+        assert!(last_lingering < 21, "the next probe ends it: {lingered:?}");
+        assert!(!lingered[last_lingering + 1..].iter().any(|l| *l));
+    }
+
+    #[test]
+    fn a_rate_too_low_neither_lingers_nor_probes() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        run(&mut pace, &mut start, 30, |_| 10_000.0);
+        assert!(pace.lingers(start));
+        let lingered = run(&mut pace, &mut start, 100, |_| 1_500.0);
+        assert_eq!(lingered.iter().skip(1).filter(|l| **l).count(), 0, "{lingered:?}");
+    }
+
+    #[test]
+    fn a_quiet_spell_ends_lingering() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        run(&mut pace, &mut start, 30, |_| 10_000.0);
+        // Nothing arrives for a minute: the first batch after it is measured over the minute.
+        assert!(!pace.lingers(start + Duration::from_secs(60)));
+    }
+}
