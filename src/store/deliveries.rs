@@ -421,7 +421,7 @@ pub fn attempt_recorder(pool: PgPool) -> AttemptRecorder {
             writers: RECORDERS,
             max_batch: 256,
             linger: Duration::ZERO,
-            pace: None,
+            paced: None,
         },
     )
 }

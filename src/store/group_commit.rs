@@ -54,11 +54,20 @@ pub struct Batching {
     pub writers: usize,
     /// Items per statement at most.
     pub max_batch: usize,
-    /// How long a batch may gather while another write is under way (zero: not at all), or
-    /// while its pace says to linger.
+    /// How long a batch may gather while another write is under way (zero: not at all).
     pub linger: Duration,
-    /// Whether a batch may also linger with no write under way (see store::pace).
-    pub pace: Option<PaceSettings>,
+    /// Whether a batch may also linger with no write under way, and for how long.
+    pub paced: Option<Paced>,
+}
+
+/// Lingering with no write under way, while a [`Pace`] says it costs the senders nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Paced {
+    pub pace: PaceSettings,
+    /// A lingering batch is written once it holds this many items…
+    pub batch: usize,
+    /// …or once it has lingered this long.
+    pub linger: Duration,
 }
 
 impl<W: BatchWrite> GroupCommit<W> {
@@ -72,13 +81,14 @@ impl<W: BatchWrite> GroupCommit<W> {
             gathering: Mutex::new(Gathering {
                 jobs,
                 pace: batching
-                    .pace
-                    .map(|settings| Pace::new(settings, Instant::now().into_std())),
+                    .paced
+                    .map(|paced| Pace::new(paced.pace, Instant::now().into_std())),
             }),
             arrived: arrived.clone(),
             writing: watch::Sender::new(0),
             max_batch: batching.max_batch,
             linger: batching.linger,
+            paced: batching.paced,
         });
         for _ in 0..batching.writers {
             tokio::spawn(writer(shared.clone()));
@@ -110,6 +120,7 @@ struct Writers<W: BatchWrite> {
     writing: watch::Sender<usize>,
     max_batch: usize,
     linger: Duration,
+    paced: Option<Paced>,
 }
 
 /// What the one writer gathering holds.
@@ -132,9 +143,16 @@ impl<W: BatchWrite> Writers<W> {
             pace.arrived(self.arrived.swap(0, Ordering::Relaxed));
             pace.lingers(now.into_std())
         });
-        let deadline = now + self.linger;
+        // Lingering, a batch gathers up to its size; otherwise only while a write is under way.
+        let paced = self.paced.filter(|_| lingering);
+        let deadline = now + paced.map_or(self.linger, |paced| paced.linger);
         let mut writing = self.writing.subscribe();
-        while batch.len() < self.max_batch && (lingering || *writing.borrow_and_update() > 0) {
+        while batch.len() < self.max_batch
+            && match paced {
+                Some(paced) => batch.len() < paced.batch,
+                None => *writing.borrow_and_update() > 0,
+            }
+        {
             let room = self.max_batch - batch.len();
             tokio::select! {
                 received = jobs.recv_many(batch, room) => if received == 0 { break },
@@ -201,6 +219,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
+    use crate::store::events::EVENT_PACED;
 
     /// Records each batch; the batch holding item 0 is held until `release` is notified, and
     /// each takes `write_time`.
@@ -239,7 +258,7 @@ mod tests {
                 writers: 2,
                 max_batch: 256,
                 linger,
-                pace: None,
+                paced: None,
             },
             Duration::ZERO,
         )
@@ -265,26 +284,18 @@ mod tests {
         }
     }
 
-    /// The event writer's batching, on two writers whose writes take 2 ms.
-    fn paced_rig(pace: Option<PaceSettings>) -> Rig {
+    /// The event writer's batching, paced or not, on two writers whose writes take 2 ms.
+    fn paced_rig(paced: Option<Paced>) -> Rig {
         let batching = Batching {
             writers: 2,
             max_batch: 256,
             linger: Duration::from_millis(5),
-            pace,
+            paced,
         };
         rig_with(batching, Duration::from_millis(2))
     }
 
-    const PACE: PaceSettings = PaceSettings {
-        epoch: Duration::from_millis(50),
-        probe_every: 20,
-        min_rate: 2_000.0,
-        tolerance: 0.1,
-    };
-
-    /// Ten items a millisecond for three seconds, whatever the answers; the mean batch of the
-    /// items sent in the last second and a half (from 1 + 15,000 on).
+    /// Ten items a millisecond for three seconds, whatever the answers: the mean batch.
     async fn open_loop(rig: &Rig) -> f64 {
         let mut sent = Vec::new();
         for ms in 0..3_000u32 {
@@ -295,12 +306,7 @@ mod tests {
             item.await.expect("written");
         }
         let batches = rig.batches.lock().unwrap();
-        let late: Vec<usize> = batches
-            .iter()
-            .filter(|b| b.iter().all(|item| *item > 15_000))
-            .map(Vec::len)
-            .collect();
-        late.iter().sum::<usize>() as f64 / late.len() as f64
+        30_000.0 / batches.len() as f64
     }
 
     /// Eight senders, each sending its next item once the last is answered, for three
@@ -401,19 +407,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn senders_that_do_not_wait_for_answers_share_commits_of_a_linger() {
-        let paced = open_loop(&paced_rig(Some(PACE))).await;
+        let paced = open_loop(&paced_rig(Some(EVENT_PACED))).await;
         let unpaced = open_loop(&paced_rig(None)).await;
-        // 10 a millisecond: 50 in a linger, 20 in a write.
-        assert!(
-            paced >= 45.0,
-            "batches of a linger once the pace lingers: {paced:.1}"
-        );
+        // 10 a millisecond: 64 in a linger, 20 in a write. Over the whole run, with its first
+        // epoch and the probes that do not linger: at least 50, issue 20's target.
+        assert!(paced >= 50.0, "items a commit with the pace: {paced:.1}");
         assert!(unpaced <= 25.0, "batches of a write without it: {unpaced:.1}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn senders_that_wait_for_answers_are_lingered_for_only_by_probes() {
-        let paced = closed_loop(&paced_rig(Some(PACE))).await;
+        let paced = closed_loop(&paced_rig(Some(EVENT_PACED))).await;
         let unpaced = closed_loop(&paced_rig(None)).await;
         assert!(
             paced as f64 >= unpaced as f64 * 0.9,

@@ -38,7 +38,9 @@ pub struct Pace {
     probing: bool,
     epoch_started: Instant,
     arrived: u64,
-    /// Epochs ended since the last probe.
+    /// Epochs ended since the last probe. Counted also while the rate is too low, so a burst
+    /// after a quiet spell is probed after its first epoch, and probes come at most one in
+    /// `probe_every` epochs whatever the rate does.
     since_probe: u32,
     /// The rate of the last epoch that was not a probe.
     last_rate: f64,
@@ -52,7 +54,8 @@ impl Pace {
             probing: false,
             epoch_started: now,
             arrived: 0,
-            since_probe: 0,
+            // The first epoch fast enough is followed by a probe.
+            since_probe: settings.probe_every,
             last_rate: 0.0,
         }
     }
@@ -93,10 +96,9 @@ impl Pace {
             return;
         }
         self.last_rate = rate;
-        self.since_probe += 1;
+        self.since_probe = self.since_probe.saturating_add(1);
         if rate < min_rate {
             self.lingering = false;
-            self.since_probe = 0;
         } else if self.since_probe >= probe_every {
             self.probing = true;
         }
@@ -116,7 +118,12 @@ mod tests {
 
     /// Runs `epochs` epochs whose arrivals a second `rate` gives from whether the epoch
     /// lingers; the epochs that lingered, in order.
-    fn run(pace: &mut Pace, start: &mut Instant, epochs: usize, rate: impl Fn(bool) -> f64) -> Vec<bool> {
+    fn run(
+        pace: &mut Pace,
+        start: &mut Instant,
+        epochs: usize,
+        mut rate: impl FnMut(bool) -> f64,
+    ) -> Vec<bool> {
         let mut lingered = Vec::new();
         for _ in 0..epochs {
             let lingering = pace.lingers(*start);
@@ -133,7 +140,7 @@ mod tests {
         let mut pace = Pace::new(SETTINGS, start);
         let lingered = run(&mut pace, &mut start, 200, |_| 10_000.0);
         let first = lingered.iter().position(|l| *l).expect("a probe");
-        assert_eq!(first, 20, "the first probe comes after 20 epochs");
+        assert_eq!(first, 1, "the first epoch fast enough is followed by a probe");
         // From the probe on, every epoch lingers but the probes that do not.
         let after = &lingered[first..];
         let not = after.iter().filter(|l| !**l).count();
@@ -177,6 +184,36 @@ mod tests {
         assert!(pace.lingers(start));
         let lingered = run(&mut pace, &mut start, 100, |_| 1_500.0);
         assert_eq!(lingered.iter().skip(1).filter(|l| **l).count(), 0, "{lingered:?}");
+    }
+
+    #[test]
+    fn a_burst_after_a_quiet_spell_is_probed_after_its_first_epoch() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        run(&mut pace, &mut start, 100, |_| 500.0);
+        let lingered = run(&mut pace, &mut start, 10, |_| 10_000.0);
+        // The burst's first epoch is measured, its second is a probe that lingers, and so do
+        // the ones after it.
+        assert!(!lingered[0], "{lingered:?}");
+        assert!(lingered[1..].iter().all(|l| *l), "{lingered:?}");
+    }
+
+    #[test]
+    fn a_rate_about_the_threshold_is_probed_one_epoch_in_21_at_most() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        // Waiting senders whose rate crosses 2,000 a second every other epoch.
+        let mut fast = false;
+        let lingered = run(&mut pace, &mut start, 210, |lingering| {
+            fast = !fast;
+            match (lingering, fast) {
+                (true, _) => 1_000.0,
+                (false, true) => 2_100.0,
+                (false, false) => 1_900.0,
+            }
+        });
+        let probes = lingered.iter().filter(|l| **l).count();
+        assert!(probes <= 10, "{probes} probes: {lingered:?}");
     }
 
     #[test]
