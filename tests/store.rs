@@ -379,6 +379,60 @@ async fn group_commit_answers_each_request_for_itself() {
     );
 }
 
+/// The notification of new deliveries names only targets they can be claimed for: a target
+/// paused at runtime is left out (its resume asks for a scan), so the dispatchers do not run a
+/// claim that finds nothing for every commit while it is paused.
+#[tokio::test]
+async fn the_notification_of_new_deliveries_leaves_paused_targets_out() {
+    use hookline::store::events::{DELIVERIES_CHANNEL, EventBatching, NewDelivery, event_writer};
+    let pool = migrated_pool(4).await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let paused = hookline::api::TargetKey {
+        namespace: "billing".into(),
+        kind: hookline::api::TargetKind::Handler,
+        name: "stripe/paused".into(),
+    };
+    hookline::store::deliveries::pause_target(&pool, &paused, "console")
+        .await
+        .expect("pause");
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .expect("listen");
+    listener.listen(DELIVERIES_CHANNEL).await.expect("listen");
+    let mut event = new_event("evt_both", "invoice.paid", "stripe/paused");
+    event.deliveries.push(NewDelivery {
+        id: uuid::Uuid::now_v7(),
+        target_kind: hookline::api::TargetKind::Handler,
+        target: "stripe/live".into(),
+        filter_error: None,
+        ordering_key: None,
+        claim_for: None,
+    });
+    writer.submit(event).await.expect("stored");
+    assert_eq!(heard_next(&mut listener).await, "billing/handler/stripe/live");
+    hookline::store::deliveries::resume_target(&pool, &paused)
+        .await
+        .expect("resume");
+    assert_eq!(heard_next(&mut listener).await, "", "the resume asks for a scan");
+    let event = new_event("evt_resumed", "invoice.paid", "stripe/paused");
+    writer.submit(event).await.expect("stored");
+    assert_eq!(heard_next(&mut listener).await, "billing/handler/stripe/paused");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_queue")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(queued, 3, "every delivery is queued, told of or not");
+}
+
+async fn heard_next(listener: &mut sqlx::postgres::PgListener) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("told")
+        .expect("notification")
+        .payload()
+        .to_owned()
+}
+
 /// A pool of `connections` on a fresh database with the schema applied.
 async fn migrated_pool(connections: u32) -> sqlx::PgPool {
     let pool = hookline::store::connect_lazy(&support::fresh_database().await, connections).expect("pool");

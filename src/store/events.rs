@@ -256,8 +256,14 @@ const STORE_EVENTS_TEMPLATE: &str = r#"
             WHERE filter_error IS NULL AND NOT claim
             RETURNING namespace, target_kind, target
         ), targets AS (
-            SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
-            FROM queued
+            -- Targets paused at runtime are left out (one probe per target): nothing of theirs
+            -- can be claimed, and their resume asks every dispatcher for a scan.
+            SELECT string_agg(t.namespace || '/' || t.target_kind || '/' || t.target, E'\n') AS names
+            FROM (SELECT DISTINCT namespace, target_kind, target FROM queued) t
+            WHERE NOT EXISTS (
+                SELECT 1 FROM target_states s
+                WHERE s.namespace = t.namespace AND s.target_kind = t.target_kind AND s.target = t.target
+                  AND s.paused_reason IS NOT NULL)
         )
         SELECT
             ARRAY(SELECT id FROM event),

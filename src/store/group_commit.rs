@@ -141,7 +141,13 @@ impl<W: BatchWrite> Writers<W> {
         let now = Instant::now();
         let lingering = pace.as_mut().is_some_and(|pace| {
             pace.arrived(self.arrived.swap(0, Ordering::Relaxed));
-            pace.lingers(now.into_std())
+            let (was_on, _) = pace.state();
+            let lingers = pace.lingers(now.into_std());
+            let (on, rate) = pace.state();
+            if on != was_on {
+                tracing::debug!(lingering = on, rate = rate as u64, "batching paced");
+            }
+            lingers
         });
         // Lingering, a batch gathers up to its size; otherwise only while a write is under way.
         let paced = self.paced.filter(|_| lingering);

@@ -65,18 +65,28 @@ impl Pace {
         self.arrived += items;
     }
 
+    /// Whether lingering is on (probes aside), and the rate it was last judged by.
+    pub fn state(&self) -> (bool, f64) {
+        (self.lingering, self.last_rate)
+    }
+
     /// Whether a batch gathered `now` lingers. Ends the epoch first if its time has come.
     pub fn lingers(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.epoch_started);
         if elapsed >= self.settings.epoch {
-            self.end_epoch(self.arrived as f64 / elapsed.as_secs_f64());
+            // An epoch with nothing to gather lasts until something comes: as many epochs.
+            let epochs = elapsed.as_nanos() / self.settings.epoch.as_nanos();
+            self.end_epoch(
+                self.arrived as f64 / elapsed.as_secs_f64(),
+                u32::try_from(epochs).unwrap_or(u32::MAX),
+            );
             self.epoch_started = now;
             self.arrived = 0;
         }
         self.lingering != self.probing
     }
 
-    fn end_epoch(&mut self, rate: f64) {
+    fn end_epoch(&mut self, rate: f64, epochs: u32) {
         let PaceSettings {
             probe_every,
             min_rate,
@@ -96,7 +106,7 @@ impl Pace {
             return;
         }
         self.last_rate = rate;
-        self.since_probe = self.since_probe.saturating_add(1);
+        self.since_probe = self.since_probe.saturating_add(epochs);
         if rate < min_rate {
             self.lingering = false;
         } else if self.since_probe >= probe_every {
@@ -194,6 +204,11 @@ mod tests {
         let lingered = run(&mut pace, &mut start, 10, |_| 10_000.0);
         // The burst's first epoch is measured, its second is a probe that lingers, and so do
         // the ones after it.
+        assert!(!lingered[0], "{lingered:?}");
+        assert!(lingered[1..].iter().all(|l| *l), "{lingered:?}");
+        // The same after a minute with nothing at all: one epoch, as long as the minute.
+        start += Duration::from_secs(60);
+        let lingered = run(&mut pace, &mut start, 10, |_| 10_000.0);
         assert!(!lingered[0], "{lingered:?}");
         assert!(lingered[1..].iter().all(|l| *l), "{lingered:?}");
     }
