@@ -66,8 +66,9 @@ pub struct Paced {
     pub pace: PaceSettings,
     /// A lingering batch is written once it holds this many items…
     pub batch: usize,
-    /// …or once it has lingered this long.
+    /// …or once it has lingered this long, or once nothing has arrived for `quiet`.
     pub linger: Duration,
+    pub quiet: Duration,
 }
 
 impl<W: BatchWrite> GroupCommit<W> {
@@ -149,21 +150,30 @@ impl<W: BatchWrite> Writers<W> {
             }
             lingers
         });
-        // Lingering, a batch gathers up to its size; otherwise only while a write is under way.
+        // A batch gathers while another write is under way. Lingering, it also gathers with none
+        // under way, up to its size and until arrivals pause: senders who wait for their answers
+        // have all sent by then, and a probe that lingers costs them that pause, not the linger.
         let paced = self.paced.filter(|_| lingering);
         let deadline = now + paced.map_or(self.linger, |paced| paced.linger);
+        let mut last_arrival = now;
         let mut writing = self.writing.subscribe();
-        while batch.len() < self.max_batch
-            && match paced {
-                Some(paced) => batch.len() < paced.batch,
-                None => *writing.borrow_and_update() > 0,
-            }
-        {
+        while batch.len() < self.max_batch {
+            let write_under_way = *writing.borrow_and_update() > 0;
+            let until = match paced {
+                _ if write_under_way => deadline,
+                Some(paced) if batch.len() < paced.batch => deadline.min(last_arrival + paced.quiet),
+                _ => break,
+            };
             let room = self.max_batch - batch.len();
             tokio::select! {
-                received = jobs.recv_many(batch, room) => if received == 0 { break },
+                received = jobs.recv_many(batch, room) => {
+                    if received == 0 {
+                        break;
+                    }
+                    last_arrival = Instant::now();
+                }
                 _ = writing.changed() => {}
-                () = tokio::time::sleep_until(deadline) => break,
+                () = tokio::time::sleep_until(until) => break,
             }
         }
         Some(Writing::start(&self.writing))
@@ -301,10 +311,10 @@ mod tests {
         rig_with(batching, Duration::from_millis(2))
     }
 
-    /// Ten items a millisecond for three seconds, whatever the answers: the mean batch.
-    async fn open_loop(rig: &Rig) -> f64 {
+    /// Ten items a millisecond for `ms` milliseconds, whatever the answers: the mean batch.
+    async fn open_loop(rig: &Rig, ms: u32) -> f64 {
         let mut sent = Vec::new();
-        for ms in 0..3_000u32 {
+        for ms in 0..ms {
             sent.extend(rig.submit_many(ms * 10 + 1..=ms * 10 + 10));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -312,7 +322,7 @@ mod tests {
             item.await.expect("written");
         }
         let batches = rig.batches.lock().unwrap();
-        30_000.0 / batches.len() as f64
+        batches.iter().map(Vec::len).sum::<usize>() as f64 / batches.len() as f64
     }
 
     /// Eight senders, each sending its next item once the last is answered, for three
@@ -413,12 +423,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn senders_that_do_not_wait_for_answers_share_commits_of_a_linger() {
-        let paced = open_loop(&paced_rig(Some(EVENT_PACED))).await;
-        let unpaced = open_loop(&paced_rig(None)).await;
+        let paced = open_loop(&paced_rig(Some(EVENT_PACED)), 3_000).await;
+        let unpaced = open_loop(&paced_rig(None), 3_000).await;
         // 10 a millisecond: 64 in a linger, 20 in a write. Over the whole run, with its first
         // epoch and the probes that do not linger: at least 50, issue 20's target.
         assert!(paced >= 50.0, "items a commit with the pace: {paced:.1}");
         assert!(unpaced <= 25.0, "batches of a write without it: {unpaced:.1}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_is_written_once_arrivals_pause() {
+        let rig = paced_rig(Some(EVENT_PACED));
+        open_loop(&rig, 1_000).await;
+        let written = rig.batches.lock().unwrap().len();
+        // Lingering is on (a second of 10 a millisecond), and three arrive together.
+        let started = Instant::now();
+        for item in rig.submit_many(1_000_001..=1_000_003) {
+            item.await.expect("written");
+        }
+        let batches = rig.batches.lock().unwrap();
+        assert_eq!(batches[written..], [vec![1_000_001, 1_000_002, 1_000_003]]);
+        // The pause and the 2 ms write, not the 10 ms linger.
+        assert_eq!(started.elapsed(), EVENT_PACED.quiet + Duration::from_millis(2));
     }
 
     #[tokio::test(start_paused = true)]
