@@ -110,7 +110,7 @@ pub enum EventBatching {
     WhileWriting,
     /// A batch also lingers with no write under way while the senders' rate shows that it costs
     /// them nothing (store::pace): above 2,000 webhooks a second, fewer and larger commits
-    /// for answers a few ms later (docs/benchmarks.md, "A linger paced by probes").
+    /// for answers a few ms later (docs/benchmarks.md, "Paced event batching, opt-in").
     Paced,
 }
 
