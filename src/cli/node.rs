@@ -144,7 +144,7 @@ struct TokenArgs {
     /// another commit is being written, so no answer waits for nothing. `paced`: above 2,000
     /// webhooks a second a batch also waits with no commit under way (up to 64 webhooks, 10 ms,
     /// or a 2 ms pause in arrivals), while the senders' rate shows it costs them nothing
-    /// (probed once a second): at 10,000/s a third of the commits, for answers about 6 ms
+    /// (probed about once a second): at 10,000/s a third of the commits, for answers about 6 ms
     /// later. For gateways whose Postgres is their limit.
     #[arg(long, default_value = "while-writing", value_name = "while-writing|paced")]
     event_batching: EventBatching,

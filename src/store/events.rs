@@ -84,11 +84,13 @@ const EVENT_BATCH: usize = 256;
 /// How long a batch may keep gathering while another is being written.
 const EVENT_LINGER: Duration = Duration::from_millis(5);
 /// How [`EventBatching::Paced`] lingers with no write under way (see store::pace). The rate is
-/// measured over 50 ms, one epoch in 20 is a probe, and nothing lingers below 2,000 webhooks a
-/// second. A lingering batch is written at 64 webhooks, after 10 ms, or once none has arrived
-/// for 2 ms (Tokio's timers tick in milliseconds): at 10,000 a second every 6.4 ms, so that with
-/// the probes that do not linger a commit holds more than 50; senders who wait for their answers
-/// lose 2 ms in a probe that lingers, where arrivals pause once they have all sent.
+/// measured over 50 ms, one epoch in 21 is a probe, and nothing lingers below 2,000 webhooks a
+/// second. With no write under way, a lingering batch is written at 64 webhooks, after 10 ms, or
+/// once none has arrived for 2 ms (Tokio's timers tick in milliseconds): at 10,000 a second
+/// every 6.4 ms, so that with the probes that do not linger a commit holds more than 50; senders
+/// who wait for their answers lose 2 ms in a probe that lingers, where arrivals pause once they
+/// have all sent. While a write is under way it gathers as a batch that does not linger, for up
+/// to the 10 ms.
 pub(super) const EVENT_PACED: Paced = Paced {
     pace: PaceSettings {
         epoch: Duration::from_millis(50),
@@ -259,7 +261,8 @@ const STORE_EVENTS_TEMPLATE: &str = r#"
             RETURNING namespace, target_kind, target
         ), targets AS (
             -- Targets paused at runtime are left out (one probe per target): nothing of theirs
-            -- can be claimed, and their resume asks every dispatcher for a scan.
+            -- can be claimed, and their resume asks every dispatcher for a scan. A statement
+            -- that saw the pause and commits after that scan is found by the next rescan (1 s).
             SELECT string_agg(t.namespace || '/' || t.target_kind || '/' || t.target, E'\n') AS names
             FROM (SELECT DISTINCT namespace, target_kind, target FROM queued) t
             WHERE NOT EXISTS (

@@ -64,9 +64,10 @@ pub struct Batching {
 #[derive(Clone, Copy, Debug)]
 pub struct Paced {
     pub pace: PaceSettings,
-    /// A lingering batch is written once it holds this many items…
+    /// With no write under way, a lingering batch is written once it holds this many items…
     pub batch: usize,
-    /// …or once it has lingered this long, or once nothing has arrived for `quiet`.
+    /// …or once it has lingered this long (with a write under way too), or once nothing has
+    /// arrived for `quiet`.
     pub linger: Duration,
     pub quiet: Duration,
 }

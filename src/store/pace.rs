@@ -9,7 +9,7 @@
 //!   few connections through a backlog) send less when answers come later, as much as five
 //!   times less at a few connections (docs/benchmarks.md, 2026-12-06).
 //!
-//! So the rate is measured in short epochs, and one epoch in [`PaceSettings::probe_every`] is a
+//! So the rate is measured in short epochs, and after [`PaceSettings::probe_every`] epochs comes one that is a
 //! probe that does the other thing. A probe that lingers and keeps the rate turns lingering
 //! on; a probe that does not linger and finds the rate higher turns it off, as does a rate too
 //! low for a linger to gather much. Pure: the caller gives the time and the arrivals.
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub struct PaceSettings {
     /// The length of an epoch, in which arrivals are counted.
     pub epoch: Duration,
-    /// One epoch in this many is a probe.
+    /// A probe follows this many epochs that were not (so one epoch in `probe_every + 1`).
     pub probe_every: u32,
     /// Below this many arrivals a second a linger gathers too little to be worth it: no
     /// lingering, and no probes that would try it.
@@ -48,6 +48,7 @@ pub struct Pace {
 
 impl Pace {
     pub fn new(settings: PaceSettings, now: Instant) -> Self {
+        assert!(!settings.epoch.is_zero(), "an epoch of no time");
         Self {
             settings,
             lingering: false,
@@ -93,23 +94,33 @@ impl Pace {
             tolerance,
             ..
         } = self.settings;
-        if self.probing {
-            self.probing = false;
-            self.since_probe = 0;
+        let was_probe = std::mem::take(&mut self.probing);
+        // An epoch that was a probe starts the count again; a quiet spell counts as the epochs
+        // it lasted, even one that began as a probe.
+        self.since_probe = if was_probe {
+            epochs.saturating_sub(1)
+        } else {
+            self.since_probe.saturating_add(epochs)
+        };
+        if rate < min_rate {
+            // Too slow to gather much, probe or not: no lingering.
+            self.last_rate = rate;
+            self.lingering = false;
+            return;
+        }
+        if was_probe {
+            // `last_rate`, the epoch before the probe, was at least `min_rate`.
             self.lingering = if self.lingering {
                 // The probe did not linger: lingering cost the senders if they sent more.
-                rate <= self.last_rate * (1.0 + tolerance) && self.last_rate >= min_rate
+                rate <= self.last_rate * (1.0 + tolerance)
             } else {
                 // The probe lingered: it cost them nothing if they sent as much.
-                rate >= self.last_rate * (1.0 - tolerance) && self.last_rate >= min_rate
+                rate >= self.last_rate * (1.0 - tolerance)
             };
             return;
         }
         self.last_rate = rate;
-        self.since_probe = self.since_probe.saturating_add(epochs);
-        if rate < min_rate {
-            self.lingering = false;
-        } else if self.since_probe >= probe_every {
+        if self.since_probe >= probe_every {
             self.probing = true;
         }
     }
@@ -238,5 +249,26 @@ mod tests {
         run(&mut pace, &mut start, 30, |_| 10_000.0);
         // Nothing arrives for a minute: the first batch after it is measured over the minute.
         assert!(!pace.lingers(start + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_quiet_spell_in_a_probe_ends_lingering_too() {
+        let mut start = Instant::now();
+        let mut pace = Pace::new(SETTINGS, start);
+        run(&mut pace, &mut start, 30, |_| 10_000.0);
+        // Lingering, until a probe (which does not linger) begins: the spell falls in it.
+        while pace.lingers(start) {
+            pace.arrived(500);
+            start += SETTINGS.epoch;
+        }
+        assert!(pace.state().0, "a probe while lingering is on");
+        start += Duration::from_secs(60);
+        // Then senders who wait for their answers: lingering gives them a fifth of their rate.
+        let lingered = run(&mut pace, &mut start, 10, |lingering| {
+            if lingering { 1_000.0 } else { 5_000.0 }
+        });
+        let mut expected = [false; 10];
+        expected[1] = true;
+        assert_eq!(lingered, expected, "measured, a probe that lingers, then off");
     }
 }
