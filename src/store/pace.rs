@@ -9,8 +9,8 @@
 //!   few connections through a backlog) send less when answers come later, as much as five
 //!   times less at a few connections (docs/benchmarks.md, 2026-12-06).
 //!
-//! So the rate is measured in short epochs, and after [`PaceSettings::probe_every`] epochs comes one that is a
-//! probe that does the other thing. A probe that lingers and keeps the rate turns lingering
+//! So the rate is measured in short epochs, and every [`PaceSettings::probe_every`] epochs are
+//! followed by a probe that does the other thing. A probe that lingers and keeps the rate turns lingering
 //! on; a probe that does not linger and finds the rate higher turns it off, as does a rate too
 //! low for a linger to gather much. Pure: the caller gives the time and the arrivals.
 
