@@ -44,7 +44,8 @@ struct Job<W: BatchWrite> {
 /// The queue in front of the writers. Dropping it stops them once the queue is empty.
 pub struct GroupCommit<W: BatchWrite> {
     queue: mpsc::Sender<Job<W>>,
-    arrived: Arc<AtomicU64>,
+    /// Items submitted, counted only for a pace.
+    arrived: Option<Arc<AtomicU64>>,
 }
 
 /// How a group commit's writers batch.
@@ -76,7 +77,7 @@ impl<W: BatchWrite> GroupCommit<W> {
     /// Starts the writer tasks. Must be called within a Tokio runtime.
     pub fn start(pool: PgPool, write: W, batching: Batching) -> Self {
         let (queue, jobs) = mpsc::channel(batching.writers * batching.max_batch);
-        let arrived = Arc::new(AtomicU64::new(0));
+        let arrived = batching.paced.map(|_| Arc::new(AtomicU64::new(0)));
         let shared = Arc::new(Writers {
             pool,
             write,
@@ -84,9 +85,9 @@ impl<W: BatchWrite> GroupCommit<W> {
                 jobs,
                 pace: batching
                     .paced
-                    .map(|paced| Pace::new(paced.pace, Instant::now().into_std())),
+                    .zip(arrived.clone())
+                    .map(|(paced, arrived)| (Pace::new(paced.pace, Instant::now().into_std()), arrived)),
             }),
-            arrived: arrived.clone(),
             writing: watch::Sender::new(0),
             max_batch: batching.max_batch,
             linger: batching.linger,
@@ -102,7 +103,9 @@ impl<W: BatchWrite> GroupCommit<W> {
     pub async fn submit(&self, item: W::Item) -> Result<W::Output, SharedError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || Arc::new(sqlx::Error::PoolClosed);
-        self.arrived.fetch_add(1, Ordering::Relaxed);
+        if let Some(arrived) = &self.arrived {
+            arrived.fetch_add(1, Ordering::Relaxed);
+        }
         self.queue
             .send(Job { item, reply })
             .await
@@ -116,8 +119,6 @@ struct Writers<W: BatchWrite> {
     pool: PgPool,
     write: W,
     gathering: Mutex<Gathering<W>>,
-    /// Items submitted since the pace last counted them.
-    arrived: Arc<AtomicU64>,
     /// Writes under way.
     writing: watch::Sender<usize>,
     max_batch: usize,
@@ -128,7 +129,8 @@ struct Writers<W: BatchWrite> {
 /// What the one writer gathering holds.
 struct Gathering<W: BatchWrite> {
     jobs: mpsc::Receiver<Job<W>>,
-    pace: Option<Pace>,
+    /// The pace, and the items submitted since it last counted them.
+    pace: Option<(Pace, Arc<AtomicU64>)>,
 }
 
 impl<W: BatchWrite> Writers<W> {
@@ -141,8 +143,8 @@ impl<W: BatchWrite> Writers<W> {
             return None;
         }
         let now = Instant::now();
-        let lingering = pace.as_mut().is_some_and(|pace| {
-            pace.arrived(self.arrived.swap(0, Ordering::Relaxed));
+        let lingering = pace.as_mut().is_some_and(|(pace, arrived)| {
+            pace.arrived(arrived.swap(0, Ordering::Relaxed));
             let (was_on, _) = pace.state();
             let lingers = pace.lingers(now.into_std());
             let (on, rate) = pace.state();
