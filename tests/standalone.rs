@@ -198,7 +198,8 @@ async fn standalone_applies_edits_live_and_keeps_the_last_good_configuration() {
         "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: stripe}\n\
          spec: {provider: stripe, secretRef: {name: stripe, key: key}}\n",
     );
-    // Paced event batching, so the flag's path stores real webhooks somewhere in the suite.
+    // Paced event batching, so webhooks are stored through a paced writer somewhere in the
+    // suite (too few of them to linger: store::group_commit's tests cover lingering).
     let gateway = support::process::start_standalone_with(
         &dir,
         &support::fresh_database().await,
