@@ -10,6 +10,11 @@ use cli::node::{NodeArgs, WatchArgs};
 use cli::run_async;
 use cli::signature::{SignArgs, VerifyArgs};
 
+// glibc's malloc took a fifth of the gateway's CPU in fan-out, some of it waiting on arena locks:
+// mimalloc spends 12 % less CPU per delivery for 20–35 MB more resident memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Hookline: verified inbound webhooks and reliable, signed outbound delivery, configured with
 /// Kubernetes custom resources.
 #[derive(Parser)]
