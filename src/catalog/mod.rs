@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod expression;
 pub mod hold;
 pub mod reflect;
+mod routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::verify::{SecretError, SigningKey, SourceVerifier, standard_webhooks};
 pub use cell::CatalogCell;
 use endpoint::{Endpoint, EndpointProblem};
 use expression::{TargetExpressions, Variables};
+use routes::Routes;
 
 /// Secret values by namespace, Secret name and key.
 #[derive(Clone, Debug, Default)]
@@ -256,7 +258,37 @@ pub struct Source {
 #[derive(Debug, Default)]
 pub struct Catalog {
     sources: HashMap<(String, String), Arc<Source>>,
-    subscriptions: HashMap<String, Vec<Target>>,
+    subscriptions: HashMap<String, Subscriptions>,
+}
+
+/// A namespace's subscriptions, found by name (every delivery looks its target up) and by the
+/// event types they ask for (every event is routed).
+#[derive(Debug, Default)]
+struct Subscriptions {
+    targets: Vec<Target>,
+    by_name: HashMap<String, usize>,
+    routes: Routes,
+}
+
+impl Subscriptions {
+    fn new(targets: Vec<Target>) -> Self {
+        let mut by_name = HashMap::new();
+        for (i, target) in targets.iter().enumerate() {
+            // The first of a name, should a configuration repeat one (Kubernetes cannot).
+            by_name.entry(target.key.name.clone()).or_insert(i);
+        }
+        let routes = Routes::new(
+            targets
+                .iter()
+                .enumerate()
+                .flat_map(|(i, t)| t.spec.events.iter().map(move |p| (i, p.as_str()))),
+        );
+        Self {
+            targets,
+            by_name,
+            routes,
+        }
+    }
 }
 
 fn namespace_of<K: kube::ResourceExt>(resource: &K) -> String {
@@ -401,6 +433,7 @@ impl Catalog {
             };
             catalog.sources.insert((namespace, name), Arc::new(entry));
         }
+        let mut by_namespace: HashMap<String, Vec<Target>> = HashMap::new();
         for sub in subscriptions {
             let namespace = namespace_of(sub);
             let target = Target::new(
@@ -417,8 +450,12 @@ impl Catalog {
                 allow_private_networks: sub.spec.allow_private_networks,
                 ..target
             };
-            catalog.subscriptions.entry(namespace).or_default().push(target);
+            by_namespace.entry(namespace).or_default().push(target);
         }
+        catalog.subscriptions = by_namespace
+            .into_iter()
+            .map(|(namespace, targets)| (namespace, Subscriptions::new(targets)))
+            .collect();
         catalog
     }
 
@@ -430,22 +467,24 @@ impl Catalog {
 
     /// A target by its key.
     pub fn target(&self, key: &TargetKey) -> Option<&Target> {
-        let candidates = match key.kind {
+        match key.kind {
             TargetKind::Handler => {
                 let source = self
                     .sources
                     .get(&(key.namespace.clone(), key.source()?.to_owned()))?;
-                &source.handlers
+                source.handlers.iter().find(|t| t.key.name == key.name)
             }
-            TargetKind::Subscription => self.subscriptions.get(&key.namespace)?,
-        };
-        candidates.iter().find(|t| t.key.name == key.name)
+            TargetKind::Subscription => {
+                let subscriptions = self.subscriptions.get(&key.namespace)?;
+                Some(&subscriptions.targets[*subscriptions.by_name.get(&key.name)?])
+            }
+        }
     }
 
     /// Every target: handlers, then subscriptions.
     pub fn targets(&self) -> impl Iterator<Item = &Target> {
         let handlers = self.sources.values().flat_map(|s| &s.handlers);
-        handlers.chain(self.subscriptions.values().flatten())
+        handlers.chain(self.subscriptions.values().flat_map(|s| &s.targets))
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {
@@ -465,7 +504,7 @@ impl Catalog {
             .subscriptions
             .get(namespace)
             .into_iter()
-            .flatten()
+            .flat_map(move |s| s.routes.candidates(event_type).into_iter().map(|i| &s.targets[i]))
             .filter(move |t| t.receives_from(source.map_or("", |s| s.name.as_str())));
         handlers
             .chain(subscriptions)
