@@ -266,18 +266,32 @@ async fn targets_can_be_tested_paused_resumed_and_their_dead_redelivered() {
         h.publish("order.created", json!({"n": n})).await;
     }
     h.wait_status("crm", "dead", 3, Duration::from_secs(10)).await;
-    let listed: Value = h
-        .client
-        .get(format!("{}/admin/v1/targets?namespace=shop", h.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["items"][0]["target"], "crm");
-    assert_eq!(listed["items"][0]["dead"], 3);
+    // The health figures are the target's minutes, written by the dispatcher every second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed: Value = h
+            .client
+            .get(format!("{}/admin/v1/targets?namespace=shop", h.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let crm = &listed["items"][0];
+        assert_eq!(crm["target"], "crm");
+        if crm["dead"] == 3 {
+            assert_eq!(crm["lastFailureReason"], "HTTP 500", "{crm}");
+            assert!(crm["failedAttempts"].as_u64() >= Some(3), "{crm}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the health of crm to count 3 dead: {crm}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     h.sink.always("crm", Reply::Status(200));
     let (status, answer) = act("redeliver-dead", crm.clone()).await;
     assert_eq!((status, answer["redelivered"].as_u64()), (202, Some(3)));

@@ -1321,6 +1321,32 @@ async fn the_pictures_read_index_ranges_on_a_million_rows() {
         circuits.contains("circuit_changes_pkey") && !circuits.contains("Seq Scan on circuit_changes"),
         "{circuits}"
     );
+    // A target's status: its minutes through their key, the queue, and no history (an
+    // unordered target's deliveries are not read at all).
+    let status: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, COSTS OFF) {}",
+        hookline::store::stats::TARGET_STATS
+    ))
+    .bind("ns1")
+    .bind("subscription")
+    .bind("target-1")
+    .bind(since)
+    .bind(since)
+    .bind(false)
+    .fetch_all(&pool)
+    .await
+    .expect("explain a target's status");
+    let status = status.join("\n");
+    assert!(
+        status.contains("target_minutes_pkey")
+            && !status.contains("Seq Scan on target_minutes")
+            && !status.contains("on attempts")
+            && status
+                .lines()
+                .filter(|line| line.contains("on deliveries"))
+                .all(|line| line.contains("never executed")),
+        "{status}"
+    );
     let ingest = plan(
         INGEST_MINUTES,
         vec![

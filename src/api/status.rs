@@ -49,14 +49,19 @@ pub struct DeliveryStats {
     /// Share of finished deliveries that succeeded, as a percentage such as "99.2%".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_rate: Option<String>,
-    /// 95th percentile of attempt duration in milliseconds.
+    /// 95th percentile of attempt duration in milliseconds, as the upper bound of the latency
+    /// bucket it falls in (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000; 30000
+    /// also when it is over).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p95_latency_ms: Option<u64>,
+    /// When the last successful attempt in the window started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_time: Option<Time>,
+    /// When the last failed attempt in the window started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,
-    /// Why the last failed attempt failed (status code or error class), never a secret.
+    /// Why the last failed attempt in the window failed (status code or error class), never a
+    /// secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_reason: Option<String>,
     /// With `ordering`: keys waiting behind a dead delivery (`onDead: block`) until it is

@@ -172,9 +172,14 @@ async fn gather(source: &WebhookSource, ctx: &Context) -> Result<SourceFacts, Er
             generated,
             ordered: target.ordering.is_some(),
             paused: target.paused,
-            stats: stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
-                .await
-                .ok(),
+            stats: stats::target_stats(
+                &ctx.pool,
+                &key,
+                ctx.options.stats_window,
+                target.ordering.is_some(),
+            )
+            .await
+            .ok(),
         });
     }
 

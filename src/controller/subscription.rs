@@ -95,9 +95,14 @@ async fn gather(sub: &WebhookSubscription, ctx: &Context) -> Result<Subscription
         expression_problem: TargetExpressions::of(&spec.target).problem().cloned(),
         url_problem: egress::refusal(&spec.target.url, spec.allow_private_networks, &ctx.options.egress)
             .await,
-        stats: stats::target_stats(&ctx.pool, &key, ctx.options.stats_window)
-            .await
-            .ok(),
+        stats: stats::target_stats(
+            &ctx.pool,
+            &key,
+            ctx.options.stats_window,
+            spec.target.ordering.is_some(),
+        )
+        .await
+        .ok(),
         window: ctx.window_label(),
         now: jiff::Timestamp::now(),
     })

@@ -620,8 +620,22 @@ impl Dispatcher {
             .inc();
         self.record_breaker(key, runtime, settlement.succeeded, settlement.failure.as_deref())
             .await;
+        let reason;
+        let attempted = if settlement.succeeded {
+            activity::Attempted::Succeeded
+        } else {
+            // As the attempts table says it: the status code, or the class of the error.
+            reason = match (attempt.status_code, attempt.error_class) {
+                (Some(code), _) => format!("HTTP {code}"),
+                (None, class) => class.unwrap_or("error").to_owned(),
+            };
+            activity::Attempted::Failed {
+                reason: &reason,
+                dead: settlement.after == After::Dead,
+            }
+        };
         self.activity
-            .count(key, attempt.started_at, attempt.duration_ms, settlement.succeeded);
+            .count(key, attempt.started_at, attempt.duration_ms, attempted);
         if let Some(reason) = &settlement.pause {
             tracing::warn!(namespace = %key.namespace, target = %labels.target, "pausing target: {reason}");
             if deliveries::pause_target(&self.pool, key, reason).await.is_ok() {

@@ -371,6 +371,7 @@ pub(super) async fn target_health(
             &gateway.pool,
             &target.key,
             std::time::Duration::from_secs(3600),
+            target.spec.ordering.is_some(),
         )
         .await?;
         let held = holds::of(gateway, target, &stats).await;

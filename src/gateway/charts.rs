@@ -230,6 +230,7 @@ mod tests {
             succeeded,
             failed,
             latency_buckets,
+            ..Minute::default()
         }
     }
 

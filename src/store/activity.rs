@@ -19,6 +19,24 @@ pub struct Minute {
     pub succeeded: i32,
     pub failed: i32,
     pub latency_buckets: Vec<i32>,
+    /// Deliveries whose last attempt failed in it.
+    pub dead: i32,
+    /// When its last successful attempt started.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// When its last failed attempt started, and why it failed.
+    pub last_failure: Option<(DateTime<Utc>, String)>,
+}
+
+/// How a counted attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempted<'a> {
+    Succeeded,
+    /// `reason`: its status code or error class (`HTTP 503`, `timeout`); `dead`: it was the
+    /// delivery's last.
+    Failed {
+        reason: &'a str,
+        dead: bool,
+    },
 }
 
 impl Minute {
@@ -43,14 +61,22 @@ impl Minute {
 
 impl Minute {
     /// Counts one attempt.
-    pub fn add(&mut self, duration_ms: i32, succeeded: bool) {
+    pub fn add(&mut self, started_at: DateTime<Utc>, duration_ms: i32, attempted: Attempted<'_>) {
         if self.latency_buckets.len() != BUCKETS {
             self.latency_buckets = vec![0; BUCKETS];
         }
-        if succeeded {
-            self.succeeded += 1;
-        } else {
-            self.failed += 1;
+        match attempted {
+            Attempted::Succeeded => {
+                self.succeeded += 1;
+                self.last_success_at = self.last_success_at.max(Some(started_at));
+            }
+            Attempted::Failed { reason, dead } => {
+                self.failed += 1;
+                self.dead += i32::from(dead);
+                if self.last_failure.as_ref().is_none_or(|(at, _)| *at <= started_at) {
+                    self.last_failure = Some((started_at, reason.to_owned()));
+                }
+            }
         }
         let bucket = LATENCY_BOUNDS_MS
             .iter()
@@ -62,6 +88,13 @@ impl Minute {
     fn merge(&mut self, other: &Minute) {
         self.succeeded += other.succeeded;
         self.failed += other.failed;
+        self.dead += other.dead;
+        self.last_success_at = self.last_success_at.max(other.last_success_at);
+        if let Some((at, _)) = &other.last_failure
+            && self.last_failure.as_ref().is_none_or(|(mine, _)| mine <= at)
+        {
+            self.last_failure = other.last_failure.clone();
+        }
         if self.latency_buckets.len() != BUCKETS {
             self.latency_buckets = vec![0; BUCKETS];
         }
@@ -84,7 +117,13 @@ pub struct MinuteCounter {
 pub type Rows = BTreeMap<(TargetKey, DateTime<Utc>), Minute>;
 
 impl MinuteCounter {
-    pub fn count(&self, target: &TargetKey, started_at: DateTime<Utc>, duration_ms: i32, succeeded: bool) {
+    pub fn count(
+        &self,
+        target: &TargetKey,
+        started_at: DateTime<Utc>,
+        duration_ms: i32,
+        attempted: Attempted<'_>,
+    ) {
         let minute = started_at
             .duration_trunc(chrono::Duration::minutes(1))
             .unwrap_or(started_at);
@@ -93,7 +132,10 @@ impl MinuteCounter {
             Some(minutes) => minutes,
             None => counted.entry(target.clone()).or_default(),
         };
-        minutes.entry(minute).or_default().add(duration_ms, succeeded);
+        minutes
+            .entry(minute)
+            .or_default()
+            .add(started_at, duration_ms, attempted);
     }
 
     /// What was counted since the last take.
@@ -147,17 +189,28 @@ pub async fn add_minutes<'e>(executor: impl sqlx::PgExecutor<'e>, rows: &Rows) -
         })
         .collect();
     sqlx::query(
-        "INSERT INTO target_minutes AS t (namespace, target_kind, target, minute, succeeded, failed, latency_buckets)
-         SELECT namespace, target_kind, target, minute, succeeded, failed, buckets::int[]
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::int[], $7::text[])
-             AS r (namespace, target_kind, target, minute, succeeded, failed, buckets)
+        "INSERT INTO target_minutes AS t (namespace, target_kind, target, minute, succeeded, failed, latency_buckets,
+                                            dead, last_success_at, last_failure_at, last_failure_reason)
+         SELECT namespace, target_kind, target, minute, succeeded, failed, buckets::int[],
+                dead, last_success_at, last_failure_at, last_failure_reason
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::int[], $7::text[],
+                     $8::int[], $9::timestamptz[], $10::timestamptz[], $11::text[])
+             AS r (namespace, target_kind, target, minute, succeeded, failed, buckets,
+                   dead, last_success_at, last_failure_at, last_failure_reason)
          ON CONFLICT (namespace, target_kind, target, minute) DO UPDATE SET
              succeeded = t.succeeded + EXCLUDED.succeeded,
              failed = t.failed + EXCLUDED.failed,
              latency_buckets = ARRAY(
                  SELECT coalesce(a, 0) + coalesce(b, 0)
                  FROM unnest(t.latency_buckets, EXCLUDED.latency_buckets) WITH ORDINALITY AS x (a, b, i)
-                 ORDER BY i)",
+                 ORDER BY i),
+             dead = t.dead + EXCLUDED.dead,
+             last_success_at = GREATEST(t.last_success_at, EXCLUDED.last_success_at),
+             -- Another gateway's later failure of the same minute keeps its reason.
+             last_failure_reason = CASE WHEN EXCLUDED.last_failure_at >= t.last_failure_at
+                                          OR t.last_failure_at IS NULL
+                                        THEN EXCLUDED.last_failure_reason ELSE t.last_failure_reason END,
+             last_failure_at = GREATEST(t.last_failure_at, EXCLUDED.last_failure_at)",
     )
     .persistent(false)
     .bind(namespaces)
@@ -167,6 +220,18 @@ pub async fn add_minutes<'e>(executor: impl sqlx::PgExecutor<'e>, rows: &Rows) -
     .bind(rows.values().map(|m| m.succeeded).collect::<Vec<_>>())
     .bind(rows.values().map(|m| m.failed).collect::<Vec<_>>())
     .bind(buckets)
+    .bind(rows.values().map(|m| m.dead).collect::<Vec<_>>())
+    .bind(rows.values().map(|m| m.last_success_at).collect::<Vec<_>>())
+    .bind(
+        rows.values()
+            .map(|m| m.last_failure.as_ref().map(|(at, _)| *at))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.values()
+            .map(|m| m.last_failure.as_ref().map(|(_, why)| why.as_str()))
+            .collect::<Vec<_>>(),
+    )
     .execute(executor)
     .await?;
     Ok(())
@@ -223,6 +288,7 @@ pub async fn target_minutes(
             succeeded: row.succeeded,
             failed: row.failed,
             latency_buckets: row.latency_buckets,
+            ..Minute::default()
         };
         out.entry(key).or_default().push((row.minute, minute));
     }
@@ -332,14 +398,27 @@ mod tests {
         let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let counter = MinuteCounter::default();
         for i in 0..19 {
-            counter.count(&key, at(&format!("2026-12-01T10:00:{i:02}Z")), 20, true);
+            counter.count(
+                &key,
+                at(&format!("2026-12-01T10:00:{i:02}Z")),
+                20,
+                Attempted::Succeeded,
+            );
         }
-        counter.count(&key, at("2026-12-01T10:00:59Z"), 900, false);
-        counter.count(&key, at("2026-12-01T10:01:00Z"), 40_000, false);
+        let failed = |reason, dead| Attempted::Failed { reason, dead };
+        counter.count(&key, at("2026-12-01T10:00:59Z"), 900, failed("HTTP 503", false));
+        counter.count(&key, at("2026-12-01T10:00:30Z"), 900, failed("timeout", true));
+        counter.count(&key, at("2026-12-01T10:01:00Z"), 40_000, failed("connect", false));
         let rows = counter.take();
         let first = &rows[&(key.clone(), at("2026-12-01T10:00:00Z"))];
-        assert_eq!((first.succeeded, first.failed), (19, 1));
-        assert_eq!(first.p95_ms(), Some(25), "19 of 20 within 25 ms");
+        assert_eq!((first.succeeded, first.failed, first.dead), (19, 2, 1));
+        assert_eq!(first.p95_ms(), Some(1000), "19 of 21 within 25 ms, 21 within 1 s");
+        assert_eq!(first.last_success_at, Some(at("2026-12-01T10:00:18Z")));
+        assert_eq!(
+            first.last_failure,
+            Some((at("2026-12-01T10:00:59Z"), "HTTP 503".to_owned())),
+            "the latest failure's reason, whatever the order counted"
+        );
         let second = &rows[&(key.clone(), at("2026-12-01T10:01:00Z"))];
         assert_eq!(second.p95_ms(), Some(i32::MAX));
         assert_eq!(Minute::default().p95_ms(), None);

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use sqlx::PgPool;
 
+use super::activity::{LATENCY_BOUNDS_MS, Minute};
 use crate::api::TargetKey;
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -55,73 +56,76 @@ pub struct TargetStats {
 #[derive(sqlx::FromRow)]
 struct WindowRow {
     succeeded: i64,
+    failed_attempts: i64,
     dead: i64,
+    latency_buckets: Vec<i32>,
+    last_success: Option<DateTime<Utc>>,
+    last_failure: Option<DateTime<Utc>>,
+    last_failure_reason: Option<String>,
     pending: i64,
     blocked_keys: i64,
     unordered: i64,
-    p95: Option<f64>,
-    last_success: Option<DateTime<Utc>>,
-    last_failure: Option<DateTime<Utc>>,
 }
 
-/// Delivery statistics of a target; counts of finished work cover `window`, `pending` is now.
-pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -> sqlx::Result<TargetStats> {
+/// The statement of [`target_stats`] (public for the plan tests). What finished in the window
+/// comes from the target's minutes (`store::activity`): at most one row a minute, however busy
+/// the target, where counting its deliveries and attempts read all it ever had. The queue gives
+/// what waits now; the window's deliveries are read only for `unordered` ($6).
+pub const TARGET_STATS: &str = "WITH minutes AS MATERIALIZED (
+         SELECT succeeded, failed, dead, latency_buckets, last_success_at, last_failure_at, last_failure_reason
+         FROM target_minutes
+         WHERE namespace = $1 AND target_kind = $2 AND target = $3 AND minute >= $4
+     ), last_failure AS (
+         SELECT last_failure_at, last_failure_reason FROM minutes
+         WHERE last_failure_at IS NOT NULL ORDER BY last_failure_at DESC LIMIT 1
+     )
+     SELECT
+         (SELECT coalesce(sum(succeeded), 0) FROM minutes)::bigint AS succeeded,
+         (SELECT coalesce(sum(failed), 0) FROM minutes)::bigint AS failed_attempts,
+         (SELECT coalesce(sum(dead), 0) FROM minutes)::bigint AS dead,
+         ARRAY(SELECT sum(b)::int FROM minutes, unnest(latency_buckets) WITH ORDINALITY AS u (b, i)
+               GROUP BY i ORDER BY i) AS latency_buckets,
+         (SELECT max(last_success_at) FROM minutes) AS last_success,
+         (SELECT last_failure_at FROM last_failure) AS last_failure,
+         (SELECT last_failure_reason FROM last_failure) AS last_failure_reason,
+         (SELECT count(*) FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = $3)
+             AS pending,
+         (SELECT count(*) FROM delivery_queue
+          WHERE namespace = $1 AND target_kind = $2 AND target = $3
+            AND ordering_key IS NOT NULL AND next_attempt_at = 'infinity') AS blocked_keys,
+         CASE WHEN $6 THEN
+             (SELECT count(*) FROM deliveries
+              WHERE namespace = $1 AND target_kind = $2 AND target = $3 AND created_at >= $5
+                AND ordering_key IS NULL)
+         ELSE 0 END AS unordered";
+
+/// Delivery statistics of a target: what finished over `window` (in whole minutes, back to the
+/// start of the minute `window` ago), what waits now. `unordered` is counted for an `ordered`
+/// target only.
+pub async fn target_stats(
+    pool: &PgPool,
+    target: &TargetKey,
+    window: Duration,
+    ordered: bool,
+) -> sqlx::Result<TargetStats> {
     let since = Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
-    let row: WindowRow = sqlx::query_as(
-        "WITH target_deliveries AS (
-             SELECT id, status, updated_at, created_at, ordering_key FROM deliveries
-             WHERE namespace = $1 AND target_kind = $2 AND target = $3
-         ), recent AS (
-             SELECT a.* FROM attempts a JOIN target_deliveries d ON d.id = a.delivery_id
-             WHERE a.started_at >= $4
-         )
-         SELECT
-             (SELECT count(*) FROM target_deliveries WHERE status = 'succeeded' AND updated_at >= $4) AS succeeded,
-             (SELECT count(*) FROM target_deliveries WHERE status = 'dead' AND updated_at >= $4) AS dead,
-             (SELECT count(*) FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = $3)
-                 AS pending,
-             (SELECT count(*) FROM delivery_queue
-              WHERE namespace = $1 AND target_kind = $2 AND target = $3
-                AND ordering_key IS NOT NULL AND next_attempt_at = 'infinity') AS blocked_keys,
-             (SELECT count(*) FROM target_deliveries WHERE ordering_key IS NULL AND created_at >= $4) AS unordered,
-             (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM recent) AS p95,
-             (SELECT max(started_at) FROM recent WHERE status_code BETWEEN 200 AND 299) AS last_success,
-             (SELECT max(started_at) FROM recent WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
-                 AS last_failure",
-    )
-    .persistent(false)
-    .bind(&target.namespace)
-    .bind(target.kind.as_str())
-    .bind(&target.name)
-    .bind(since)
-    .fetch_one(pool)
-    .await?;
-    let failed_attempts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-         WHERE d.namespace = $1 AND d.target_kind = $2 AND d.target = $3 AND a.started_at >= $4
-           AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)",
-    )
-    .persistent(false)
-    .bind(&target.namespace)
-    .bind(target.kind.as_str())
-    .bind(&target.name)
-    .bind(since)
-    .fetch_one(pool)
-    .await?;
-    let last_failure_reason: Option<String> = sqlx::query_scalar(
-        "SELECT coalesce('HTTP ' || a.status_code::text, a.error_class) FROM attempts a
-         JOIN deliveries d ON d.id = a.delivery_id
-         WHERE d.namespace = $1 AND d.target_kind = $2 AND d.target = $3
-           AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)
-         ORDER BY a.started_at DESC LIMIT 1",
-    )
-    .persistent(false)
-    .bind(&target.namespace)
-    .bind(target.kind.as_str())
-    .bind(&target.name)
-    .fetch_optional(pool)
-    .await?
-    .flatten();
+    let first_minute = since
+        .duration_trunc(chrono::Duration::minutes(1))
+        .unwrap_or(since);
+    let row: WindowRow = sqlx::query_as(TARGET_STATS)
+        .persistent(false)
+        .bind(&target.namespace)
+        .bind(target.kind.as_str())
+        .bind(&target.name)
+        .bind(first_minute)
+        .bind(since)
+        .bind(ordered)
+        .fetch_one(pool)
+        .await?;
+    let latency = Minute {
+        latency_buckets: row.latency_buckets,
+        ..Minute::default()
+    };
     let state: Option<(String, Option<String>)> = sqlx::query_as(
         "SELECT circuit, paused_reason FROM target_states WHERE namespace = $1 AND target_kind = $2 AND target = $3",
     )
@@ -136,11 +140,14 @@ pub async fn target_stats(pool: &PgPool, target: &TargetKey, window: Duration) -
         pending: row.pending,
         blocked_keys: row.blocked_keys,
         unordered: row.unordered,
-        p95_latency_ms: row.p95.map(|ms| ms.round() as i64),
+        // Past the last bound, the last bound (as Prometheus' histogram_quantile does).
+        p95_latency_ms: latency
+            .p95_ms()
+            .map(|ms| i64::from(ms.min(LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1]))),
         last_success_time: row.last_success,
         last_failure_time: row.last_failure,
-        failed_attempts,
-        last_failure_reason,
+        failed_attempts: row.failed_attempts,
+        last_failure_reason: row.last_failure_reason,
         circuit: state.as_ref().map(|s| s.0.clone()),
         paused_reason: state.and_then(|s| s.1),
     })
