@@ -1798,3 +1798,72 @@ async fn a_drained_backlogs_outcomes_are_hot_updates() {
     );
     assert_eq!(hot - leased_hot, BACKLOG as i64, "every outcome is a HOT update");
 }
+
+/// Migration 0020 counts the events already in the history into their sources' minutes, so a
+/// source's `received` does not start again from zero; from then on the gateways' flushes add
+/// to it, and the count is read from the minutes (published events have no source).
+#[tokio::test]
+async fn a_sources_received_count_survives_the_move_to_minutes() {
+    use hookline::store::partitions;
+    use hookline::store::stats::{IngestCounts, add_ingest_counts, source_stats};
+    let pool = hookline::store::connect_lazy(&support::fresh_database().await, 2).expect("pool");
+    support::migrations_before(20)
+        .run(&pool)
+        .await
+        .expect("the schema before 0020");
+    let now = chrono::Utc::now();
+    partitions::ensure(
+        &pool,
+        now - chrono::Duration::days(2),
+        now + chrono::Duration::hours(1),
+        partitions::DEFAULT_PERIOD,
+    )
+    .await
+    .expect("partitions");
+    for (i, (source, days_ago)) in [
+        ("stripe", 0),
+        ("stripe", 1),
+        ("stripe", 2),
+        ("github", 0),
+        ("", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let received = now - chrono::Duration::days(days_ago);
+        sqlx::query(
+            "INSERT INTO events (id, namespace, source, external_id, event_type, body, received_at)
+             VALUES ($1, 'billing', $2, $3, 'invoice.paid', '', $4)",
+        )
+        .bind(partitions::id_at(received.timestamp_millis()))
+        .bind(source)
+        .bind(format!("evt_{i}"))
+        .bind(received)
+        .execute(&pool)
+        .await
+        .expect("an event stored by the version before");
+    }
+    hookline::store::migrate(&pool).await.expect("migrate");
+    let received = async |source: &str| {
+        source_stats(&pool, "billing", source)
+            .await
+            .expect("stats")
+            .received
+    };
+    assert_eq!((received("stripe").await, received("github").await), (3, 1));
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_minutes WHERE source = ''")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(published, 0, "published events are no source's");
+
+    let mut counts = IngestCounts::default();
+    for _ in 0..2 {
+        counts.accept("billing", "stripe");
+    }
+    counts.reject("billing", "stripe", "signature");
+    add_ingest_counts(&pool, &counts).await.expect("flush");
+    add_ingest_counts(&pool, &counts).await.expect("flush again");
+    let stats = source_stats(&pool, "billing", "stripe").await.expect("stats");
+    assert_eq!((stats.received, stats.rejected), (7, 2));
+}

@@ -193,10 +193,12 @@ pub struct WebhookSourceStatus {
     /// Public URL to give the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Events accepted (duplicates excluded).
+    /// Events accepted (duplicates excluded) over the history's retention, as the gateways
+    /// count them (written every few seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<u64>,
-    /// Requests refused (bad signature, stale timestamp, disallowed address, …).
+    /// Requests refused (bad signature, stale timestamp, disallowed address, …) over the
+    /// history's retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -261,6 +261,7 @@ async fn handle(
         Ok(Stored::New { deliveries, claimed }) => {
             send_now.send(&gateway.dispatcher, &claimed);
             gateway.metrics.events_stored.get_or_create(&labels).inc();
+            gateway.count_accepted(&source.namespace, &source.name);
             // Debug: every stored event is in the delivery log and the metrics already, and a
             // line per webhook costs more CPU than the verification at thousands a second.
             tracing::debug!(

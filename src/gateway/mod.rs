@@ -14,7 +14,6 @@ mod sending;
 mod session;
 mod ui;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +36,7 @@ use crate::catalog::egress::{EgressCache, EgressRules};
 use crate::catalog::{Catalog, CatalogCell};
 use crate::dispatch::Dispatcher;
 use crate::store::events::{EventBatching, EventWriter, event_writer};
+use crate::store::stats::IngestCounts;
 use crate::telemetry::Metrics;
 
 /// Everything a request handler reads.
@@ -64,7 +64,8 @@ pub struct Gateway {
     /// requests are still served.
     draining: AtomicBool,
     /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
-    rejections: Mutex<HashMap<(String, String, String), i64>>,
+    /// What ingest accepted and refused per source, for the sources' status.
+    ingest_counts: Mutex<IngestCounts>,
     /// Failed console sign-ins per client, to slow down token guessing.
     sign_in_failures: session::SignInLimiter,
     /// The one-time sign-in code, until it is used.
@@ -247,7 +248,7 @@ impl Gateway {
             body_budget: tokio::sync::Semaphore::new(options.body_budget_bytes),
             body_budget_bytes: u32::try_from(options.body_budget_bytes).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
-            rejections: Mutex::new(HashMap::new()),
+            ingest_counts: Mutex::default(),
             sign_in_failures: session::SignInLimiter::default(),
             sign_in_code: Mutex::new(options.sign_in_code),
             egress: EgressCache::new(egress),
@@ -333,7 +334,7 @@ impl Gateway {
         operators: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let flusher = tokio::spawn(self.clone().flush_rejections());
+        let flusher = tokio::spawn(self.clone().flush_ingest_counts());
         let served = match operators {
             None => {
                 let app = self.service(Self::public_routes().merge(Self::operator_routes()));
@@ -365,33 +366,36 @@ impl Gateway {
             }
         };
         flusher.abort();
-        self.flush_rejections_once().await;
+        self.flush_ingest_counts_once().await;
         served
+    }
+
+    /// Counts an accepted event towards its source's `received` status.
+    fn count_accepted(&self, namespace: &str, source: &str) {
+        self.counts().accept(namespace, source);
     }
 
     /// Counts a refused request towards its source's `rejected` status.
     fn count_rejection(&self, namespace: &str, source: &str, reason: &str) {
-        let mut counts = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
-        *counts
-            .entry((namespace.to_owned(), source.to_owned(), reason.to_owned()))
-            .or_default() += 1;
+        self.counts().reject(namespace, source, reason);
     }
 
-    async fn flush_rejections(self: Arc<Self>) {
+    fn counts(&self) -> std::sync::MutexGuard<'_, IngestCounts> {
+        self.ingest_counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn flush_ingest_counts(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            self.flush_rejections_once().await;
+            self.flush_ingest_counts_once().await;
         }
     }
 
-    async fn flush_rejections_once(&self) {
-        let counts = std::mem::take(&mut *self.rejections.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Err(err) = crate::store::stats::add_rejections(&self.pool, &counts).await {
-            tracing::warn!("cannot record rejection counts (kept for the next try): {err}");
-            let mut pending = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
-            for (key, count) in counts {
-                *pending.entry(key).or_default() += count;
-            }
+    async fn flush_ingest_counts_once(&self) {
+        let counts = std::mem::take(&mut *self.counts());
+        if let Err(err) = crate::store::stats::add_ingest_counts(&self.pool, &counts).await {
+            tracing::warn!("cannot record the sources' ingest counts (kept for the next try): {err}");
+            self.counts().merge(counts);
         }
     }
 }

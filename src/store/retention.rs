@@ -83,13 +83,14 @@ pub struct Swept {
     /// legacy history, and namespaces with a shorter retention.
     pub events: u64,
     pub idempotency_keys: u64,
-    pub rejection_counts: u64,
+    /// Minutes of the sources' accepted and refused counts.
+    pub ingest_counts: u64,
     /// Activity minutes and circuit changes (the console's pictures).
     pub activity: u64,
 }
 
 /// One pass: makes the periods ahead, drops or thins the expired ones, and deletes expired
-/// idempotency keys, rejection counts and activity. Another replica's pass in progress makes
+/// idempotency keys, ingest counts and activity. Another replica's pass in progress makes
 /// this one skip the history.
 pub async fn sweep(pool: &PgPool, policy: &Policy) -> sqlx::Result<Swept> {
     let cutoff = cutoff(policy.retention);
@@ -115,11 +116,15 @@ pub async fn sweep(pool: &PgPool, policy: &Policy) -> sqlx::Result<Swept> {
         .execute(pool)
         .await?
         .rows_affected();
-    swept.rejection_counts = sqlx::query("DELETE FROM ingest_rejections WHERE minute < $1")
-        .bind(cutoff)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    // The sources' counts cover what the history holds.
+    for table in ["ingest_rejections", "ingest_minutes"] {
+        swept.ingest_counts += sqlx::query(&format!("DELETE FROM {table} WHERE minute < $1"))
+            .persistent(false)
+            .bind(cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
     // The pictures cover the last hour; a day of them is kept (at most the retention).
     let activity_cutoff = cutoff.max(Utc::now() - chrono::Duration::days(1));
     for table in ["target_minutes", "circuit_changes"] {

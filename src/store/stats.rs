@@ -19,7 +19,10 @@ pub struct SourceStats {
 
 pub async fn source_stats(pool: &PgPool, namespace: &str, source: &str) -> sqlx::Result<SourceStats> {
     let (received, last_event_time, rejected): (i64, Option<DateTime<Utc>>, Option<i64>) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM events WHERE namespace = $1 AND source = $2),
+        // Accepted events from the gateways' minutes, not a count of the history (which read
+        // every event the source has, at every status refresh); the newest one is read from
+        // the top of each day's index.
+        "SELECT (SELECT coalesce(sum(accepted), 0)::bigint FROM ingest_minutes WHERE namespace = $1 AND source = $2),
                 (SELECT max(received_at) FROM events WHERE namespace = $1 AND source = $2),
                 (SELECT sum(count)::bigint FROM ingest_rejections WHERE namespace = $1 AND source = $2)",
     )
@@ -223,30 +226,97 @@ pub async fn blocked_key_counts(pool: &PgPool, targets: &[&TargetKey]) -> sqlx::
     .await
 }
 
-/// Adds refused-request counts (per namespace, source and reason) to the current minute.
-pub async fn add_rejections(
-    pool: &PgPool,
-    counts: &HashMap<(String, String, String), i64>,
-) -> sqlx::Result<()> {
+/// What ingest did per source since the last flush: events accepted (by namespace, then source:
+/// counting a known source allocates nothing) and requests refused, by reason.
+#[derive(Debug, Default)]
+pub struct IngestCounts {
+    accepted: HashMap<String, HashMap<String, i64>>,
+    rejected: HashMap<(String, String, String), i64>,
+}
+
+impl IngestCounts {
+    pub fn accept(&mut self, namespace: &str, source: &str) {
+        if let Some(count) = self.accepted.get_mut(namespace).and_then(|s| s.get_mut(source)) {
+            *count += 1;
+            return;
+        }
+        self.add_accepted(namespace, source, 1);
+    }
+
+    pub fn reject(&mut self, namespace: &str, source: &str, reason: &str) {
+        *self
+            .rejected
+            .entry((namespace.to_owned(), source.to_owned(), reason.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Counts that could not be written, added back for the next flush.
+    pub fn merge(&mut self, other: IngestCounts) {
+        for (namespace, sources) in other.accepted {
+            for (source, count) in sources {
+                self.add_accepted(&namespace, &source, count);
+            }
+        }
+        for (key, count) in other.rejected {
+            *self.rejected.entry(key).or_default() += count;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accepted.is_empty() && self.rejected.is_empty()
+    }
+
+    fn add_accepted(&mut self, namespace: &str, source: &str, count: i64) {
+        *self
+            .accepted
+            .entry(namespace.to_owned())
+            .or_default()
+            .entry(source.to_owned())
+            .or_default() += count;
+    }
+}
+
+/// Adds ingest counts to the current minute, both kinds in one statement (so a failed flush,
+/// retried whole, counts nothing twice).
+pub async fn add_ingest_counts(pool: &PgPool, counts: &IngestCounts) -> sqlx::Result<()> {
     if counts.is_empty() {
         return Ok(());
     }
-    let (mut namespaces, mut sources, mut reasons, mut values) = (vec![], vec![], vec![], vec![]);
-    for ((namespace, source, reason), count) in counts {
-        namespaces.push(namespace.as_str());
-        sources.push(source.as_str());
+    let (mut namespaces, mut sources, mut accepted) = (vec![], vec![], vec![]);
+    for (namespace, by_source) in &counts.accepted {
+        for (source, count) in by_source {
+            namespaces.push(namespace.as_str());
+            sources.push(source.as_str());
+            accepted.push(*count);
+        }
+    }
+    let (mut refused_namespaces, mut refused_sources, mut reasons, mut refused) =
+        (vec![], vec![], vec![], vec![]);
+    for ((namespace, source, reason), count) in &counts.rejected {
+        refused_namespaces.push(namespace.as_str());
+        refused_sources.push(source.as_str());
         reasons.push(reason.as_str());
-        values.push(*count);
+        refused.push(*count);
     }
     sqlx::query(
-        "INSERT INTO ingest_rejections (namespace, source, reason, minute, count)
-         SELECT n, s, r, date_trunc('minute', now()), c FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t (n, s, r, c)
-         ON CONFLICT (namespace, source, reason, minute) DO UPDATE SET count = ingest_rejections.count + EXCLUDED.count",
+        "WITH accepted AS (
+             INSERT INTO ingest_minutes AS m (namespace, source, minute, accepted)
+             SELECT n, s, date_trunc('minute', now()), c
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t (n, s, c)
+             ON CONFLICT (namespace, source, minute) DO UPDATE SET accepted = m.accepted + EXCLUDED.accepted
+         )
+         INSERT INTO ingest_rejections AS r (namespace, source, reason, minute, count)
+         SELECT n, s, why, date_trunc('minute', now()), c
+         FROM UNNEST($4::text[], $5::text[], $6::text[], $7::bigint[]) AS t (n, s, why, c)
+         ON CONFLICT (namespace, source, reason, minute) DO UPDATE SET count = r.count + EXCLUDED.count",
     )
     .bind(&namespaces)
     .bind(&sources)
+    .bind(&accepted)
+    .bind(&refused_namespaces)
+    .bind(&refused_sources)
     .bind(&reasons)
-    .bind(&values)
+    .bind(&refused)
     .execute(pool)
     .await?;
     Ok(())
