@@ -1,4 +1,4 @@
--- Three shapes of the queue, emulated on Hookline's own schema for `hack/queue-shapes`
+-- Four shapes of the queue, emulated on Hookline's own schema for `hack/queue-shapes`
 -- (docs/benchmarks.md, "What the queue row costs"). A fan-out is stored (events, each to every
 -- target, several events a statement) and drained (claims of a number of deliveries per target,
 -- each followed by its outcomes, every statement its own commit), as the gateway does it:
@@ -7,7 +7,12 @@
 --   BL  one queue row per storing statement and target, holding the ids of its deliveries; a
 --       claim deletes the bundles it takes whole and trims the one it takes part of;
 --   O   no queue at all: the ids come from an unlogged list that is not counted, the least any
---       design can cost that still stores, leases, records an attempt and an outcome.
+--       design can cost that still stores, leases, records an attempt and an outcome;
+--   C   no queue: the history is read from a cursor per target. Each delivery notes the
+--       transaction that stored it (`txid`, in an index by target, made for this shape only by
+--       hack/queue-shapes); a claim takes the next deliveries after the target's cursor whose
+--       transactions are older than every one still running, so one storing transaction still in
+--       flight (ids are made before their rows commit) is never passed, and moves the cursor.
 -- Claims and outcomes are the gateway's statements with the parts that do not differ between
 -- shapes left out (paused targets, ordering, lease tokens).
 
@@ -26,6 +31,33 @@ CREATE TABLE delivery_bundles (
 );
 CREATE INDEX delivery_bundles_waiting ON delivery_bundles (namespace, target_kind, target, next_attempt_at);
 
+ALTER TABLE deliveries ADD COLUMN txid xid8;
+CREATE TABLE delivery_cursors (
+    namespace   text NOT NULL,
+    target_kind text NOT NULL,
+    target      text NOT NULL,
+    txid        xid8 NOT NULL,
+    id          uuid NOT NULL,
+    PRIMARY KEY (namespace, target_kind, target)
+);
+
+-- Empty daily partitions before today's, as a history kept `days` days has (C's claims read
+-- every partition: it is partitioned by id, and a cursor is a transaction).
+CREATE OR REPLACE PROCEDURE past_partitions(days int)
+LANGUAGE plpgsql AS $$
+DECLARE d int; t text; lo uuid; hi uuid;
+  day0 bigint := (extract(epoch FROM date_trunc('day', now() AT TIME ZONE 'UTC')) * 1000)::bigint;
+BEGIN
+  FOR d IN 1..days LOOP
+    lo := (lpad(to_hex(day0 - d * 86400000::bigint), 12, '0') || '00000000000000000000')::uuid;
+    hi := (lpad(to_hex(day0 - (d - 1) * 86400000::bigint), 12, '0') || '00000000000000000000')::uuid;
+    FOREACH t IN ARRAY ARRAY['events', 'deliveries', 'attempts'] LOOP
+      EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                     t || '_past' || d, t, lo, hi);
+    END LOOP;
+  END LOOP;
+END $$;
+
 CREATE UNLOGGED TABLE oracle (target text, id uuid, event_id uuid);
 CREATE INDEX oracle_by_target ON oracle (target, id);
 -- Store `statements` statements, each of `per` events to `targets` targets.
@@ -42,8 +74,9 @@ BEGIN
       FROM generate_series(1, per)
       RETURNING id
     ), d AS (
-      INSERT INTO deliveries (id, event_id, namespace, target_kind, target)
-      SELECT uuid7(), ev.id, 'default', 'subscription', 't' || t
+      INSERT INTO deliveries (id, event_id, namespace, target_kind, target, txid)
+      SELECT uuid7(), ev.id, 'default', 'subscription', 't' || t,
+             CASE WHEN shape = 'C' THEN pg_current_xact_id() END
       FROM ev CROSS JOIN generate_series(1, targets) t
       RETURNING id, event_id, target
     )
@@ -105,6 +138,33 @@ BEGIN
         ), claimed AS MATERIALIZED (
           SELECT u.delivery_id, u.event_id, now() + interval '30 seconds' AS lease_until
           FROM sel CROSS JOIN LATERAL unnest(sel.deliveries[1:sel.k], sel.event_ids[1:sel.k]) AS u (delivery_id, event_id)
+        ), leased AS (
+          UPDATE deliveries d SET lease_until = c.lease_until FROM claimed c
+          WHERE d.id >= c.delivery_id AND d.id <= c.delivery_id
+        ), noted AS (
+          INSERT INTO queue_leases (lease_until, deliveries)
+          SELECT lease_until, array_agg(delivery_id) FROM claimed GROUP BY lease_until
+        )
+        SELECT array_agg(c.delivery_id), sum(length(e.body)) INTO ids, got FROM claimed c
+        CROSS JOIN LATERAL (SELECT body FROM events WHERE id = c.event_id OFFSET 0) e;
+      ELSIF shape = 'C' THEN
+        WITH cursor AS (
+          SELECT txid, id FROM delivery_cursors
+          WHERE namespace = 'default' AND target_kind = 'subscription' AND target = 't' || t
+          FOR UPDATE
+        ), due AS MATERIALIZED (
+          SELECT d.id AS delivery_id, d.event_id, d.txid FROM deliveries d
+          WHERE d.namespace = 'default' AND d.target_kind = 'subscription' AND d.target = 't' || t
+            AND (d.txid, d.id) > ((SELECT txid FROM cursor), (SELECT id FROM cursor))
+            AND d.txid < pg_snapshot_xmin(pg_current_snapshot())
+            AND d.status = 'pending' AND d.lease_until IS NULL
+          ORDER BY d.txid, d.id LIMIT take
+        ), moved AS (
+          UPDATE delivery_cursors c SET txid = last.txid, id = last.delivery_id
+          FROM (SELECT txid, delivery_id FROM due ORDER BY txid DESC, delivery_id DESC LIMIT 1) last
+          WHERE c.namespace = 'default' AND c.target_kind = 'subscription' AND c.target = 't' || t
+        ), claimed AS MATERIALIZED (
+          SELECT delivery_id, event_id, now() + interval '30 seconds' AS lease_until FROM due
         ), leased AS (
           UPDATE deliveries d SET lease_until = c.lease_until FROM claimed c
           WHERE d.id >= c.delivery_id AND d.id <= c.delivery_id
