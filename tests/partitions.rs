@@ -398,7 +398,8 @@ async fn keys_are_looked_up_only_in_older_partitions() {
 }
 
 /// A namespace kept for less than the retention: its events older than its own retention are
-/// deleted inside the periods that are kept (with their deliveries and attempts), other
+/// deleted inside the periods that are kept (with their deliveries and attempts), and so are its
+/// sources' accepted and refused counts, so `received` covers what the history holds; other
 /// namespaces' are not; a namespace kept longer than the retention is refused.
 #[tokio::test]
 async fn a_namespace_with_a_shorter_retention_loses_its_older_events() {
@@ -421,6 +422,27 @@ async fn a_namespace_with_a_shorter_retention_loses_its_older_events() {
     .execute(&pool)
     .await
     .unwrap();
+    // The sources' counts of the same days.
+    for (namespace, age) in [("trial", 10), ("trial", 2), ("billing", 10)] {
+        sqlx::query(
+            "INSERT INTO ingest_minutes (namespace, source, minute, accepted)
+             VALUES ($1, 'stripe', date_trunc('minute', $2::timestamptz), 1)",
+        )
+        .bind(namespace)
+        .bind(now - Duration::days(age))
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO ingest_rejections (namespace, source, reason, minute, count)
+             VALUES ($1, 'stripe', 'signature', date_trunc('minute', $2::timestamptz), 1)",
+        )
+        .bind(namespace)
+        .bind(now - Duration::days(age))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
     let week = std::time::Duration::from_secs(7 * 86400);
     let month = std::time::Duration::from_secs(30 * 86400);
     let policy = Policy::new(month)
@@ -428,6 +450,21 @@ async fn a_namespace_with_a_shorter_retention_loses_its_older_events() {
         .expect("shorter than the retention");
     let swept = sweep(&pool, &policy).await.expect("sweep");
     assert_eq!((swept.events, swept.periods_dropped), (1, 0), "{swept:?}");
+    assert_eq!(swept.ingest_counts, 2, "{swept:?}");
+    for table in ["ingest_minutes", "ingest_rejections"] {
+        let kept: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT namespace, (extract(epoch FROM now() - minute) / 86400)::bigint
+             FROM {table} ORDER BY namespace, minute"
+        ))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            kept,
+            [("billing".to_owned(), 10), ("trial".to_owned(), 2)],
+            "{table}"
+        );
+    }
     let left: Vec<String> = sqlx::query_scalar("SELECT external_id FROM events ORDER BY external_id")
         .fetch_all(&pool)
         .await

@@ -5,7 +5,7 @@
 //! deleted in small batches instead, as is the expired part of the history from before
 //! partitioning (`*_legacy`, one period reaching back to the start), until it can go whole.
 //! Namespaces with a shorter retention of their own have their older events deleted the same
-//! way inside the periods that are kept.
+//! way inside the periods that are kept, and their sources' counts with them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -116,7 +116,7 @@ pub async fn sweep(pool: &PgPool, policy: &Policy) -> sqlx::Result<Swept> {
         .execute(pool)
         .await?
         .rows_affected();
-    // The sources' counts cover what the history holds.
+    // The sources' counts cover what the history holds: a namespace's, what its own holds.
     for table in ["ingest_rejections", "ingest_minutes"] {
         swept.ingest_counts += sqlx::query(&format!("DELETE FROM {table} WHERE minute < $1"))
             .persistent(false)
@@ -124,6 +124,17 @@ pub async fn sweep(pool: &PgPool, policy: &Policy) -> sqlx::Result<Swept> {
             .execute(pool)
             .await?
             .rows_affected();
+        for (namespace, keep) in &policy.namespaces {
+            swept.ingest_counts += sqlx::query(&format!(
+                "DELETE FROM {table} WHERE namespace = $1 AND minute < $2"
+            ))
+            .persistent(false)
+            .bind(namespace)
+            .bind(self::cutoff(*keep))
+            .execute(pool)
+            .await?
+            .rows_affected();
+        }
     }
     // The pictures cover the last hour; a day of them is kept (at most the retention).
     let activity_cutoff = cutoff.max(Utc::now() - chrono::Duration::days(1));
