@@ -504,7 +504,7 @@ impl Catalog {
             .subscriptions
             .get(namespace)
             .into_iter()
-            .flat_map(move |s| s.routes.candidates(event_type).into_iter().map(|i| &s.targets[i]))
+            .flat_map(move |s| s.routes.candidates(event_type).map(|i| &s.targets[i]))
             .filter(move |t| t.receives_from(source.map_or("", |s| s.name.as_str())));
         handlers
             .chain(subscriptions)
