@@ -1,4 +1,4 @@
--- Four shapes of the queue, emulated on Hookline's own schema for `hack/queue-shapes`
+-- Six shapes of the queue, emulated on Hookline's own schema for `hack/queue-shapes`
 -- (docs/benchmarks.md, "What the queue row costs"). A fan-out is stored (events, each to every
 -- target, several events a statement) and drained (claims of a number of deliveries per target,
 -- each followed by its outcomes, every statement its own commit), as the gateway does it:
@@ -11,8 +11,14 @@
 --   C   no queue: the history is read from a cursor per target. Each delivery notes the
 --       transaction that stored it (`txid`, in an index by target, made for this shape only by
 --       hack/queue-shapes); a claim takes the next deliveries after the target's cursor whose
---       transactions are older than every one still running, so one storing transaction still in
---       flight (ids are made before their rows commit) is never passed, and moves the cursor.
+--       transactions are older than every one still running, so a storing transaction still in
+--       flight (ids are made before their rows commit) is never passed, and moves the cursor;
+--   I   the history row is never updated: queued as L, but a claim only notes its lease (the
+--       row per claim of `queue_leases`), and the attempt carries the outcome (`outcome`,
+--       added for this shape), so a delivery's state is its latest attempt; its partitions are
+--       filled whole (fillfactor 100: no room kept for new versions);
+--   N   half way from L to I: claimed as I (the lease noted, the history row not leased), the
+--       outcome written to the history row as L does.
 -- Claims and outcomes are the gateway's statements with the parts that do not differ between
 -- shapes left out (paused targets, ordering, lease tokens).
 
@@ -32,6 +38,7 @@ CREATE TABLE delivery_bundles (
 CREATE INDEX delivery_bundles_waiting ON delivery_bundles (namespace, target_kind, target, next_attempt_at);
 
 ALTER TABLE deliveries ADD COLUMN txid xid8;
+ALTER TABLE attempts ADD COLUMN outcome text;
 CREATE TABLE delivery_cursors (
     namespace   text NOT NULL,
     target_kind text NOT NULL,
@@ -81,7 +88,7 @@ BEGIN
       RETURNING id, event_id, target
     )
     INSERT INTO new_d SELECT id, event_id, target FROM d;
-    IF shape = 'L' THEN
+    IF shape IN ('L', 'I', 'N') THEN
       INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, event_id)
       SELECT id, 'default', 'subscription', target, now(), event_id FROM new_d;
     ELSIF shape = 'BL' THEN
@@ -97,7 +104,7 @@ END $$;
 
 CREATE OR REPLACE PROCEDURE drain(shape text, targets int, take int)
 LANGUAGE plpgsql AS $$
-DECLARE t int; ids uuid[]; got int; idle int := 0;
+DECLARE t int; ids uuid[]; got int; idle int := 0; lease bigint;
 BEGIN
   LOOP
     FOR t IN 1..targets LOOP
@@ -118,6 +125,23 @@ BEGIN
           SELECT lease_until, array_agg(delivery_id) FROM claimed GROUP BY lease_until
         )
         SELECT array_agg(c.delivery_id), sum(length(e.body)) INTO ids, got FROM claimed c
+        CROSS JOIN LATERAL (SELECT body FROM events WHERE id = c.event_id OFFSET 0) e;
+      ELSIF shape IN ('I', 'N') THEN
+        WITH due AS (
+          SELECT delivery_id FROM delivery_queue q
+          WHERE namespace = 'default' AND target_kind = 'subscription' AND target = 't' || t
+            AND next_attempt_at <= now()
+          ORDER BY next_attempt_at LIMIT take FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+          DELETE FROM delivery_queue q WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
+          RETURNING q.delivery_id, q.event_id, now() + interval '30 seconds' AS lease_until
+        ), noted AS (
+          INSERT INTO queue_leases (lease_until, deliveries)
+          SELECT lease_until, array_agg(delivery_id) FROM claimed GROUP BY lease_until
+          RETURNING id
+        )
+        SELECT array_agg(c.delivery_id), sum(length(e.body)), (SELECT id FROM noted) INTO ids, got, lease
+        FROM claimed c
         CROSS JOIN LATERAL (SELECT body FROM events WHERE id = c.event_id OFFSET 0) e;
       ELSIF shape = 'BL' THEN
         WITH pick AS (
@@ -198,6 +222,27 @@ BEGIN
         CONTINUE;
       END IF;
       idle := 0;
+      IF shape = 'I' THEN
+        -- The outcome is recorded while the claim's lease is held (the pass that takes over
+        -- ended leases deletes the row, so it waits for this and this fails after it).
+        INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code, outcome)
+        SELECT id, 1, now(), 1, 200, 'succeeded' FROM unnest(ids) AS r (id)
+        WHERE EXISTS (SELECT 1 FROM queue_leases l WHERE l.id = lease AND l.lease_until > now() FOR SHARE);
+        COMMIT;
+        CONTINUE;
+      ELSIF shape = 'N' THEN
+        WITH attempt AS (
+          INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code)
+          SELECT id, 1, now(), 1, 200 FROM unnest(ids) AS r (id)
+          WHERE EXISTS (SELECT 1 FROM queue_leases l WHERE l.id = lease AND l.lease_until > now() FOR SHARE)
+        )
+        UPDATE deliveries d SET status = 'succeeded', attempts = 1, updated_at = now()
+        FROM unnest(ids) AS r (id)
+        WHERE d.id >= r.id AND d.id <= r.id
+          AND EXISTS (SELECT 1 FROM queue_leases l WHERE l.id = lease AND l.lease_until > now() FOR SHARE);
+        COMMIT;
+        CONTINUE;
+      END IF;
       WITH attempt AS (
         INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code)
         SELECT id, 1, now(), 1, 200 FROM unnest(ids) AS r (id)
