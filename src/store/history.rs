@@ -1,6 +1,8 @@
 //! Reading the history for the delivery console: events with filters and cursor pagination,
 //! one event with its deliveries and every attempt, and redelivery.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -144,6 +146,12 @@ pub struct AttemptDetail {
     pub response_body: Option<String>,
 }
 
+/// A delivery's state as the console and the replays show it, from its history row `d` and
+/// its queue row `q` (left-joined): `in_flight` while a claim or a lease is out, else the
+/// row's status. Every reader that shows a state uses this one, so they agree.
+pub(super) const DELIVERY_STATE: &str = "CASE WHEN (q.claimed AND q.next_attempt_at > now()) OR d.lease_until > now() \
+     THEN 'in_flight' ELSE d.status END";
+
 pub async fn event(
     pool: &PgPool,
     id: Uuid,
@@ -158,21 +166,21 @@ pub async fn event(
     else {
         return Ok(None);
     };
-    let deliveries = sqlx::query_as(
-        "SELECT d.id, d.target_kind, d.target,
-                CASE WHEN (q.claimed AND q.next_attempt_at > now()) OR d.lease_until > now() THEN 'in_flight'
-                     ELSE d.status END AS status,
-                d.attempts,
-                CASE WHEN NOT (q.claimed AND q.next_attempt_at > now()) AND q.next_attempt_at < 'infinity'
-                     THEN q.next_attempt_at END AS next_attempt_at,
-                d.last_error, d.ordering_key, coalesce(q.next_attempt_at = 'infinity', false) AS blocks_key
-         FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
-         WHERE d.event_id = $1 ORDER BY d.target_kind, d.target",
-    )
-    .persistent(false)
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
+    static DELIVERIES: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT d.id, d.target_kind, d.target, {DELIVERY_STATE} AS status, d.attempts,
+                    CASE WHEN NOT (q.claimed AND q.next_attempt_at > now()) AND q.next_attempt_at < 'infinity'
+                         THEN q.next_attempt_at END AS next_attempt_at,
+                    d.last_error, d.ordering_key, coalesce(q.next_attempt_at = 'infinity', false) AS blocks_key
+             FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
+             WHERE d.event_id = $1 ORDER BY d.target_kind, d.target"
+        )
+    });
+    let deliveries = sqlx::query_as(DELIVERIES.as_str())
+        .persistent(false)
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
     let attempts = sqlx::query_as(
         "SELECT a.delivery_id, a.attempt_number, a.started_at, a.duration_ms, a.status_code, a.error_class,
                 a.error, a.response_headers, a.response_body

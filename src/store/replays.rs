@@ -1,12 +1,14 @@
 //! Replays in Postgres: what each asks for, how far it got, and the statements the replay
 //! worker moves it on with (see `dispatch::replay`).
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use kube::ResourceExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use kube::ResourceExt;
-
+use super::history::DELIVERY_STATE;
 use crate::api::{TargetKey, TargetKind, WebhookReplay};
 
 /// A replay as it is asked for.
@@ -267,29 +269,31 @@ pub struct WindowEvent {
 
 /// The next `limit` events of the replay's window after its cursor, in the order received.
 pub async fn next_events(pool: &PgPool, replay: &Leased, limit: i64) -> sqlx::Result<Vec<WindowEvent>> {
-    sqlx::query_as(
-        "SELECT e.id, e.received_at, e.source, e.event_type, e.headers, e.body, d.id AS delivery_id,
-                CASE WHEN (q.claimed AND q.next_attempt_at > now()) OR d.lease_until > now() THEN 'in_flight'
-                     ELSE d.status END AS delivery_status
-         FROM events e
-         LEFT JOIN deliveries d ON d.event_id = e.id AND d.target_kind = $4 AND d.target = $5
-         LEFT JOIN delivery_queue q ON q.delivery_id = d.id
-         WHERE e.namespace = $1 AND e.received_at >= $2 AND e.received_at < $3
-           AND ($6::timestamptz IS NULL OR (e.received_at, e.id) > ($6, $7))
-         ORDER BY e.received_at, e.id
-         LIMIT $8",
-    )
-    .persistent(false)
-    .bind(&replay.namespace)
-    .bind(replay.window_from)
-    .bind(replay.window_to)
-    .bind(replay.target_kind.as_str())
-    .bind(&replay.target)
-    .bind(replay.cursor_at)
-    .bind(replay.cursor_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT e.id, e.received_at, e.source, e.event_type, e.headers, e.body, d.id AS delivery_id,
+                    {DELIVERY_STATE} AS delivery_status
+             FROM events e
+             LEFT JOIN deliveries d ON d.event_id = e.id AND d.target_kind = $4 AND d.target = $5
+             LEFT JOIN delivery_queue q ON q.delivery_id = d.id
+             WHERE e.namespace = $1 AND e.received_at >= $2 AND e.received_at < $3
+               AND ($6::timestamptz IS NULL OR (e.received_at, e.id) > ($6, $7))
+             ORDER BY e.received_at, e.id
+             LIMIT $8"
+        )
+    });
+    sqlx::query_as(SQL.as_str())
+        .persistent(false)
+        .bind(&replay.namespace)
+        .bind(replay.window_from)
+        .bind(replay.window_to)
+        .bind(replay.target_kind.as_str())
+        .bind(&replay.target)
+        .bind(replay.cursor_at)
+        .bind(replay.cursor_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// A delivery a replay creates for an event that had none to its target.
