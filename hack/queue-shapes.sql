@@ -15,7 +15,7 @@
 --       flight (ids are made before their rows commit) is never passed, and moves the cursor;
 --   I   the history row is never updated: queued as L, but a claim only notes its lease (the
 --       row per claim of `queue_leases`), and the attempt carries the outcome (`outcome`,
---       added for this shape), so a delivery's state is its latest attempt; its partitions are
+--       migrations/0021), so a delivery's state is its latest attempt; its partitions are
 --       filled whole (fillfactor 100: no room kept for new versions);
 --   N   half way from L to I: claimed as I (the lease noted, the history row not leased), the
 --       outcome written to the history row as L does.
@@ -38,7 +38,6 @@ CREATE TABLE delivery_bundles (
 CREATE INDEX delivery_bundles_waiting ON delivery_bundles (namespace, target_kind, target, next_attempt_at);
 
 ALTER TABLE deliveries ADD COLUMN txid xid8;
-ALTER TABLE attempts ADD COLUMN outcome text;
 CREATE TABLE delivery_cursors (
     namespace   text NOT NULL,
     target_kind text NOT NULL,

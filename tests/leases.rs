@@ -144,7 +144,10 @@ async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the
     .await
     .expect("record");
     assert_eq!(state(&pool, id).await, ("succeeded".into(), 1, None, None));
-    assert_eq!(support::attempt_numbers(&pool, id).await, [1]);
+    assert_eq!(
+        support::attempt_outcomes(&pool, id).await,
+        [(1, Some("succeeded".to_owned()))]
+    );
 
     let (id, leased) = store(&writer, leased_event("evt_retry", Duration::ZERO, lease)).await;
     let retry_at = Utc::now() + chrono::Duration::seconds(60);
@@ -153,6 +156,10 @@ async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the
         .expect("record");
     let (status, attempts, lease, queued) = state(&pool, id).await;
     assert_eq!((status.as_str(), attempts, lease), ("failed", 1, None));
+    assert_eq!(
+        support::attempt_outcomes(&pool, id).await,
+        [(1, Some("failed".to_owned()))]
+    );
     let (due, queued_attempts) = queued.expect("its retry is queued");
     assert_eq!(queued_attempts, 1, "the next attempt is number 2");
     assert!(

@@ -694,9 +694,9 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
         .expect("the current outcome");
     assert_eq!(status().await, ("succeeded".into(), 2, 0, false));
     assert_eq!(
-        support::attempt_numbers(&pool, again.id).await,
-        [1, 2],
-        "both attempts are history"
+        support::attempt_outcomes(&pool, again.id).await,
+        [(1, None), (2, Some("succeeded".to_owned()))],
+        "both attempts are history; only the current claim's gave the delivery its outcome"
     );
 }
 
@@ -871,6 +871,10 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         .await
         .unwrap();
     assert_eq!(status, "dead");
+    assert_eq!(
+        support::attempt_outcomes(&pool, next[0].id).await,
+        [(1, Some("dead".to_owned()))]
+    );
     let l_head = first
         .iter()
         .find(|c| c.ordering_key.as_deref() == Some("l"))
@@ -956,6 +960,13 @@ async fn a_late_outcome_in_the_same_batch_does_not_win() {
         .await
         .expect("states");
     assert_eq!(states, [("succeeded".to_owned(), 2), ("succeeded".to_owned(), 2)]);
+    for delivery in &current {
+        assert_eq!(
+            support::attempt_outcomes(&pool, delivery.id).await,
+            [(1, None), (2, Some("succeeded".to_owned()))],
+            "the late attempt is kept without an outcome"
+        );
+    }
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_queue")
         .fetch_one(&pool)
         .await

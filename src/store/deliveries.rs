@@ -493,12 +493,6 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 AS r (delivery_id, number, started_at, duration_ms, status_code, error_class, error,
                       response_headers, response_body, status, next_attempt_at, last_error, lease_until,
                       blocks_key, hand_over_ms)
-        ), attempt AS (
-            INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
-                                  error_class, error, response_headers, response_body)
-            SELECT delivery_id, number, started_at, duration_ms, status_code, error_class, error,
-                   response_headers, response_body
-            FROM record
         ), finished AS (
             DELETE FROM delivery_queue q USING record r
             WHERE q.delivery_id = ANY ($17) AND q.delivery_id = r.delivery_id AND {DUE_AT} = r.lease_until AND r.status <> 'failed'
@@ -541,7 +535,20 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             WHERE r.delivery_id = ANY ($16) AND d.id >= r.delivery_id AND d.id <= r.delivery_id
               AND d.lease_until = r.lease_until
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
-                      r.number, d.ordering_key, d.position
+                      r.number, d.ordering_key, d.position, r.lease_until
+        ), attempt AS (
+            -- Every attempt is kept; its outcome only where its claim still held the delivery
+            -- (migrations/0021).
+            INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
+                                  error_class, error, response_headers, response_body, outcome)
+            SELECT r.delivery_id, r.number, r.started_at, r.duration_ms, r.status_code, r.error_class, r.error,
+                   r.response_headers, r.response_body,
+                   CASE WHEN EXISTS (SELECT 1 FROM moved m
+                                     WHERE m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until)
+                          OR EXISTS (SELECT 1 FROM direct x
+                                     WHERE x.id = r.delivery_id AND x.lease_until = r.lease_until)
+                        THEN r.status::attempt_outcome END
+            FROM record r
         ), direct_retry AS (
             -- Its retry waits in the queue like any other (with its key, should a replica whose
             -- configuration did not have the target's `ordering` yet have claimed it).

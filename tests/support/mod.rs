@@ -208,6 +208,16 @@ pub async fn attempt_numbers(pool: &sqlx::PgPool, delivery: uuid::Uuid) -> Vec<i
         .expect("attempts")
 }
 
+/// The outcome each attempt of a delivery recorded, by attempt number (`None` for one whose
+/// claim had ended: its outcome came late).
+pub async fn attempt_outcomes(pool: &sqlx::PgPool, delivery: uuid::Uuid) -> Vec<(i32, Option<String>)> {
+    sqlx::query_as("SELECT attempt_number, outcome::text FROM attempts WHERE delivery_id = $1 ORDER BY 1")
+        .bind(delivery)
+        .fetch_all(pool)
+        .await
+        .expect("attempts")
+}
+
 /// A 200 answer to attempt `number` of a delivery held until `lease_until` (on its row, or in
 /// the queue), which succeeds it.
 pub fn answered_200_to(
