@@ -543,10 +543,10 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                                   error_class, error, response_headers, response_body, outcome)
             SELECT r.delivery_id, r.number, r.started_at, r.duration_ms, r.status_code, r.error_class, r.error,
                    r.response_headers, r.response_body,
-                   CASE WHEN EXISTS (SELECT 1 FROM moved m
-                                     WHERE m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until)
-                          OR EXISTS (SELECT 1 FROM direct x
-                                     WHERE x.id = r.delivery_id AND x.lease_until = r.lease_until)
+                   -- Uncorrelated, so looked up in one hash, not scanned per record.
+                   CASE WHEN (r.delivery_id, r.lease_until) IN (
+                            SELECT delivery_id, lease_until FROM moved
+                            UNION ALL SELECT id, lease_until FROM direct)
                         THEN r.status::attempt_outcome END
             FROM record r
         ), direct_retry AS (
