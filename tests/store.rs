@@ -51,6 +51,83 @@ async fn a_scan_priced_high_is_not_compiled() {
     assert!(plan.get("JIT").is_none(), "compiled by JIT: {}", plan["JIT"]);
 }
 
+/// A migration that waits behind a long query for its table's lock gives way after a while, so
+/// the statements queued behind it (here an attempt being recorded) go on, and it is tried
+/// again until it applies, once the query has ended.
+#[tokio::test]
+async fn a_migration_waiting_behind_a_long_query_gives_way_and_is_tried_again() {
+    let url = support::fresh_database().await;
+    let pool = hookline::store::connect_lazy(&url, 4).expect("pool");
+    support::migrations_before(21)
+        .run(&pool)
+        .await
+        .expect("the schema before 0021");
+    let now = chrono::Utc::now();
+    hookline::store::partitions::ensure(
+        &pool,
+        now,
+        now + chrono::Duration::hours(1),
+        hookline::store::partitions::DEFAULT_PERIOD,
+    )
+    .await
+    .expect("partitions");
+    // A long read of the attempts, still open.
+    let mut reader = pool.begin().await.expect("begin");
+    sqlx::query("SELECT count(*) FROM attempts")
+        .execute(&mut *reader)
+        .await
+        .expect("read");
+    let migrating = tokio::spawn({
+        let pool = pool.clone();
+        async move { hookline::store::migrate(&pool).await }
+    });
+    // Until the migration asks for its lock (and waits for it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'
+                        AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("locks")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never asked for its lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // An attempt recorded meanwhile waits behind the migration's request, and goes on once the
+    // migration gives way, though the reader is still open.
+    let recorded = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sqlx::query(&format!(
+            "INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms)
+             VALUES ({}, 1, now(), 5)",
+            support::sql_id_at("now()")
+        ))
+        .execute(&pool),
+    )
+    .await;
+    assert!(
+        matches!(recorded, Ok(Ok(_))),
+        "the attempt is recorded while the migration waits: {recorded:?}"
+    );
+    assert!(!migrating.is_finished(), "the migration is still being tried");
+    reader.commit().await.expect("the reader ends");
+    migrating
+        .await
+        .expect("join")
+        .expect("the migration applies once the reader has ended");
+    let outcome: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'attempts' AND column_name = 'outcome'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("columns");
+    assert_eq!(outcome, 1);
+}
+
 #[tokio::test]
 async fn migrations_apply_and_reapply() {
     let url = support::fresh_database().await;

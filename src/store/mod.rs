@@ -44,6 +44,22 @@ pub enum StoreError {
     Partitions(#[source] sqlx::Error),
 }
 
+/// One run of the migrations on a connection of their own, waiting at most
+/// [`MIGRATION_LOCK_TIMEOUT`] for any lock. The connection is closed after, not returned to the
+/// pool: a failed run may leave the migrator's session lock held, and the setting set.
+async fn migrate_once(pool: &PgPool) -> Result<(), MigrateError> {
+    let mut connection = pool.acquire().await?;
+    let result = async {
+        sqlx::query(&format!("SET lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'"))
+            .execute(&mut *connection)
+            .await?;
+        MIGRATOR.run_direct(&mut *connection).await
+    }
+    .await;
+    let _ = connection.close().await;
+    result
+}
+
 /// Opens a pool. Connections are made lazily, so a database that is down at start-up does not
 /// stop the process; callers report readiness from [`ping`].
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
@@ -90,9 +106,28 @@ pub fn with_cached_plans(pool: &PgPool, max_connections: u32) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// How long a migration waits for a table's lock before it gives way. A schema change waiting
+/// behind a long query (a console read, a retention batch) holds up every statement on that
+/// table queued behind it, ingest and outcomes included; one that gives way is tried again.
+const MIGRATION_LOCK_TIMEOUT: &str = "5s";
+/// How many times migrations are tried before the process gives up (about three minutes).
+const MIGRATION_TRIES: u32 = 30;
+
 /// Applies every migration not yet applied; running it again is a no-op.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
+    let mut tries = 1;
+    while let Err(err) = migrate_once(pool).await {
+        let gave_way = matches!(&err, MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _)
+            if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("55P03"));
+        if !gave_way || tries == MIGRATION_TRIES {
+            return Err(err.into());
+        }
+        tracing::warn!(
+            "a migration waited {MIGRATION_LOCK_TIMEOUT} for a lock held by another session and gave way; trying again: {err}"
+        );
+        tries += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     // Somewhere to write from the first request on: the current period, if none holds now
     // (the node's retention pass makes the next ones, of its configured period). Another
     // replica may be making it (then this one waits for it), or dropping a period (which holds
