@@ -24,7 +24,8 @@ pub(super) struct Routes {
 }
 
 impl Routes {
-    /// Files `patterns`, each with the index of the subscription it belongs to.
+    /// Files `patterns`, each with the index of the subscription it belongs to, in ascending
+    /// order of that index.
     pub(super) fn new<'a>(patterns: impl IntoIterator<Item = (usize, &'a str)>) -> Self {
         let mut routes = Self::default();
         for (owner, pattern) in patterns {
@@ -35,7 +36,9 @@ impl Routes {
                     None => &mut routes.everywhere,
                 },
             };
-            // An owner with two patterns filed together is listed once.
+            // An owner with two patterns filed together is listed once. Owners come in
+            // ascending order, so each list is ascending, as `candidates` merges them.
+            debug_assert!(list.last().is_none_or(|&last| last <= owner), "owners in order");
             if list.last() != Some(&owner) {
                 list.push(owner);
             }
