@@ -620,17 +620,11 @@ impl Dispatcher {
             .inc();
         self.record_breaker(key, runtime, settlement.succeeded, settlement.failure.as_deref())
             .await;
-        let reason;
         let attempted = if settlement.succeeded {
             activity::Attempted::Succeeded
         } else {
-            // As the attempts table says it: the status code, or the class of the error.
-            reason = match (attempt.status_code, attempt.error_class) {
-                (Some(code), _) => format!("HTTP {code}"),
-                (None, class) => class.unwrap_or("error").to_owned(),
-            };
             activity::Attempted::Failed {
-                reason: &reason,
+                reason: settlement.failure.as_deref().unwrap_or("unknown"),
                 dead: settlement.after == After::Dead,
             }
         };
