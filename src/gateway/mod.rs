@@ -63,7 +63,6 @@ pub struct Gateway {
     /// Set when the node is stopping: not ready any more (load balancers stop sending), while
     /// requests are still served.
     draining: AtomicBool,
-    /// Refused requests per (namespace, source, reason) since the last flush to Postgres.
     /// What ingest accepted and refused per source, for the sources' status.
     ingest_counts: Mutex<IngestCounts>,
     /// Failed console sign-ins per client, to slow down token guessing.
