@@ -461,7 +461,7 @@ async fn explain_duplicates(cluster: &Cluster, sink_ns: &str, database_url: &str
             .collect();
         let history: Vec<String> = sqlx::query_scalar(
             "SELECT concat_ws(' ', d.id, d.status, d.attempts, a.attempt_number, a.started_at, a.status_code, a.error)
-             FROM events e JOIN deliveries d ON d.event_id = e.id
+             FROM events e JOIN delivery_states d ON d.event_id = e.id
              LEFT JOIN attempts a ON a.delivery_id = d.id
              WHERE e.external_id = $1 ORDER BY a.attempt_number",
         )

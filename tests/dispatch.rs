@@ -155,7 +155,7 @@ async fn the_circuit_opens_half_opens_and_closes_without_spending_attempts() {
         .unwrap();
     assert_eq!(circuit, "closed");
     let total_attempts: i64 =
-        sqlx::query_scalar("SELECT sum(attempts) FROM deliveries WHERE target = 'shaky'")
+        sqlx::query_scalar("SELECT sum(attempts) FROM delivery_states WHERE target = 'shaky'")
             .fetch_one(&h.pool)
             .await
             .unwrap();
@@ -251,7 +251,7 @@ async fn a_delivery_waiting_past_its_lease_goes_back_unsent() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let released: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM deliveries
+            "SELECT count(*) FROM delivery_states
              WHERE attempts = 0 AND last_error = 'waited too long for a free slot'",
         )
         .fetch_one(&h.pool)
@@ -454,7 +454,7 @@ async fn private_addresses_need_an_opt_in() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let reason = loop {
         let error: Option<String> =
-            sqlx::query_scalar("SELECT last_error FROM deliveries WHERE target = 'internal'")
+            sqlx::query_scalar("SELECT last_error FROM delivery_states WHERE target = 'internal'")
                 .fetch_one(&h.pool)
                 .await
                 .unwrap();
@@ -550,7 +550,7 @@ async fn operator_egress_ranges_override_the_tenant_opt_in() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let reason = loop {
         let error: Option<String> =
-            sqlx::query_scalar("SELECT last_error FROM deliveries WHERE target = 'denied'")
+            sqlx::query_scalar("SELECT last_error FROM delivery_states WHERE target = 'denied'")
                 .fetch_one(&denied)
                 .await
                 .unwrap();

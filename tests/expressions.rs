@@ -25,7 +25,7 @@ fn delivered_numbers(received: &[support::sink::Received]) -> Vec<i64> {
 
 async fn filtered_errors(pool: &sqlx::PgPool, target: &str) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT last_error FROM deliveries WHERE target = $1 AND status = 'filtered_error' ORDER BY created_at",
+        "SELECT last_error FROM delivery_states WHERE target = $1 AND status = 'filtered_error' ORDER BY created_at",
     )
     .bind(target)
     .fetch_all(pool)
@@ -111,7 +111,7 @@ async fn filters_select_exactly_the_matching_events() {
     assert_eq!(erring.len(), 10, "the events without a customer");
     assert!(erring[0].starts_with("filter: "), "{}", erring[0]);
     let attempts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.status = 'filtered_error'",
+        "SELECT count(*) FROM attempts a JOIN delivery_states d ON d.id = a.delivery_id WHERE d.status = 'filtered_error'",
     )
     .fetch_one(&h.pool)
     .await

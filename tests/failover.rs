@@ -368,7 +368,7 @@ async fn promoting_a_synchronous_replica_loses_no_acknowledged_event() {
     }
     let (undelivered,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM events e WHERE NOT EXISTS (
-             SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'succeeded')",
+             SELECT 1 FROM delivery_states d WHERE d.event_id = e.id AND d.status = 'succeeded')",
     )
     .fetch_one(&new_primary)
     .await

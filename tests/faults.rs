@@ -101,11 +101,12 @@ spec:
     // Every flaky delivery reaches a final state.
     let deadline = Instant::now() + Duration::from_secs(30);
     let finals = loop {
-        let rows: Vec<(uuid::Uuid, String, i32)> =
-            sqlx::query_as("SELECT id, status, attempts FROM deliveries WHERE target = 'flaky' ORDER BY id")
-                .fetch_all(&h.pool)
-                .await
-                .expect("deliveries");
+        let rows: Vec<(uuid::Uuid, String, i32)> = sqlx::query_as(
+            "SELECT id, status, attempts FROM delivery_states WHERE target = 'flaky' ORDER BY id",
+        )
+        .fetch_all(&h.pool)
+        .await
+        .expect("deliveries");
         if rows.len() == EVENTS && rows.iter().all(|(_, s, _)| s == "succeeded" || s == "dead") {
             break rows;
         }

@@ -102,8 +102,9 @@ async fn state(pool: &sqlx::PgPool, id: Uuid) -> State {
         Option<i32>,
     );
     let (status, attempts, lease, due, queued_attempts): Row = sqlx::query_as(
-        "SELECT d.status, d.attempts, d.lease_until, q.next_attempt_at, q.attempts
-         FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id WHERE d.id = $1",
+        "SELECT s.status, s.attempts, d.lease_until, q.next_attempt_at, q.attempts
+         FROM deliveries d JOIN delivery_states s ON s.id = d.id
+         LEFT JOIN delivery_queue q ON q.delivery_id = d.id WHERE d.id = $1",
     )
     .bind(id)
     .fetch_one(pool)
@@ -677,7 +678,7 @@ async fn claims_outcomes_and_the_pass_read_only_their_own_partition() {
     assert_eq!(scanned, [], "other days' partitions were scanned");
     // (Read after the scans were counted: this reads every partition.)
     let settled: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE target = $1 AND status <> 'pending'")
+        sqlx::query_scalar("SELECT count(*) FROM delivery_states WHERE target = $1 AND status <> 'pending'")
             .bind(ORDERED)
             .fetch_one(&reader)
             .await

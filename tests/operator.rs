@@ -429,7 +429,7 @@ spec: {{ url: 'http://crm.internal.svc/hooks', events: ['*'] }}
         Duration::from_secs(30),
         async || {
             let statuses: Vec<String> =
-                sqlx::query_scalar("SELECT status FROM deliveries WHERE target = 'failing'")
+                sqlx::query_scalar("SELECT status FROM delivery_states WHERE target = 'failing'")
                     .fetch_all(&pool)
                     .await
                     .ok()?;

@@ -176,7 +176,7 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let dead_attempts = loop {
         let dead: Option<i32> = sqlx::query_scalar(
-            "SELECT attempts FROM deliveries WHERE status = 'dead' AND ordering_key = 'poison'",
+            "SELECT attempts FROM delivery_states WHERE status = 'dead' AND ordering_key = 'poison'",
         )
         .fetch_optional(&pool)
         .await
@@ -213,7 +213,7 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
     let targets: Value = serde_json::from_str(&b.admin_get("/admin/v1/targets").await).unwrap();
     assert_eq!(targets["items"][0]["blockedKeys"], 1, "{targets}");
     let dead: String = sqlx::query_scalar(
-        "SELECT id::text FROM deliveries WHERE status = 'dead' AND ordering_key = 'poison'",
+        "SELECT id::text FROM delivery_states WHERE status = 'dead' AND ordering_key = 'poison'",
     )
     .fetch_one(&pool)
     .await
@@ -233,7 +233,7 @@ async fn each_key_is_delivered_in_order_across_replicas_failures_and_a_kill() {
     })
     .await;
     assert_eq!(first_successes(&sink.received("ledger"))["poison"], [1, 2]);
-    let status: String = sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1::uuid")
+    let status: String = sqlx::query_scalar("SELECT status FROM delivery_states WHERE id = $1::uuid")
         .bind(&dead)
         .fetch_one(&pool)
         .await

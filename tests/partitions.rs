@@ -244,7 +244,7 @@ async fn a_populated_database_is_partitioned_in_place() {
     assert_eq!(claimed.len(), queued.len());
     assert!(claimed == queued, "each waiting delivery exactly once");
     let unfinished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status IN ('pending', 'failed')")
+        sqlx::query_scalar("SELECT count(*) FROM delivery_states WHERE status IN ('pending', 'failed')")
             .fetch_one(&pool)
             .await
             .unwrap();

@@ -739,9 +739,9 @@ async fn an_expired_claim_is_due_again_and_its_late_outcome_is_only_history() {
     // (status, attempts started before the one out, queued, out on the current claim's lease)
     let status = || async {
         sqlx::query_as::<_, (String, i32, i64, bool)>(
-            "SELECT status, attempts, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1),
-                    lease_until IS NOT DISTINCT FROM $2
-             FROM deliveries WHERE id = $1",
+            "SELECT s.status, s.attempts, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1),
+                    d.lease_until IS NOT DISTINCT FROM $2
+             FROM deliveries d JOIN delivery_states s ON s.id = d.id WHERE d.id = $1",
         )
         .bind(again.id)
         .bind(again.lease_until)
@@ -830,7 +830,7 @@ async fn an_expired_head_is_claimed_again_and_its_late_outcome_is_only_history()
         let (status, attempts, due, claimed): (String, i32, chrono::DateTime<chrono::Utc>, bool) =
             sqlx::query_as(
                 "SELECT d.status, d.attempts, q.next_attempt_at, q.claimed
-                 FROM deliveries d JOIN delivery_queue q ON q.delivery_id = d.id WHERE d.id = $1",
+                 FROM delivery_states d JOIN delivery_queue q ON q.delivery_id = d.id WHERE d.id = $1",
             )
             .bind(delivery.id)
             .fetch_one(&pool)
@@ -942,7 +942,7 @@ async fn an_ordered_key_goes_one_at_a_time_in_order_and_a_dead_head_blocks_it() 
         claim(&pool, &take()).await.expect("claim").is_empty(),
         "k is blocked"
     );
-    let status: String = sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1")
+    let status: String = sqlx::query_scalar("SELECT status FROM delivery_states WHERE id = $1")
         .bind(next[0].id)
         .fetch_one(&pool)
         .await
@@ -1032,10 +1032,11 @@ async fn a_late_outcome_in_the_same_batch_does_not_win() {
         stale(current[1].id),
     ];
     record_attempts(&pool, &batch).await.expect("record");
-    let states: Vec<(String, i32)> = sqlx::query_as("SELECT status, attempts FROM deliveries ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .expect("states");
+    let states: Vec<(String, i32)> =
+        sqlx::query_as("SELECT status, attempts FROM delivery_states ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("states");
     assert_eq!(states, [("succeeded".to_owned(), 2), ("succeeded".to_owned(), 2)]);
     for delivery in &current {
         assert_eq!(
@@ -1096,7 +1097,7 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
     record_attempts(&pool, &[support::answered_200(&first, After::Succeeded)])
         .await
         .expect("the cancelled claim's outcome");
-    let status: String = sqlx::query_scalar("SELECT status FROM deliveries")
+    let status: String = sqlx::query_scalar("SELECT status FROM delivery_states")
         .fetch_one(&pool)
         .await
         .expect("status");
@@ -1118,7 +1119,7 @@ async fn attempt_numbers_stay_unique_through_cancel_redeliver_and_release() {
     record_attempts(&pool, &[support::answered_200(&third, After::Succeeded)])
         .await
         .expect("record");
-    let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, attempts FROM deliveries")
+    let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, attempts FROM delivery_states")
         .fetch_one(&pool)
         .await
         .expect("status");
@@ -1682,8 +1683,8 @@ async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_be
         .await
         .expect("record");
     let (status, leased, queued): (String, Option<chrono::DateTime<chrono::Utc>>, i64) = sqlx::query_as(
-        "SELECT status, lease_until, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1)
-         FROM deliveries WHERE id = $1",
+        "SELECT s.status, d.lease_until, (SELECT count(*) FROM delivery_queue WHERE delivery_id = $1)
+         FROM deliveries d JOIN delivery_states s ON s.id = d.id WHERE d.id = $1",
     )
     .bind(id)
     .fetch_one(&pool)
@@ -1956,4 +1957,86 @@ async fn a_sources_received_count_survives_the_move_to_minutes() {
     add_ingest_counts(&pool, &counts).await.expect("flush again");
     let stats = source_stats(&pool, "billing", "stripe").await.expect("stats");
     assert_eq!((stats.received, stats.rejected), (7, 2));
+}
+
+/// A delivery's state is its row, superseded by the latest attempt numbered past the row's
+/// `attempts` that carries an outcome (migrations/0022): whatever writes the row folds in the
+/// attempts so far, and an attempt without an outcome (a late one) changes nothing.
+#[tokio::test]
+async fn a_deliverys_state_is_its_row_superseded_by_later_outcomes() {
+    use hookline::store::events::{EventBatching, event_writer};
+    let pool = migrated_pool(2).await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    writer
+        .submit(new_event("evt_state", "invoice.paid", "stripe/state"))
+        .await
+        .expect("store");
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM deliveries")
+        .fetch_one(&pool)
+        .await
+        .expect("delivery");
+    let attempt =
+        |number: i32, status_code: Option<i16>, error_class: Option<&str>, outcome: Option<&str>| {
+            let pool = pool.clone();
+            let error_class = error_class.map(str::to_owned);
+            let outcome = outcome.map(str::to_owned);
+            async move {
+                sqlx::query(
+                    "INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
+                                       error_class, outcome)
+                 VALUES ($1, $2, now(), 7, $3, $4, $5::attempt_outcome)",
+                )
+                .bind(id)
+                .bind(number)
+                .bind(status_code)
+                .bind(error_class)
+                .bind(outcome)
+                .execute(&pool)
+                .await
+                .expect("attempt");
+            }
+        };
+    let state = || async {
+        sqlx::query_as::<_, (String, String, i32, Option<String>)>(
+            "SELECT state, status, attempts, last_error FROM delivery_states WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("state")
+    };
+    // Queued as it was stored: pending, nothing tried.
+    assert_eq!(state().await, ("pending".into(), "pending".into(), 0, None));
+    // Out of the queue without an outcome yet: being sent.
+    sqlx::query("DELETE FROM delivery_queue")
+        .execute(&pool)
+        .await
+        .expect("claim");
+    assert_eq!(state().await.0, "in_flight");
+    attempt(1, Some(503), None, Some("failed")).await;
+    assert_eq!(
+        state().await,
+        ("in_flight".into(), "failed".into(), 1, Some("HTTP 503".into())),
+        "a failed delivery out of the queue is out for its retry"
+    );
+    attempt(2, None, Some("timeout"), Some("dead")).await;
+    assert_eq!(
+        state().await,
+        ("dead".into(), "dead".into(), 2, Some("timeout".into()))
+    );
+    // A late attempt (its claim had ended) counts as started, and changes no state.
+    attempt(3, Some(200), None, None).await;
+    assert_eq!(
+        state().await,
+        ("dead".into(), "dead".into(), 3, Some("timeout".into()))
+    );
+    // The row written later (a cancel, say) folds in the attempts so far: it is what holds.
+    sqlx::query("UPDATE deliveries SET status = 'cancelled', attempts = 3, last_error = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .expect("checkpoint");
+    assert_eq!(state().await, ("cancelled".into(), "cancelled".into(), 3, None));
+    attempt(4, Some(204), None, Some("succeeded")).await;
+    assert_eq!(state().await, ("succeeded".into(), "succeeded".into(), 4, None));
 }

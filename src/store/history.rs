@@ -1,8 +1,6 @@
 //! Reading the history for the delivery console: events with filters and cursor pagination,
 //! one event with its deliveries and every attempt, and redelivery.
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -55,14 +53,14 @@ pub const LIST_EVENTS: &str =
             count(*) FILTER (WHERE d.status = 'succeeded') AS succeeded,
             count(*) FILTER (WHERE d.status IN ('pending', 'failed')) AS pending,
             count(*) FILTER (WHERE d.status = 'dead') AS dead
-     FROM deliveries d WHERE d.event_id = e.id) c
+     FROM delivery_states d WHERE d.event_id = e.id) c
  WHERE ($1::text IS NULL OR e.namespace = $1)
    AND ($2::text IS NULL OR e.source = $2)
    AND ($3::text IS NULL OR e.event_type = $3)
    AND ($4::timestamptz IS NULL OR e.received_at >= $4)
    AND ($5::timestamptz IS NULL OR e.received_at < $5)
    AND ($6::uuid IS NULL OR e.id < $6)
-   AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = e.id AND x.status = $7))
+   AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM delivery_states x WHERE x.event_id = e.id AND x.status = $7))
    AND ($9::text[] IS NULL OR e.namespace = ANY ($9))
  ORDER BY e.id DESC
  LIMIT $8";
@@ -146,12 +144,6 @@ pub struct AttemptDetail {
     pub response_body: Option<String>,
 }
 
-/// A delivery's state as the console and the replays show it, from its history row `d` and
-/// its queue row `q` (left-joined): `in_flight` while a claim or a lease is out, else the
-/// row's status. Every reader that shows a state uses this one, so they agree.
-pub(super) const DELIVERY_STATE: &str = "CASE WHEN (q.claimed AND q.next_attempt_at > now()) OR d.lease_until > now() \
-     THEN 'in_flight' ELSE d.status END";
-
 pub async fn event(
     pool: &PgPool,
     id: Uuid,
@@ -166,21 +158,16 @@ pub async fn event(
     else {
         return Ok(None);
     };
-    static DELIVERIES: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT d.id, d.target_kind, d.target, {DELIVERY_STATE} AS status, d.attempts,
-                    CASE WHEN NOT (q.claimed AND q.next_attempt_at > now()) AND q.next_attempt_at < 'infinity'
-                         THEN q.next_attempt_at END AS next_attempt_at,
-                    d.last_error, d.ordering_key, coalesce(q.next_attempt_at = 'infinity', false) AS blocks_key
-             FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_id = d.id
-             WHERE d.event_id = $1 ORDER BY d.target_kind, d.target"
-        )
-    });
-    let deliveries = sqlx::query_as(DELIVERIES.as_str())
-        .persistent(false)
-        .bind(id)
-        .fetch_all(pool)
-        .await?;
+    // The state as every reader shows it (migrations/0022).
+    let deliveries = sqlx::query_as(
+        "SELECT id, target_kind, target, state AS status, attempts, next_attempt_at, last_error, ordering_key,
+                blocks_key
+         FROM delivery_states WHERE event_id = $1 ORDER BY target_kind, target",
+    )
+    .persistent(false)
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
     let attempts = sqlx::query_as(
         "SELECT a.delivery_id, a.attempt_number, a.started_at, a.duration_ms, a.status_code, a.error_class,
                 a.error, a.response_headers, a.response_body
@@ -246,9 +233,9 @@ pub async fn redeliver_dead(
     since: Option<DateTime<Utc>>,
 ) -> sqlx::Result<u64> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM deliveries
+        "SELECT id FROM delivery_states
          WHERE namespace = $1 AND target_kind = $2 AND target = $3 AND status = 'dead'
-           AND ($4::timestamptz IS NULL OR updated_at >= $4)",
+           AND ($4::timestamptz IS NULL OR settled_at >= $4)",
     )
     .bind(&target.namespace)
     .bind(target.kind.as_str())

@@ -1,14 +1,11 @@
 //! Replays in Postgres: what each asks for, how far it got, and the statements the replay
 //! worker moves it on with (see `dispatch::replay`).
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::history::DELIVERY_STATE;
 use crate::api::{TargetKey, TargetKind, WebhookReplay};
 
 /// A replay as it is asked for.
@@ -125,7 +122,7 @@ const PROGRESS: &str =
             count(d.id) FILTER (WHERE d.status = 'dead') AS failed,
             count(d.id) FILTER (WHERE d.status IN ('pending', 'failed')) AS outstanding,
             r.created_at, r.finished_at
-     FROM replays r LEFT JOIN deliveries d ON d.replay_id = r.id";
+     FROM replays r LEFT JOIN delivery_states d ON d.replay_id = r.id";
 
 /// The progress of the replay of a namespace, name and uid.
 pub async fn progress(
@@ -269,20 +266,17 @@ pub struct WindowEvent {
 
 /// The next `limit` events of the replay's window after its cursor, in the order received.
 pub async fn next_events(pool: &PgPool, replay: &Leased, limit: i64) -> sqlx::Result<Vec<WindowEvent>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT e.id, e.received_at, e.source, e.event_type, e.headers, e.body, d.id AS delivery_id,
-                    {DELIVERY_STATE} AS delivery_status
-             FROM events e
-             LEFT JOIN deliveries d ON d.event_id = e.id AND d.target_kind = $4 AND d.target = $5
-             LEFT JOIN delivery_queue q ON q.delivery_id = d.id
-             WHERE e.namespace = $1 AND e.received_at >= $2 AND e.received_at < $3
-               AND ($6::timestamptz IS NULL OR (e.received_at, e.id) > ($6, $7))
-             ORDER BY e.received_at, e.id
-             LIMIT $8"
-        )
-    });
-    sqlx::query_as(SQL.as_str())
+    // The delivery's state as every reader shows it (migrations/0022).
+    const SQL: &str =
+        "SELECT e.id, e.received_at, e.source, e.event_type, e.headers, e.body, d.id AS delivery_id,
+                d.state AS delivery_status
+         FROM events e
+         LEFT JOIN delivery_states d ON d.event_id = e.id AND d.target_kind = $4 AND d.target = $5
+         WHERE e.namespace = $1 AND e.received_at >= $2 AND e.received_at < $3
+           AND ($6::timestamptz IS NULL OR (e.received_at, e.id) > ($6, $7))
+         ORDER BY e.received_at, e.id
+         LIMIT $8";
+    sqlx::query_as(SQL)
         .persistent(false)
         .bind(&replay.namespace)
         .bind(replay.window_from)

@@ -150,7 +150,7 @@ impl Harness {
     }
 
     pub async fn delivery(&self, target: &str) -> Vec<(String, i32)> {
-        sqlx::query_as("SELECT status, attempts FROM deliveries WHERE target = $1 ORDER BY created_at")
+        sqlx::query_as("SELECT status, attempts FROM delivery_states WHERE target = $1 ORDER BY created_at")
             .bind(target)
             .fetch_all(&self.pool)
             .await
