@@ -114,7 +114,7 @@ mod tests {
             ordering_key: None,
             traceparent: None,
             tracestate: None,
-            lease_on_row: false,
+            held: crate::store::deliveries::Held::Queue,
         }
     }
 

@@ -650,7 +650,7 @@ impl Dispatcher {
             delivery: delivery.id,
             lease_until: delivery.lease_until,
             number: delivery.attempts + 1,
-            lease_on_row: delivery.lease_on_row,
+            held: delivery.held,
             attempt,
             after,
             last_error: settlement.failure.clone(),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::api::TargetKey;
 use crate::dispatch::{Dispatcher, Reservation};
-use crate::store::deliveries::Claimed;
+use crate::store::deliveries::{Claimed, Held};
 use crate::store::events::{ClaimedAtStore, NewDelivery, NewEvent};
 
 /// The reservations of one event's deliveries, with what sending them needs of the event.
@@ -114,7 +114,7 @@ impl SendNow {
                     ordering_key: None,
                     traceparent: event.traceparent.clone(),
                     tracestate: event.tracestate.clone(),
-                    lease_on_row: true,
+                    held: Held::Row,
                 },
                 reservation,
             );

@@ -2,15 +2,17 @@
 //! per-target runtime state shared by every gateway replica.
 //!
 //! A waiting delivery has a row in `delivery_queue` beside its history row in `deliveries`. A
-//! claim deletes the queue row and leases the delivery on its history row
-//! (`deliveries.lease_until`, in no index, so both that write and the outcome's are HOT), as
-//! the storing gateway leases a delivery it sends itself; the claim notes what it leased in
-//! `queue_leases`, where the pass over expired leases finds it should its sender die
-//! (`super::leases`). A target with `ordering` is claimed differently: a key's head stays
-//! queued while it is out, its due time moved to the end of the lease (a visibility timeout:
-//! due again should its sender die), so that nothing later of its key is claimed meanwhile.
-//! Either way the lease's end is the claim's token: an outcome is applied to the queue and the
-//! history only while the token still matches.
+//! claim deletes the queue row and notes the delivery in `claims` (one row per claim and lease),
+//! where the pass over ended claims finds it should its sender die (`super::leases`); the
+//! history row is not written. A target with `ordering` is claimed differently: a key's head
+//! stays queued while it is out, its due time moved to the end of the lease (a visibility
+//! timeout: due again should its sender die), so that nothing later of its key is claimed
+//! meanwhile. A new delivery the storing gateway sends itself is leased on its history row.
+//! However it is held ([`Held`]), the lease's end is the claim's token: an outcome counts only
+//! while the token still holds.
+//!
+//! A delivery's outcome is its attempt's (`attempts.outcome`): the history row is a checkpoint,
+//! superseded by later outcomes, which the view `delivery_states` reads (migrations/0022).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -45,11 +47,34 @@ pub struct Claimed {
     /// The W3C trace context stored with its event.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
-    /// Leased on its history row, with no queue row while it is out (see `super::leases`): by
-    /// the statement that stored it, or by a claim from the queue of a target without
-    /// `ordering`. False for a key's head, which stays queued while it is out.
-    #[sqlx(default)]
-    pub lease_on_row: bool,
+    #[sqlx(try_from = "String")]
+    pub held: Held,
+}
+
+/// Where a delivery out for sending is held, and so where its outcome is fenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Leased on its history row by the statement that stored it (see `super::leases`); no
+    /// queue row while it is out.
+    Row,
+    /// Claimed from the queue and noted in `claims` (see `super::leases`); no queue row while
+    /// it is out.
+    Claim,
+    /// A key's head, leased in its queue row, which stays queued while it is out.
+    Queue,
+}
+
+impl TryFrom<String> for Held {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "row" => Ok(Held::Row),
+            "claim" => Ok(Held::Claim),
+            "queue" => Ok(Held::Queue),
+            _ => Err(format!("no such hold: {text}")),
+        }
+    }
 }
 
 impl Claimed {
@@ -172,7 +197,7 @@ const QUEUED_EVENT_ID: &str =
 /// (`EVENT_OF_CLAIMED`).
 const CLAIMED_HEAD: &str = "c.delivery_id AS id, c.namespace, c.target_kind, c.target, \
      c.attempts - 1 AS attempts, c.next_attempt_at AS lease_until, e.source, e.event_type, e.body, \
-     e.content_type, e.received_at, e.traceparent, e.tracestate, c.event_id, c.ordering_key";
+     e.content_type, e.received_at, e.traceparent, e.tracestate, c.event_id, c.ordering_key, 'queue' AS held";
 
 /// The event of each claimed row `c`, for [`Claimed`]: a lookup per row (`OFFSET 0` keeps the
 /// planner from making it a join, which a plan made on small tables may do by reading the
@@ -243,9 +268,9 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
             SELECT jsonb_object_agg(concat_ws('/', namespace, target_kind, target), lease_ms) AS target
             FROM wanted
         ), claimed AS (
-            -- Out of the queue and leased on the history row (see the module's comment). By the
-            -- array alone: a join with `due` was planned by some connections as a loop over the
-            -- whole array per claimed row.
+            -- Out of the queue and noted in `claims` (see the module's comment). By the array
+            -- alone: a join with `due` was planned by some connections as a loop over the whole
+            -- array per claimed row.
             DELETE FROM delivery_queue q
             WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
             RETURNING q.delivery_id, q.namespace, q.target_kind, q.target, q.attempts, q.ordering_key,
@@ -253,21 +278,15 @@ async fn claim_unordered(pool: &PgPool, wanted: &[&Take]) -> sqlx::Result<Vec<Cl
                       now() + interval '1 millisecond' * (
                           (SELECT target FROM lease_of) ->> concat_ws('/', q.namespace, q.target_kind, q.target)
                       )::bigint AS lease_until
-        ), leased AS (
-            -- The attempts started so far go on the row too, so that whoever takes the lease
-            -- over numbers the attempt in flight as this one does (store::leases).
-            -- Each looked up in its own partition by a range of one key (see `direct` in
-            -- `record_attempts`).
-            UPDATE deliveries d SET lease_until = c.lease_until, attempts = GREATEST(d.attempts, c.attempts)
-            FROM claimed c
-            WHERE d.id >= c.delivery_id AND d.id <= c.delivery_id
         ), noted AS (
-            INSERT INTO queue_leases (lease_until, deliveries)
-            SELECT lease_until, array_agg(delivery_id) FROM claimed GROUP BY lease_until
+            -- With the attempts each had started, so that the pass over ended claims numbers the
+            -- attempt in flight as this one does (store::leases).
+            INSERT INTO claims (lease_until, deliveries)
+            SELECT lease_until, jsonb_object_agg(delivery_id::text, attempts) FROM claimed GROUP BY lease_until
         )
         SELECT c.delivery_id AS id, c.namespace, c.target_kind, c.target, c.attempts, c.lease_until,
                e.source, e.event_type, e.body, e.content_type, e.received_at, e.traceparent, e.tracestate,
-               c.event_id, c.ordering_key, true AS lease_on_row
+               c.event_id, c.ordering_key, 'claim' AS held
         FROM claimed c
         {EVENT_OF_CLAIMED}"#
         )
@@ -379,9 +398,8 @@ pub struct AttemptRecord {
     pub lease_until: DateTime<Utc>,
     /// 1 for the first attempt.
     pub number: i32,
-    /// Of a delivery leased on its row ([`Claimed::lease_on_row`]): its outcome goes to the
-    /// row, not to a queue row.
-    pub lease_on_row: bool,
+    /// Where its claim holds the delivery ([`Claimed::held`]).
+    pub held: Held,
     pub attempt: Attempt,
     pub after: After,
     pub last_error: Option<String>,
@@ -464,15 +482,15 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
     let mut records: Vec<&AttemptRecord> = records.iter().collect();
     records.sort_by_key(|r| r.delivery);
     let column = |f: fn(&AttemptRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
-    // Each outcome is looked for only where its claim left the delivery: on its history row
-    // (looked up in the history's partitions) or in the queue. A batch of one kind costs no
-    // lookup in the other place.
-    let (mut on_row, mut in_queue) = (Vec::new(), Vec::new());
+    // Each outcome is looked for only where its claim holds the delivery: on its history row
+    // (looked up in the history's partitions), in `claims`, or in the queue. A batch of one kind
+    // costs no lookup in the other places.
+    let (mut on_row, mut by_claim, mut in_queue) = (Vec::new(), Vec::new(), Vec::new());
     for r in &records {
-        if r.lease_on_row {
-            on_row.push(r.delivery);
-        } else {
-            in_queue.push(r.delivery);
+        match r.held {
+            Held::Row => on_row.push(r.delivery),
+            Held::Claim => by_claim.push(r.delivery),
+            Held::Queue => in_queue.push(r.delivery),
         }
     }
     let next_status = |r: &AttemptRecord| match r.after {
@@ -512,14 +530,6 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ), moved AS (
             SELECT delivery_id, lease_until FROM finished
             UNION ALL SELECT * FROM retrying UNION ALL SELECT * FROM blocking
-        ), outcome AS (
-            -- Only the outcome of the claim that held the queue row: a batch may also carry a
-            -- late outcome of an expired claim on the same delivery. Looked up by a range of
-            -- one key, as in `direct` below.
-            UPDATE deliveries d
-            SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now()
-            FROM record r JOIN moved m ON m.delivery_id = r.delivery_id AND m.lease_until = r.lease_until
-            WHERE d.id >= m.delivery_id AND d.id <= m.delivery_id
         ), direct AS (
             -- A delivery leased on its own row (by the gateway that stored it, or by a claim
             -- from the queue; no queue row, see store::leases): its outcome, if the lease still
@@ -536,9 +546,24 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
               AND d.lease_until = r.lease_until
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
                       r.number, d.ordering_key, d.position, r.lease_until
+        ), noted AS MATERIALIZED (
+            -- The notes of the batch's claims from the queue (see store::leases), locked FOR
+            -- SHARE in id order, as the pass over ended claims locks them to delete them: that
+            -- pass waits for these outcomes, and then sees them.
+            SELECT c.lease_until, c.deliveries FROM claims c
+            WHERE c.lease_until = ANY (ARRAY(SELECT r.lease_until FROM record r WHERE r.delivery_id = ANY ($18)))
+            ORDER BY c.id
+            FOR SHARE
+        ), held AS (
+            -- Claimed from the queue, and its claim still holds it: its outcome counts. The
+            -- history row is not written (migrations/0022).
+            SELECT r.delivery_id, r.lease_until FROM record r
+            WHERE r.delivery_id = ANY ($18)
+              AND EXISTS (SELECT 1 FROM noted n
+                          WHERE n.lease_until = r.lease_until AND n.deliveries ? r.delivery_id::text)
         ), attempt AS (
             -- Every attempt is kept; its outcome only where its claim still held the delivery
-            -- (migrations/0021).
+            -- (migrations/0021): the delivery's state is its latest outcome (migrations/0022).
             INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code,
                                   error_class, error, response_headers, response_body, outcome)
             SELECT r.delivery_id, r.number, r.started_at, r.duration_ms, r.status_code, r.error_class, r.error,
@@ -546,16 +571,26 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                    -- Uncorrelated, so looked up in one hash, not scanned per record.
                    CASE WHEN (r.delivery_id, r.lease_until) IN (
                             SELECT delivery_id, lease_until FROM moved
-                            UNION ALL SELECT id, lease_until FROM direct)
+                            UNION ALL SELECT id, lease_until FROM direct
+                            UNION ALL SELECT delivery_id, lease_until FROM held)
                         THEN r.status::attempt_outcome END
             FROM record r
-        ), direct_retry AS (
-            -- Its retry waits in the queue like any other (with its key, should a replica whose
-            -- configuration did not have the target's `ordering` yet have claimed it).
+        ), retry AS (
+            -- A retry of a delivery held out of the queue waits in the queue like any other
+            -- (with its key, should a replica whose configuration did not have the target's
+            -- `ordering` yet have claimed it).
             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
                                         attempts, event_id, ordering_key, position)
             SELECT id, namespace, target_kind, target, next_attempt_at, number, event_id, ordering_key, position
             FROM direct WHERE status = 'failed'
+            UNION ALL
+            -- Each looked up in its own partition by a range of one key, as in `direct`.
+            SELECT d.id, d.namespace, d.target_kind, d.target, r.next_attempt_at, r.number, d.event_id,
+                   d.ordering_key, d.position
+            FROM record r CROSS JOIN LATERAL (
+                SELECT * FROM deliveries d WHERE d.id >= r.delivery_id AND d.id <= r.delivery_id OFFSET 0
+            ) d
+            WHERE r.status = 'failed' AND (r.delivery_id, r.lease_until) IN (SELECT delivery_id, lease_until FROM held)
         ), successor AS (
             -- The key's next delivery (the finished one is still visible here, so left out), when
             -- it is due, none of the key is out but the finished one, and the target is not
@@ -637,6 +672,7 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         )
         .bind(on_row)
         .bind(in_queue)
+        .bind(by_claim)
         .fetch_all(pool)
         .await
 }
@@ -651,12 +687,22 @@ pub async fn end_unsent(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "WITH ended AS (
+             -- A key's head, leased in the queue.
              DELETE FROM delivery_queue WHERE delivery_id = $1 AND next_attempt_at = $2
              RETURNING delivery_id
+         ), unclaimed AS (
+             -- Claimed from the queue: out of its claim's note, which the pass over ended claims
+             -- would otherwise queue it again from (see store::leases).
+             UPDATE claims SET deliveries = deliveries - $1::uuid::text
+             WHERE lease_until = $2 AND deliveries ? $1::uuid::text
+             RETURNING id
          )
-         -- Claimed from the queue, or leased on its row (see store::leases).
-         UPDATE deliveries d SET status = 'filtered_error', last_error = $3, updated_at = now(), lease_until = NULL
-         WHERE d.id = $1 AND (d.id IN (SELECT delivery_id FROM ended) OR d.lease_until = $2)",
+         -- Or leased on its row. The row folds in the attempts so far (migrations/0022).
+         UPDATE deliveries d SET status = 'filtered_error', attempts = s.attempts, last_error = $3,
+                                 updated_at = now(), lease_until = NULL
+         FROM delivery_states s
+         WHERE d.id = $1 AND s.id = $1
+           AND (EXISTS (SELECT 1 FROM ended) OR EXISTS (SELECT 1 FROM unclaimed) OR d.lease_until = $2)",
     )
     .bind(id)
     .bind(lease_until)
@@ -686,22 +732,34 @@ pub async fn release(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "WITH released AS (
+             -- A key's head, leased in the queue: it stays, due again at $3.
              UPDATE delivery_queue SET next_attempt_at = $3, claimed = false, attempts = attempts - 1
              WHERE delivery_id = $1 AND next_attempt_at = $2
              RETURNING delivery_id
-         ), unleased AS (
-             -- Leased on its row (see store::leases): it enters the queue, its attempt unspent.
-             UPDATE deliveries SET lease_until = NULL, last_error = COALESCE($4, last_error), updated_at = now()
-             WHERE id = $1 AND lease_until = $2
-             RETURNING id, namespace, target_kind, target, event_id, attempts, ordering_key, position
-         ), queued AS (
-             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
-                                         event_id, ordering_key, position)
-             SELECT id, namespace, target_kind, target, $3, attempts, event_id, ordering_key, position
-             FROM unleased
+         ), unclaimed AS (
+             -- Claimed from the queue: out of its claim's note (see store::leases), with the
+             -- attempts it had started before the claim.
+             UPDATE claims c SET deliveries = c.deliveries - $1::uuid::text
+             FROM (SELECT id, (deliveries ->> $1::uuid::text)::int AS before FROM claims
+                   WHERE lease_until = $2 AND deliveries ? $1::uuid::text) n
+             WHERE c.id = n.id
+             RETURNING n.before
+         ), checkpoint AS (
+             -- Or leased on its row, which gives up its lease. The row takes the reason and
+             -- folds in the attempts so far (migrations/0022).
+             UPDATE deliveries d SET lease_until = NULL, status = s.status, attempts = s.attempts,
+                                     last_error = COALESCE($4, s.last_error), updated_at = now()
+             FROM delivery_states s
+             WHERE d.id = $1 AND s.id = $1
+               AND (d.lease_until = $2 OR EXISTS (SELECT 1 FROM unclaimed) OR EXISTS (SELECT 1 FROM released))
+             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.ordering_key, d.position,
+                       coalesce((SELECT before FROM unclaimed), s.attempts) AS attempts
          )
-         UPDATE deliveries SET last_error = COALESCE($4, last_error), updated_at = now()
-         WHERE id = (SELECT delivery_id FROM released)",
+         -- Out of the queue, it enters it again, its attempt unspent.
+         INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
+                                     event_id, ordering_key, position)
+         SELECT id, namespace, target_kind, target, $3, attempts, event_id, ordering_key, position
+         FROM checkpoint WHERE NOT EXISTS (SELECT 1 FROM released)",
     )
     .bind(id)
     .bind(lease_until)

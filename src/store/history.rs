@@ -209,8 +209,11 @@ pub async fn skip_blocked(
                AND ($2::text[] IS NULL OR q.namespace = ANY ($2))
              RETURNING delivery_id
          )
-         UPDATE deliveries SET last_error = last_error || ' (skipped: its key went on without it)', updated_at = now()
-         WHERE id IN (SELECT delivery_id FROM skipped)",
+         -- The row folds in the attempts so far (migrations/0022): dead, as its last attempt left it.
+         UPDATE deliveries d SET status = s.status, attempts = s.attempts,
+                                 last_error = s.last_error || ' (skipped: its key went on without it)', updated_at = now()
+         FROM delivery_states s
+         WHERE s.id = d.id AND d.id IN (SELECT delivery_id FROM skipped)",
     )
     .bind(delivery_id)
     .bind(allowed)
@@ -284,34 +287,53 @@ pub(super) async fn requeue_in(
     .bind(ids)
     .execute(&mut *tx)
     .await?;
-    // A claim under way deletes their queue rows and leases them on their history rows: wait
-    // for it here, so that the statement below, with a snapshot taken after, sees the lease
+    // A claim under way deletes their queue rows and notes them in `claims` (store::leases):
+    // wait for it here, so that the statements below, with snapshots taken after, see the note
     // (an insert that waited on the deleted row would otherwise queue a delivery being sent).
     sqlx::query("SELECT 1 FROM delivery_queue WHERE delivery_id = ANY ($1) ORDER BY delivery_id FOR UPDATE")
         .persistent(false)
         .bind(ids)
         .execute(&mut *tx)
         .await?;
-    Ok(sqlx::query(
-        "WITH queued AS (
-             INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
-                                         ordering_key, position, event_id)
+    // And the notes, in id order as the recorder locks them: every outcome that counted for
+    // them has committed once this is granted, and none counts after.
+    sqlx::query("SELECT 1 FROM claims WHERE deliveries ?| $1::uuid[]::text[] ORDER BY id FOR UPDATE")
+        .persistent(false)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    Ok(sqlx::query(&format!(
+        "WITH noted AS (
+             {out_on_claims} AND c.deliveries ?| $1::uuid[]::text[]
+         ), queued AS (
+             INSERT INTO delivery_queue AS q (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,
+                                              ordering_key, position, event_id)
              -- Numbered after every attempt recorded, also one whose claim had expired, and one
-             -- whose lease on its row expired before its outcome came (see store::leases); in
-             -- its key's order at the place it had. One being sent on a live lease is left out.
+             -- whose claim or lease on its row expired before its outcome came (see
+             -- store::leases); in its key's order at the place it had. One being sent on a live
+             -- claim or lease is left out.
              SELECT d.id, d.namespace, d.target_kind, d.target, now(),
                     GREATEST(d.attempts + CASE WHEN d.lease_until IS NOT NULL THEN 1 ELSE 0 END,
-                             (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id)),
+                             (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id),
+                             (SELECT max(n.before) + 1 FROM noted n WHERE n.id = d.id)),
                     d.ordering_key, d.position, d.event_id
              FROM deliveries d WHERE d.id = ANY ($1) AND NOT coalesce(d.lease_until > now(), false)
+               AND NOT EXISTS (SELECT 1 FROM noted n WHERE n.id = d.id AND n.lease_until > now())
              ON CONFLICT (delivery_id) DO UPDATE SET next_attempt_at = now(), claimed = false
-                 WHERE NOT (delivery_queue.claimed AND delivery_queue.next_attempt_at > now())
-             RETURNING delivery_id
+                 WHERE NOT (q.claimed AND q.next_attempt_at > now())
+             RETURNING delivery_id, attempts
+         ), unnoted AS (
+             -- Out of the notes of ended claims not yet taken over: the pass leaves them.
+             UPDATE claims c SET deliveries = c.deliveries - ARRAY(SELECT delivery_id::text FROM queued)
+             WHERE c.deliveries ?| ARRAY(SELECT delivery_id::text FROM queued)
          )
-         UPDATE deliveries SET status = 'pending', lease_until = NULL, updated_at = now(),
-                               replay_id = COALESCE($2, replay_id)
-         WHERE id IN (SELECT delivery_id FROM queued)",
-    )
+         -- The row is the checkpoint (migrations/0022): pending, after the attempts so far.
+         UPDATE deliveries d SET status = 'pending', lease_until = NULL, updated_at = now(),
+                                 attempts = (SELECT q.attempts FROM queued q WHERE q.delivery_id = d.id),
+                                 replay_id = COALESCE($2, d.replay_id)
+         WHERE d.id = ANY (ARRAY(SELECT delivery_id FROM queued))",
+        out_on_claims = super::leases::OUT_ON_CLAIMS
+    ))
     .persistent(false)
     .bind(ids)
     .bind(replay)

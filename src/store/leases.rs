@@ -3,9 +3,12 @@
 //! [`super::events::NewDelivery::claim_for`]). Should its sender die, nothing in the queue
 //! falls due again; instead, one gateway at a time looks through the deliveries stored since it
 //! last looked ([`take_over_expired`]) and queues those whose lease ended without an outcome.
-//! A claim from the queue leases its deliveries on their rows too, however old they are, and
-//! notes them in `queue_leases` (one row per claim and lease); the same pass queues those of
-//! an ended claim still out under its lease, and forgets the claim.
+//! A claim from the queue notes its deliveries in `claims` instead (one row per claim and
+//! lease, with the attempts each had started), however old they are; the same pass deletes the
+//! notes of ended claims and queues what they name that got no outcome (migrations/0023). A
+//! note locked by a recorder (FOR SHARE) is deleted once that outcome has committed; an outcome
+//! that comes after finds no note and is history only. Claims by a version before 0023,
+//! noted in `queue_leases` with leases on the rows, are taken over as they were.
 //!
 //! That look must not miss a row that commits after it: it reads ids up to [`HORIZON`] before
 //! a barrier. The storing statement takes [`LEASE_LOCK`] shared before it leases and leases
@@ -18,6 +21,18 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use uuid::Uuid;
+
+/// The deliveries out on claims from the queue (`claim`, `lease_until`, `id`, `before`: the
+/// attempts each had started before its claim): noted, and no outcome of the claim's attempt
+/// has come. An outcome does not take its delivery out of the note (that would write the note
+/// at every outcome); the pass deletes the note once the claim has ended. Ends in a WHERE
+/// clause, so a reader may add conditions.
+pub(super) const OUT_ON_CLAIMS: &str =
+    "SELECT c.id AS claim, c.lease_until, n.key::uuid AS id, n.value::int AS before
+     FROM claims c, jsonb_each_text(c.deliveries) AS n
+     WHERE NOT EXISTS (SELECT 1 FROM attempts a
+                       WHERE a.delivery_id = n.key::uuid AND a.attempt_number > n.value::int
+                         AND a.outcome IS NOT NULL)";
 
 /// Taken shared by a statement that leases new deliveries, exclusively by the barrier.
 pub const LEASE_LOCK: i64 = 0x686c_6c65_6173_6573; // "hlleases"
@@ -64,22 +79,88 @@ pub async fn take_over_expired(pool: &PgPool) -> sqlx::Result<Pass> {
     }
     let pass = sweep(&mut connection).await;
     let queue_leases = take_over_queue_leases(&mut connection).await;
+    let claims = take_over_claims(&mut connection).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(SWEEP_LOCK)
         .execute(&mut *connection)
         .await?;
-    Ok(match (pass?, queue_leases?) {
-        (Pass::Done { taken, out }, queued) => Pass::Done {
-            taken: taken + queued,
+    Ok(match (pass?, queue_leases?, claims?) {
+        (Pass::Done { taken, out }, queued, claimed) => Pass::Done {
+            taken: taken + queued + claimed,
             out,
         },
-        (Pass::NotNow, _) => Pass::NotNow,
+        (Pass::NotNow, ..) => Pass::NotNow,
     })
 }
 
-/// Queues the deliveries claimed from the queue whose lease ended without an outcome, and
-/// forgets every claim whose lease has ended (see migrations/0018). No barrier: a claim notes
-/// its deliveries in the statement that leases them.
+/// Deletes the notes of the claims whose lease has ended, and queues again the deliveries they
+/// name that got no outcome from that claim. Two statements in one transaction: the notes are
+/// deleted first, in id order as the recorder locks them (so the two never deadlock), waiting
+/// for the outcomes that hold them; the second statement's snapshot, taken after, sees those
+/// outcomes, and any outcome still to come finds no note.
+async fn take_over_claims(connection: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
+    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+    let ended: Vec<(Uuid, i32)> = sqlx::query_as(
+        "WITH ended AS (
+             DELETE FROM claims
+             WHERE id = ANY (ARRAY(SELECT id FROM claims WHERE lease_until < now() ORDER BY id FOR UPDATE))
+             RETURNING deliveries
+         )
+         SELECT n.key::uuid, n.value::int FROM ended, jsonb_each_text(ended.deliveries) AS n",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if ended.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let (ids, before): (Vec<Uuid>, Vec<i32>) = ended.into_iter().unzip();
+    let (taken, _): (i64, bool) = sqlx::query_as(
+        r#"
+        WITH ended AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::int[]) AS e (id, before)
+        ), taken AS (
+            -- No outcome came from the claim's attempt. Each looked up in its own partition by a
+            -- range of one key (see `direct` in `deliveries::record_attempts`).
+            SELECT d.id, d.namespace, d.target_kind, d.target, d.event_id, d.ordering_key, d.position, e.before
+            FROM ended e CROSS JOIN LATERAL (
+                SELECT * FROM deliveries d WHERE d.id >= e.id AND d.id <= e.id OFFSET 0
+            ) d
+            WHERE NOT EXISTS (SELECT 1 FROM attempts a
+                              WHERE a.delivery_id = e.id AND a.attempt_number > e.before AND a.outcome IS NOT NULL)
+        ), queued AS (
+            -- Due now; the attempt whose outcome never came keeps its number, and the delivery
+            -- its key, if it has one (claimed by a replica whose configuration did not have
+            -- `ordering` yet).
+            INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at,
+                                        attempts, event_id, ordering_key, position)
+            SELECT id, namespace, target_kind, target, now(), before + 1, event_id, ordering_key, position
+            FROM taken
+            ON CONFLICT (delivery_id) DO NOTHING
+            RETURNING namespace, target_kind, target
+        )
+        SELECT (SELECT count(*) FROM queued),
+               -- Only when something was queued (as the pass above).
+               (SELECT pg_notify($3, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END) FROM (
+                    SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'
+') AS names
+                    FROM queued) t
+                WHERE names IS NOT NULL) IS NULL
+        "#,
+    )
+    .bind(ids)
+    .bind(before)
+    .bind(super::DELIVERIES_CHANNEL)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(taken as u64)
+}
+
+/// Queues the deliveries claimed from the queue by a version before migrations/0023 whose lease
+/// ended without an outcome, and forgets every such claim whose lease has ended (see
+/// migrations/0018). No barrier: a claim notes its deliveries in the statement that leases
+/// them.
 async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
     let (taken, _): (i64, bool) = sqlx::query_as(
         r#"

@@ -307,17 +307,20 @@ pub async fn make_ahead(pool: &PgPool, period: Duration) -> sqlx::Result<usize> 
 /// Whether any delivery of the period is still queued (waiting, retrying, a key's head being
 /// sent, or a dead head blocking its key), or may be out on a lease of its row (see
 /// `super::leases`: leased as it was stored, only ids at or past `swept_to` can be; claimed
-/// from the queue, it is noted in `queue_leases` until its claim has ended and been looked
-/// at): then its history is not dropped. A claim deletes the queue row and notes the lease in
-/// one statement, so this one sees one or the other.
+/// from the queue, it is noted in `claims` (or, by a version before migrations/0023, in
+/// `queue_leases`) until its claim has ended and been looked at): then its history is not
+/// dropped. A claim deletes the queue row and notes the delivery in one statement, so this one
+/// sees one or the other.
 pub async fn has_queued(pool: &PgPool, period: &Period) -> sqlx::Result<bool> {
     let (lower, upper) = period.id_bounds();
-    sqlx::query_scalar(
+    sqlx::query_scalar(&format!(
         "SELECT EXISTS (SELECT 1 FROM delivery_queue WHERE delivery_id >= $1 AND delivery_id < $2)
              OR $2 > (SELECT swept_to FROM lease_sweeps WHERE only_row)
              OR EXISTS (SELECT 1 FROM queue_leases l, unnest(l.deliveries) AS d (id)
-                        WHERE d.id >= $1 AND d.id < $2)",
-    )
+                        WHERE d.id >= $1 AND d.id < $2)
+             OR EXISTS ({out_on_claims} AND n.key::uuid >= $1 AND n.key::uuid < $2)",
+        out_on_claims = super::leases::OUT_ON_CLAIMS
+    ))
     .bind(lower)
     .bind(upper)
     .fetch_one(pool)

@@ -204,6 +204,10 @@ async fn delete_expired_events(
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d JOIN delivery_queue q ON q.delivery_id = d.id
                                WHERE d.event_id = e.id)
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.event_id = e.id AND d.lease_until IS NOT NULL)
+               -- Nor out on a claim from the queue (store::leases): a few thousand at most.
+               AND NOT EXISTS (SELECT 1 FROM {deliveries} d
+                               WHERE d.event_id = e.id
+                                 AND d.id = ANY (ARRAY(SELECT id FROM ({out_on_claims}) o)))
              ORDER BY e.id
              LIMIT $3
              FOR UPDATE SKIP LOCKED
@@ -217,6 +221,7 @@ async fn delete_expired_events(
              DELETE FROM delivery_queue q USING delivery WHERE q.delivery_id = delivery.id
          )
          DELETE FROM {events} e USING doomed WHERE e.id = doomed.id",
+        out_on_claims = super::leases::OUT_ON_CLAIMS,
         of_namespace = if namespace.is_some() {
             "AND e.namespace = $4"
         } else {

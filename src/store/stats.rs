@@ -350,19 +350,42 @@ async fn cancel_pending_once(
     kind: crate::api::TargetKind,
     targets: &[String],
 ) -> sqlx::Result<u64> {
-    let cancelled: i64 = sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    // The notes of the claims holding deliveries of these targets (store::leases), locked in id
+    // order as the recorder locks them: once granted, every outcome that counted for them has
+    // committed, and the statement below, with a snapshot taken after, sees it; none counts
+    // after.
+    sqlx::query(
+        "SELECT 1 FROM claims c
+         WHERE EXISTS (SELECT 1 FROM jsonb_object_keys(c.deliveries) AS k (id)
+                       CROSS JOIN LATERAL (SELECT 1 FROM deliveries d
+                                           WHERE d.id = k.id::uuid AND d.namespace = $1 AND d.target_kind = $2
+                                             AND d.target = ANY ($3)
+                                           OFFSET 0) d)
+         ORDER BY c.id
+         FOR UPDATE",
+    )
+    .persistent(false)
+    .bind(namespace)
+    .bind(kind.as_str())
+    .bind(targets)
+    .execute(&mut *tx)
+    .await?;
+    let cancelled: i64 = sqlx::query_scalar(&format!(
         "WITH dequeued AS (
              DELETE FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
              RETURNING delivery_id, attempts
          ), dequeued_cancelled AS (
              -- A claim being sent keeps its attempt number: a later redelivery counts on from it.
-             UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(d.attempts, q.attempts), updated_at = now()
-             FROM dequeued q
+             -- The row folds in the attempts so far (migrations/0022).
+             UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(s.attempts, q.attempts),
+                                     last_error = s.last_error, updated_at = now()
+             FROM dequeued q JOIN delivery_states s ON s.id = q.delivery_id
              WHERE d.id = q.delivery_id
              RETURNING d.id
          ), claimed AS (
-             -- Claimed from the queue and being sent on a lease of its row (migrations/0018):
-             -- every claim not yet forgotten, a few thousand deliveries at most.
+             -- Claimed from the queue by a version before migrations/0023 and being sent on a
+             -- lease of its row: every claim not yet forgotten, a few thousand deliveries at most.
              SELECT unnest(deliveries) AS id FROM queue_leases
          ), unleased AS (
              -- Being sent on a lease of its row (see store::leases), its attempt numbered: a
@@ -375,14 +398,33 @@ async fn cancel_pending_once(
                AND d.lease_until IS NOT NULL
                AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
              RETURNING d.id
+         ), noted AS (
+             {out_on_claims}
+         ), unclaimed AS (
+             -- Out on a claim from the queue (see store::leases): cancelled, the attempt in
+             -- flight numbered. Each looked up in its own partition by a range of one key.
+             UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(s.attempts, n.before + 1),
+                                     last_error = s.last_error, updated_at = now()
+             FROM noted n JOIN delivery_states s ON s.id = n.id
+             WHERE d.id >= n.id AND d.id <= n.id
+               AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
+             RETURNING d.id, n.claim
+         ), unnoted AS (
+             -- Out of their claims' notes: the pass over ended claims leaves them, and their
+             -- outcomes, should they come, are history only.
+             UPDATE claims c SET deliveries = c.deliveries - ARRAY(SELECT u.id::text FROM unclaimed u WHERE u.claim = c.id)
+             WHERE c.id IN (SELECT claim FROM unclaimed)
          )
-         SELECT (SELECT count(*) FROM dequeued_cancelled) + (SELECT count(*) FROM unleased)",
-    )
+         SELECT (SELECT count(*) FROM dequeued_cancelled) + (SELECT count(*) FROM unleased)
+                + (SELECT count(*) FROM unclaimed)",
+        out_on_claims = super::leases::OUT_ON_CLAIMS
+    ))
     .persistent(false)
     .bind(namespace)
     .bind(kind.as_str())
     .bind(targets)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(cancelled as u64)
 }

@@ -194,7 +194,7 @@ pub fn answered_200(
             delivery.id,
             delivery.lease_until,
             delivery.attempts + 1,
-            delivery.lease_on_row,
+            delivery.held,
         )
     }
 }
@@ -218,19 +218,19 @@ pub async fn attempt_outcomes(pool: &sqlx::PgPool, delivery: uuid::Uuid) -> Vec<
         .expect("attempts")
 }
 
-/// A 200 answer to attempt `number` of a delivery held until `lease_until` (on its row, or in
-/// the queue), which succeeds it.
+/// A 200 answer to attempt `number` of a delivery held until `lease_until` (`held` says where),
+/// which succeeds it.
 pub fn answered_200_to(
     delivery: uuid::Uuid,
     lease_until: chrono::DateTime<chrono::Utc>,
     number: i32,
-    lease_on_row: bool,
+    held: hookline::store::deliveries::Held,
 ) -> hookline::store::deliveries::AttemptRecord {
     hookline::store::deliveries::AttemptRecord {
         delivery,
         lease_until,
         number,
-        lease_on_row,
+        held,
         attempt: hookline::store::deliveries::Attempt {
             started_at: chrono::Utc::now(),
             duration_ms: 3,
