@@ -479,6 +479,43 @@ async fn what_leaves_a_claim_leaves_its_note_and_the_pass_waits_for_an_outcome_h
     );
 }
 
+/// A release waiting for a note that a cancel is changing rechecks the note as the cancel left
+/// it: the delivery the cancel took out of its claim is not queued again.
+#[tokio::test]
+async fn a_release_behind_a_cancel_of_its_delivery_leaves_it_cancelled() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let age = HORIZON + Duration::from_secs(1);
+    let (id, _) = store(
+        &writer,
+        leased_event("evt_cancelled", age, Duration::from_secs(60)),
+    )
+    .await;
+    let claimed = claim(&pool, &[take()]).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    // What a cancel does to a delivery out on a claim, held open.
+    let mut cancel = pool.begin().await.expect("begin");
+    for statement in [
+        "UPDATE claims SET deliveries = deliveries - $1::uuid::text",
+        "UPDATE deliveries SET status = 'cancelled', attempts = 1 WHERE id = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(id)
+            .execute(&mut *cancel)
+            .await
+            .expect("cancel");
+    }
+    let releasing = tokio::spawn({
+        let (pool, lease_until) = (pool.clone(), claimed[0].lease_until);
+        async move { release(&pool, id, lease_until, Utc::now(), Some("target deleted")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!releasing.is_finished(), "the release waits for the note");
+    cancel.commit().await.expect("commit");
+    releasing.await.expect("release").expect("release");
+    assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));
+}
+
 /// A delivery claimed from the queue is leased on its row, however old it is, and has no queue
 /// row while it is out. Should its sender die, the next pass queues it again (the lost attempt
 /// keeps its number) although the look at recent deliveries is long past it; a live one is

@@ -591,6 +591,9 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
                 SELECT * FROM deliveries d WHERE d.id >= r.delivery_id AND d.id <= r.delivery_id OFFSET 0
             ) d
             WHERE r.status = 'failed' AND (r.delivery_id, r.lease_until) IN (SELECT delivery_id, lease_until FROM held)
+            -- Queued meanwhile by a version before migrations/0023, which does not see claims'
+            -- notes: the queue row there is the retry.
+            ON CONFLICT (delivery_id) DO NOTHING
         ), successor AS (
             -- The key's next delivery (the finished one is still visible here, so left out), when
             -- it is due, none of the key is out but the finished one, and the target is not
@@ -693,12 +696,17 @@ pub async fn end_unsent(
          ), unclaimed AS (
              -- Claimed from the queue: out of its claim's note, which the pass over ended claims
              -- would otherwise queue it again from (see store::leases).
-             UPDATE claims SET deliveries = deliveries - $1::uuid::text
-             WHERE lease_until = $2 AND deliveries ? $1::uuid::text
-             RETURNING id
+             UPDATE claims c SET deliveries = c.deliveries - $1::uuid::text
+             FROM (SELECT id, (deliveries ->> $1::uuid::text)::int AS before FROM claims
+                   WHERE lease_until = $2 AND deliveries ? $1::uuid::text) n
+             -- Rechecked on the note as it is when locked (see `release`).
+             WHERE c.id = n.id AND c.lease_until = $2 AND c.deliveries ? $1::uuid::text
+             RETURNING n.before
          )
-         -- Or leased on its row. The row folds in the attempts so far (migrations/0022).
-         UPDATE deliveries d SET status = 'filtered_error', attempts = s.attempts, last_error = $3,
+         -- Or leased on its row. The row folds in the attempts so far (migrations/0022), also
+         -- one the pass numbered for a claim that ended before (the claim's `before` counts it).
+         UPDATE deliveries d SET status = 'filtered_error',
+                                 attempts = GREATEST(s.attempts, (SELECT before FROM unclaimed)), last_error = $3,
                                  updated_at = now(), lease_until = NULL
          FROM delivery_states s
          WHERE d.id = $1 AND s.id = $1
@@ -742,12 +750,16 @@ pub async fn release(
              UPDATE claims c SET deliveries = c.deliveries - $1::uuid::text
              FROM (SELECT id, (deliveries ->> $1::uuid::text)::int AS before FROM claims
                    WHERE lease_until = $2 AND deliveries ? $1::uuid::text) n
-             WHERE c.id = n.id
+             -- Rechecked on the note as it is when locked: a cancel or a redelivery may have
+             -- taken the delivery out meanwhile.
+             WHERE c.id = n.id AND c.lease_until = $2 AND c.deliveries ? $1::uuid::text
              RETURNING n.before
          ), checkpoint AS (
              -- Or leased on its row, which gives up its lease. The row takes the reason and
-             -- folds in the attempts so far (migrations/0022).
-             UPDATE deliveries d SET lease_until = NULL, status = s.status, attempts = s.attempts,
+             -- folds in the attempts so far (migrations/0022), also one the pass numbered for a
+             -- claim that ended before (the claim's `before` counts it).
+             UPDATE deliveries d SET lease_until = NULL, status = s.status,
+                                     attempts = GREATEST(s.attempts, (SELECT before FROM unclaimed)),
                                      last_error = COALESCE($4, s.last_error), updated_at = now()
              FROM delivery_states s
              WHERE d.id = $1 AND s.id = $1

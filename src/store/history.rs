@@ -330,6 +330,7 @@ pub(super) async fn requeue_in(
          -- The row is the checkpoint (migrations/0022): pending, after the attempts so far.
          UPDATE deliveries d SET status = 'pending', lease_until = NULL, updated_at = now(),
                                  attempts = (SELECT q.attempts FROM queued q WHERE q.delivery_id = d.id),
+                                 last_error = (SELECT s.last_error FROM delivery_states s WHERE s.id = d.id),
                                  replay_id = COALESCE($2, d.replay_id)
          WHERE d.id = ANY (ARRAY(SELECT delivery_id FROM queued))",
         out_on_claims = super::leases::OUT_ON_CLAIMS

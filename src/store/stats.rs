@@ -332,10 +332,16 @@ pub async fn cancel_pending(
 ) -> sqlx::Result<u64> {
     // A claim or a release committing while the statement runs moves a delivery between the
     // queue and a lease its snapshot cannot see (the claim's lease, the release's queue row):
-    // the next run sees it. Until one finds nothing, a few runs at most.
+    // the next run sees it. Until one finds nothing, a few runs at most. The run locks claims'
+    // notes before queue rows, the recorder the other way round: a deadlock Postgres breaks
+    // (the recorder retries its outcomes one by one) is another run.
     let mut cancelled = 0;
     for _ in 0..3 {
-        let now_cancelled = cancel_pending_once(pool, namespace, kind, targets).await?;
+        let now_cancelled = match cancel_pending_once(pool, namespace, kind, targets).await {
+            // 40P01: deadlock_detected.
+            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("40P01") => continue,
+            ran => ran?,
+        };
         cancelled += now_cancelled;
         if now_cancelled == 0 {
             break;
@@ -355,8 +361,8 @@ async fn cancel_pending_once(
     // order as the recorder locks them: once granted, every outcome that counted for them has
     // committed, and the statement below, with a snapshot taken after, sees it; none counts
     // after.
-    sqlx::query(
-        "SELECT 1 FROM claims c
+    let locked: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.id FROM claims c
          WHERE EXISTS (SELECT 1 FROM jsonb_object_keys(c.deliveries) AS k (id)
                        CROSS JOIN LATERAL (SELECT 1 FROM deliveries d
                                            WHERE d.id = k.id::uuid AND d.namespace = $1 AND d.target_kind = $2
@@ -369,7 +375,7 @@ async fn cancel_pending_once(
     .bind(namespace)
     .bind(kind.as_str())
     .bind(targets)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
     let cancelled: i64 = sqlx::query_scalar(&format!(
         "WITH dequeued AS (
@@ -399,7 +405,9 @@ async fn cancel_pending_once(
                AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
              RETURNING d.id
          ), noted AS (
-             {out_on_claims}
+             -- Only the notes locked above: a claim noted since may have an outcome counting
+             -- that this snapshot cannot see (the next run sees it).
+             {out_on_claims} AND c.id = ANY ($4)
          ), unclaimed AS (
              -- Out on a claim from the queue (see store::leases): cancelled, the attempt in
              -- flight numbered. Each looked up in its own partition by a range of one key.
@@ -423,6 +431,7 @@ async fn cancel_pending_once(
     .bind(namespace)
     .bind(kind.as_str())
     .bind(targets)
+    .bind(locked)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
