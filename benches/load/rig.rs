@@ -273,7 +273,7 @@ impl Bench {
         let mut tries = 0;
         loop {
             match sqlx::query(
-                "TRUNCATE events, deliveries, delivery_queue, attempts, idempotency_keys, queue_leases",
+                "TRUNCATE events, deliveries, delivery_queue, attempts, idempotency_keys, queue_leases, claims",
             )
             .execute(&self.pool)
             .await

@@ -557,10 +557,12 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ), held AS (
             -- Claimed from the queue, and its claim still holds it: its outcome counts. The
             -- history row is not written (migrations/0022).
+            -- Each note's deliveries are read once, into one hash: a note of a large claim is
+            -- stored compressed, and a probe of it per record decompressed it per record.
             SELECT r.delivery_id, r.lease_until FROM record r
             WHERE r.delivery_id = ANY ($18)
-              AND EXISTS (SELECT 1 FROM noted n
-                          WHERE n.lease_until = r.lease_until AND n.deliveries ? r.delivery_id::text)
+              AND (r.delivery_id::text, r.lease_until) IN (
+                  SELECT k.id, n.lease_until FROM noted n CROSS JOIN LATERAL jsonb_object_keys(n.deliveries) AS k (id))
         ), attempt AS (
             -- Every attempt is kept; its outcome only where its claim still held the delivery
             -- (migrations/0021): the delivery's state is its latest outcome (migrations/0022).
