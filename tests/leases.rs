@@ -134,6 +134,22 @@ fn failed_503(delivery: &Claimed, retry_at: DateTime<Utc>) -> hookline::store::d
     record
 }
 
+/// Answers for `deliveries`: every other one succeeded, the rest are retried in 5 minutes.
+fn succeeded_and_retried(deliveries: &[Claimed]) -> Vec<hookline::store::deliveries::AttemptRecord> {
+    deliveries
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let after = if i % 2 == 0 {
+                After::Succeeded
+            } else {
+                After::RetryAt(Utc::now() + chrono::Duration::minutes(5))
+            };
+            support::answered_200(d, after)
+        })
+        .collect()
+}
+
 /// Its outcome is the delivery's next write: a success finishes it with nothing queued, a
 /// failure queues its retry at the time the policy chose.
 #[tokio::test]
@@ -776,18 +792,7 @@ async fn claims_outcomes_and_the_pass_read_only_their_own_partition() {
     assert_eq!(claimed.len(), 10);
     let (answered, lost) = claimed.split_at(5);
     // Some succeed, some are retried (their queue rows made from their history rows).
-    let records: Vec<_> = answered
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let after = if i % 2 == 0 {
-                After::Succeeded
-            } else {
-                After::RetryAt(Utc::now() + chrono::Duration::minutes(5))
-            };
-            support::answered_200(d, after)
-        })
-        .collect();
+    let records = succeeded_and_retried(answered);
     record_attempts(&queue, &records).await.expect("record");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let Pass::Done { taken, .. } = leases::take_over_expired(&pool).await.expect("pass") else {
@@ -811,18 +816,7 @@ async fn claims_outcomes_and_the_pass_read_only_their_own_partition() {
     .expect("claim the heads");
     assert_eq!(heads.len(), 4, "one head a key");
     assert!(heads.iter().all(|d| d.held == Held::Queue), "heads stay queued");
-    let records: Vec<_> = heads
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let after = if i % 2 == 0 {
-                After::Succeeded
-            } else {
-                After::RetryAt(Utc::now() + chrono::Duration::minutes(5))
-            };
-            support::answered_200(d, after)
-        })
-        .collect();
+    let records = succeeded_and_retried(&heads);
     record_attempts(&queue, &records).await.expect("record the heads");
 
     // Each session's counts reach the views when it ends.
