@@ -532,6 +532,50 @@ async fn a_release_behind_a_cancel_of_its_delivery_leaves_it_cancelled() {
     assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));
 }
 
+/// A claim committing while a cancel of its target runs (after the cancel locked the notes it
+/// saw, before its delete of the queue rows went through) is seen as left by that run, and the
+/// next run cancels its delivery.
+#[tokio::test]
+async fn a_claim_made_while_its_target_is_cancelled_is_cancelled_by_the_next_run() {
+    use hookline::store::stats::cancel_pending;
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let age = HORIZON + Duration::from_secs(1);
+    let (id, _) = store(
+        &writer,
+        leased_event("evt_claimed_late", age, Duration::from_secs(60)),
+    )
+    .await;
+    // What a claim writes, held open: its queue row out, its note in.
+    let mut claiming = pool.begin().await.expect("begin");
+    for statement in [
+        "DELETE FROM delivery_queue WHERE delivery_id = $1",
+        "INSERT INTO claims (lease_until, deliveries)
+         VALUES (now() + interval '60 seconds', jsonb_build_object($1::uuid::text, 0))",
+    ] {
+        sqlx::query(statement)
+            .bind(id)
+            .execute(&mut *claiming)
+            .await
+            .expect("claim");
+    }
+    let cancelling = tokio::spawn({
+        let pool = pool.clone();
+        async move { cancel_pending(&pool, "billing", TargetKind::Handler, &[TARGET.to_owned()]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !cancelling.is_finished(),
+        "the cancel's delete waits for the claim"
+    );
+    claiming.commit().await.expect("commit");
+    let cancelled = cancelling.await.expect("cancel").expect("cancel");
+    assert_eq!(cancelled, 1);
+    // The attempt the claim may have started keeps its number.
+    assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));
+    assert_eq!(noted(&pool).await, vec![Vec::<Uuid>::new()], "out of its note");
+}
+
 /// A delivery claimed from the queue is leased on its row, however old it is, and has no queue
 /// row while it is out. Should its sender die, the next pass queues it again (the lost attempt
 /// keeps its number) although the look at recent deliveries is long past it; a live one is

@@ -594,8 +594,9 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
             ) d
             WHERE r.status = 'failed' AND (r.delivery_id, r.lease_until) IN (SELECT delivery_id, lease_until FROM held)
             -- Queued meanwhile by a version before migrations/0023, which does not see claims'
-            -- notes: the queue row there is the retry.
-            ON CONFLICT (delivery_id) DO NOTHING
+            -- notes: the queue row there is the retry, numbered past this attempt.
+            ON CONFLICT (delivery_id) DO UPDATE
+                SET attempts = GREATEST(delivery_queue.attempts, EXCLUDED.attempts)
         ), successor AS (
             -- The key's next delivery (the finished one is still visible here, so left out), when
             -- it is due, none of the key is out but the finished one, and the target is not
@@ -767,7 +768,7 @@ pub async fn release(
              WHERE d.id = $1 AND s.id = $1
                AND (d.lease_until = $2 OR EXISTS (SELECT 1 FROM unclaimed) OR EXISTS (SELECT 1 FROM released))
              RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.ordering_key, d.position,
-                       coalesce((SELECT before FROM unclaimed), s.attempts) AS attempts
+                       GREATEST(s.attempts, (SELECT before FROM unclaimed)) AS attempts
          )
          -- Out of the queue, it enters it again, its attempt unspent.
          INSERT INTO delivery_queue (delivery_id, namespace, target_kind, target, next_attempt_at, attempts,

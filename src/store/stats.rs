@@ -331,31 +331,42 @@ pub async fn cancel_pending(
     targets: &[String],
 ) -> sqlx::Result<u64> {
     // A claim or a release committing while the statement runs moves a delivery between the
-    // queue and a lease its snapshot cannot see (the claim's lease, the release's queue row):
-    // the next run sees it. Until one finds nothing, a few runs at most. The run locks claims'
-    // notes before queue rows, the recorder the other way round: a deadlock Postgres breaks
-    // (the recorder retries its outcomes one by one) is another run.
+    // queue and a claim the run did not lock (the claim's note, the release's queue row); the
+    // run then reports it left, and the next run takes it. A few runs at most. A run locks
+    // claims' notes before queue rows, the recorder the other way round: a deadlock Postgres
+    // breaks (the recorder retries its outcomes one by one) is another run.
+    const RUNS: usize = 5;
     let mut cancelled = 0;
-    for _ in 0..3 {
-        let now_cancelled = match cancel_pending_once(pool, namespace, kind, targets).await {
+    for run in 1..=RUNS {
+        let (now_cancelled, left) = match cancel_pending_once(pool, namespace, kind, targets).await {
             // 40P01: deadlock_detected.
-            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("40P01") => continue,
+            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("40P01") && run < RUNS => {
+                continue;
+            }
             ran => ran?,
         };
         cancelled += now_cancelled;
-        if now_cancelled == 0 {
-            break;
+        if left == 0 {
+            return Ok(cancelled);
         }
     }
+    tracing::warn!(
+        namespace,
+        targets = ?targets,
+        "deliveries of deleted targets were still being claimed after {RUNS} runs of their cancel; \
+         those claimed since are left to their claims"
+    );
     Ok(cancelled)
 }
 
+/// One run of [`cancel_pending`]: how many it cancelled, and how many it saw left on claims it
+/// had not locked or back in the queue.
 async fn cancel_pending_once(
     pool: &PgPool,
     namespace: &str,
     kind: crate::api::TargetKind,
     targets: &[String],
-) -> sqlx::Result<u64> {
+) -> sqlx::Result<(u64, u64)> {
     let mut tx = pool.begin().await?;
     // The notes of the claims holding deliveries of these targets (store::leases), locked in id
     // order as the recorder locks them: once granted, every outcome that counted for them has
@@ -431,9 +442,27 @@ async fn cancel_pending_once(
     .bind(namespace)
     .bind(kind.as_str())
     .bind(targets)
-    .bind(locked)
+    .bind(&locked)
+    .fetch_one(&mut *tx)
+    .await?;
+    // With a snapshot taken after the statement above: a claim that took these targets' queue
+    // rows before it deleted them has committed by now (the delete waited for it), and its note,
+    // not locked by this run, shows here; so does a queue row a release put back meanwhile.
+    let left: i64 = sqlx::query_scalar(&format!(
+        "SELECT (SELECT count(*) FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3))
+              + (SELECT count(*) FROM ({out_on_claims} AND c.id <> ALL ($4)) n
+                 WHERE EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.id >= n.id AND d.id <= n.id
+                                 AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)))",
+        out_on_claims = super::leases::OUT_ON_CLAIMS
+    ))
+    .persistent(false)
+    .bind(namespace)
+    .bind(kind.as_str())
+    .bind(targets)
+    .bind(&locked)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(cancelled as u64)
+    Ok((cancelled as u64, left as u64))
 }
