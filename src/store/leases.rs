@@ -34,6 +34,19 @@ pub(super) const OUT_ON_CLAIMS: &str =
                        WHERE a.delivery_id = n.key::uuid AND a.attempt_number > n.value::int
                          AND a.outcome IS NOT NULL)";
 
+/// A statement's last column: wakes the dispatchers of the targets its CTE `queued` (returning
+/// namespace, target_kind, target) put deliveries in the queue for, on the channel bound as
+/// `channel`, one target a line; a payload too long for a notification (8000 bytes) names none,
+/// which asks for a scan of the queue. Only when something was queued; true when nothing was.
+fn wake_for_queued(channel: &str) -> String {
+    format!(
+        "(SELECT pg_notify({channel}, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END) FROM (
+             SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\\n') AS names
+             FROM queued) t
+         WHERE names IS NOT NULL) IS NULL"
+    )
+}
+
 /// Taken shared by a statement that leases new deliveries, exclusively by the barrier.
 pub const LEASE_LOCK: i64 = 0x686c_6c65_6173_6573; // "hlleases"
 
@@ -115,7 +128,7 @@ async fn take_over_claims(connection: &mut sqlx::PgConnection) -> sqlx::Result<u
         return Ok(0);
     }
     let (ids, before): (Vec<Uuid>, Vec<i32>) = ended.into_iter().unzip();
-    let (taken, _): (i64, bool) = sqlx::query_as(
+    let (taken, _): (i64, bool) = sqlx::query_as(&format!(
         r#"
         WITH ended AS (
             SELECT * FROM UNNEST($1::uuid[], $2::int[]) AS e (id, before)
@@ -140,14 +153,10 @@ async fn take_over_claims(connection: &mut sqlx::PgConnection) -> sqlx::Result<u
             RETURNING namespace, target_kind, target
         )
         SELECT (SELECT count(*) FROM queued),
-               -- Only when something was queued (as the pass above).
-               (SELECT pg_notify($3, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END) FROM (
-                    SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'
-') AS names
-                    FROM queued) t
-                WHERE names IS NOT NULL) IS NULL
+               {wake}
         "#,
-    )
+        wake = wake_for_queued("$3")
+    ))
     .bind(ids)
     .bind(before)
     .bind(super::DELIVERIES_CHANNEL)
@@ -162,7 +171,7 @@ async fn take_over_claims(connection: &mut sqlx::PgConnection) -> sqlx::Result<u
 /// migrations/0018). No barrier: a claim notes its deliveries in the statement that leases
 /// them.
 async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
-    let (taken, _): (i64, bool) = sqlx::query_as(
+    let (taken, _): (i64, bool) = sqlx::query_as(&format!(
         r#"
         WITH ended AS (
             DELETE FROM queue_leases WHERE lease_until < now()
@@ -191,13 +200,10 @@ async fn take_over_queue_leases(connection: &mut sqlx::PgConnection) -> sqlx::Re
             RETURNING namespace, target_kind, target
         )
         SELECT (SELECT count(*) FROM taken),
-               -- Only when something was queued (as the pass above).
-               (SELECT pg_notify($1, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END) FROM (
-                    SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
-                    FROM queued) t
-                WHERE names IS NOT NULL) IS NULL
+               {wake}
         "#,
-    )
+        wake = wake_for_queued("$1")
+    ))
     .bind(super::DELIVERIES_CHANNEL)
     .fetch_one(&mut *connection)
     .await?;
@@ -247,14 +253,10 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
         )
         SELECT (SELECT count(*) FROM taken),
                (SELECT count(*) FROM leased WHERE lease_until >= now()),
-               -- Only when something was queued: an empty payload asks for a scan of the queue (as
-               -- one too long for a notification does).
-               (SELECT pg_notify($2, CASE WHEN octet_length(names) < 7900 THEN names ELSE '' END) FROM (
-                    SELECT string_agg(DISTINCT namespace || '/' || target_kind || '/' || target, E'\n') AS names
-                    FROM queued) t
-                WHERE names IS NOT NULL) IS NULL
+               {wake}
         "#,
-            until = id_floor_sql("$1::timestamptz")
+            until = id_floor_sql("$1::timestamptz"),
+            wake = wake_for_queued("$2")
         )
     });
     let (taken, out, _): (i64, i64, bool) = sqlx::query_as(SQL.as_str())
