@@ -347,14 +347,13 @@ async fn promoting_a_synchronous_replica_loses_no_acknowledged_event() {
             .iter()
             .map(|r| r.header("webhook-id").to_owned())
             .collect();
-        // Queued, or out on a lease of its row: sent by the old primary's gateway with no
-        // outcome recorded there, it is queued again once its lease ends.
-        let (queued,): (i64,) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM delivery_queue) + (SELECT count(*) FROM deliveries WHERE lease_until IS NOT NULL)",
-        )
-        .fetch_one(&new_primary)
-        .await
-        .unwrap();
+        // Queued, or out on a lease of its row or a claim: sent by the old primary's gateway
+        // with no outcome recorded there, it is queued again once its lease ends.
+        let (queued,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM delivery_states WHERE status IN ('pending', 'failed')")
+                .fetch_one(&new_primary)
+                .await
+                .unwrap();
         if queued == 0 && delivered.len() == stored.len() {
             break;
         }

@@ -104,6 +104,42 @@ async fn noted(pool: &sqlx::PgPool) -> Vec<Vec<Uuid>> {
         .collect()
 }
 
+/// A pass over leases started while `recording` (holding what the recorder locks) inserts the
+/// first attempt of `delivery` with its outcome: the pass waits for it to commit.
+async fn pass_behind_an_outcome(
+    pool: &sqlx::PgPool,
+    mut recording: sqlx::Transaction<'_, sqlx::Postgres>,
+    delivery: Uuid,
+) -> Pass {
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code, outcome)
+         VALUES ($1, 1, now(), 5, 200, 'succeeded')",
+    )
+    .bind(delivery)
+    .execute(&mut *recording)
+    .await
+    .expect("the outcome");
+    let pass = tokio::spawn({
+        let pool = pool.clone();
+        async move { leases::take_over_expired(&pool).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pass.is_finished(),
+        "the pass waits for the outcome being recorded"
+    );
+    recording.commit().await.expect("commit");
+    pass.await.expect("pass").expect("pass")
+}
+
+/// The deliveries the last pass over leases saw still out.
+async fn still_out(pool: &sqlx::PgPool) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT still_out FROM lease_sweeps")
+        .fetch_one(pool)
+        .await
+        .expect("lease_sweeps")
+}
+
 /// (status, attempts, lease_until, queued: (due, attempts)) of a delivery.
 type State = (String, i32, Option<DateTime<Utc>>, Option<(DateTime<Utc>, i32)>);
 
@@ -150,8 +186,10 @@ fn succeeded_and_retried(deliveries: &[Claimed]) -> Vec<hookline::store::deliver
         .collect()
 }
 
-/// Its outcome is the delivery's next write: a success finishes it with nothing queued, a
-/// failure queues its retry at the time the policy chose.
+/// Its outcome is its attempt, and its row is not written again (the lease stays on it): a
+/// success finishes it with nothing queued, a failure queues its retry at the time the policy
+/// chose. Once it has an outcome, it is not out: a cancel leaves it, a redelivery sends it
+/// again, and the pass looks past it.
 #[tokio::test]
 async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the_queue() {
     let pool = migrated_pool().await;
@@ -168,25 +206,42 @@ async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the
         claim(&pool, &[take()]).await.expect("claim").is_empty(),
         "no claim finds it"
     );
+    let version = || async {
+        sqlx::query_scalar::<_, String>("SELECT xmin::text FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("row")
+    };
+    let stored = version().await;
     record_attempts(
         &pool,
         &[support::answered_200(&held(id, lease_until), After::Succeeded)],
     )
     .await
     .expect("record");
-    assert_eq!(state(&pool, id).await, ("succeeded".into(), 1, None, None));
+    assert_eq!(
+        state(&pool, id).await,
+        ("succeeded".into(), 1, Some(lease_until), None)
+    );
+    assert_eq!(version().await, stored, "the row is written once");
     assert_eq!(
         support::attempt_outcomes(&pool, id).await,
         [(1, Some("succeeded".to_owned()))]
     );
-
+    let cancelled =
+        hookline::store::stats::cancel_pending(&pool, "billing", TargetKind::Handler, &[TARGET.to_owned()])
+            .await
+            .expect("cancel");
+    assert_eq!(cancelled, 0, "a delivery with its outcome is not out");
+    assert_eq!(state(&pool, id).await.0, "succeeded");
     let (id, leased) = store(&writer, leased_event("evt_retry", Duration::ZERO, lease)).await;
     let retry_at = Utc::now() + chrono::Duration::seconds(60);
     record_attempts(&pool, &[failed_503(&held(id, leased.expect("leased")), retry_at)])
         .await
         .expect("record");
     let (status, attempts, lease, queued) = state(&pool, id).await;
-    assert_eq!((status.as_str(), attempts, lease), ("failed", 1, None));
+    assert_eq!((status.as_str(), attempts, lease), ("failed", 1, leased));
     assert_eq!(
         support::attempt_outcomes(&pool, id).await,
         [(1, Some("failed".to_owned()))]
@@ -197,6 +252,36 @@ async fn a_leased_delivery_is_finished_by_its_outcome_and_its_retry_waits_in_the
         (due - retry_at).num_milliseconds().abs() <= 1,
         "due at the retry's time"
     );
+
+    let redelivered = store(
+        &writer,
+        leased_event("evt_redelivered", Duration::ZERO, Duration::from_secs(30)),
+    )
+    .await;
+    assert!(
+        !hookline::store::history::redeliver(&pool, redelivered.0, None)
+            .await
+            .expect("redeliver"),
+        "one still out is not redelivered"
+    );
+    record_attempts(
+        &pool,
+        &[support::answered_200(
+            &held(redelivered.0, redelivered.1.expect("leased")),
+            After::Succeeded,
+        )],
+    )
+    .await
+    .expect("record");
+    assert!(
+        hookline::store::history::redeliver(&pool, redelivered.0, None)
+            .await
+            .expect("redeliver"),
+        "once it has its outcome, it is"
+    );
+    let (status, attempts, lease_after, queued) = state(&pool, redelivered.0).await;
+    assert_eq!((status.as_str(), attempts, lease_after), ("pending", 1, None));
+    assert_eq!(queued.expect("queued").1, 1, "the next attempt is number 2");
 }
 
 fn take() -> hookline::store::deliveries::Take {
@@ -248,8 +333,12 @@ async fn a_lease_that_ends_without_an_outcome_is_queued_by_the_next_pass() {
         "a live lease is left to its sender"
     );
     let swept_to = leases::swept_to(&pool).await.expect("swept_to");
-    assert!(swept_to <= live, "the live lease is looked at again");
-    assert!(swept_to > lost, "the one queued is not");
+    assert!(swept_to > live, "moved on to the barrier less the horizon");
+    assert_eq!(
+        still_out(&pool).await,
+        [live],
+        "the live lease is looked at again, the one queued is not"
+    );
 
     // The lost sender's outcome after all: kept, but the queue holds the delivery now.
     record_attempts(
@@ -275,6 +364,123 @@ async fn a_lease_that_ends_without_an_outcome_is_queued_by_the_next_pass() {
     );
     let heard = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
     assert!(heard.is_err(), "nothing queued, nothing to claim: {heard:?}");
+}
+
+/// The outcome of a lease that has ended, committed while the pass looks: the recorder holds
+/// the row locked until it commits, and the pass, locking the rows whose lease ended, waits for
+/// it and then sees the outcome, so it neither queues the delivery nor stops at it.
+#[tokio::test]
+async fn the_pass_waits_for_an_outcome_being_recorded_on_a_row_and_then_leaves_it() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let age = HORIZON - Duration::from_millis(500);
+    let (id, lease) = store(&writer, leased_event("evt_late", age, Duration::from_millis(1))).await;
+    let lease = lease.expect("leased");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // What the recorder's statement does, held open: the row locked while the lease holds it,
+    // the attempt inserted with its outcome.
+    let mut recording = pool.begin().await.expect("begin");
+    let locked: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM deliveries WHERE id = $1 AND lease_until = $2 FOR SHARE")
+            .bind(id)
+            .bind(lease)
+            .fetch_optional(&mut *recording)
+            .await
+            .expect("lock");
+    assert!(locked.is_some(), "the lease still holds it");
+    assert_eq!(
+        pass_behind_an_outcome(&pool, recording, id).await,
+        Pass::Done { taken: 0, out: 0 }
+    );
+    assert_eq!(
+        state(&pool, id).await,
+        ("succeeded".into(), 1, Some(lease), None),
+        "not queued again"
+    );
+    assert!(
+        leases::swept_to(&pool).await.expect("swept_to") > id,
+        "looked past"
+    );
+}
+
+/// The pass moves on past a delivery still out and keeps it aside: a delivery stored after it
+/// that has its outcome is behind the pass at once, and the one still out is queued by the
+/// first pass after its lease ends without an outcome.
+#[tokio::test]
+async fn a_delivery_still_out_is_kept_aside_and_taken_when_its_lease_ends() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let age = HORIZON - Duration::from_millis(500);
+    let (slow, _) = store(
+        &writer,
+        leased_event("evt_slow", age, Duration::from_millis(1500)),
+    )
+    .await;
+    let (done, lease) = store(
+        &writer,
+        leased_event("evt_done", age, Duration::from_millis(1000)),
+    )
+    .await;
+    record_attempts(
+        &pool,
+        &[support::answered_200(
+            &held(done, lease.expect("leased")),
+            After::Succeeded,
+        )],
+    )
+    .await
+    .expect("record");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 0, out: 1 }
+    );
+    assert_eq!(still_out(&pool).await, [slow]);
+    assert!(leases::swept_to(&pool).await.expect("swept_to") > done);
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 1, out: 0 },
+        "the slow one's lease has ended, the other had its outcome"
+    );
+    assert!(still_out(&pool).await.is_empty());
+    let (.., queued) = state(&pool, slow).await;
+    assert_eq!(queued.expect("queued").1, 1, "the lost attempt keeps number 1");
+    assert_eq!(state(&pool, done).await.0, "succeeded");
+}
+
+/// A direct send that failed has its retry queued and its lease left on its row; a cancel of
+/// its target ends both, so neither the pass nor a later cancel takes it for one still out.
+#[tokio::test]
+async fn a_cancel_after_a_failed_direct_send_ends_its_lease() {
+    use hookline::store::stats::cancel_pending;
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let age = HORIZON - Duration::from_millis(500);
+    let (id, lease) = store(
+        &writer,
+        leased_event("evt_failed", age, Duration::from_millis(300)),
+    )
+    .await;
+    let lease = lease.expect("leased");
+    let retry_at = Utc::now() + chrono::Duration::minutes(5);
+    record_attempts(&pool, &[failed_503(&held(id, lease), retry_at)])
+        .await
+        .expect("record");
+    let targets = [TARGET.to_owned()];
+    let cancel = || cancel_pending(&pool, "billing", TargetKind::Handler, &targets);
+    assert_eq!(cancel().await.expect("cancel"), 1, "its retry");
+    assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 0, out: 0 },
+        "its lease has ended"
+    );
+    assert_eq!(cancel().await.expect("cancel"), 0, "cancelled once");
+    assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));
 }
 
 /// A delivery whose id is older than the horizon when it is stored is queued, not leased: the
@@ -449,26 +655,8 @@ async fn what_leaves_a_claim_leaves_its_note_and_the_pass_waits_for_an_outcome_h
         .execute(&mut *recording)
         .await
         .expect("hold the note");
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt_number, started_at, duration_ms, status_code, outcome)
-         VALUES ($1, 1, now(), 3, 200, 'succeeded')",
-    )
-    .bind(answered.id)
-    .execute(&mut *recording)
-    .await
-    .expect("the outcome");
-    let pass = tokio::spawn({
-        let pool = pool.clone();
-        async move { leases::take_over_expired(&pool).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !pass.is_finished(),
-        "the pass waits for the outcome holding the note"
-    );
-    recording.commit().await.expect("commit");
     assert_eq!(
-        pass.await.expect("pass").expect("pass"),
+        pass_behind_an_outcome(&pool, recording, answered.id).await,
         Pass::Done { taken: 0, out: 0 },
         "nothing left on the claim to queue again"
     );

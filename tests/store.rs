@@ -1691,7 +1691,11 @@ async fn a_delivery_is_claimed_as_it_is_stored_unless_its_target_is_paused_or_be
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((status.as_str(), leased, queued), ("succeeded", None, 0));
+    // Its outcome is its attempt; the lease stays on the row, ended by it (store::leases).
+    assert_eq!(
+        (status.as_str(), leased, queued),
+        ("succeeded", Some(lease_until), 0)
+    );
 
     // A target paused at runtime: queued, not claimed.
     pause_target(&pool, &handler("stripe/paused"), "by hand")

@@ -530,22 +530,21 @@ pub async fn record_attempts(pool: &PgPool, records: &[AttemptRecord]) -> sqlx::
         ), moved AS (
             SELECT delivery_id, lease_until FROM finished
             UNION ALL SELECT * FROM retrying UNION ALL SELECT * FROM blocking
-        ), direct AS (
-            -- A delivery leased on its own row (by the gateway that stored it, or by a claim
-            -- from the queue; no queue row, see store::leases): its outcome, if the lease still
-            -- holds it. Each is looked up in its own partition, pruned row by row: `d.id = ANY
-            -- ($16)` would probe every partition with the whole batch (Postgres prunes no
-            -- partition by an array parameter), and an equality join may be planned as a hash
-            -- join that reads the history whole (when planned on small tables); a range of one
-            -- key can only be a nested loop.
-            UPDATE deliveries d
-            SET status = r.status, attempts = r.number, last_error = r.last_error, updated_at = now(),
-                lease_until = NULL
-            FROM record r
-            WHERE r.delivery_id = ANY ($16) AND d.id >= r.delivery_id AND d.id <= r.delivery_id
-              AND d.lease_until = r.lease_until
-            RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
-                      r.number, d.ordering_key, d.position, r.lease_until
+        ), direct AS MATERIALIZED (
+            -- A delivery leased on its own row by the gateway that stored it (no queue row, see
+            -- store::leases): its outcome counts if the lease still holds it. The row is locked,
+            -- not written: the attempt is the outcome (migrations/0022), and whatever ends a
+            -- lease (the pass over leases, a cancel, a redelivery) locks the row first and looks
+            -- for the outcome after. Each is looked up in its own partition, pruned row by row:
+            -- `d.id = ANY ($16)` would probe every partition with the whole batch (Postgres
+            -- prunes no partition by an array parameter), and an equality join may be planned
+            -- as a hash join that reads the history whole (when planned on small tables); a
+            -- range of one key can only be a nested loop.
+            SELECT d.id, d.namespace, d.target_kind, d.target, d.event_id, r.status, r.next_attempt_at,
+                   r.number, d.ordering_key, d.position, r.lease_until
+            FROM record r JOIN deliveries d ON d.id >= r.delivery_id AND d.id <= r.delivery_id
+            WHERE r.delivery_id = ANY ($16) AND d.lease_until = r.lease_until
+            FOR SHARE OF d
         ), noted AS MATERIALIZED (
             -- The notes of the batch's claims from the queue (see store::leases), locked FOR
             -- SHARE in id order, as the pass over ended claims locks them to delete them: that

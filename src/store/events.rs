@@ -243,7 +243,8 @@ const STORE_EVENTS_TEMPLATE: &str = r#"
             ) c
         ), delivery AS (
             -- A delivery claimed here is leased on its own row and has no queue row while it is
-            -- out: its outcome is its next write (see store::leases).
+            -- out: its outcome is its attempt, recorded under a lock of this row, which is
+            -- not written again (see store::leases).
             INSERT INTO deliveries (id, event_id, namespace, target_kind, target, status, last_error,
                                     ordering_key, position, lease_until)
             SELECT id, event_id, namespace, kind, target,

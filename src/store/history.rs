@@ -210,7 +210,7 @@ pub async fn skip_blocked(
              RETURNING delivery_id
          )
          -- The row folds in the attempts so far (migrations/0022): dead, as its last attempt left it.
-         UPDATE deliveries d SET status = s.status, attempts = s.attempts,
+         UPDATE deliveries d SET status = s.status, attempts = s.attempts, lease_until = NULL,
                                  last_error = s.last_error || ' (skipped: its key went on without it)', updated_at = now()
          FROM delivery_states s
          WHERE s.id = d.id AND d.id IN (SELECT delivery_id FROM skipped)",
@@ -295,8 +295,17 @@ pub(super) async fn requeue_in(
         .bind(ids)
         .execute(&mut *tx)
         .await?;
-    // And the notes, in id order as the recorder locks them: every outcome that counted for
-    // them has committed once this is granted, and none counts after.
+    // The rows of those leased as they were stored, in id order as the recorder locks them
+    // (before claims' notes): every outcome that counted for them has committed once this is
+    // granted, and none counts after (see store::leases).
+    sqlx::query(
+        "SELECT 1 FROM deliveries d WHERE d.id = ANY ($1) AND d.lease_until IS NOT NULL ORDER BY d.id FOR UPDATE OF d",
+    )
+    .persistent(false)
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
+    // And the notes, for the same reason.
     sqlx::query("SELECT 1 FROM claims WHERE deliveries ?| $1::uuid[]::text[] ORDER BY id FOR UPDATE")
         .persistent(false)
         .bind(ids)
@@ -317,7 +326,8 @@ pub(super) async fn requeue_in(
                              (SELECT max(attempt_number) FROM attempts a WHERE a.delivery_id = d.id),
                              (SELECT max(n.before) + 1 FROM noted n WHERE n.id = d.id)),
                     d.ordering_key, d.position, d.event_id
-             FROM deliveries d WHERE d.id = ANY ($1) AND NOT coalesce(d.lease_until > now(), false)
+             FROM deliveries d WHERE d.id = ANY ($1)
+               AND NOT (coalesce(d.lease_until > now(), false) AND {no_outcome})
                AND NOT EXISTS (SELECT 1 FROM noted n WHERE n.id = d.id AND n.lease_until > now())
              ON CONFLICT (delivery_id) DO UPDATE SET next_attempt_at = now(), claimed = false
                  WHERE NOT (q.claimed AND q.next_attempt_at > now())
@@ -333,7 +343,8 @@ pub(super) async fn requeue_in(
                                  last_error = (SELECT s.last_error FROM delivery_states s WHERE s.id = d.id),
                                  replay_id = COALESCE($2, d.replay_id)
          WHERE d.id = ANY (ARRAY(SELECT delivery_id FROM queued))",
-        out_on_claims = super::leases::OUT_ON_CLAIMS
+        out_on_claims = super::leases::OUT_ON_CLAIMS,
+        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
     ))
     .persistent(false)
     .bind(ids)

@@ -1,8 +1,17 @@
 //! Leases on history rows: a new delivery the storing gateway sends itself is leased on its row
 //! in `deliveries` (`lease_until`) and has no queue row while it is out (see
-//! [`super::events::NewDelivery::claim_for`]). Should its sender die, nothing in the queue
-//! falls due again; instead, one gateway at a time looks through the deliveries stored since it
-//! last looked ([`take_over_expired`]) and queues those whose lease ended without an outcome.
+//! [`super::events::NewDelivery::claim_for`]). Its outcome does not write the row: the recorder
+//! locks the row (FOR SHARE) while the lease still holds it and inserts the attempt, which is
+//! the delivery's state (migrations/0022); the lease stays on the row, ended by that outcome
+//! ([`NO_OUTCOME_PAST_ROW`]). So a history row is written once, and the deliveries' pages need
+//! no room for a second version. Should its sender die, nothing in the queue falls due again;
+//! instead, one gateway at a time looks through the deliveries stored since it last looked, and
+//! those it saw still out then ([`take_over_expired`]), and queues those whose lease ended
+//! without an outcome. Whatever
+//! ends a lease that way (that pass, a cancel, a redelivery) locks the row first and looks for
+//! the outcome with a snapshot taken after: every outcome that counted has committed by then,
+//! and a recorder that comes later finds the lease gone.
+//!
 //! A claim from the queue notes its deliveries in `claims` instead (one row per claim and
 //! lease, with the attempts each had started), however old they are; the same pass deletes the
 //! notes of ended claims and queues what they name that got no outcome (migrations/0023). A
@@ -33,6 +42,14 @@ pub(super) const OUT_ON_CLAIMS: &str =
      WHERE NOT EXISTS (SELECT 1 FROM attempts a
                        WHERE a.delivery_id = n.key::uuid AND a.attempt_number > n.value::int
                          AND a.outcome IS NOT NULL)";
+
+/// A condition on the history row `d`: no attempt numbered past the row's checkpoint has an
+/// outcome. Of a row with `lease_until` set, it says the delivery is still out on that lease
+/// (live or ended): a direct send's outcome is its attempt, not a write of its row. A range of
+/// one key, so a probe per row (see `direct` in `deliveries::record_attempts`).
+pub(super) const NO_OUTCOME_PAST_ROW: &str = "NOT EXISTS (SELECT 1 FROM attempts a
+                 WHERE a.delivery_id >= d.id AND a.delivery_id <= d.id AND a.attempt_number > d.attempts
+                   AND a.outcome IS NOT NULL)";
 
 /// A statement's last column: wakes the dispatchers of the targets its CTE `queued` (returning
 /// namespace, target_kind, target) put deliveries in the queue for, on the channel bound as
@@ -75,7 +92,7 @@ pub enum Pass {
     /// Another gateway is taking over leases, or a storing statement held the barrier up.
     NotNow,
     /// Looked from the last pass's end; `taken` deliveries had an expired lease and are queued
-    /// now (their targets notified), `out` still have a live one (looked at again next pass).
+    /// now (their targets notified), `out` are still out (looked at again next pass).
     Done { taken: u64, out: u64 },
 }
 
@@ -214,26 +231,64 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
     let Some(barrier) = barrier(connection).await? else {
         return Ok(Pass::NotNow);
     };
+    let until = barrier - chrono::Duration::from_std(HORIZON).unwrap_or_default();
+    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+    // The leases that ended without an outcome, among the deliveries stored since the last pass
+    // (a range of the primary key) and those it saw still out.
+    static ENDED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH sweep AS (
+                 SELECT swept_to, still_out FROM lease_sweeps WHERE only_row
+             ), looked AS (
+                 SELECT d.id, d.attempts, d.lease_until FROM deliveries d
+                 WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < {until}
+                 UNION ALL
+                 {still_out}
+             )
+             SELECT d.id FROM looked d WHERE d.lease_until < now() AND {NO_OUTCOME_PAST_ROW}",
+            until = id_floor_sql("$1::timestamptz"),
+            still_out = STILL_OUT,
+        )
+    });
+    let ended: Vec<Uuid> = sqlx::query_scalar(ENDED.as_str())
+        .bind(until)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !ended.is_empty() {
+        // Locked in id order, as recorders lock them: once granted, every outcome that counted
+        // for them has committed, and the statement below, with a snapshot taken after, sees
+        // it. A recorder that comes after waits, then finds the lease gone.
+        sqlx::query(
+            "SELECT 1 FROM UNNEST($1::uuid[]) AS e (id) JOIN deliveries d ON d.id >= e.id AND d.id <= e.id
+             ORDER BY d.id
+             FOR UPDATE OF d",
+        )
+        .bind(&ended)
+        .execute(&mut *tx)
+        .await?;
+    }
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             r#"
         WITH sweep AS (
-            SELECT swept_to FROM lease_sweeps WHERE only_row FOR UPDATE
+            SELECT swept_to, still_out FROM lease_sweeps WHERE only_row FOR UPDATE
         ), upto AS (
             SELECT {until} AS id
-        ), leased AS (
-            -- The deliveries stored since the last pass that are still out, and those the last
-            -- pass saw out (they are at or past its `swept_to`): a range of the primary key.
-            SELECT d.id, d.lease_until FROM deliveries d
+        ), looked AS (
+            SELECT d.id, d.attempts, d.lease_until FROM deliveries d
             WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < (SELECT id FROM upto)
               AND d.lease_until IS NOT NULL
+            UNION ALL
+            {still_out}
+        ), leased AS (
+            -- Still out: no outcome has come.
+            SELECT d.id FROM looked d WHERE {NO_OUTCOME_PAST_ROW}
         ), taken AS (
-            -- Rechecked on the row as it is when locked: its outcome may have come meanwhile.
-            -- Each looked up in its own partition by a range of one key (see `direct` in
-            -- `deliveries::record_attempts`).
+            -- Only rows locked above. Each looked up in its own partition by a range of one key
+            -- (see `direct` in `deliveries::record_attempts`).
             UPDATE deliveries d SET lease_until = NULL, updated_at = now()
             FROM leased l
-            WHERE l.lease_until < now() AND d.id >= l.id AND d.id <= l.id AND d.lease_until < now()
+            WHERE l.id = ANY ($3) AND d.id >= l.id AND d.id <= l.id
             RETURNING d.id, d.namespace, d.target_kind, d.target, d.event_id, d.attempts
         ), queued AS (
             -- Due now; the attempt whose outcome never came keeps its number.
@@ -242,33 +297,54 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
             SELECT id, namespace, target_kind, target, now(), attempts + 1, event_id FROM taken
             ON CONFLICT (delivery_id) DO NOTHING
             RETURNING namespace, target_kind, target
+        ), out AS (
+            -- Still out and not taken: a live lease, or one that ended after the rows were
+            -- locked. Looked at again next pass, however far `swept_to` has moved.
+            SELECT ARRAY(SELECT id FROM leased WHERE id <> ALL ($3) ORDER BY id) AS ids
         ), moved AS (
-            UPDATE lease_sweeps SET swept_to = greatest(
-                (SELECT swept_to FROM sweep),
-                least((SELECT id FROM upto),
-                      (SELECT id FROM leased WHERE lease_until >= now() ORDER BY id LIMIT 1)))
+            UPDATE lease_sweeps
+            SET swept_to = greatest((SELECT swept_to FROM sweep), (SELECT id FROM upto)),
+                still_out = (SELECT ids FROM out)
             -- By its key: a scan, even of one row, is priced so high with sequential scans off
             -- (store::connect_lazy) that Postgres would compile the statement (JIT) every time.
             WHERE only_row
         )
         SELECT (SELECT count(*) FROM taken),
-               (SELECT count(*) FROM leased WHERE lease_until >= now()),
+               (SELECT cardinality(ids)::bigint FROM out),
                {wake}
         "#,
             until = id_floor_sql("$1::timestamptz"),
+            still_out = STILL_OUT,
             wake = wake_for_queued("$2")
         )
     });
     let (taken, out, _): (i64, i64, bool) = sqlx::query_as(SQL.as_str())
-        .bind(barrier - chrono::Duration::from_std(HORIZON).unwrap_or_default())
+        .bind(until)
         .bind(super::DELIVERIES_CHANNEL)
-        .fetch_one(&mut *connection)
+        .bind(&ended)
+        .fetch_one(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(Pass::Done {
         taken: taken as u64,
         out: out as u64,
     })
 }
+
+/// The sweep's deliveries still out at its last pass (`id`, `attempts`, `lease_until`), in a
+/// CTE `sweep` reading `still_out`: each looked up in its own partition by a range of one key.
+const STILL_OUT: &str = "SELECT d.id, d.attempts, d.lease_until
+                 FROM unnest((SELECT still_out FROM sweep)) AS o (id)
+                 CROSS JOIN LATERAL (SELECT * FROM deliveries d WHERE d.id >= o.id AND d.id <= o.id OFFSET 0) d
+                 WHERE d.lease_until IS NOT NULL";
+
+/// A condition on the history row `d`: it may be out on a lease of its row, as stored (at or
+/// past the sweep's `swept_to`, or seen still out by its last pass), or claimed from the queue
+/// by a version before migrations/0023 (named in `queue_leases`: every claim not yet
+/// forgotten, a few thousand deliveries at most).
+pub(super) const MAY_BE_LEASED: &str = "(d.id >= (SELECT swept_to FROM lease_sweeps WHERE only_row)
+      OR d.id = ANY (ARRAY(SELECT unnest(still_out) FROM lease_sweeps))
+      OR d.id = ANY (ARRAY(SELECT unnest(deliveries) FROM queue_leases)))";
 
 /// Passes the barrier: the moment (Postgres' clock) by which every statement that leased
 /// before has committed; `None` when statements held the lock past [`BARRIER_TIMEOUT`].

@@ -252,16 +252,9 @@ pub async fn ensure(
         // none waits on this transaction while holding what it waits for.
         for table in TABLES.into_iter().rev() {
             let name = format!("{table}_{suffix}");
-            // Room on each page for every row's next version, so that an outcome's update
-            // stays HOT even when a whole page's outcomes are written in one transaction (a
-            // drained backlog), which no pruning can make room for (migration 0017).
-            let storage = if table == "deliveries" {
-                " WITH (fillfactor = 45)"
-            } else {
-                ""
-            };
+            // Full pages: history rows are written once (migration 0024).
             sqlx::query(&format!(
-                "CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS){storage}"
+                "CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
             ))
             .execute(&mut *tx)
             .await?;
@@ -306,9 +299,10 @@ pub async fn make_ahead(pool: &PgPool, period: Duration) -> sqlx::Result<usize> 
 
 /// Whether any delivery of the period is still queued (waiting, retrying, a key's head being
 /// sent, or a dead head blocking its key), or may be out on a lease of its row (see
-/// `super::leases`: leased as it was stored, only ids at or past `swept_to` can be; claimed
-/// from the queue, it is noted in `claims` (or, by a version before migrations/0023, in
-/// `queue_leases`) until its claim has ended and been looked at): then its history is not
+/// `super::leases`: leased as it was stored, only ids at or past `swept_to` or in its
+/// `still_out` can be; claimed from the queue, it is noted in `claims` (or, by a version
+/// before migrations/0023, in `queue_leases`) until its claim has ended and been looked at):
+/// then its history is not
 /// dropped. A claim deletes the queue row and notes the delivery in one statement, so this one
 /// sees one or the other.
 pub async fn has_queued(pool: &PgPool, period: &Period) -> sqlx::Result<bool> {
@@ -316,6 +310,7 @@ pub async fn has_queued(pool: &PgPool, period: &Period) -> sqlx::Result<bool> {
     sqlx::query_scalar(&format!(
         "SELECT EXISTS (SELECT 1 FROM delivery_queue WHERE delivery_id >= $1 AND delivery_id < $2)
              OR $2 > (SELECT swept_to FROM lease_sweeps WHERE only_row)
+             OR EXISTS (SELECT 1 FROM lease_sweeps s, unnest(s.still_out) AS o (id) WHERE o.id >= $1 AND o.id < $2)
              OR EXISTS (SELECT 1 FROM queue_leases l, unnest(l.deliveries) AS d (id)
                         WHERE d.id >= $1 AND d.id < $2)
              OR EXISTS ({out_on_claims} AND n.key::uuid >= $1 AND n.key::uuid < $2)",

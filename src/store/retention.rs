@@ -203,7 +203,10 @@ async fn delete_expired_events(
              WHERE e.id >= $1 AND e.id < $2 {of_namespace}
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d JOIN delivery_queue q ON q.delivery_id = d.id
                                WHERE d.event_id = e.id)
-               AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.event_id = e.id AND d.lease_until IS NOT NULL)
+               -- Nor out on a lease of its row: the lease stays on the row after the outcome,
+               -- which is the attempt's (store::leases).
+               AND NOT EXISTS (SELECT 1 FROM {deliveries} d
+                               WHERE d.event_id = e.id AND d.lease_until IS NOT NULL AND {no_outcome})
                -- Nor out on a claim from the queue (store::leases): a few thousand at most.
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d
                                WHERE d.event_id = e.id
@@ -222,6 +225,7 @@ async fn delete_expired_events(
          )
          DELETE FROM {events} e USING doomed WHERE e.id = doomed.id",
         out_on_claims = super::leases::OUT_ON_CLAIMS,
+        no_outcome = super::leases::NO_OUTCOME_PAST_ROW,
         of_namespace = if namespace.is_some() {
             "AND e.namespace = $4"
         } else {

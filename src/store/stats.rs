@@ -333,8 +333,8 @@ pub async fn cancel_pending(
     // A claim or a release committing while the statement runs moves a delivery between the
     // queue and a claim the run did not lock (the claim's note, the release's queue row); the
     // run then reports it left, and the next run takes it. A few runs at most. A run locks
-    // claims' notes before queue rows, the recorder the other way round: a deadlock Postgres
-    // breaks (the recorder retries its outcomes one by one) is another run.
+    // claims' notes, then leased rows, then queue rows, the recorder the other way round: a
+    // deadlock Postgres breaks (the recorder retries its outcomes one by one) is another run.
     const RUNS: usize = 5;
     let mut cancelled = 0;
     for run in 1..=RUNS {
@@ -388,6 +388,25 @@ async fn cancel_pending_once(
     .bind(targets)
     .fetch_all(&mut *tx)
     .await?;
+    // And the deliveries being sent on a lease of their row with no outcome yet, for the same
+    // reason (the recorder locks the row, see store::leases): this reads the last seconds of
+    // the history, and a few more rows.
+    let leased: Vec<uuid::Uuid> = sqlx::query_scalar(&format!(
+        "SELECT d.id FROM deliveries d
+         WHERE {may_be_leased} AND d.lease_until IS NOT NULL
+           AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
+           AND {no_outcome}
+         ORDER BY d.id
+         FOR UPDATE OF d",
+        may_be_leased = super::leases::MAY_BE_LEASED,
+        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
+    ))
+    .persistent(false)
+    .bind(namespace)
+    .bind(kind.as_str())
+    .bind(targets)
+    .fetch_all(&mut *tx)
+    .await?;
     let cancelled: i64 = sqlx::query_scalar(&format!(
         "WITH dequeued AS (
              DELETE FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
@@ -395,25 +414,19 @@ async fn cancel_pending_once(
          ), dequeued_cancelled AS (
              -- A claim being sent keeps its attempt number: a later redelivery counts on from it.
              -- The row folds in the attempts so far (migrations/0022).
+             -- A lease its first attempt left on the row ends with it (store::leases).
              UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(s.attempts, q.attempts),
-                                     last_error = s.last_error, updated_at = now()
+                                     last_error = s.last_error, updated_at = now(), lease_until = NULL
              FROM dequeued q JOIN delivery_states s ON s.id = q.delivery_id
              WHERE d.id = q.delivery_id
              RETURNING d.id
-         ), claimed AS (
-             -- Claimed from the queue by a version before migrations/0023 and being sent on a
-             -- lease of its row: every claim not yet forgotten, a few thousand deliveries at most.
-             SELECT unnest(deliveries) AS id FROM queue_leases
          ), unleased AS (
-             -- Being sent on a lease of its row (see store::leases), its attempt numbered: a
-             -- delivery leased as it was stored is at or past `swept_to`, so this reads the last
-             -- seconds of the history; one claimed from the queue is noted with its claim.
+             -- Being sent on a lease of its row, locked above, and still no outcome: its attempt
+             -- numbered. Each looked up in its own partition by a range of one key.
              UPDATE deliveries d SET status = 'cancelled', attempts = d.attempts + 1, lease_until = NULL,
                                      updated_at = now()
-             WHERE (d.id >= (SELECT swept_to FROM lease_sweeps WHERE only_row)
-                    OR d.id = ANY (ARRAY(SELECT id FROM claimed)))
-               AND d.lease_until IS NOT NULL
-               AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
+             FROM UNNEST($5::uuid[]) AS l (id)
+             WHERE d.id >= l.id AND d.id <= l.id AND {no_outcome}
              RETURNING d.id
          ), noted AS (
              -- Only the notes locked above: a claim noted since may have an outcome counting
@@ -423,7 +436,7 @@ async fn cancel_pending_once(
              -- Out on a claim from the queue (see store::leases): cancelled, the attempt in
              -- flight numbered. Each looked up in its own partition by a range of one key.
              UPDATE deliveries d SET status = 'cancelled', attempts = GREATEST(s.attempts, n.before + 1),
-                                     last_error = s.last_error, updated_at = now()
+                                     last_error = s.last_error, updated_at = now(), lease_until = NULL
              FROM noted n JOIN delivery_states s ON s.id = n.id
              WHERE d.id >= n.id AND d.id <= n.id
                AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
@@ -436,31 +449,41 @@ async fn cancel_pending_once(
          )
          SELECT (SELECT count(*) FROM dequeued_cancelled) + (SELECT count(*) FROM unleased)
                 + (SELECT count(*) FROM unclaimed)",
-        out_on_claims = super::leases::OUT_ON_CLAIMS
+        out_on_claims = super::leases::OUT_ON_CLAIMS,
+        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
     ))
     .persistent(false)
     .bind(namespace)
     .bind(kind.as_str())
     .bind(targets)
     .bind(&locked)
+    .bind(&leased)
     .fetch_one(&mut *tx)
     .await?;
     // With a snapshot taken after the statement above: a claim that took these targets' queue
     // rows before it deleted them has committed by now (the delete waited for it), and its note,
-    // not locked by this run, shows here; so does a queue row a release put back meanwhile.
+    // not locked by this run, shows here; so does a queue row a release put back meanwhile, and
+    // a delivery a gateway leased as it stored it after the rows were locked.
     let left: i64 = sqlx::query_scalar(&format!(
         "SELECT (SELECT count(*) FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3))
               + (SELECT count(*) FROM ({out_on_claims} AND c.id <> ALL ($4)) n
                  WHERE EXISTS (SELECT 1 FROM deliveries d
                                WHERE d.id >= n.id AND d.id <= n.id
-                                 AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)))",
-        out_on_claims = super::leases::OUT_ON_CLAIMS
+                                 AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)))
+              + (SELECT count(*) FROM deliveries d
+                 WHERE {may_be_leased} AND d.id <> ALL ($5) AND d.lease_until IS NOT NULL
+                   AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
+                   AND {no_outcome})",
+        out_on_claims = super::leases::OUT_ON_CLAIMS,
+        may_be_leased = super::leases::MAY_BE_LEASED,
+        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
     ))
     .persistent(false)
     .bind(namespace)
     .bind(kind.as_str())
     .bind(targets)
     .bind(&locked)
+    .bind(&leased)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
