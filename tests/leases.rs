@@ -414,7 +414,7 @@ async fn a_delivery_still_out_is_kept_aside_and_taken_when_its_lease_ends() {
     let age = HORIZON - Duration::from_millis(500);
     let (slow, _) = store(
         &writer,
-        leased_event("evt_slow", age, Duration::from_millis(1500)),
+        leased_event("evt_slow", age, Duration::from_millis(3000)),
     )
     .await;
     let (done, lease) = store(
@@ -439,7 +439,7 @@ async fn a_delivery_still_out_is_kept_aside_and_taken_when_its_lease_ends() {
     assert_eq!(still_out(&pool).await, [slow]);
     assert!(leases::swept_to(&pool).await.expect("swept_to") > done);
 
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(
         leases::take_over_expired(&pool).await.expect("pass"),
         Pass::Done { taken: 1, out: 0 },
@@ -451,8 +451,73 @@ async fn a_delivery_still_out_is_kept_aside_and_taken_when_its_lease_ends() {
     assert_eq!(state(&pool, done).await.0, "succeeded");
 }
 
+/// An outcome counts only while the lease holds the row: a recorder that meets the row locked
+/// by whatever is ending the lease waits, and then finds the lease gone.
+#[tokio::test]
+async fn an_outcome_waits_for_the_lease_being_ended_and_then_does_not_count() {
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let (id, lease) = store(
+        &writer,
+        leased_event("evt_ending", Duration::ZERO, Duration::from_secs(60)),
+    )
+    .await;
+    let lease = lease.expect("leased");
+    let mut ending = pool.begin().await.expect("begin");
+    sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&mut *ending)
+        .await
+        .expect("end the lease");
+    let recording = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            record_attempts(
+                &pool,
+                &[support::answered_200(&held(id, lease), After::Succeeded)],
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!recording.is_finished(), "the recorder waits for the row");
+    ending.commit().await.expect("commit");
+    recording.await.expect("record").expect("record");
+    assert_eq!(
+        support::attempt_outcomes(&pool, id).await,
+        [(1, None)],
+        "kept as history only"
+    );
+}
+
+/// A cancel reaches a delivery the pass over leases keeps aside (still out, behind `swept_to`).
+#[tokio::test]
+async fn a_cancel_reaches_a_delivery_kept_aside_by_the_pass() {
+    use hookline::store::stats::cancel_pending;
+    let pool = migrated_pool().await;
+    let writer = event_writer(pool.clone(), EventBatching::WhileWriting);
+    let age = HORIZON - Duration::from_millis(500);
+    let (id, _) = store(&writer, leased_event("evt_aside", age, Duration::from_secs(60))).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 0, out: 1 }
+    );
+    assert!(leases::swept_to(&pool).await.expect("swept_to") > id);
+    let cancelled = cancel_pending(&pool, "billing", TargetKind::Handler, &[TARGET.to_owned()])
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled, 1);
+    assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));
+    assert_eq!(
+        leases::take_over_expired(&pool).await.expect("pass"),
+        Pass::Done { taken: 0, out: 0 }
+    );
+}
+
 /// A direct send that failed has its retry queued and its lease left on its row; a cancel of
-/// its target ends both, so neither the pass nor a later cancel takes it for one still out.
+/// its target ends both, so neither the pass nor a later cancel takes it for one still out
+/// (nor one cancelled by an older version, which left the lease).
 #[tokio::test]
 async fn a_cancel_after_a_failed_direct_send_ends_its_lease() {
     use hookline::store::stats::cancel_pending;
@@ -469,6 +534,27 @@ async fn a_cancel_after_a_failed_direct_send_ends_its_lease() {
     record_attempts(&pool, &[failed_503(&held(id, lease), retry_at)])
         .await
         .expect("record");
+    // Another, cancelled as a version before migrations/0024 did: the lease left on the row,
+    // the row's status written.
+    let (old, old_lease) = store(
+        &writer,
+        leased_event("evt_failed_old", age, Duration::from_millis(300)),
+    )
+    .await;
+    record_attempts(
+        &pool,
+        &[failed_503(&held(old, old_lease.expect("leased")), retry_at)],
+    )
+    .await
+    .expect("record");
+    sqlx::query(
+        "WITH dequeued AS (DELETE FROM delivery_queue WHERE delivery_id = $1)
+         UPDATE deliveries SET status = 'cancelled', attempts = 1 WHERE id = $1",
+    )
+    .bind(old)
+    .execute(&pool)
+    .await
+    .expect("cancel as before");
     let targets = [TARGET.to_owned()];
     let cancel = || cancel_pending(&pool, "billing", TargetKind::Handler, &targets);
     assert_eq!(cancel().await.expect("cancel"), 1, "its retry");
@@ -477,7 +563,7 @@ async fn a_cancel_after_a_failed_direct_send_ends_its_lease() {
     assert_eq!(
         leases::take_over_expired(&pool).await.expect("pass"),
         Pass::Done { taken: 0, out: 0 },
-        "its lease has ended"
+        "their leases have ended"
     );
     assert_eq!(cancel().await.expect("cancel"), 0, "cancelled once");
     assert_eq!(state(&pool, id).await, ("cancelled".into(), 1, None, None));

@@ -327,7 +327,7 @@ pub(super) async fn requeue_in(
                              (SELECT max(n.before) + 1 FROM noted n WHERE n.id = d.id)),
                     d.ordering_key, d.position, d.event_id
              FROM deliveries d WHERE d.id = ANY ($1)
-               AND NOT (coalesce(d.lease_until > now(), false) AND {no_outcome})
+               AND NOT (coalesce(d.lease_until > now(), false) AND {out_on_row})
                AND NOT EXISTS (SELECT 1 FROM noted n WHERE n.id = d.id AND n.lease_until > now())
              ON CONFLICT (delivery_id) DO UPDATE SET next_attempt_at = now(), claimed = false
                  WHERE NOT (q.claimed AND q.next_attempt_at > now())
@@ -344,7 +344,7 @@ pub(super) async fn requeue_in(
                                  replay_id = COALESCE($2, d.replay_id)
          WHERE d.id = ANY (ARRAY(SELECT delivery_id FROM queued))",
         out_on_claims = super::leases::OUT_ON_CLAIMS,
-        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
+        out_on_row = super::leases::OUT_ON_ROW
     ))
     .persistent(false)
     .bind(ids)

@@ -3,7 +3,7 @@
 //! [`super::events::NewDelivery::claim_for`]). Its outcome does not write the row: the recorder
 //! locks the row (FOR SHARE) while the lease still holds it and inserts the attempt, which is
 //! the delivery's state (migrations/0022); the lease stays on the row, ended by that outcome
-//! ([`NO_OUTCOME_PAST_ROW`]). So a history row is written once, and the deliveries' pages need
+//! ([`OUT_ON_ROW`]). So a history row is written once, and the deliveries' pages need
 //! no room for a second version. Should its sender die, nothing in the queue falls due again;
 //! instead, one gateway at a time looks through the deliveries stored since it last looked, and
 //! those it saw still out then ([`take_over_expired`]), and queues those whose lease ended
@@ -43,13 +43,16 @@ pub(super) const OUT_ON_CLAIMS: &str =
                        WHERE a.delivery_id = n.key::uuid AND a.attempt_number > n.value::int
                          AND a.outcome IS NOT NULL)";
 
-/// A condition on the history row `d`: no attempt numbered past the row's checkpoint has an
-/// outcome. Of a row with `lease_until` set, it says the delivery is still out on that lease
-/// (live or ended): a direct send's outcome is its attempt, not a write of its row. A range of
-/// one key, so a probe per row (see `direct` in `deliveries::record_attempts`).
-pub(super) const NO_OUTCOME_PAST_ROW: &str = "NOT EXISTS (SELECT 1 FROM attempts a
-                 WHERE a.delivery_id >= d.id AND a.delivery_id <= d.id AND a.attempt_number > d.attempts
-                   AND a.outcome IS NOT NULL)";
+/// A condition on the history row `d`: the delivery is out on a lease of its row (live or
+/// ended). A direct send's outcome is its attempt, not a write of its row, so the lease stays
+/// on the row after it: out means no attempt numbered past the row's checkpoint has an
+/// outcome. Whatever else ends a lease clears it, or writes the row's status (a cancel by a
+/// version before migrations/0024 left it). The attempts are probed by a range of one key, a
+/// probe per row (see `direct` in `deliveries::record_attempts`).
+pub(super) const OUT_ON_ROW: &str = "(d.lease_until IS NOT NULL AND d.status IN ('pending', 'failed')
+      AND NOT EXISTS (SELECT 1 FROM attempts a
+                      WHERE a.delivery_id >= d.id AND a.delivery_id <= d.id AND a.attempt_number > d.attempts
+                        AND a.outcome IS NOT NULL))";
 
 /// A statement's last column: wakes the dispatchers of the targets its CTE `queued` (returning
 /// namespace, target_kind, target) put deliveries in the queue for, on the channel bound as
@@ -240,12 +243,12 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
             "WITH sweep AS (
                  SELECT swept_to, still_out FROM lease_sweeps WHERE only_row
              ), looked AS (
-                 SELECT d.id, d.attempts, d.lease_until FROM deliveries d
+                 SELECT d.id, d.attempts, d.lease_until, d.status FROM deliveries d
                  WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < {until}
                  UNION ALL
                  {still_out}
              )
-             SELECT d.id FROM looked d WHERE d.lease_until < now() AND {NO_OUTCOME_PAST_ROW}",
+             SELECT d.id FROM looked d WHERE d.lease_until < now() AND {OUT_ON_ROW}",
             until = id_floor_sql("$1::timestamptz"),
             still_out = STILL_OUT,
         )
@@ -275,14 +278,14 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
         ), upto AS (
             SELECT {until} AS id
         ), looked AS (
-            SELECT d.id, d.attempts, d.lease_until FROM deliveries d
+            SELECT d.id, d.attempts, d.lease_until, d.status FROM deliveries d
             WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < (SELECT id FROM upto)
               AND d.lease_until IS NOT NULL
             UNION ALL
             {still_out}
         ), leased AS (
             -- Still out: no outcome has come.
-            SELECT d.id FROM looked d WHERE {NO_OUTCOME_PAST_ROW}
+            SELECT d.id FROM looked d WHERE {OUT_ON_ROW}
         ), taken AS (
             -- Only rows locked above. Each looked up in its own partition by a range of one key
             -- (see `direct` in `deliveries::record_attempts`).
@@ -298,8 +301,8 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
             ON CONFLICT (delivery_id) DO NOTHING
             RETURNING namespace, target_kind, target
         ), out AS (
-            -- Still out and not taken: a live lease, or one that ended after the rows were
-            -- locked. Looked at again next pass, however far `swept_to` has moved.
+            -- Still out and not taken (a live lease): looked at again next pass, however far
+            -- `swept_to` has moved.
             SELECT ARRAY(SELECT id FROM leased WHERE id <> ALL ($3) ORDER BY id) AS ids
         ), moved AS (
             UPDATE lease_sweeps
@@ -331,9 +334,10 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
     })
 }
 
-/// The sweep's deliveries still out at its last pass (`id`, `attempts`, `lease_until`), in a
+/// The sweep's deliveries still out at its last pass (`id`, `attempts`, `lease_until`,
+/// `status`), in a
 /// CTE `sweep` reading `still_out`: each looked up in its own partition by a range of one key.
-const STILL_OUT: &str = "SELECT d.id, d.attempts, d.lease_until
+const STILL_OUT: &str = "SELECT d.id, d.attempts, d.lease_until, d.status
                  FROM unnest((SELECT still_out FROM sweep)) AS o (id)
                  CROSS JOIN LATERAL (SELECT * FROM deliveries d WHERE d.id >= o.id AND d.id <= o.id OFFSET 0) d
                  WHERE d.lease_until IS NOT NULL";

@@ -206,7 +206,7 @@ async fn delete_expired_events(
                -- Nor out on a lease of its row: the lease stays on the row after the outcome,
                -- which is the attempt's (store::leases).
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d
-                               WHERE d.event_id = e.id AND d.lease_until IS NOT NULL AND {no_outcome})
+                               WHERE d.event_id = e.id AND {out_on_row})
                -- Nor out on a claim from the queue (store::leases): a few thousand at most.
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d
                                WHERE d.event_id = e.id
@@ -225,7 +225,7 @@ async fn delete_expired_events(
          )
          DELETE FROM {events} e USING doomed WHERE e.id = doomed.id",
         out_on_claims = super::leases::OUT_ON_CLAIMS,
-        no_outcome = super::leases::NO_OUTCOME_PAST_ROW,
+        out_on_row = super::leases::OUT_ON_ROW,
         of_namespace = if namespace.is_some() {
             "AND e.namespace = $4"
         } else {

@@ -393,13 +393,13 @@ async fn cancel_pending_once(
     // the history, and a few more rows.
     let leased: Vec<uuid::Uuid> = sqlx::query_scalar(&format!(
         "SELECT d.id FROM deliveries d
-         WHERE {may_be_leased} AND d.lease_until IS NOT NULL
+         WHERE {may_be_leased}
            AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
-           AND {no_outcome}
+           AND {out_on_row}
          ORDER BY d.id
          FOR UPDATE OF d",
         may_be_leased = super::leases::MAY_BE_LEASED,
-        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
+        out_on_row = super::leases::OUT_ON_ROW
     ))
     .persistent(false)
     .bind(namespace)
@@ -426,7 +426,7 @@ async fn cancel_pending_once(
              UPDATE deliveries d SET status = 'cancelled', attempts = d.attempts + 1, lease_until = NULL,
                                      updated_at = now()
              FROM UNNEST($5::uuid[]) AS l (id)
-             WHERE d.id >= l.id AND d.id <= l.id AND {no_outcome}
+             WHERE d.id >= l.id AND d.id <= l.id AND {out_on_row}
              RETURNING d.id
          ), noted AS (
              -- Only the notes locked above: a claim noted since may have an outcome counting
@@ -450,7 +450,7 @@ async fn cancel_pending_once(
          SELECT (SELECT count(*) FROM dequeued_cancelled) + (SELECT count(*) FROM unleased)
                 + (SELECT count(*) FROM unclaimed)",
         out_on_claims = super::leases::OUT_ON_CLAIMS,
-        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
+        out_on_row = super::leases::OUT_ON_ROW
     ))
     .persistent(false)
     .bind(namespace)
@@ -471,12 +471,12 @@ async fn cancel_pending_once(
                                WHERE d.id >= n.id AND d.id <= n.id
                                  AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)))
               + (SELECT count(*) FROM deliveries d
-                 WHERE {may_be_leased} AND d.id <> ALL ($5) AND d.lease_until IS NOT NULL
+                 WHERE {may_be_leased} AND d.id <> ALL ($5)
                    AND d.namespace = $1 AND d.target_kind = $2 AND d.target = ANY ($3)
-                   AND {no_outcome})",
+                   AND {out_on_row})",
         out_on_claims = super::leases::OUT_ON_CLAIMS,
         may_be_leased = super::leases::MAY_BE_LEASED,
-        no_outcome = super::leases::NO_OUTCOME_PAST_ROW
+        out_on_row = super::leases::OUT_ON_ROW
     ))
     .persistent(false)
     .bind(namespace)
