@@ -3,9 +3,10 @@
 //! event is stored; the statement that stores it leases it on its own row (no queue row), and
 //! the gateway hands it over once that commits. It costs no queue row, no claim, no
 //! notification and no claim round trip (two row writes in all when its first attempt
-//! succeeds: its history row and its attempt), and keeps every guarantee of a claimed delivery: committed with its event, held
-//! by one process for its lease (should that process die, one gateway's pass over the leases
-//! queues it once the lease ends, see `store::leases`), admitted and recorded like any other.
+//! succeeds: its history row and its attempt), and keeps every guarantee of a claimed
+//! delivery: committed with its event, held by one process for its lease (should that process
+//! die, one gateway's pass over the leases queues it once the lease ends, see
+//! `store::leases`), admitted and recorded like any other.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

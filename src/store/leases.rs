@@ -3,14 +3,13 @@
 //! [`super::events::NewDelivery::claim_for`]). Its outcome does not write the row: the recorder
 //! locks the row (FOR SHARE) while the lease still holds it and inserts the attempt, which is
 //! the delivery's state (migrations/0022); the lease stays on the row, ended by that outcome
-//! ([`OUT_ON_ROW`]). So a history row is written once, and the deliveries' pages need
-//! no room for a second version. Should its sender die, nothing in the queue falls due again;
-//! instead, one gateway at a time looks through the deliveries stored since it last looked, and
-//! those it saw still out then ([`take_over_expired`]), and queues those whose lease ended
-//! without an outcome. Whatever
-//! ends a lease that way (that pass, a cancel, a redelivery) locks the row first and looks for
-//! the outcome with a snapshot taken after: every outcome that counted has committed by then,
-//! and a recorder that comes later finds the lease gone.
+//! ([`OUT_ON_ROW`]). So a history row is written once, and the deliveries' pages need no room
+//! for a second version. Should its sender die, nothing in the queue falls due again; instead,
+//! one gateway at a time looks through the deliveries stored since it last looked, and those it
+//! saw still out then ([`take_over_expired`]), and queues those whose lease ended without an
+//! outcome. Whatever ends a lease that way (that pass, a cancel, a redelivery) locks the row
+//! first and looks for the outcome with a snapshot taken after: every outcome that counted has
+//! committed by then, and a recorder that comes later finds the lease gone.
 //!
 //! A claim from the queue notes its deliveries in `claims` instead (one row per claim and
 //! lease, with the attempts each had started), however old they are; the same pass deletes the
@@ -242,15 +241,9 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
         format!(
             "WITH sweep AS (
                  SELECT swept_to, still_out FROM lease_sweeps WHERE only_row
-             ), looked AS (
-                 SELECT d.id, d.attempts, d.lease_until, d.status FROM deliveries d
-                 WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < {until}
-                 UNION ALL
-                 {still_out}
-             )
+             ), looked AS ({looked})
              SELECT d.id FROM looked d WHERE d.lease_until < now() AND {OUT_ON_ROW}",
-            until = id_floor_sql("$1::timestamptz"),
-            still_out = STILL_OUT,
+            looked = *LOOKED,
         )
     });
     let ended: Vec<Uuid> = sqlx::query_scalar(ENDED.as_str())
@@ -277,12 +270,7 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
             SELECT swept_to, still_out FROM lease_sweeps WHERE only_row FOR UPDATE
         ), upto AS (
             SELECT {until} AS id
-        ), looked AS (
-            SELECT d.id, d.attempts, d.lease_until, d.status FROM deliveries d
-            WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < (SELECT id FROM upto)
-              AND d.lease_until IS NOT NULL
-            UNION ALL
-            {still_out}
+        ), looked AS ({looked}
         ), leased AS (
             -- Still out: no outcome has come.
             SELECT d.id FROM looked d WHERE {OUT_ON_ROW}
@@ -317,7 +305,7 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
                {wake}
         "#,
             until = id_floor_sql("$1::timestamptz"),
-            still_out = STILL_OUT,
+            looked = *LOOKED,
             wake = wake_for_queued("$2")
         )
     });
@@ -334,13 +322,22 @@ async fn sweep(connection: &mut sqlx::PgConnection) -> sqlx::Result<Pass> {
     })
 }
 
-/// The sweep's deliveries still out at its last pass (`id`, `attempts`, `lease_until`,
-/// `status`), in a
-/// CTE `sweep` reading `still_out`: each looked up in its own partition by a range of one key.
-const STILL_OUT: &str = "SELECT d.id, d.attempts, d.lease_until, d.status
-                 FROM unnest((SELECT still_out FROM sweep)) AS o (id)
-                 CROSS JOIN LATERAL (SELECT * FROM deliveries d WHERE d.id >= o.id AND d.id <= o.id OFFSET 0) d
-                 WHERE d.lease_until IS NOT NULL";
+/// What a pass looks at (`id`, `attempts`, `lease_until`, `status` of rows with a lease), in a
+/// statement with a CTE `sweep` (`swept_to`, `still_out`) and its horizon bound as `$1`: the
+/// deliveries stored since the last pass (a range of the primary key), and those it saw still
+/// out (each looked up in its own partition by a range of one key).
+static LOOKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT d.id, d.attempts, d.lease_until, d.status FROM deliveries d
+         WHERE d.id >= (SELECT swept_to FROM sweep) AND d.id < {until} AND d.lease_until IS NOT NULL
+         UNION ALL
+         SELECT d.id, d.attempts, d.lease_until, d.status
+         FROM unnest((SELECT still_out FROM sweep)) AS o (id)
+         CROSS JOIN LATERAL (SELECT * FROM deliveries d WHERE d.id >= o.id AND d.id <= o.id OFFSET 0) d
+         WHERE d.lease_until IS NOT NULL",
+        until = id_floor_sql("$1::timestamptz"),
+    )
+});
 
 /// A condition on the history row `d`: it may be out on a lease of its row, as stored (at or
 /// past the sweep's `swept_to`, or seen still out by its last pass), or claimed from the queue

@@ -302,9 +302,8 @@ pub async fn make_ahead(pool: &PgPool, period: Duration) -> sqlx::Result<usize> 
 /// `super::leases`: leased as it was stored, only ids at or past `swept_to` or in its
 /// `still_out` can be; claimed from the queue, it is noted in `claims` (or, by a version
 /// before migrations/0023, in `queue_leases`) until its claim has ended and been looked at):
-/// then its history is not
-/// dropped. A claim deletes the queue row and notes the delivery in one statement, so this one
-/// sees one or the other.
+/// then its history is not dropped. A claim deletes the queue row and notes the delivery in one
+/// statement, so this one sees one or the other.
 pub async fn has_queued(pool: &PgPool, period: &Period) -> sqlx::Result<bool> {
     let (lower, upper) = period.id_bounds();
     sqlx::query_scalar(&format!(

@@ -407,7 +407,20 @@ async fn cancel_pending_once(
     .bind(targets)
     .fetch_all(&mut *tx)
     .await?;
-    let cancelled: i64 = sqlx::query_scalar(&format!(
+    // Both statements below take the same parameters: the targets ($1–$3), the notes ($4) and
+    // the rows ($5) locked above.
+    let count = async |tx: &mut sqlx::PgConnection, statement: String| -> sqlx::Result<i64> {
+        sqlx::query_scalar(&statement)
+            .persistent(false)
+            .bind(namespace)
+            .bind(kind.as_str())
+            .bind(targets)
+            .bind(&locked)
+            .bind(&leased)
+            .fetch_one(tx)
+            .await
+    };
+    let cancelled = count(&mut tx, format!(
         "WITH dequeued AS (
              DELETE FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3)
              RETURNING delivery_id, attempts
@@ -452,19 +465,12 @@ async fn cancel_pending_once(
         out_on_claims = super::leases::OUT_ON_CLAIMS,
         out_on_row = super::leases::OUT_ON_ROW
     ))
-    .persistent(false)
-    .bind(namespace)
-    .bind(kind.as_str())
-    .bind(targets)
-    .bind(&locked)
-    .bind(&leased)
-    .fetch_one(&mut *tx)
     .await?;
     // With a snapshot taken after the statement above: a claim that took these targets' queue
     // rows before it deleted them has committed by now (the delete waited for it), and its note,
     // not locked by this run, shows here; so does a queue row a release put back meanwhile, and
     // a delivery a gateway leased as it stored it after the rows were locked.
-    let left: i64 = sqlx::query_scalar(&format!(
+    let left = count(&mut tx, format!(
         "SELECT (SELECT count(*) FROM delivery_queue WHERE namespace = $1 AND target_kind = $2 AND target = ANY ($3))
               + (SELECT count(*) FROM ({out_on_claims} AND c.id <> ALL ($4)) n
                  WHERE EXISTS (SELECT 1 FROM deliveries d
@@ -478,13 +484,6 @@ async fn cancel_pending_once(
         may_be_leased = super::leases::MAY_BE_LEASED,
         out_on_row = super::leases::OUT_ON_ROW
     ))
-    .persistent(false)
-    .bind(namespace)
-    .bind(kind.as_str())
-    .bind(targets)
-    .bind(&locked)
-    .bind(&leased)
-    .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok((cancelled as u64, left as u64))
